@@ -1,0 +1,85 @@
+"""`et.compile`: model + fine-tuning spec -> one static training program.
+
+    frontend (torch.export | onnx) -> forward IR -> + loss -> PEFT spec marks trainable params
+      -> sparse autodiff -> optimizer updates -> passes (dce) -> verify -> Program
+
+Every stage leaves a verifiable graph; `verify` runs at the end (and tests run it after each
+pass). Nothing here depends on the backend that will run the program.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .autodiff import differentiate
+from .errors import CaptureError, LossError, SpecError
+from .ir import NameGen
+from .loss import append_loss
+from .optim import SGD, Optimizer
+from .passes.dce import dead_code_elimination
+from .peft import Full, Spec
+from .program import Program
+from .verify import verify
+
+
+def _is_onnx(model) -> bool:
+    if isinstance(model, (str, os.PathLike)):
+        return True
+    return type(model).__name__ == "ModelProto"
+
+
+def import_model(model, example_inputs):
+    """Run the right frontend; returns an ImportedModel."""
+    if _is_onnx(model):
+        from ..frontends.from_onnx import import_onnx
+        return import_onnx(model, example_inputs)
+    import torch
+    if isinstance(model, torch.nn.Module):
+        from ..frontends.from_torch import import_module
+        inputs = tuple(torch.as_tensor(x) if isinstance(x, np.ndarray) else x for x in example_inputs)
+        return import_module(model, inputs)
+    raise CaptureError(f"cannot compile a {type(model).__name__}: pass a torch.nn.Module, an onnx.ModelProto "
+                       "or the path of an .onnx file")
+
+
+def compile(model, example_inputs, example_target, loss="cross_entropy", peft: Spec | None = None,
+            optimizer: Optimizer | None = None, name: str | None = None) -> Program:
+    """Compile `model` into a training program (see the README for a walk-through).
+
+    example_inputs: a tuple of example tensors (their shapes and dtypes become the program's);
+    example_target: an example target (class indices for cross_entropy);
+    loss: "cross_entropy", "mse", or a torch callable (output, target) -> scalar;
+    peft: an `et.peft` spec (default Full()); optimizer: `et.optim.SGD(...)` / `AdamW(...)`."""
+    peft = Full() if peft is None else peft
+    optimizer = SGD() if optimizer is None else optimizer
+    if not isinstance(peft, Spec):
+        raise SpecError(f"peft must be an edgetune.peft spec (Full, BiasOnly, LastK, Select), got {peft!r}")
+    if not isinstance(optimizer, Optimizer):
+        raise SpecError(f"optimizer must be edgetune.optim.SGD or AdamW, got {optimizer!r}")
+    if not isinstance(example_inputs, (tuple, list)):
+        example_inputs = (example_inputs,)
+
+    imported = import_model(model, tuple(example_inputs))
+    g = imported.graph
+    if name:
+        g.name = name
+    if len(imported.output_values) != 1:
+        raise LossError(f"the model returns {len(imported.output_values)} outputs; edgetune trains models with "
+                        "exactly one output tensor (wrap the model to pick the one the loss reads)")
+    names = NameGen(g)
+    output = imported.output_values[0]
+    loss_value = append_loss(g, output, example_target, loss, names)
+    target_name = g.inputs[-1].name
+    g.outputs = {"loss": loss_value, "output": output}
+
+    trainable = peft.apply(g)
+    grads = differentiate(g, loss_value, trainable, names)
+    missing = [p.name for p in trainable if p.name not in grads]
+    if missing:
+        raise SpecError(f"{peft!r} selects parameters that do not influence the loss: {missing[:8]}")
+    optimizer.emit_updates(g, grads, names)
+    dead_code_elimination(g)
+    verify(g)
+    return Program(g, imported.frontend, peft, optimizer, imported.input_names, target_name, imported.train_mode)

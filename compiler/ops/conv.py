@@ -1,0 +1,181 @@
+"""2-D convolution (stride, padding, dilation, groups — depthwise included) and its two backward ops.
+
+    conv2d(x, w[, b])              y[N,O,Ho,Wo]
+    conv2d_grad_input(dy, w)       dx, given attrs["input_shape"]      (a data-gradient op)
+    conv2d_grad_weight(dy, x)      dw, given attrs["weight_shape"]     (a weight-gradient op)
+
+The bias gradient is a plain `sum` over N, H, W. Splitting the backward into two ops is what
+makes sparse backprop visible: a frozen weight simply has no conv2d_grad_weight node, and the
+first trainable layer needs no conv2d_grad_input.
+
+The numpy references use strided window views + tensordot/einsum (an im2col without the copy).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .registry import NOT_DIFFERENTIABLE, OpDef, Sample, T, check, rand, register, same_dtype
+from ..ir import TensorType
+
+_CONV_KEYS = ("stride", "padding", "dilation", "groups")
+
+
+def conv_out_size(size: int, k: int, s: int, p: int, d: int) -> int:
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _conv_infer(ts, a):
+    x, w = ts[0], ts[1]
+    dt = same_dtype(ts)
+    check(x.rank == 4 and w.rank == 4, f"conv2d wants 4-d input and weight, got {x} and {w}")
+    g = a["groups"]
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    check(c % g == 0 and o % g == 0 and c // g == cg,
+          f"conv2d: input channels {c} / groups {g} do not fit weight {w}")
+    if len(ts) == 3:
+        check(ts[2].shape == (o,), f"conv2d: bias {ts[2]} does not fit {o} output channels")
+    (sh, sw), (ph, pw), (dh, dw) = a["stride"], a["padding"], a["dilation"]
+    ho, wo = conv_out_size(h, kh, sh, ph, dh), conv_out_size(wd, kw, sw, pw, dw)
+    check(ho > 0 and wo > 0, f"conv2d output would be empty for input {x} and kernel {kh}x{kw}")
+    return [TensorType((n, o, ho, wo), dt)]
+
+
+def _windows(x: np.ndarray, kh, kw, a) -> np.ndarray:
+    """[N,C,H,W] -> view [N,C,Ho,Wo,KH,KW] of padded, strided, dilated windows."""
+    (sh, sw), (ph, pw), (dh, dw) = a["stride"], a["padding"], a["dilation"]
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
+    span_h, span_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    win = np.lib.stride_tricks.sliding_window_view(xp, (span_h, span_w), axis=(2, 3))
+    return win[:, :, ::sh, ::sw, ::dh, ::dw]
+
+
+def _conv_ref(x, a):
+    inp, w = x[0], x[1]
+    g = a["groups"]
+    o, cg, kh, kw = w.shape
+    win = _windows(inp, kh, kw, a)
+    n, c, ho, wo = win.shape[:4]
+    if g == 1:
+        y = np.tensordot(win, w, axes=([1, 4, 5], [1, 2, 3])).transpose(0, 3, 1, 2)
+    else:
+        win_g = win.reshape(n, g, cg, ho, wo, kh, kw)
+        w_g = w.reshape(g, o // g, cg, kh, kw)
+        y = np.einsum("ngchwkl,gockl->ngohw", win_g, w_g, optimize=True).reshape(n, o, ho, wo)
+    if len(x) == 3:
+        y = y + x[2].reshape(1, -1, 1, 1)
+    return [np.ascontiguousarray(y, dtype=inp.dtype)]
+
+
+def _conv_grad_input_ref(x, a):
+    dy, w = x
+    g = a["groups"]
+    n, c, h, wd = a["input_shape"]
+    o, cg, kh, kw = w.shape
+    (sh, sw), (ph, pw), (dh, dw) = a["stride"], a["padding"], a["dilation"]
+    ho, wo = dy.shape[2:]
+    dy_g = dy.reshape(n, g, o // g, ho, wo)
+    w_g = w.reshape(g, o // g, cg, kh, kw)
+    cols = np.einsum("ngohw,gockl->ngchwkl", dy_g, w_g, optimize=True).reshape(n, c, ho, wo, kh, kw)
+    dxp = np.zeros((n, c, h + 2 * ph, wd + 2 * pw), dtype=dy.dtype)
+    for i in range(kh):  # col2im: scatter each kernel tap back onto the padded input
+        for j in range(kw):
+            dxp[:, :, i * dh: i * dh + sh * (ho - 1) + 1: sh, j * dw: j * dw + sw * (wo - 1) + 1: sw] += cols[..., i, j]
+    return [np.ascontiguousarray(dxp[:, :, ph: ph + h, pw: pw + wd])]
+
+
+def _conv_grad_weight_ref(x, a):
+    dy, inp = x
+    g = a["groups"]
+    o, cg, kh, kw = a["weight_shape"]
+    win = _windows(inp, kh, kw, a)
+    n, c, ho, wo = win.shape[:4]
+    if g == 1:
+        dw = np.tensordot(dy, win, axes=([0, 2, 3], [0, 2, 3]))
+    else:
+        dw = np.einsum("ngohw,ngchwkl->gockl", dy.reshape(n, g, o // g, ho, wo),
+                       win.reshape(n, g, cg, ho, wo, kh, kw), optimize=True).reshape(o, cg, kh, kw)
+    return [np.ascontiguousarray(dw, dtype=dy.dtype)]
+
+
+def _conv_grad(g):
+    x, w = g.inputs[0], g.inputs[1]
+    dy = g.douts[0]
+    conv_attrs = {k: g.attrs[k] for k in _CONV_KEYS}
+    grads = [None] * len(g.inputs)
+    if g.needs[0]:
+        grads[0] = g.emit1("conv2d_grad_input", [dy, w], {**conv_attrs, "input_shape": list(x.shape)})
+    if g.needs[1]:
+        dw = g.emit1("conv2d_grad_weight", [dy, x], {**conv_attrs, "weight_shape": list(w.shape)})
+        dw.producer.tags.add("weight_grad")
+        grads[1] = dw
+    if len(g.inputs) == 3 and g.needs[2]:
+        grads[2] = g.emit1("sum", [dy], {"dims": [0, 2, 3], "keepdim": False})
+    return grads
+
+
+def _conv_flops(i, o, a):
+    _, cg, kh, kw = i[1].shape
+    return 2 * o[0].numel * cg * kh * kw
+
+
+def _attrs(stride=1, padding=0, dilation=1, groups=1):
+    return {"stride": [stride] * 2, "padding": [padding] * 2, "dilation": [dilation] * 2, "groups": groups}
+
+
+def _conv_samples(rng):
+    return [
+        Sample([rand(rng, 2, 3, 7, 7), rand(rng, 4, 3, 3, 3), rand(rng, 4)], _attrs(padding=1)),
+        Sample([rand(rng, 1, 4, 9, 8), rand(rng, 6, 2, 3, 2)], _attrs(stride=2, groups=2), note="grouped, stride 2"),
+        Sample([rand(rng, 2, 4, 8, 8), rand(rng, 4, 1, 3, 3)], _attrs(stride=2, padding=1, groups=4), note="depthwise"),
+        Sample([rand(rng, 1, 2, 9, 9), rand(rng, 3, 2, 3, 3), rand(rng, 3)], _attrs(padding=2, dilation=2),
+               note="dilated"),
+        Sample([rand(rng, 2, 5, 4, 4), rand(rng, 3, 5, 1, 1)], _attrs(), note="pointwise"),
+    ]
+
+
+def _torch_conv(t, a):
+    return [T().nn.functional.conv2d(t[0], t[1], t[2] if len(t) == 3 else None, a["stride"], a["padding"],
+                                     a["dilation"], a["groups"])]
+
+
+def _torch_conv_backward(t, a, which):
+    torch = T()
+    dy, other = t
+    if which == "input":
+        x, w = torch.zeros(a["input_shape"], dtype=dy.dtype), other
+        mask = [True, False, False]
+    else:
+        x, w = other, torch.zeros(a["weight_shape"], dtype=dy.dtype)
+        mask = [False, True, False]
+    out = torch.ops.aten.convolution_backward(dy, x, w, None, a["stride"], a["padding"], a["dilation"], False,
+                                              [0, 0], a["groups"], mask)
+    return [out[0] if which == "input" else out[1]]
+
+
+def _backward_samples(which):
+    def samples(rng):
+        out = []
+        for s in _conv_samples(rng):
+            x, w = s.inputs[0], s.inputs[1]
+            y = _conv_ref([x, w], s.attrs)[0]
+            dy = rand(rng, *y.shape)
+            if which == "input":
+                out.append(Sample([dy, w], {**s.attrs, "input_shape": list(x.shape)}, note=s.note))
+            else:
+                out.append(Sample([dy, x], {**s.attrs, "weight_shape": list(w.shape)}, note=s.note))
+        return out
+    return samples
+
+
+register(OpDef("conv2d", _conv_infer, _conv_ref, _conv_grad, _conv_samples, _torch_conv,
+               param_roles={1: "weight", 2: "bias"}, min_inputs=2, flops=_conv_flops))
+register(OpDef("conv2d_grad_input", lambda ts, a: [TensorType(tuple(a["input_shape"]), same_dtype(ts))],
+               _conv_grad_input_ref, NOT_DIFFERENTIABLE, _backward_samples("input"),
+               lambda t, a: _torch_conv_backward(t, a, "input"),
+               flops=lambda i, o, a: 2 * i[0].numel * i[1].shape[1] * i[1].shape[2] * i[1].shape[3]))
+register(OpDef("conv2d_grad_weight", lambda ts, a: [TensorType(tuple(a["weight_shape"]), same_dtype(ts))],
+               _conv_grad_weight_ref, NOT_DIFFERENTIABLE, _backward_samples("weight"),
+               lambda t, a: _torch_conv_backward(t, a, "weight"),
+               flops=lambda i, o, a: 2 * i[0].numel * a["weight_shape"][1] * a["weight_shape"][2] * a["weight_shape"][3]))

@@ -1,0 +1,293 @@
+"""Normalization: batch norm (training and inference) and layer norm, with their backward ops.
+
+    batch_norm_train(x, w, b, running_mean, running_var) -> y, mean, invstd, new_running_mean, new_running_var
+    batch_norm_infer(x, w, b, running_mean, running_var) -> y
+    batch_norm_backward(dy, x, w, mean, invstd)           -> the grads named by attrs["output_mask"] ([dx, dw, db])
+    layer_norm(x, w, b)                                   -> y, mean, rstd
+    layer_norm_backward(dy, x, w, mean, rstd)             -> the grads named by attrs["output_mask"]
+
+Frontends pass ones/zeros consts when a norm has no affine params, so arity is fixed.
+Gradient rules avoid reading activations they do not need: when only the bias gradient
+is wanted, it is a plain `sum` of dy and x is not kept for backward at all; inference-mode
+batch norm is an affine map, so dx is dy times a per-channel constant.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .registry import NOT_DIFFERENTIABLE, OpDef, Sample, T, check, rand, register, same_dtype
+from ..ir import TensorType
+
+
+# ---------------------------------------------------------------------------------------------
+# batch norm
+# ---------------------------------------------------------------------------------------------
+def _bn_check(ts):
+    x = ts[0]
+    dt = same_dtype(ts)
+    check(x.rank >= 2, f"batch_norm wants [N, C, ...] input, got {x}")
+    c = x.shape[1]
+    for t in ts[1:]:
+        check(t.shape == (c,), f"batch_norm: per-channel tensor {t} does not fit {c} channels")
+    return x, c, dt
+
+
+def _bn_train_infer(ts, a):
+    x, c, dt = _bn_check(ts)
+    chan = TensorType((c,), dt)
+    return [x, chan, chan, chan, chan]
+
+
+def _channel_view(v: np.ndarray, rank: int) -> np.ndarray:
+    return v.reshape((1, -1) + (1,) * (rank - 2))
+
+
+def _reduce_axes(rank: int) -> tuple[int, ...]:
+    return (0,) + tuple(range(2, rank))
+
+
+def _bn_train_ref(x, a):
+    inp, w, b, rm, rv = x
+    axes = _reduce_axes(inp.ndim)
+    count = inp.size // inp.shape[1]
+    mean = inp.mean(axis=axes, dtype=np.float64)
+    var = ((inp - _channel_view(mean, inp.ndim)) ** 2).mean(axis=axes)
+    invstd = 1.0 / np.sqrt(var + a["eps"])
+    y = (inp - _channel_view(mean, inp.ndim)) * _channel_view(invstd * w, inp.ndim) + _channel_view(b, inp.ndim)
+    m = a["momentum"]
+    new_rm = (1 - m) * rm + m * mean
+    new_rv = (1 - m) * rv + m * var * (count / max(count - 1, 1))
+    dt = inp.dtype
+    return [y.astype(dt), mean.astype(dt), invstd.astype(dt), new_rm.astype(dt), new_rv.astype(dt)]
+
+
+def _bn_infer_ref(x, a):
+    inp, w, b, rm, rv = x
+    scale = w / np.sqrt(rv + np.asarray(a["eps"], dtype=rv.dtype))
+    shift = b - rm * scale
+    return [(inp * _channel_view(scale, inp.ndim) + _channel_view(shift, inp.ndim)).astype(inp.dtype)]
+
+
+def _bn_backward_infer(ts, a):
+    x, c, dt = ts[1], ts[1].shape[1], same_dtype(ts)
+    full = [x, TensorType((c,), dt), TensorType((c,), dt)]
+    return [t for t, on in zip(full, a["output_mask"]) if on]
+
+
+def _bn_backward_ref(x, a):
+    dy, inp, w, mean, invstd = x
+    axes = _reduce_axes(inp.ndim)
+    count = inp.size // inp.shape[1]
+    xhat = (inp - _channel_view(mean, inp.ndim)) * _channel_view(invstd, inp.ndim)
+    sum_dy = dy.sum(axis=axes, dtype=np.float64)
+    sum_dy_xhat = (dy * xhat).sum(axis=axes, dtype=np.float64)
+    outs = []
+    if a["output_mask"][0]:
+        k = _channel_view(w * invstd / count, inp.ndim)
+        outs.append((k * (count * dy - _channel_view(sum_dy, inp.ndim) - xhat * _channel_view(sum_dy_xhat, inp.ndim)))
+                    .astype(dy.dtype))
+    if a["output_mask"][1]:
+        outs.append(sum_dy_xhat.astype(dy.dtype))
+    if a["output_mask"][2]:
+        outs.append(sum_dy.astype(dy.dtype))
+    return outs
+
+
+def _bn_train_grad(g):
+    x, w = g.inputs[0], g.inputs[1]
+    dy = g.douts[0]
+    mean, invstd = g.outputs[1], g.outputs[2]
+    need_dx, need_dw, need_db = g.needs[0], g.needs[1], g.needs[2]
+    grads = [None] * 5
+    if not need_dx and not need_dw:
+        if need_db:  # bias only: no activation needs to be kept
+            grads[2] = g.emit1("sum", [dy], {"dims": list(_reduce_axes(dy.rank)), "keepdim": False})
+        return grads
+    mask = [bool(need_dx), bool(need_dw), bool(need_db)]
+    outs = g.emit("batch_norm_backward", [dy, x, w, mean, invstd], {"output_mask": mask})
+    it = iter(outs)
+    for slot, on in zip((0, 1, 2), mask):
+        if on:
+            grads[slot] = next(it)
+    return grads
+
+
+def _bn_infer_grad(g):
+    x, w, b, rm, rv = g.inputs
+    dy = g.douts[0]
+    grads = [None] * 5
+    rank = dy.rank
+    view = [1, x.shape[1]] + [1] * (rank - 2)
+    invstd = None
+    if g.needs[0] or g.needs[1]:
+        invstd = g.emit1("rsqrt", [g.emit1("add", [rv, g.const(g.attrs["eps"], rv.dtype)])])
+    if g.needs[0]:
+        scale = g.emit1("reshape", [g.emit1("mul", [w, invstd])], {"shape": view})
+        grads[0] = g.emit1("mul", [dy, scale])
+    if g.needs[1]:
+        centered = g.emit1("sub", [x, g.emit1("reshape", [rm], {"shape": view})])
+        xhat = g.emit1("mul", [centered, g.emit1("reshape", [invstd], {"shape": view})])
+        grads[1] = g.emit1("sum", [g.emit1("mul", [dy, xhat])], {"dims": list(_reduce_axes(rank)), "keepdim": False})
+    if g.needs[2]:
+        grads[2] = g.emit1("sum", [dy], {"dims": list(_reduce_axes(rank)), "keepdim": False})
+    return grads
+
+
+def _bn_inputs(rng, shape):
+    c = shape[1]
+    return [rand(rng, *shape), rand(rng, c, lo=0.5, hi=1.5), rand(rng, c), rand(rng, c, lo=-0.2, hi=0.2),
+            rand(rng, c, lo=0.5, hi=1.5)]
+
+
+def _bn_samples(rng):
+    return [Sample(_bn_inputs(rng, (4, 3, 5, 5)), {"momentum": 0.1, "eps": 1e-5}, grad_inputs=[0, 1, 2]),
+            Sample(_bn_inputs(rng, (6, 4)), {"momentum": 0.2, "eps": 1e-3}, grad_inputs=[0, 1, 2], note="1-d")]
+
+
+def _torch_bn(t, a, training):
+    torch = T()
+    x, w, b, rm, rv = t
+    rm, rv = rm.clone(), rv.clone()
+    if training:
+        y, mean, invstd = torch.ops.aten.native_batch_norm(x, w, b, rm, rv, True, a["momentum"], a["eps"])
+        return [y, mean, invstd, rm, rv]
+    return [torch.nn.functional.batch_norm(x, rm, rv, w, b, False, 0.0, a["eps"])]
+
+
+def _bn_backward_samples(rng):
+    out = []
+    for s in _bn_samples(rng):
+        x, w = s.inputs[0], s.inputs[1]
+        _, mean, invstd, _, _ = _bn_train_ref(s.inputs, s.attrs)
+        for mask in ([True, True, True], [True, False, False], [False, True, True]):
+            out.append(Sample([rand(rng, *x.shape), x, w, mean, invstd], {"output_mask": mask, "eps": s.attrs["eps"]}))
+    return out
+
+
+def _torch_bn_backward(t, a):
+    torch = T()
+    dy, x, w, mean, invstd = t
+    outs = torch.ops.aten.native_batch_norm_backward(dy, x, w, None, None, mean, invstd, True, a.get("eps", 1e-5),
+                                                     a["output_mask"])
+    return [o for o, on in zip(outs, a["output_mask"]) if on]
+
+
+register(OpDef("batch_norm_train", _bn_train_infer, _bn_train_ref, _bn_train_grad, _bn_samples,
+               lambda t, a: _torch_bn(t, a, True), param_roles={1: "norm", 2: "bias"},
+               flops=lambda i, o, a: 7 * i[0].numel))
+register(OpDef("batch_norm_infer", lambda ts, a: [_bn_check(ts)[0]], _bn_infer_ref, _bn_infer_grad,
+               lambda rng: [Sample(s.inputs, {"eps": s.attrs["eps"]}, grad_inputs=[0, 1, 2], note=s.note)
+                            for s in _bn_samples(rng)],
+               lambda t, a: _torch_bn(t, a, False), param_roles={1: "norm", 2: "bias"},
+               flops=lambda i, o, a: 2 * i[0].numel))
+register(OpDef("batch_norm_backward", _bn_backward_infer, _bn_backward_ref, NOT_DIFFERENTIABLE,
+               _bn_backward_samples, _torch_bn_backward, flops=lambda i, o, a: 8 * i[1].numel))
+
+
+# ---------------------------------------------------------------------------------------------
+# layer norm over the trailing attrs["normalized_shape"] dims
+# ---------------------------------------------------------------------------------------------
+def _ln_axes(rank, k):
+    return tuple(range(rank - k, rank))
+
+
+def _ln_infer(ts, a):
+    x = ts[0]
+    dt = same_dtype(ts)
+    ns = tuple(a["normalized_shape"])
+    k = len(ns)
+    check(x.shape[x.rank - k:] == ns, f"layer_norm: input {x} does not end in normalized_shape {list(ns)}")
+    for t in ts[1:]:
+        check(t.shape == ns, f"layer_norm: affine param {t} is not of shape {list(ns)}")
+    stat = TensorType(x.shape[:x.rank - k] + (1,) * k, dt)
+    return [x, stat, stat]
+
+
+def _ln_ref(x, a):
+    inp, w, b = x
+    axes = _ln_axes(inp.ndim, len(a["normalized_shape"]))
+    mean = inp.mean(axis=axes, keepdims=True, dtype=np.float64)
+    var = ((inp - mean) ** 2).mean(axis=axes, keepdims=True)
+    rstd = 1.0 / np.sqrt(var + a["eps"])
+    y = (inp - mean) * rstd * w + b
+    dt = inp.dtype
+    return [y.astype(dt), mean.astype(dt), rstd.astype(dt)]
+
+
+def _ln_backward_infer(ts, a):
+    dt = same_dtype(ts)
+    full = [ts[1], TensorType(ts[2].shape, dt), TensorType(ts[2].shape, dt)]
+    return [t for t, on in zip(full, a["output_mask"]) if on]
+
+
+def _ln_backward_ref(x, a):
+    dy, inp, w, mean, rstd = x
+    k = len(a["normalized_shape"])
+    axes = _ln_axes(inp.ndim, k)
+    lead = tuple(range(inp.ndim - k))
+    n = int(np.prod(a["normalized_shape"]))
+    xhat = (inp - mean) * rstd
+    outs = []
+    if a["output_mask"][0]:
+        g = dy * w
+        dx = rstd / n * (n * g - g.sum(axis=axes, keepdims=True, dtype=np.float64)
+                         - xhat * (g * xhat).sum(axis=axes, keepdims=True, dtype=np.float64))
+        outs.append(dx.astype(dy.dtype))
+    if a["output_mask"][1]:
+        outs.append((dy * xhat).sum(axis=lead, dtype=np.float64).astype(dy.dtype))
+    if a["output_mask"][2]:
+        outs.append(dy.sum(axis=lead, dtype=np.float64).astype(dy.dtype))
+    return outs
+
+
+def _ln_grad(g):
+    x, w = g.inputs[0], g.inputs[1]
+    dy = g.douts[0]
+    mean, rstd = g.outputs[1], g.outputs[2]
+    grads = [None] * 3
+    lead = list(range(dy.rank - len(g.attrs["normalized_shape"])))
+    if not g.needs[0] and not g.needs[1]:
+        if g.needs[2]:
+            grads[2] = g.emit1("sum", [dy], {"dims": lead, "keepdim": False})
+        return grads
+    mask = [bool(g.needs[0]), bool(g.needs[1]), bool(g.needs[2])]
+    outs = iter(g.emit("layer_norm_backward", [dy, x, w, mean, rstd],
+                       {"normalized_shape": list(g.attrs["normalized_shape"]), "output_mask": mask}))
+    for slot, on in enumerate(mask):
+        if on:
+            grads[slot] = next(outs)
+    return grads
+
+
+def _ln_samples(rng):
+    return [Sample([rand(rng, 2, 3, 6), rand(rng, 6, lo=0.5, hi=1.5), rand(rng, 6)],
+                   {"normalized_shape": [6], "eps": 1e-5}),
+            Sample([rand(rng, 3, 2, 4), rand(rng, 2, 4, lo=0.5, hi=1.5), rand(rng, 2, 4)],
+                   {"normalized_shape": [2, 4], "eps": 1e-6})]
+
+
+def _ln_backward_samples(rng):
+    out = []
+    for s in _ln_samples(rng):
+        x, w = s.inputs[0], s.inputs[1]
+        _, mean, rstd = _ln_ref(s.inputs, s.attrs)
+        for mask in ([True, True, True], [True, False, False], [False, True, False]):
+            out.append(Sample([rand(rng, *x.shape), x, w, mean, rstd],
+                              {"normalized_shape": s.attrs["normalized_shape"], "output_mask": mask}))
+    return out
+
+
+def _torch_ln_backward(t, a):
+    torch = T()
+    dy, x, w, mean, rstd = t
+    outs = torch.ops.aten.native_layer_norm_backward(dy, x, a["normalized_shape"], mean, rstd, w, torch.zeros_like(w),
+                                                     a["output_mask"])
+    return [o for o, on in zip(outs, a["output_mask"]) if on]
+
+
+register(OpDef("layer_norm", _ln_infer, _ln_ref, _ln_grad, _ln_samples,
+               lambda t, a: list(T().ops.aten.native_layer_norm(t[0], a["normalized_shape"], t[1], t[2], a["eps"])),
+               param_roles={1: "norm", 2: "bias"}, flops=lambda i, o, a: 8 * i[0].numel))
+register(OpDef("layer_norm_backward", _ln_backward_infer, _ln_backward_ref, NOT_DIFFERENTIABLE,
+               _ln_backward_samples, _torch_ln_backward, flops=lambda i, o, a: 10 * i[1].numel))

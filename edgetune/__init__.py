@@ -1,0 +1,22 @@
+"""edgetune: compile a model + a fine-tuning spec into one sparse training program, and run it.
+
+    import edgetune as et
+    prog = et.compile(model, example_inputs, example_target, loss="cross_entropy",
+                      peft=et.peft.BiasOnly(), optimizer=et.optim.SGD(lr=0.01, momentum=0.9))
+    sess = et.Session(prog)
+    loss = sess.step(x, y)
+"""
+
+from .compiler import optim, peft
+from .compiler.compile import compile
+from .compiler.errors import (CaptureError, EdgetuneError, InputError, IRError, LossError, ShapeError, SpecError,
+                              UnsupportedOpError)
+from .compiler.ir_text import parse_graph, print_graph
+from .compiler.program import Program
+from .compiler.verify import verify
+from .runtime.session import Session
+
+__version__ = "0.1.0"
+__all__ = ["compile", "Session", "Program", "peft", "optim", "verify", "print_graph", "parse_graph",
+           "EdgetuneError", "CaptureError", "UnsupportedOpError", "SpecError", "LossError", "IRError", "ShapeError",
+           "InputError"]

@@ -1,0 +1,577 @@
+"""Reference model zoo for edgetune's tests, demo and benchmarks.
+
+The compiler has to be exercised on the layer patterns real fine-tuning
+workloads contain: plain Linear stacks, conv + BatchNorm (buffer mutation in
+train mode), depthwise/grouped convs, residual adds, post-LN and pre-LN
+transformers, causal attention and tied embeddings. This module provides one
+small, deterministic model for each pattern.
+
+Everything is written in plain ``torch.nn`` because torchvision (and
+transformers) are not available in the target environments. Architectures
+follow torchvision (MobileNetV2, ResNet-18, including module names, so
+``state_dict`` keys match torchvision's and pretrained checkpoints load
+unchanged) or the original papers (BERT, GPT-2). Every constructor takes size
+arguments so tests can build tiny versions; the defaults are the published
+sizes where one exists.
+
+All models trace with ``torch.export.export`` in both ``train()`` and
+``eval()`` mode: shapes are only read, never branched on through tensor values.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "MLP",
+    "SmallCNN",
+    "MobileNetV2",
+    "ResNet18",
+    "BertEncoder",
+    "GPTDecoder",
+    "MODELS",
+    "build",
+    "example_inputs",
+]
+
+
+# ---------------------------------------------------------------------------
+# MLP
+# ---------------------------------------------------------------------------
+
+
+class MLP(nn.Module):
+    """Linear+ReLU stack: the simplest graph, used to check the basic pipeline.
+
+    ``depth`` is the total number of Linear layers (``depth - 1`` hidden layers
+    followed by the output layer); every Linear but the last is followed by a
+    ReLU.
+    """
+
+    def __init__(self, in_features: int = 32, hidden: int = 64, num_classes: int = 10, depth: int = 3):
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        self.in_features = in_features
+        self.num_classes = num_classes
+        layers: list[nn.Module] = []
+        width = in_features
+        for _ in range(depth - 1):
+            layers += [nn.Linear(width, hidden), nn.ReLU()]
+            width = hidden
+        layers.append(nn.Linear(width, num_classes))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+# ---------------------------------------------------------------------------
+# SmallCNN
+# ---------------------------------------------------------------------------
+
+
+class SmallCNN(nn.Module):
+    """Tiny CNN covering conv+BN+ReLU, max pooling, a biased conv and global pooling.
+
+    ``conv4`` deliberately has ``bias=True`` and no BatchNorm so the conv-bias
+    gradient path is exercised as well as the BN-folded one. Works on any input
+    of at least 16x16 (32x32 by default).
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, width: int = 16):
+        super().__init__()
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(2 * width)
+        self.conv3 = nn.Conv2d(2 * width, 4 * width, 3, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(4 * width)
+        self.relu = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.conv4 = nn.Conv2d(4 * width, 4 * width, 3, padding=1, bias=True)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.relu(self.bn2(self.conv2(x)))
+        x = self.relu(self.bn3(self.conv3(x)))
+        x = self.pool(x)
+        x = self.relu(self.conv4(x))
+        x = torch.flatten(self.avgpool(x), 1)
+        return self.fc(x)
+
+
+# ---------------------------------------------------------------------------
+# MobileNetV2 (torchvision layout)
+# ---------------------------------------------------------------------------
+
+
+def _make_divisible(v: float, divisor: int, min_value: int | None = None) -> int:
+    """Round a channel count to a multiple of ``divisor`` (as in torchvision / the TF original).
+
+    Never rounds down by more than 10%, so narrow width multipliers keep
+    enough channels.
+    """
+    if min_value is None:
+        min_value = divisor
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < 0.9 * v:
+        new_v += divisor
+    return new_v
+
+
+class ConvBNReLU(nn.Sequential):
+    """Conv2d(bias=False) + BatchNorm2d + ReLU6; a Sequential so keys are ``.0``/``.1``/``.2`` like torchvision."""
+
+    def __init__(self, in_planes: int, out_planes: int, kernel_size: int = 3, stride: int = 1, groups: int = 1):
+        padding = (kernel_size - 1) // 2
+        super().__init__(
+            nn.Conv2d(in_planes, out_planes, kernel_size, stride, padding, groups=groups, bias=False),
+            nn.BatchNorm2d(out_planes),
+            nn.ReLU6(inplace=True),
+        )
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand, 3x3 depthwise, 1x1 linear projection, residual when shapes allow.
+
+    The expand conv is omitted when ``expand_ratio == 1``, which shifts the
+    indices inside ``conv`` exactly as in torchvision.
+    """
+
+    def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int):
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"stride should be 1 or 2, got {stride}")
+        hidden_dim = int(round(inp * expand_ratio))
+        self.use_res_connect = stride == 1 and inp == oup
+        layers: list[nn.Module] = []
+        if expand_ratio != 1:
+            layers.append(ConvBNReLU(inp, hidden_dim, kernel_size=1))
+        layers += [
+            ConvBNReLU(hidden_dim, hidden_dim, stride=stride, groups=hidden_dim),
+            nn.Conv2d(hidden_dim, oup, 1, 1, 0, bias=False),
+            nn.BatchNorm2d(oup),
+        ]
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_res_connect:
+            return x + self.conv(x)
+        return self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+    """torchvision's MobileNetV2 (3,504,872 parameters at width_mult=1.0, 1000 classes).
+
+    Module names, channel rounding and weight init match torchvision, so its
+    state_dicts load directly. Total stride is 32, so 32x32 inputs reach the
+    classifier at 1x1. ``width_mult`` (e.g. 0.35) shrinks every layer except
+    the 1280-channel head, which torchvision never shrinks below 1280.
+    """
+
+    inverted_residual_setting = (
+        # t (expand ratio), c (channels), n (repeats), s (first stride)
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    )
+
+    def __init__(self, num_classes: int = 1000, width_mult: float = 1.0, in_channels: int = 3):
+        super().__init__()
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        round_nearest = 8
+        input_channel = _make_divisible(32 * width_mult, round_nearest)
+        self.last_channel = _make_divisible(1280 * max(1.0, width_mult), round_nearest)
+
+        features: list[nn.Module] = [ConvBNReLU(in_channels, input_channel, stride=2)]
+        for t, c, n, s in self.inverted_residual_setting:
+            output_channel = _make_divisible(c * width_mult, round_nearest)
+            for i in range(n):
+                features.append(InvertedResidual(input_channel, output_channel, s if i == 0 else 1, t))
+                input_channel = output_channel
+        features.append(ConvBNReLU(input_channel, self.last_channel, kernel_size=1))
+        self.features = nn.Sequential(*features)
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(self.last_channel, num_classes))
+
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        x = F.adaptive_avg_pool2d(x, (1, 1))
+        x = torch.flatten(x, 1)
+        return self.classifier(x)
+
+
+# ---------------------------------------------------------------------------
+# ResNet-18 (torchvision layout)
+# ---------------------------------------------------------------------------
+
+
+class BasicBlock(nn.Module):
+    """torchvision's ResNet BasicBlock: two 3x3 conv+BN with an identity or 1x1-conv+BN shortcut."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class ResNet18(nn.Module):
+    """torchvision's ResNet-18 (11,689,512 parameters at width=64, 1000 classes).
+
+    Module names and init match torchvision (kaiming fan_out convs, unit BN,
+    default Linear init, no zero-init of residual BNs). ``width`` is the stem
+    / layer1 channel count (stages use width, 2w, 4w, 8w), so tests can use
+    e.g. width=8. Total stride is 32.
+    """
+
+    def __init__(self, num_classes: int = 1000, in_channels: int = 3, width: int = 64):
+        super().__init__()
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.inplanes = width
+        self.conv1 = nn.Conv2d(in_channels, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(width, 2)
+        self.layer2 = self._make_layer(2 * width, 2, stride=2)
+        self.layer3 = self._make_layer(4 * width, 2, stride=2)
+        self.layer4 = self._make_layer(8 * width, 2, stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(8 * width, num_classes)
+
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+
+    def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes:
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes, kernel_size=1, stride=stride, bias=False),
+                nn.BatchNorm2d(planes),
+            )
+        layers = [BasicBlock(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes
+        layers += [BasicBlock(planes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        x = torch.flatten(self.avgpool(x), 1)
+        return self.fc(x)
+
+
+# ---------------------------------------------------------------------------
+# Transformers
+# ---------------------------------------------------------------------------
+
+
+def _init_transformer_weights(module: nn.Module) -> None:
+    """BERT / GPT-2 init: N(0, 0.02) for Linear and Embedding weights, zero biases, unit LayerNorm."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def _check_heads(hidden: int, heads: int) -> None:
+    if hidden % heads != 0:
+        raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
+
+
+class BertSelfAttention(nn.Module):
+    """Bidirectional multi-head attention with separate q/k/v projections, as in BERT.
+
+    Written out (rather than nn.MultiheadAttention) so the graph shows the
+    individual Linear layers the compiler may sparsify.
+    """
+
+    def __init__(self, hidden: int, heads: int):
+        super().__init__()
+        _check_heads(hidden, heads)
+        self.heads = heads
+        self.query = nn.Linear(hidden, hidden)
+        self.key = nn.Linear(hidden, hidden)
+        self.value = nn.Linear(hidden, hidden)
+        self.out = nn.Linear(hidden, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        head_dim = C // self.heads
+        q = self.query(x).reshape(B, T, self.heads, head_dim).transpose(1, 2)
+        k = self.key(x).reshape(B, T, self.heads, head_dim).transpose(1, 2)
+        v = self.value(x).reshape(B, T, self.heads, head_dim).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.out(y.transpose(1, 2).reshape(B, T, C))
+
+
+class BertLayer(nn.Module):
+    """Post-LN encoder block: LN(x + Attn(x)), then LN(x + FFN(x)) with exact (erf) GELU."""
+
+    def __init__(self, hidden: int, heads: int, intermediate: int, dropout: float):
+        super().__init__()
+        self.attention = BertSelfAttention(hidden, heads)
+        self.attn_dropout = nn.Dropout(dropout)
+        self.attn_norm = nn.LayerNorm(hidden, eps=1e-12)
+        self.ffn_in = nn.Linear(hidden, intermediate)
+        self.act = nn.GELU()
+        self.ffn_out = nn.Linear(intermediate, hidden)
+        self.ffn_dropout = nn.Dropout(dropout)
+        self.ffn_norm = nn.LayerNorm(hidden, eps=1e-12)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.attn_norm(x + self.attn_dropout(self.attention(x)))
+        return self.ffn_norm(x + self.ffn_dropout(self.ffn_out(self.act(self.ffn_in(x)))))
+
+
+class BertEncoder(nn.Module):
+    """BERT-style sequence classifier (defaults are MiniLM-like: 6 layers, hidden 384).
+
+    Word + learned position embeddings, post-LN encoder blocks, then the BERT
+    pooler (token 0 -> Linear -> tanh) and a Linear classifier. There is no
+    attention mask or token-type embedding: every input token is treated as
+    real, which keeps the graph free of data-dependent masking. Input: int64
+    ids ``[B, T]`` with ``T <= max_len``; output: logits ``[B, num_classes]``.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int = 1000,
+        hidden: int = 384,
+        layers: int = 6,
+        heads: int = 6,
+        intermediate: int = 1536,
+        max_len: int = 128,
+        num_classes: int = 2,
+        dropout: float = 0.1,
+    ):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.max_len = max_len
+        self.num_classes = num_classes
+        self.word_embeddings = nn.Embedding(vocab_size, hidden)
+        self.position_embeddings = nn.Embedding(max_len, hidden)
+        # Not persistent: derived from max_len, so it should not appear in checkpoints.
+        self.register_buffer("position_ids", torch.arange(max_len), persistent=False)
+        self.embed_norm = nn.LayerNorm(hidden, eps=1e-12)
+        self.embed_dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(BertLayer(hidden, heads, intermediate, dropout) for _ in range(layers))
+        self.pooler = nn.Linear(hidden, hidden)
+        self.pooler_act = nn.Tanh()
+        self.classifier_dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden, num_classes)
+        self.apply(_init_transformer_weights)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        T = input_ids.shape[1]
+        positions = self.position_ids[:T]
+        x = self.word_embeddings(input_ids) + self.position_embeddings(positions)
+        x = self.embed_dropout(self.embed_norm(x))
+        for block in self.blocks:
+            x = block(x)
+        pooled = self.pooler_act(self.pooler(x[:, 0]))
+        return self.classifier(self.classifier_dropout(pooled))
+
+
+class CausalSelfAttention(nn.Module):
+    """GPT-2 attention: one fused c_attn Linear producing q, k, v, causal SDPA, then c_proj."""
+
+    def __init__(self, hidden: int, heads: int, dropout: float):
+        super().__init__()
+        _check_heads(hidden, heads)
+        self.heads = heads
+        self.c_attn = nn.Linear(hidden, 3 * hidden)
+        self.c_proj = nn.Linear(hidden, hidden)
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        head_dim = C // self.heads
+        q, k, v = torch.split(self.c_attn(x), C, dim=2)
+        q = q.reshape(B, T, self.heads, head_dim).transpose(1, 2)
+        k = k.reshape(B, T, self.heads, head_dim).transpose(1, 2)
+        v = v.reshape(B, T, self.heads, head_dim).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, C)))
+
+
+class GPTMLP(nn.Module):
+    """GPT-2 feed-forward: c_fc (4x expansion) -> tanh-approximate GELU -> c_proj."""
+
+    def __init__(self, hidden: int, dropout: float):
+        super().__init__()
+        self.c_fc = nn.Linear(hidden, 4 * hidden)
+        self.act = nn.GELU(approximate="tanh")
+        self.c_proj = nn.Linear(4 * hidden, hidden)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+
+
+class GPTBlock(nn.Module):
+    """Pre-LN decoder block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, hidden: int, heads: int, dropout: float):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(hidden)
+        self.attn = CausalSelfAttention(hidden, heads, dropout)
+        self.ln_2 = nn.LayerNorm(hidden)
+        self.mlp = GPTMLP(hidden, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPTDecoder(nn.Module):
+    """GPT-2-style causal language model (module names follow GPT-2: wte, wpe, h, ln_f, lm_head).
+
+    With ``tie_weights`` the lm_head shares its weight Parameter with wte, as
+    in GPT-2, which exercises parameter aliasing in the compiler. Input: int64
+    ids ``[B, T]`` with ``T <= max_len``; output: next-token logits
+    ``[B, T, vocab_size]``.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int = 256,
+        hidden: int = 64,
+        layers: int = 2,
+        heads: int = 4,
+        max_len: int = 64,
+        dropout: float = 0.0,
+        tie_weights: bool = True,
+    ):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.max_len = max_len
+        self.wte = nn.Embedding(vocab_size, hidden)
+        self.wpe = nn.Embedding(max_len, hidden)
+        # Not persistent: derived from max_len, so it should not appear in checkpoints.
+        self.register_buffer("position_ids", torch.arange(max_len), persistent=False)
+        self.drop = nn.Dropout(dropout)
+        self.h = nn.ModuleList(GPTBlock(hidden, heads, dropout) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(hidden)
+        self.lm_head = nn.Linear(hidden, vocab_size, bias=False)
+        self.apply(_init_transformer_weights)
+        if tie_weights:
+            self.lm_head.weight = self.wte.weight
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        T = input_ids.shape[1]
+        positions = self.position_ids[:T]
+        x = self.drop(self.wte(input_ids) + self.wpe(positions))
+        for block in self.h:
+            x = block(x)
+        return self.lm_head(self.ln_f(x))
+
+
+# ---------------------------------------------------------------------------
+# Registry and inputs
+# ---------------------------------------------------------------------------
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": MLP,
+    "small_cnn": SmallCNN,
+    "mobilenet_v2": MobileNetV2,
+    "resnet18": ResNet18,
+    "bert": BertEncoder,
+    "gpt": GPTDecoder,
+}
+
+_IMAGE_MODELS = ("small_cnn", "mobilenet_v2", "resnet18")
+
+
+def build(name: str, **kwargs) -> nn.Module:
+    """Instantiate a zoo model by name, forwarding ``kwargs`` to its constructor."""
+    try:
+        cls = MODELS[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; available: {sorted(MODELS)}") from None
+    return cls(**kwargs)
+
+
+def example_inputs(
+    name: str,
+    model: nn.Module,
+    batch: int = 2,
+    *,
+    resolution: int = 32,
+    seq_len: int = 16,
+    generator: torch.Generator | None = None,
+    seed: int = 0,
+) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """Random training batch ``(inputs, target)`` for ``model`` built as zoo model ``name``.
+
+    Sizes are read from ``model`` (in_features, in_channels, vocab_size,
+    num_classes), so the batch matches however the model was configured.
+    Images are ``[batch, in_channels, resolution, resolution]``; token models
+    get ``seq_len`` ids (clamped to the model's ``max_len``). Targets are class
+    indices ``[batch]`` for classifiers and next-token ids ``[batch, T]`` for
+    "gpt" (the input sequence shifted by one). Draws only from ``generator``
+    (or a fresh one seeded with ``seed``), so results are reproducible and the
+    global RNG is untouched.
+    """
+    if name not in MODELS:
+        raise KeyError(f"unknown model {name!r}; available: {sorted(MODELS)}")
+    if generator is None:
+        generator = torch.Generator().manual_seed(seed)
+
+    if name == "gpt":
+        T = min(seq_len, model.max_len)
+        ids = torch.randint(model.vocab_size, (batch, T + 1), generator=generator)
+        return (ids[:, :-1].contiguous(),), ids[:, 1:].contiguous()
+
+    if name == "mlp":
+        x = torch.randn(batch, model.in_features, generator=generator)
+    elif name in _IMAGE_MODELS:
+        x = torch.randn(batch, model.in_channels, resolution, resolution, generator=generator)
+    else:  # bert
+        x = torch.randint(model.vocab_size, (batch, min(seq_len, model.max_len)), generator=generator)
+    target = torch.randint(model.num_classes, (batch,), generator=generator)
+    return (x,), target
