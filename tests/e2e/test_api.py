@@ -1,0 +1,175 @@
+"""The user-facing API: losses, specs, Session state, and the errors for each user mistake."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import edgetune as et
+from edgetune import models
+from support import edgetune_run, torch_reference_run
+
+
+@pytest.fixture
+def mlp():
+    torch.manual_seed(0)
+    model = models.MLP(in_features=6, hidden=8, num_classes=3, depth=2)
+    x = torch.randn(4, 6)
+    y = torch.tensor([0, 2, 1, 2])
+    return model, x, y
+
+
+def test_readme_flow(mlp):
+    model, x, y = mlp
+    prog = et.compile(model, example_inputs=(x,), example_target=y, loss="cross_entropy",
+                      peft=et.peft.BiasOnly(), optimizer=et.optim.SGD(lr=0.1, momentum=0.9))
+    text = str(prog)
+    assert "forward:" in text and "loss:" in text and "backward:" in text and "update:" in text
+    sess = et.Session(prog, backend="reference")
+    losses = [sess.step(x, y) for _ in range(20)]
+    assert losses[-1] < losses[0]
+    state = sess.state_dict()
+    assert set(state) == set(model.state_dict())
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})  # back into PyTorch
+
+
+def test_mse_and_callable_losses_match_torch(mlp):
+    model, x, _ = mlp
+    target = torch.randn(4, 3)
+    for loss in ("mse", lambda out, t: ((out - t) ** 2).sum() * 0.5):
+        prog = et.compile(model, (x,), target, loss=loss, optimizer=et.optim.SGD(lr=0.05))
+        batches = [((x,), target)] * 3
+        ours, ours_state, _ = edgetune_run(prog, batches)
+        theirs, their_state = torch_reference_run(model, prog, batches, loss=loss)
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5)
+        for k in their_state:
+            np.testing.assert_allclose(ours_state[k], their_state[k], rtol=1e-4, atol=1e-6)
+
+
+def test_traced_cross_entropy_with_label_smoothing_matches_torch(mlp):
+    model, x, y = mlp
+
+    def loss(out, t):
+        return F.cross_entropy(out, t, label_smoothing=0.1)
+
+    prog = et.compile(model, (x,), y, loss=loss, optimizer=et.optim.AdamW(lr=1e-2))
+    assert any(n.op == "cross_entropy" and n.attrs["label_smoothing"] == 0.1 for n in prog.graph.nodes)
+    batches = [((x,), y)] * 3
+    ours, ours_state, _ = edgetune_run(prog, batches)
+    theirs, their_state = torch_reference_run(model, prog, batches, loss=loss)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5)
+    for k in their_state:
+        np.testing.assert_allclose(ours_state[k], their_state[k], rtol=1e-4, atol=1e-6)
+
+
+def test_nesterov_and_dampening_follow_torch(mlp):
+    model, x, y = mlp
+    for opt in (et.optim.SGD(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
+                et.optim.SGD(lr=0.1, momentum=0.9, dampening=0.3)):
+        prog = et.compile(model, (x,), y, optimizer=opt)
+        batches = [((x,), y)] * 4
+        _, ours, _ = edgetune_run(prog, batches)
+        _, theirs = torch_reference_run(model, prog, batches)
+        for k in theirs:
+            np.testing.assert_allclose(ours[k], theirs[k], rtol=1e-4, atol=1e-6)
+
+
+def test_learning_rate_can_change_between_steps(mlp):
+    model, x, y = mlp
+    prog = et.compile(model, (x,), y, optimizer=et.optim.SGD(lr=0.1))
+    sess = et.Session(prog)
+    sess.set_lr(0.0)
+    before = sess.state_dict()
+    sess.step(x, y)
+    after = sess.state_dict()
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    sess.set_lr(0.2)
+    assert sess.lr == pytest.approx(0.2)
+    sess.step(x, y)
+    after = sess.state_dict()
+    assert any(not np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_load_state_dict_round_trip_and_errors(mlp):
+    model, x, y = mlp
+    prog = et.compile(model, (x,), y)
+    sess = et.Session(prog)
+    state = {k: v * 0 for k, v in sess.state_dict().items()}
+    sess.load_state_dict(state)
+    assert all(not v.any() for v in sess.state_dict().values())
+    with pytest.raises(et.InputError, match="unknown keys"):
+        sess.load_state_dict({**state, "nope": np.zeros(1)})
+    name = next(iter(state))
+    with pytest.raises(et.InputError, match=f"'{name}' has shape"):
+        sess.load_state_dict({**state, name: np.zeros((1, 1, 1))})
+
+
+def test_session_rejects_bad_batches(mlp):
+    model, x, y = mlp
+    sess = et.Session(et.compile(model, (x,), y))
+    with pytest.raises(et.InputError, match=r"input 'x' has shape \[3, 6\], the program expects \[4, 6\].*pad"):
+        sess.step(x[:3], y[:3])
+    with pytest.raises(et.InputError, match="expected 2 arrays"):
+        sess.step(x)
+    with pytest.raises(et.InputError, match="input 'target' has dtype float32"):
+        sess.step(x, y.float())
+    with pytest.raises(et.InputError, match="unknown backend"):
+        et.Session(sess.program, backend="tpu")
+
+
+# ---- specs ----------------------------------------------------------------------------------------
+def test_select_globs_include_exclude_and_aliases():
+    model = models.GPTDecoder(vocab_size=20, hidden=8, layers=2, heads=2, max_len=4)
+    ids = torch.randint(0, 20, (2, 4))
+    prog = et.compile(model, (ids,), ids, peft=et.peft.Select(include=["h.1.*"], exclude=["*.bias"]))
+    assert prog.trainable_names and all(n.startswith("h.1.") and not n.endswith(".bias")
+                                        for n in prog.trainable_names)
+    prog = et.compile(model, (ids,), ids, peft=et.peft.Select(include=["lm_head.weight"]))
+    assert prog.trainable_names == ["wte.weight"]  # the alias selects the tied parameter
+
+
+@pytest.mark.parametrize("spec, message", [
+    (et.peft.Select(include=["encoder.*"]), "include pattern 'encoder.\\*' matches no parameter"),
+    (et.peft.Select(include=["*"], exclude=["nothing*"]), "exclude pattern 'nothing\\*' matches no parameter"),
+    (et.peft.Select(include=["layers.0.weight"], exclude=["layers.0.*"]), "selects no parameter"),
+    (et.peft.LastK(9), "has only 2 parameterized layers"),
+])
+def test_spec_mistakes_raise_spec_error(mlp, spec, message):
+    model, x, y = mlp
+    with pytest.raises(et.SpecError, match=message):
+        et.compile(model, (x,), y, peft=spec)
+
+
+def test_bias_only_on_a_model_without_biases_selects_nothing():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3, bias=False))
+    with pytest.raises(et.SpecError, match="BiasOnly\\(\\) selects no parameter"):
+        et.compile(model, (torch.randn(2, 4),), torch.tensor([0, 1]), peft=et.peft.BiasOnly())
+
+
+def test_lastk_rejects_nonsense():
+    with pytest.raises(et.SpecError):
+        et.peft.LastK(0)
+
+
+# ---- losses ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("target, loss, message", [
+    (torch.tensor([0, 1, 2]), "cross_entropy", r"model output f32\[4,3\] and target i64\[3\] do not fit"),
+    (torch.randn(4, 3), "cross_entropy", "targets must be integer class indices"),
+    (torch.randn(4, 2), "mse", r"mse: model output f32\[4,3\] and target f32\[4,2\] differ in shape"),
+    (torch.tensor([0, 1, 2, 0]), "hinge", "unknown loss 'hinge'"),
+    (torch.randn(4, 3), lambda out, t: (out - t) ** 2, r"the loss must be a scalar, got f32\[4,3\]"),
+])
+def test_loss_mistakes_raise_loss_error(mlp, target, loss, message):
+    model, x, _ = mlp
+    with pytest.raises(et.LossError, match=message):
+        et.compile(model, (x,), target, loss=loss)
+
+
+def test_language_model_cross_entropy_uses_the_last_dim_as_classes():
+    model = models.GPTDecoder(vocab_size=20, hidden=8, layers=1, heads=2, max_len=4)
+    ids = torch.randint(0, 20, (2, 4))
+    prog = et.compile(model, (ids,), ids)
+    ce = next(n for n in prog.graph.nodes if n.op == "cross_entropy")
+    assert ce.inputs[0].shape == (8, 20) and ce.inputs[1].shape == (8,)
