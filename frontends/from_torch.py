@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import operator
 import re
+import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -39,7 +40,9 @@ def export_program(fn_or_module, example_inputs: tuple, what: str):
     torch = _torch()
     module = fn_or_module if isinstance(fn_or_module, torch.nn.Module) else _make_function_module()(fn_or_module)
     try:
-        ep = torch.export.export(module, tuple(example_inputs))
+        with warnings.catch_warnings():  # torch.export's own deprecation chatter is not the user's concern
+            warnings.simplefilter("ignore", FutureWarning)
+            ep = torch.export.export(module, tuple(example_inputs))
     except Exception as e:  # torch raises many types here; all mean "could not capture"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CaptureError(f"torch.export could not capture {what} ({type(module).__name__}): "
@@ -47,7 +50,9 @@ def export_program(fn_or_module, example_inputs: tuple, what: str):
     table = torch.export.default_decompositions()
     for name in _KEEP_COMPOSITE:
         table.pop(getattr(torch.ops.aten, name).default, None)
-    return ep.run_decompositions(table)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return ep.run_decompositions(table)
 
 
 def _make_function_module():
