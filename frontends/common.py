@@ -41,3 +41,34 @@ def resolve_shape(shape, numel: int, where: str) -> list[int]:
 
 def norm_dim(d: int, rank: int) -> int:
     return d + rank if d < 0 else d
+
+
+# ---- lowerings both frontends share; `im` is an importer with emit1(op, inputs, attrs) ----------
+def lower_reshape(im, x, shape):
+    """reshape to an explicit shape; no node when the shape already matches."""
+    shape = [int(s) for s in shape]
+    if list(x.shape) == shape:
+        return x
+    return im.emit1("reshape", [x], {"shape": shape})
+
+
+def lower_matmul(im, a, b):
+    """numpy matmul semantics, 1-d operands included, on top of the rank >= 2 `matmul` op."""
+    if a.type.rank == 1:
+        y = lower_matmul(im, im.emit1("reshape", [a], {"shape": [1, a.shape[0]]}), b)
+        return im.emit1("reshape", [y], {"shape": list(y.shape[:-2]) + [y.shape[-1]]})
+    if b.type.rank == 1:
+        y = lower_matmul(im, a, im.emit1("reshape", [b], {"shape": [b.shape[0], 1]}))
+        return im.emit1("reshape", [y], {"shape": list(y.shape[:-1])})
+    return im.emit1("matmul", [a, b])
+
+
+def lower_slice(im, x, dim, start, end, step=1):
+    """Python-style slice (None and negative bounds, clamping) -> an explicit `slice` node."""
+    size = x.shape[dim]
+    start = 0 if start is None else (start + size if start < 0 else start)
+    end = size if end is None else (end + size if end < 0 else end)
+    start, end = max(0, min(start, size)), max(0, min(end, size))
+    if (start, end, step) == (0, size, 1):
+        return x
+    return im.emit1("slice", [x], {"dim": dim, "start": start, "end": max(end, start), "step": int(step)})

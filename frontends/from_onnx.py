@@ -19,6 +19,16 @@ A few exporter patterns are recognised and lowered to single edgetune ops:
   * 0.5 * x * (1 + Tanh(sqrt(2/pi) * (x + 0.044715 x^3)))      -> gelu(approximate="tanh")
   * x * Sigmoid(x)                                             -> silu
 
+Training-mode BatchNormalization becomes `batch_norm_train` with its running stats assigned back
+to their buffers, updated as PyTorch does (unbiased batch variance; the ONNX reference uses the
+biased one), since exported torch models are what we fine-tune. Training-mode Dropout becomes
+a `dropout` node on the program's rng counter, like the torch frontend's.
+
+Expected input: torch.onnx.export(..., do_constant_folding=False) (the default True folds
+Transpose(W) into anonymous "onnx::MatMul_*" initializers, which then import as params under
+those names). A tied weight (GPT's lm_head = wte) is one initializer used twice: one param, and
+the second state_dict name is simply absent from the file.
+
 Every op (or form of an op) we cannot map is collected — with its node name — and reported
 together in one UnsupportedOpError.
 """
@@ -35,7 +45,7 @@ import numpy as np
 from ..compiler.errors import CaptureError, EdgetuneError, InputError, UnsupportedOpError
 from ..compiler.ir import Graph, NameGen, TensorType, Value, dtype_of_numpy, numpy_dtype
 from ..compiler.ops.registry import Builder
-from .common import ImportedModel, norm_dim, resolve_shape
+from .common import ImportedModel, lower_matmul, lower_reshape, lower_slice, norm_dim, resolve_shape
 
 MIN_OPSET = 13
 _DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -259,6 +269,8 @@ class OnnxImporter:
             if node.op_type == "Identity" and node.domain in _DEFAULT_DOMAINS and node.input[0] in self.weights:
                 self.weights[node.output[0]] = self.weights[node.input[0]]
                 self.skip.add(id(node))
+        # params are created on first use; keep their names free of generated value names
+        self.names.used.update(self.weights)
         for node in self.nodes:
             if node.domain not in _DEFAULT_DOMAINS:
                 continue
@@ -442,7 +454,7 @@ class OnnxImporter:
             v = self.const(self.known[name])
         elif name in self.weights:
             kind = "buffer" if name in self.running_stats else "param"
-            v = self.g.add_source(self.names.reserve(name), kind, np.array(self.weights[name]))
+            v = self.g.add_source(name, kind, np.array(self.weights[name]))
         elif name in self.transposed:  # a pattern consumer fell back to the general path
             v = self.b.emit1("permute", [self.value_of(self.transposed[name])], {"dims": [1, 0]})
         else:
@@ -509,6 +521,9 @@ class OnnxImporter:
         if node.domain not in _DEFAULT_DOMAINS:
             self._unsupported(node, f"{node.domain}::{op}")
             return
+        if op in _REJECTED:
+            self._unsupported(node, f"{op} ({_REJECTED[op]})")
+            return
         ins = [n for n in node.input if n]
         if any(self.env.get(n) is _POISON for n in ins):
             if op not in HANDLERS and op not in FOLDERS:
@@ -524,7 +539,11 @@ class OnnxImporter:
                     return
                 result = self.emit1(kind, [self.value_of(x)], attrs)
             elif op in FOLDERS and all(n in self.known for n in ins):
-                result = FOLDERS[op](self, node, [self.known.get(n) if n else None for n in node.input], _attrs(node))
+                try:
+                    result = FOLDERS[op](self, node, [self.known.get(n) if n else None for n in node.input],
+                                         _attrs(node))
+                except (ValueError, TypeError, IndexError, KeyError, EdgetuneError) as e:
+                    raise _Unsupported(f"constant inputs that cannot be evaluated: {_reason(e)}") from None
             elif op in HANDLERS:
                 result = HANDLERS[op](self, node, _attrs(node))
             else:
@@ -575,6 +594,10 @@ class OnnxImporter:
                 self.env[name] = _POISON
             else:
                 self.env[name] = self.g.add_source(self.names("unsupported"), "const", np.zeros(t[0], dtype=t[1]))
+
+
+# ops that only exist inside a recognised pattern (see the module docstring)
+_REJECTED = {"Erf": "supported only inside an exact GELU, x * 0.5 * (1 + erf(x / sqrt(2)))"}
 
 
 def _source_of(node) -> str:
@@ -827,11 +850,6 @@ def handles(*names):
     return deco
 
 
-def _reshape_to(im, x, shape):
-    shape = [int(s) for s in shape]
-    if list(x.shape) == shape:
-        return x
-    return im.emit1("reshape", [x], {"shape": shape})
 
 
 def _binary(op):
@@ -896,22 +914,6 @@ def _clip(im, node, a):
     raise _Unsupported("a single bound other than min=0")
 
 
-@handles("Erf")
-def _erf(im, node, a):
-    raise _Unsupported("Erf is supported only inside an exact GELU, x * 0.5 * (1 + erf(x / sqrt(2)))")
-
-
-def _matmul_any(im, a, b):
-    """numpy matmul semantics including 1-d operands."""
-    if a.type.rank == 1:
-        a1 = im.emit1("reshape", [a], {"shape": [1, a.shape[0]]})
-        y = _matmul_any(im, a1, b)
-        return im.emit1("reshape", [y], {"shape": list(y.shape[:-2]) + [y.shape[-1]]})
-    if b.type.rank == 1:
-        b1 = im.emit1("reshape", [b], {"shape": [b.shape[0], 1]})
-        y = _matmul_any(im, a, b1)
-        return im.emit1("reshape", [y], {"shape": list(y.shape[:-1])})
-    return im.emit1("matmul", [a, b])
 
 
 @handles("MatMul")
@@ -926,7 +928,7 @@ def _matmul(im, node, a):
         if fused:
             im.env[fused[0].output[0]] = y
         return y
-    return _matmul_any(im, x, im.inp(1))
+    return lower_matmul(im, x, im.inp(1))
 
 
 @handles("Gemm")
@@ -1081,7 +1083,7 @@ def _layer_norm(im, node, a):
     axis = norm_dim(int(a.get("axis", -1)), x.type.rank)
     shape = list(x.shape[axis:])
     if b is None:
-        b = im.g.add_source(im.names("zeros"), "const", np.zeros(shape, np.float32))
+        b = im.g.add_source(im.names("zeros"), "const", np.zeros(shape, numpy_dtype(x.dtype)))
 
     def fit(v, what):
         if list(v.shape) == shape:
@@ -1115,25 +1117,25 @@ def _size(im, node, a):
 @handles("Reshape")
 def _reshape(im, node, a):
     x = im.inp(0)
-    return _reshape_to(im, x, _reshape_target(x.shape, im.static(1, "the target shape"), a, im.source))
+    return lower_reshape(im, x, _reshape_target(x.shape, im.static(1, "the target shape"), a, im.source))
 
 
 @handles("Flatten")
 def _flatten(im, node, a):
     x = im.inp(0)
-    return _reshape_to(im, x, _flatten_shape(x.shape, a.get("axis", 1)))
+    return lower_reshape(im, x, _flatten_shape(x.shape, a.get("axis", 1)))
 
 
 @handles("Squeeze")
 def _squeeze(im, node, a):
     x = im.inp(0)
-    return _reshape_to(im, x, _squeeze_shape(x.shape, im.static(1, "the axes")))
+    return lower_reshape(im, x, _squeeze_shape(x.shape, im.static(1, "the axes")))
 
 
 @handles("Unsqueeze")
 def _unsqueeze(im, node, a):
     x = im.inp(0)
-    return _reshape_to(im, x, _unsqueeze_shape(x.shape, im.static(1, "the axes")))
+    return lower_reshape(im, x, _unsqueeze_shape(x.shape, im.static(1, "the axes")))
 
 
 @handles("Transpose")
@@ -1156,14 +1158,15 @@ def _dropout(im, node, a):
     ratio = im.static(1, "the ratio")
     training = im.static(2, "training_mode")
     p = 0.5 if ratio is None else _f32(ratio.reshape(()))
-    if training is None or not bool(training.reshape(())) or p == 0:
+    training = training is not None and bool(training.reshape(()))
+    im.train_mode = im.train_mode or training
+    if not training or p == 0:
         mask = None
         if im.output_used(1):
             mask = im.g.add_source(im.names("c"), "const", np.ones(x.shape, np.bool_))
         return (x, mask)
     if im.output_used(1):
         raise _Unsupported("the mask output in training mode")
-    im.train_mode = True
     counter = im.g.sources.get("rng.counter")
     if counter is None:
         counter = im.g.add_source("rng.counter", "state", np.asarray(0, dtype=np.int64))
@@ -1190,14 +1193,6 @@ def _concat(im, node, a):
     return im.emit1("concat", parts, {"dim": norm_dim(int(a["axis"]), ref.type.rank)})
 
 
-def _slice_value(im, x, dim, start, end, step=1):
-    size = x.shape[dim]
-    start = start + size if start < 0 else start
-    end = end + size if end < 0 else end
-    start, end = max(0, min(start, size)), max(0, min(end, size))
-    if (start, end, step) == (0, size, 1):
-        return x
-    return im.emit1("slice", [x], {"dim": dim, "start": start, "end": max(end, start), "step": int(step)})
 
 
 @handles("Slice")
@@ -1211,7 +1206,7 @@ def _slice(im, node, a):
     for s, e, ax, st in zip(starts.reshape(-1), ends.reshape(-1), axes, steps):
         if st < 1:
             raise _Unsupported(f"step {int(st)}")
-        x = _slice_value(im, x, norm_dim(int(ax), x.type.rank), int(s), int(e), int(st))
+        x = lower_slice(im, x, norm_dim(int(ax), x.type.rank), int(s), int(e), int(st))
     return x
 
 
@@ -1222,7 +1217,7 @@ def _split(im, node, a):
     sizes = _split_sizes(x.shape[axis], im.static(1, "the split sizes"), a, len(node.output))
     outs, offset = [], 0
     for s in sizes:
-        outs.append(_slice_value(im, x, axis, offset, offset + s))
+        outs.append(lower_slice(im, x, axis, offset, offset + s))
         offset += s
     return tuple(outs)
 
@@ -1254,12 +1249,12 @@ def _gather(im, node, a):
     steps = {b - a for a, b in zip(flat, flat[1:])}
     if len(flat) == 1 or (len(steps) == 1 and min(steps) >= 1):
         step = steps.pop() if steps else 1
-        y = _slice_value(im, x, axis, flat[0], flat[-1] + 1, step)
+        y = lower_slice(im, x, axis, flat[0], flat[-1] + 1, step)
     elif len(flat) <= 64:
-        y = im.emit1("concat", [_slice_value(im, x, axis, i, i + 1) for i in flat], {"dim": axis})
+        y = im.emit1("concat", [lower_slice(im, x, axis, i, i + 1) for i in flat], {"dim": axis})
     else:
         raise _Unsupported(f"{len(flat)} scattered constant indices")
-    return _reshape_to(im, y, out_shape)
+    return lower_reshape(im, y, out_shape)
 
 
 @handles("Where")

@@ -25,7 +25,7 @@ import numpy as np
 from ..compiler.errors import CaptureError, EdgetuneError, UnsupportedOpError
 from ..compiler.ir import Graph, NameGen, TensorType, Value, dtype_of_numpy
 from ..compiler.ops.registry import Builder
-from .common import ImportedModel, norm_dim, resolve_shape
+from .common import ImportedModel, lower_matmul, lower_reshape, lower_slice, norm_dim, resolve_shape
 
 _KEEP_COMPOSITE = ("linear", "hardswish", "hardsigmoid", "silu", "scaled_dot_product_attention",
                    "cross_entropy_loss", "nll_loss_nd", "mse_loss")
@@ -93,8 +93,10 @@ class TorchImporter:
     """Maps one exported program into `graph`, binding its user inputs to `bound` Values
     (or creating graph inputs when `bound` is None)."""
 
-    def __init__(self, graph: Graph, section: str = "forward", names: NameGen | None = None):
+    def __init__(self, graph: Graph, section: str = "forward", names: NameGen | None = None,
+                 frozen_buffers: dict | None = None):
         self.g = graph
+        self.frozen_buffers = frozen_buffers or {}  # buffer name -> tensor, for constant folding
         self.names = names or NameGen(graph)
         self.b = Builder(graph, section, self.names)
         self.env: dict[Any, Any] = {}
@@ -128,9 +130,7 @@ class TorchImporter:
 
     # ---- main loop ---------------------------------------------------------------------------
     def run(self, ep, bound: list[Value] | None, param_values: dict[str, Value]) -> list[Any]:
-        torch = _torch()
         sig = ep.graph_signature
-        user_inputs = [s for s in sig.input_specs if s.kind.name == "USER_INPUT"]
         placeholder_kind = {s.arg.name: s for s in sig.input_specs}
         consts = dict(ep.constants)
         user_i = 0
@@ -151,7 +151,7 @@ class TorchImporter:
                 elif kind in ("PARAMETER", "BUFFER"):
                     if spec.target in param_values:
                         self.env[node] = param_values[spec.target]
-                        if kind == "BUFFER" and spec.target in getattr(self, "frozen_buffers", {}):
+                        if kind == "BUFFER" and spec.target in self.frozen_buffers:
                             self.known[node] = self.frozen_buffers[spec.target]
                     else:  # non-persistent buffer: a constant of the program
                         tensor = consts[spec.target]
@@ -329,17 +329,6 @@ def _linear(im, node, x, w, b=None):
     return im.emit1("linear", [x, w] + ([b] if b is not None else []))
 
 
-def _matmul_any(im, a, b):
-    """numpy matmul semantics including 1-d operands."""
-    if a.type.rank == 1:
-        a1 = im.emit1("reshape", [a], {"shape": [1, a.shape[0]]})
-        y = _matmul_any(im, a1, b)
-        return im.emit1("reshape", [y], {"shape": list(y.shape[:-2]) + [y.shape[-1]]})
-    if b.type.rank == 1:
-        b1 = im.emit1("reshape", [b], {"shape": [b.shape[0], 1]})
-        y = _matmul_any(im, a, b1)
-        return im.emit1("reshape", [y], {"shape": list(y.shape[:-1])})
-    return im.emit1("matmul", [a, b])
 
 
 def _transposed_param(v: Value):
@@ -355,7 +344,7 @@ def _mm(im, node, a, b):
     w = _transposed_param(b)
     if w is not None and a.type.rank == 2:
         return im.emit1("linear", [a, w])
-    return _matmul_any(im, a, b)
+    return lower_matmul(im, a, b)
 
 
 @handles("addmm")
@@ -521,10 +510,7 @@ HANDLERS["sum"] = lambda im, node, x, dtype=None: _reduce("sum")(im, node, x)
 
 
 def _reshape_to(im, x, shape):
-    shape = resolve_shape(shape, x.type.numel, f"reshape at {im.source}")
-    if list(x.shape) == shape:
-        return x
-    return im.emit1("reshape", [x], {"shape": shape})
+    return lower_reshape(im, x, resolve_shape(shape, x.type.numel, f"reshape at {im.source}"))
 
 
 @handles("view", "_unsafe_view", "reshape")
@@ -586,26 +572,18 @@ def _cat(im, node, tensors, dim=0):
     return im.emit1("concat", tensors, {"dim": norm_dim(dim, tensors[0].type.rank)})
 
 
-def _slice_value(im, x, dim, start, end, step=1):
-    size = x.shape[dim]
-    start = 0 if start is None else (start + size if start < 0 else start)
-    end = size if end is None else (end + size if end < 0 else end)
-    start, end = max(0, min(start, size)), max(0, min(end, size))
-    if (start, end, step) == (0, size, 1):
-        return x
-    return im.emit1("slice", [x], {"dim": dim, "start": start, "end": max(end, start), "step": int(step)})
 
 
 @handles("slice.Tensor")
 def _slice(im, node, x, dim=0, start=None, end=None, step=1):
-    return _slice_value(im, x, norm_dim(dim, x.type.rank), start, end, step)
+    return lower_slice(im, x, norm_dim(dim, x.type.rank), start, end, step)
 
 
 @handles("select.int")
 def _select(im, node, x, dim, index):
     dim = norm_dim(dim, x.type.rank)
     index = index + x.shape[dim] if index < 0 else index
-    y = _slice_value(im, x, dim, index, index + 1)
+    y = lower_slice(im, x, dim, index, index + 1)
     return _reshape_to(im, y, _meta_shape(node))
 
 
@@ -617,7 +595,7 @@ def _split(im, node, x, sizes, dim=0):
         sizes = [min(sizes, total - i) for i in range(0, total, sizes)]
     outs, offset = [], 0
     for s in sizes:
-        outs.append(_slice_value(im, x, dim, offset, offset + s))
+        outs.append(lower_slice(im, x, dim, offset, offset + s))
         offset += s
     return tuple(outs)
 
@@ -743,8 +721,7 @@ def import_module(module, example_inputs: tuple) -> ImportedModel:
         by_identity[id(tensor)] = spec.target
         if kind == "BUFFER" and spec.target not in mutated:
             frozen_buffers[spec.target] = tensor
-    importer = TorchImporter(g, "forward", names)
-    importer.frozen_buffers = frozen_buffers
+    importer = TorchImporter(g, "forward", names, frozen_buffers)
     outputs = importer.run(ep, None, param_values)
     if importer.unsupported:
         raise UnsupportedOpError(importer.unsupported, "PyTorch")

@@ -48,7 +48,7 @@ class ReferenceExecutor:
                 raise IRError(f"{node.op} producing %{node.outputs[0].name} reads {e} which was not computed") from None
             results = get_op(node.op).reference(args, node.attrs)
             for v, r in zip(node.outputs, results):
-                env[v.name] = np.asarray(r)
+                env[v.name] = self._cast(np.asarray(r))  # a `cast` to f32 stays in compute_dtype
         outputs = {k: env[v.name] for k, v in g.outputs.items() if v.name in env}
         new_state = dict(state)
         for name, v in g.assigns.items():

@@ -62,3 +62,12 @@ def edgetune_run(prog, batches, compute_dtype=None):
     sess = et.Session(prog, compute_dtype=compute_dtype)
     losses = [sess.step(*inputs, target) for inputs, target in batches]
     return losses, sess.state_dict(), sess
+
+
+def assert_training_matches_torch(model, prog, batches, loss="cross_entropy", rtol=1e-4, atol=1e-6):
+    """Run both sides and compare losses and every state_dict entry."""
+    ours, ours_state, _ = edgetune_run(prog, batches)
+    theirs, their_state = torch_reference_run(model, prog, batches, loss=loss)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5)
+    for k in their_state:
+        np.testing.assert_allclose(ours_state[k], their_state[k], rtol=rtol, atol=atol, err_msg=k)

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .registry import NOT_DIFFERENTIABLE, OpDef, Sample, T, check, rand, register
-from ..ir import TensorType
+from .registry import OpDef, Sample, T, check, rand, register
 
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 

@@ -17,7 +17,7 @@ csrc/ later). tests/ops/test_registry.py fails when an op misses a part.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .registry import NOT_DIFFERENTIABLE, OpDef, Sample, T, check, rand, register, same_dtype
+from .registry import OpDef, Sample, T, check, rand, register, same_dtype
 from ..ir import TensorType, numpy_dtype
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import edgetune as et
 from edgetune import models
-from support import edgetune_run, torch_reference_run
+from support import assert_training_matches_torch
 
 
 @pytest.fixture
@@ -40,12 +40,7 @@ def test_mse_and_callable_losses_match_torch(mlp):
     target = torch.randn(4, 3)
     for loss in ("mse", lambda out, t: ((out - t) ** 2).sum() * 0.5):
         prog = et.compile(model, (x,), target, loss=loss, optimizer=et.optim.SGD(lr=0.05))
-        batches = [((x,), target)] * 3
-        ours, ours_state, _ = edgetune_run(prog, batches)
-        theirs, their_state = torch_reference_run(model, prog, batches, loss=loss)
-        np.testing.assert_allclose(ours, theirs, rtol=1e-5)
-        for k in their_state:
-            np.testing.assert_allclose(ours_state[k], their_state[k], rtol=1e-4, atol=1e-6)
+        assert_training_matches_torch(model, prog, [((x,), target)] * 3, loss=loss)
 
 
 def test_traced_cross_entropy_with_label_smoothing_matches_torch(mlp):
@@ -56,12 +51,7 @@ def test_traced_cross_entropy_with_label_smoothing_matches_torch(mlp):
 
     prog = et.compile(model, (x,), y, loss=loss, optimizer=et.optim.AdamW(lr=1e-2))
     assert any(n.op == "cross_entropy" and n.attrs["label_smoothing"] == 0.1 for n in prog.graph.nodes)
-    batches = [((x,), y)] * 3
-    ours, ours_state, _ = edgetune_run(prog, batches)
-    theirs, their_state = torch_reference_run(model, prog, batches, loss=loss)
-    np.testing.assert_allclose(ours, theirs, rtol=1e-5)
-    for k in their_state:
-        np.testing.assert_allclose(ours_state[k], their_state[k], rtol=1e-4, atol=1e-6)
+    assert_training_matches_torch(model, prog, [((x,), y)] * 3, loss=loss)
 
 
 def test_nesterov_and_dampening_follow_torch(mlp):
@@ -69,11 +59,7 @@ def test_nesterov_and_dampening_follow_torch(mlp):
     for opt in (et.optim.SGD(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
                 et.optim.SGD(lr=0.1, momentum=0.9, dampening=0.3)):
         prog = et.compile(model, (x,), y, optimizer=opt)
-        batches = [((x,), y)] * 4
-        _, ours, _ = edgetune_run(prog, batches)
-        _, theirs = torch_reference_run(model, prog, batches)
-        for k in theirs:
-            np.testing.assert_allclose(ours[k], theirs[k], rtol=1e-4, atol=1e-6)
+        assert_training_matches_torch(model, prog, [((x,), y)] * 4)
 
 
 def test_learning_rate_can_change_between_steps(mlp):
