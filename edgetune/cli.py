@@ -4,7 +4,7 @@
     edgetune compile   compile a zoo model or an ONNX file and write the text IR (and summary)
 
 Exit status: 0 on success, 2 on a user mistake (an edgetune error, printed without a
-traceback), 1 on anything unexpected. Files are written atomically: a failed run never
+traceback), 3 when the demo's loss did not fall, 1 on anything unexpected. Files are written atomically: a failed run never
 leaves a half-written program behind.
 """
 
@@ -154,15 +154,16 @@ def cmd_compile(args) -> int:
     import torch
     import edgetune as et
     if args.onnx:
-        import onnx
         from .frontends.from_onnx import load_model
-        proto = load_model(args.onnx)
-        shapes = [[d.dim_value or args.batch for d in i.type.tensor_type.shape.dim] for i in proto.graph.input
-                  if i.name not in {init.name for init in proto.graph.initializer}]
+        proto, _, _ = load_model(args.onnx)
+        initializers = {init.name for init in proto.graph.initializer}
+        # symbolic dims (usually the batch) take --batch; image/sequence data is random, as
+        # only shapes and dtypes matter to compilation
+        shapes = [[d.dim_value or args.batch for d in i.type.tensor_type.shape.dim]
+                  for i in proto.graph.input if i.name not in initializers]
         inputs = tuple(torch.randn(*s) for s in shapes)
-        target = torch.zeros(args.batch, dtype=torch.int64)
+        target = torch.zeros(shapes[0][0] if shapes and shapes[0] else args.batch, dtype=torch.int64)
         model = proto
-        del onnx
     else:
         torch.manual_seed(args.seed)
         model = build_model(args.model, 10).train(not args.eval)

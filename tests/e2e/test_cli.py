@@ -1,0 +1,47 @@
+"""The command line: the demo trains, `compile` writes parseable IR atomically, mistakes exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+
+from edgetune.cli import main
+from edgetune.compiler.ir_text import parse_graph
+
+
+def test_demo_default_trains_and_loss_falls(capsys):
+    assert main(["--steps", "12"]) == 0
+    out = capsys.readouterr().out
+    assert "LastK(k=3)" in out and "loss fell" in out and "weight-gradient ops" in out
+
+
+def test_demo_saves_trained_weights(tmp_path):
+    path = tmp_path / "trained.npz"
+    assert main(["demo", "--steps", "8", "--save", str(path)]) == 0
+    state = np.load(path)
+    assert {"conv1.weight", "bn1.running_mean", "fc.weight", "fc.bias"} <= set(state.files)
+
+
+def test_compile_writes_text_ir_that_parses(tmp_path):
+    out = tmp_path / "cnn.etir"
+    assert main(["compile", "--peft", "select:fc.*", "-o", str(out)]) == 0
+    g = parse_graph(out.read_text())
+    assert {p.name for p in g.params() if p.trainable} == {"fc.weight", "fc.bias"}
+
+
+def test_user_mistakes_exit_2_and_write_nothing(tmp_path, capsys):
+    out = tmp_path / "never.etir"
+    assert main(["compile", "--peft", "select:nothing.*", "-o", str(out)]) == 2
+    assert "matches no parameter" in capsys.readouterr().out
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    assert main(["compile", "--onnx", str(bad), "-o", str(out)]) == 2
+    assert "cannot read ONNX model" in capsys.readouterr().out
+    assert not out.exists() and list(tmp_path.iterdir()) == [bad]
+
+
+def test_python_dash_m_entry_point_reports_bad_arguments():
+    result = subprocess.run([sys.executable, "-m", "edgetune", "--peft", "last-k:x"], capture_output=True, text=True)
+    assert result.returncode == 2 and "last-k needs an integer" in result.stderr
