@@ -163,7 +163,7 @@ def cmd_compile(args) -> int:
                   for i in proto.graph.input if i.name not in initializers]
         inputs = tuple(torch.randn(*s) for s in shapes)
         target = torch.zeros(shapes[0][0] if shapes and shapes[0] else args.batch, dtype=torch.int64)
-        model = proto
+        model = args.onnx  # the path, so the program is named after the file
     else:
         torch.manual_seed(args.seed)
         model = build_model(args.model, 10).train(not args.eval)

@@ -159,3 +159,31 @@ def test_language_model_cross_entropy_uses_the_last_dim_as_classes():
     prog = et.compile(model, (ids,), ids)
     ce = next(n for n in prog.graph.nodes if n.op == "cross_entropy")
     assert ce.inputs[0].shape == (8, 20) and ce.inputs[1].shape == (8,)
+
+
+# ---- train-mode dropout and inference -------------------------------------------------------
+def test_train_mode_dropout_is_reproducible_and_really_drops():
+    torch.manual_seed(0)
+    model = models.BertEncoder(vocab_size=30, hidden=16, layers=1, heads=2, intermediate=32, max_len=6,
+                               num_classes=3, dropout=0.3).train()
+    (ids,), target = models.example_inputs("bert", model, batch=4, seq_len=6)
+    prog = et.compile(model, (ids,), target, optimizer=et.optim.SGD(lr=0.1))
+    runs = []
+    for _ in range(2):
+        sess = et.Session(prog)
+        runs.append([sess.step(ids, target) for _ in range(3)])
+    assert runs[0] == runs[1], "same program, same data -> same masks, same losses"
+    assert len(set(runs[0])) == 3
+    eval_prog = et.compile(model.eval(), (ids,), target, optimizer=et.optim.SGD(lr=0.1))
+    assert et.Session(eval_prog).step(ids, target) != runs[0][0], "dropout must change the train-mode loss"
+
+
+def test_forward_after_training_matches_torch_with_the_trained_weights(mlp):
+    model, x, y = mlp
+    sess = et.Session(et.compile(model, (x,), y, peft=et.peft.LastK(1), optimizer=et.optim.AdamW(lr=0.05)))
+    for _ in range(5):
+        sess.step(x, y)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in sess.state_dict().items()})
+    with torch.no_grad():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(sess.forward(x), expected, rtol=1e-5, atol=1e-6)
