@@ -72,3 +72,17 @@ def lower_slice(im, x, dim, start, end, step=1):
     if (start, end, step) == (0, size, 1):
         return x
     return im.emit1("slice", [x], {"dim": dim, "start": start, "end": max(end, start), "step": int(step)})
+
+
+def handler_table():
+    """A fresh op-handler table and the decorator that fills it (`@handles("Conv", ...)`)."""
+    table: dict = {}
+
+    def handles(*names):
+        def deco(fn):
+            for n in names:
+                table[n] = fn
+            return fn
+        return deco
+
+    return table, handles

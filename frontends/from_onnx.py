@@ -45,7 +45,7 @@ import numpy as np
 from ..compiler.errors import CaptureError, EdgetuneError, InputError, UnsupportedOpError
 from ..compiler.ir import Graph, NameGen, TensorType, Value, dtype_of_numpy, numpy_dtype
 from ..compiler.ops.registry import Builder
-from .common import ImportedModel, lower_matmul, lower_reshape, lower_slice, norm_dim, resolve_shape
+from .common import ImportedModel, handler_table, lower_matmul, lower_reshape, lower_slice, norm_dim, resolve_shape
 
 MIN_OPSET = 13
 _DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -839,17 +839,7 @@ def _reduce_dims(im, node, rank, a, axes_input) -> list[int] | None:
 # =============================================================================================
 # Op handlers: (importer, onnx node, attrs) -> Value | tuple (one entry per output) | ndarray
 # =============================================================================================
-HANDLERS: dict[str, Callable] = {}
-
-
-def handles(*names):
-    def deco(fn):
-        for n in names:
-            HANDLERS[n] = fn
-        return fn
-    return deco
-
-
+HANDLERS, handles = handler_table()
 
 
 def _binary(op):
@@ -912,8 +902,6 @@ def _clip(im, node, a):
     if lo is None and hi is None:
         return x
     raise _Unsupported("a single bound other than min=0")
-
-
 
 
 @handles("MatMul")
@@ -1191,8 +1179,6 @@ def _concat(im, node, a):
     if len(parts) == 1:
         return parts[0]
     return im.emit1("concat", parts, {"dim": norm_dim(int(a["axis"]), ref.type.rank)})
-
-
 
 
 @handles("Slice")

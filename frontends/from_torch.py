@@ -18,14 +18,14 @@ import math
 import operator
 import re
 import warnings
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from ..compiler.errors import CaptureError, EdgetuneError, UnsupportedOpError
 from ..compiler.ir import Graph, NameGen, TensorType, Value, dtype_of_numpy
 from ..compiler.ops.registry import Builder
-from .common import ImportedModel, lower_matmul, lower_reshape, lower_slice, norm_dim, resolve_shape
+from .common import ImportedModel, handler_table, lower_matmul, lower_reshape, lower_slice, norm_dim, resolve_shape
 
 _KEEP_COMPOSITE = ("linear", "hardswish", "hardsigmoid", "silu", "scaled_dot_product_attention",
                    "cross_entropy_loss", "nll_loss_nd", "mse_loss")
@@ -292,15 +292,7 @@ def _op_name(target) -> str:
 # =============================================================================================
 # Op handlers: (importer, fx node, *args, **kwargs) -> Value | tuple
 # =============================================================================================
-HANDLERS: dict[str, Callable] = {}
-
-
-def handles(*names):
-    def deco(fn):
-        for n in names:
-            HANDLERS[n] = fn
-        return fn
-    return deco
+HANDLERS, handles = handler_table()
 
 
 def _meta_shape(node):
@@ -327,8 +319,6 @@ def _conv(im, node, x, w, b, stride, padding, dilation, transposed, output_paddi
 @handles("linear")
 def _linear(im, node, x, w, b=None):
     return im.emit1("linear", [x, w] + ([b] if b is not None else []))
-
-
 
 
 def _transposed_param(v: Value):
@@ -570,8 +560,6 @@ def _cat(im, node, tensors, dim=0):
     if len(tensors) == 1:
         return tensors[0]
     return im.emit1("concat", tensors, {"dim": norm_dim(dim, tensors[0].type.rank)})
-
-
 
 
 @handles("slice.Tensor")
