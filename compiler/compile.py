@@ -10,6 +10,7 @@ pass). Nothing here depends on the backend that will run the program.
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 
@@ -76,9 +77,15 @@ def compile(model, example_inputs, example_target, loss="cross_entropy", peft: S
 
     trainable = peft.apply(g)
     grads = differentiate(g, loss_value, trainable, names)
-    missing = [p.name for p in trainable if p.name not in grads]
-    if missing:
-        raise SpecError(f"{peft!r} selects parameters that do not influence the loss: {missing[:8]}")
+    unused = [p for p in trainable if p.name not in grads]
+    if len(unused) == len(trainable):
+        raise SpecError(f"{peft!r} selects only parameters that do not influence the loss: "
+                        f"{[p.name for p in unused][:8]}")
+    if unused:  # e.g. an unused head: like torch (grad None), leave it untouched, but say so
+        warnings.warn(f"{peft!r}: {len(unused)} selected parameter(s) do not influence the loss and stay frozen: "
+                      f"{[p.name for p in unused][:8]}", stacklevel=2)
+        for p in unused:
+            p.trainable = False
     optimizer.emit_updates(g, grads, names)
     dead_code_elimination(g)
     verify(g)

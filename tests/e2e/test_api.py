@@ -187,3 +187,22 @@ def test_forward_after_training_matches_torch_with_the_trained_weights(mlp):
     with torch.no_grad():
         expected = model(x).numpy()
     np.testing.assert_allclose(sess.forward(x), expected, rtol=1e-5, atol=1e-6)
+
+
+class WithUnusedHead(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.used = torch.nn.Linear(4, 3)
+        self.unused = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.used(x)
+
+
+def test_parameters_that_do_not_reach_the_loss_stay_frozen_with_a_warning():
+    x, y = torch.randn(2, 4), torch.tensor([0, 2])
+    with pytest.warns(UserWarning, match="2 selected parameter\\(s\\) do not influence the loss"):
+        prog = et.compile(WithUnusedHead(), (x,), y, peft=et.peft.Full())
+    assert prog.trainable_names == ["used.weight", "used.bias"]
+    with pytest.raises(et.SpecError, match="selects only parameters that do not influence the loss"):
+        et.compile(WithUnusedHead(), (x,), y, peft=et.peft.Select(include=["unused.*"]))
