@@ -209,15 +209,15 @@ class NameGen:
 
     def __init__(self, graph: Graph):
         self.used = graph._names()
-        self.counter = 0
+        self.counters: dict[str, int] = {}  # per prefix, so t0, t1, ... stay dense beside c0, c1, ...
 
     def __call__(self, prefix: str = "t") -> str:
-        while True:
-            name = f"{prefix}{self.counter}"
-            self.counter += 1
-            if name not in self.used:
-                self.used.add(name)
-                return name
+        n = self.counters.get(prefix, 0)
+        while f"{prefix}{n}" in self.used:
+            n += 1
+        self.counters[prefix] = n + 1
+        self.used.add(f"{prefix}{n}")
+        return f"{prefix}{n}"
 
     def reserve(self, name: str) -> str:
         """Use `name` itself when free, else a numbered variant of it."""

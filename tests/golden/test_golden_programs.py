@@ -1,0 +1,63 @@
+"""Golden programs: compiling these small models must give exactly the checked-in text IR.
+
+A refactor of a frontend, autodiff, a spec or a pass must leave them byte-identical; a change
+that means to alter them regenerates the files (`python tests/golden/test_golden_programs.py`)
+and says why in its commit message. The text includes source lines of edgetune/models.py, so
+editing that file regenerates them too.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+import edgetune as et
+from edgetune import models
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _mlp():
+    torch.manual_seed(0)
+    m = models.MLP(in_features=8, hidden=8, num_classes=4, depth=3).train()
+    (x,), y = models.example_inputs("mlp", m, batch=2)
+    return et.compile(m, (x,), y, peft=et.peft.LastK(2), optimizer=et.optim.AdamW(lr=1e-3))
+
+
+def _small_cnn():
+    torch.manual_seed(0)
+    m = models.SmallCNN(num_classes=4, width=4).train()
+    (x,), y = models.example_inputs("small_cnn", m, batch=2, resolution=16)
+    return et.compile(m, (x,), y, peft=et.peft.BiasOnly(), optimizer=et.optim.SGD(lr=0.01, momentum=0.9))
+
+
+def _gpt():
+    torch.manual_seed(0)
+    m = models.GPTDecoder(vocab_size=16, hidden=8, layers=1, heads=2, max_len=4).eval()
+    (ids,), target = models.example_inputs("gpt", m, batch=2, seq_len=4)
+    return et.compile(m, (ids,), target, peft=et.peft.Select(include=["h.0.attn.*", "ln_f.*"]),
+                      optimizer=et.optim.SGD(lr=0.1))
+
+
+GOLDEN = {"mlp_lastk2_adamw": _mlp, "small_cnn_bias_only_sgd": _small_cnn, "gpt_select_attn_sgd": _gpt}
+
+
+def golden_path(name: str) -> str:
+    return os.path.join(HERE, f"{name}.etir")
+
+
+@pytest.mark.parametrize("name", list(GOLDEN))
+def test_compiled_program_matches_golden_text(name):
+    with open(golden_path(name)) as f:
+        expected = f.read()
+    assert str(GOLDEN[name]()) == expected, f"{name} changed; if intended, regenerate: python {__file__}"
+
+
+if __name__ == "__main__":  # regenerate
+    for name, build in GOLDEN.items():
+        with open(golden_path(name), "w") as f:
+            f.write(str(build()))
+        print("wrote", golden_path(name), file=sys.stderr)
