@@ -56,7 +56,8 @@ def make_optimizer(name: str, lr: float, momentum: float, weight_decay: float):
 def synthetic_task(model_name: str, model, batch: int, resolution: int, seed: int):
     """A small learnable dataset made on the spot (no downloads). Images: class k < 3 brightens
     colour channel k, class 3 darkens all three, over Gaussian noise — position-independent, so
-    it suits global-pooling CNNs. Sequence models get the zoo's example data."""
+    it suits global-pooling CNNs. GPT learns to count; BERT classifies by the first token; the
+    MLP gets the zoo's example data."""
     import torch
     from . import models
     g = torch.Generator().manual_seed(seed)
@@ -69,6 +70,14 @@ def synthetic_task(model_name: str, model, batch: int, resolution: int, seed: in
             else:
                 x[i] -= 1.0
         return (x,), labels
+    if model_name == "gpt":  # counting sequences: the next token is always the current one + 1
+        seq = 16
+        start = torch.randint(0, model.vocab_size, (batch, 1), generator=g)
+        tokens = (start + torch.arange(seq + 1)) % model.vocab_size
+        return (tokens[:, :-1],), tokens[:, 1:]
+    if model_name == "bert":  # the label is whether the first token is in the upper half of the vocabulary
+        ids = torch.randint(0, model.vocab_size, (batch, 16), generator=g)
+        return (ids,), (ids[:, 0] >= model.vocab_size // 2).long() % getattr(model, "num_classes", 2)
     inputs, target = models.example_inputs(model_name, model, batch=batch, seed=seed)
     return tuple(inputs), target
 
