@@ -136,12 +136,14 @@ _backward_op("relu_backward", lambda dy, y, a: np.where(y > 0, dy, _np_dtype_sca
              _dy_and(kinks=(0.0,)))
 
 
-# hardtanh(min, max) covers relu6
+# hardtanh(min, max) covers relu6. Its backward reads the *output*: y is strictly inside
+# (min, max) exactly when x is, and y is usually kept anyway (it feeds the next layer's
+# weight gradient), so the input need not be.
 def _hardtanh(x, a):
     return np.clip(x, _np_dtype_scalar(x, a["min"]), _np_dtype_scalar(x, a["max"]))
 
 
-register(OpDef("hardtanh", _same_type, lambda x, a: [_hardtanh(x[0], a)], _via_saved("hardtanh_backward"),
+register(OpDef("hardtanh", _same_type, lambda x, a: [_hardtanh(x[0], a)], _via_saved("hardtanh_backward", "output"),
                lambda rng: [Sample([_away(rand(rng, 3, 5, lo=-2, hi=8), (0.0, 6.0))], {"min": 0.0, "max": 6.0}),
                             Sample([_away(rand(rng, 4, 4, lo=-2, hi=2), (-1.0, 1.0))], {"min": -1.0, "max": 1.0})],
                lambda t, a: [T().nn.functional.hardtanh(t[0], a["min"], a["max"])]))
