@@ -57,6 +57,8 @@ def class_index_layout(b: Builder, x: Value, target: Value, source: str | None =
 def append_loss(graph: Graph, output: Value, example_target, loss, names: NameGen) -> Value:
     target_arr = np.asarray(example_target.detach().cpu().numpy() if hasattr(example_target, "detach")
                             else example_target)
+    if target_arr.dtype.kind not in "fiub":
+        raise LossError(f"example_target must be a tensor or array of numbers, got {type(example_target).__name__}")
     target = graph.add_input(names.reserve("target"), TensorType(target_arr.shape, dtype_of_numpy(target_arr.dtype)))
     b = Builder(graph, "loss", names)
     if loss == "cross_entropy":

@@ -146,6 +146,7 @@ def test_lastk_rejects_nonsense():
     (torch.randn(4, 2), "mse", r"mse: model output f32\[4,3\] and target f32\[4,2\] differ in shape"),
     (torch.tensor([0, 1, 2, 0]), "hinge", "unknown loss 'hinge'"),
     (torch.randn(4, 3), lambda out, t: (out - t) ** 2, r"the loss must be a scalar, got f32\[4,3\]"),
+    (None, "cross_entropy", "example_target must be a tensor or array of numbers, got NoneType"),
 ])
 def test_loss_mistakes_raise_loss_error(mlp, target, loss, message):
     model, x, _ = mlp
