@@ -44,3 +44,8 @@ class ShapeError(IRError):
 
 class InputError(EdgetuneError):
     """Data handed to a Session does not match the compiled program's inputs."""
+
+
+class PlanError(EdgetuneError):
+    """A plan file (.etp) is unreadable, corrupt, of another version, or asks for a kernel the
+    runtime does not have; or a program cannot be planned for a backend."""

@@ -1,0 +1,109 @@
+// Runtime: one loaded, verified plan with its memory, ready to train.
+//
+// load() verifies the plan (plan_loader.h) and then allocates exactly three blocks, once: the
+// persistent region (initialised from the plan), the arena and the input region. step() copies
+// nothing and allocates nothing: it runs every node in order with views the loader resolved,
+// then applies the plan's state copies. forward() runs the forward-section nodes only.
+//
+// A NaN or Inf loss stops the step right after the node that produced it, before any backward
+// or update node runs, so parameters and optimizer state keep their last good values.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/attrs.h"
+#include "core/kernel.h"
+#include "core/status.h"
+#include "core/tensor.h"
+#include "core/thread_pool.h"
+
+namespace edgetune {
+
+struct RuntimeOptions {
+  std::string backend = "cpu";
+  int num_threads = 0;  // 0 = all hardware threads
+};
+
+// One named tensor of the plan as the user sees it (an input, an output, a weight, a state).
+struct Binding {
+  std::string name;
+  TensorView view;  // points into the runtime's memory (valid while the Runtime lives)
+};
+
+struct MemoryStats {
+  size_t persistent_bytes = 0;  // params, buffers, optimizer state, constants
+  size_t arena_bytes = 0;       // activations, gradients, temporaries, workspaces (planned peak)
+  size_t input_bytes = 0;
+  size_t total() const { return persistent_bytes + arena_bytes + input_bytes; }
+};
+
+class Runtime {
+ public:
+  // `data` is copied; the caller may free it afterwards.
+  static Result<std::unique_ptr<Runtime>> load(const uint8_t* data, size_t size, const RuntimeOptions& options);
+  static Result<std::unique_ptr<Runtime>> load_file(const std::string& path, const RuntimeOptions& options);
+  ~Runtime();
+
+  // step() arguments in order: the model inputs, then the target.
+  const std::vector<Binding>& inputs() const { return inputs_; }
+  int num_model_inputs() const { return num_model_inputs_; }
+  // Copies `nbytes` (must equal the input's size) into input `index`.
+  Status set_input(int index, const void* data, size_t nbytes);
+
+  // One training step on the inputs set; returns the loss (before the update).
+  Result<float> step();
+  // The forward section only (model inputs must be set); read the result with output("output").
+  Status forward();
+  // "loss", "output": valid after step()/forward() until the next call.
+  const Binding* output(const std::string& name) const;
+
+  // Model weights under their state_dict names (tied weights: one view per name).
+  const std::vector<Binding>& weights() const { return weights_; }
+  const Binding* weight(const std::string& name) const;
+  bool is_trainable(const std::string& name) const;
+  const std::vector<Binding>& optimizer_state() const { return optimizer_state_; }
+
+  MemoryStats memory() const { return memory_; }
+  int64_t steps_done() const { return steps_; }
+  const std::string& model_label() const { return model_label_; }
+  int num_threads() const { return pool_->num_threads(); }
+  size_t num_nodes() const { return nodes_.size(); }
+
+ private:
+  Runtime() = default;
+  struct Node {
+    const KernelDef* kernel = nullptr;
+    std::string op, source;
+    int section = 0;
+    std::vector<TensorView> inputs, outputs;
+    Attrs attrs;
+    void* workspace = nullptr;
+    size_t workspace_bytes = 0;
+    bool produces_loss = false;
+  };
+  struct Copy {
+    TensorView src, dst;
+  };
+  Status run_node(Node& n);
+  friend class PlanLoader;
+
+  std::vector<uint8_t> plan_bytes_;
+  uint8_t* persistent_ = nullptr;
+  uint8_t* arena_ = nullptr;
+  uint8_t* input_ = nullptr;
+  MemoryStats memory_;
+  std::unique_ptr<ThreadPool> pool_;
+  std::vector<Node> nodes_;
+  std::vector<Copy> copies_;
+  std::vector<Binding> inputs_, outputs_, weights_, optimizer_state_;
+  std::vector<std::string> trainable_;
+  int num_model_inputs_ = 0;
+  int loss_tensor_node_ = -1;
+  int64_t steps_ = 0;
+  std::string model_label_;
+};
+
+}  // namespace edgetune

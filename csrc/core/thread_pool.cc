@@ -1,0 +1,73 @@
+// ThreadPool implementation: one job at a time, chunks handed out under a mutex.
+#include "core/thread_pool.h"
+
+namespace edgetune {
+
+ThreadPool::ThreadPool(int num_threads) {
+  if (num_threads <= 0) num_threads = static_cast<int>(std::thread::hardware_concurrency());
+  if (num_threads <= 0) num_threads = 1;
+  num_threads_ = num_threads;
+  for (int i = 1; i < num_threads_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+}
+
+ThreadPool::~ThreadPool() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  work_cv_.notify_all();
+  for (auto& t : workers_) t.join();
+}
+
+void ThreadPool::run_chunk(int64_t chunk) {
+  int64_t begin = job_n_ * chunk / job_chunks_;
+  int64_t end = job_n_ * (chunk + 1) / job_chunks_;
+  job_tramp_(job_fn_, begin, end);
+}
+
+void ThreadPool::run_chunks(int64_t n, int64_t chunks, Trampoline tramp, const void* fn) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    job_n_ = n;
+    job_chunks_ = chunks;
+    job_tramp_ = tramp;
+    job_fn_ = fn;
+    next_chunk_ = 0;
+    pending_ = chunks;
+    ++generation_;
+  }
+  work_cv_.notify_all();
+  // the caller works too
+  for (;;) {
+    int64_t chunk;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (next_chunk_ >= job_chunks_) break;
+      chunk = next_chunk_++;
+    }
+    run_chunk(chunk);
+    std::lock_guard<std::mutex> lock(mu_);
+    if (--pending_ == 0) done_cv_.notify_all();
+  }
+  std::unique_lock<std::mutex> lock(mu_);
+  done_cv_.wait(lock, [this] { return pending_ == 0; });
+}
+
+void ThreadPool::worker_loop(int /*index*/) {
+  uint64_t seen = 0;
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    work_cv_.wait(lock, [&] { return stop_ || (generation_ != seen && next_chunk_ < job_chunks_); });
+    if (stop_) return;
+    seen = generation_;
+    while (next_chunk_ < job_chunks_) {
+      int64_t chunk = next_chunk_++;
+      lock.unlock();
+      run_chunk(chunk);
+      lock.lock();
+      if (--pending_ == 0) done_cv_.notify_all();
+    }
+  }
+}
+
+}  // namespace edgetune

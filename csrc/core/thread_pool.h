@@ -1,0 +1,62 @@
+// ThreadPool: the runtime's worker threads, started once when a session loads.
+//
+// `parallel_for(n, fn)` splits [0, n) into contiguous chunks, runs them on the workers and the
+// calling thread, and returns when all are done. The callable is passed by reference (no
+// std::function, no allocation), so kernels can call it inside a training step. With one
+// thread, or n too small to split, it runs inline.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace edgetune {
+
+class ThreadPool {
+ public:
+  explicit ThreadPool(int num_threads);  // total threads incl. the caller; <= 0 = hardware
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  int num_threads() const { return num_threads_; }
+
+  // fn(begin, end) over chunks of [0, n); `grain` = the smallest chunk worth a thread.
+  template <typename Fn>
+  void parallel_for(int64_t n, int64_t grain, const Fn& fn) {
+    if (n <= 0) return;
+    int64_t chunks = grain > 0 ? (n + grain - 1) / grain : n;
+    if (chunks > num_threads_) chunks = num_threads_;
+    if (chunks <= 1) {
+      fn(int64_t{0}, n);
+      return;
+    }
+    run_chunks(n, chunks, &invoke<Fn>, &fn);
+  }
+
+ private:
+  using Trampoline = void (*)(const void* fn, int64_t begin, int64_t end);
+  template <typename Fn>
+  static void invoke(const void* fn, int64_t begin, int64_t end) {
+    (*static_cast<const Fn*>(fn))(begin, end);
+  }
+  void run_chunks(int64_t n, int64_t chunks, Trampoline tramp, const void* fn);
+  void worker_loop(int index);
+  void run_chunk(int64_t chunk);
+
+  int num_threads_;
+  std::vector<std::thread> workers_;
+  std::mutex mu_;
+  std::condition_variable work_cv_, done_cv_;
+  // the job being run (valid while pending_ > 0)
+  uint64_t generation_ = 0;
+  int64_t job_n_ = 0, job_chunks_ = 0;
+  Trampoline job_tramp_ = nullptr;
+  const void* job_fn_ = nullptr;
+  int64_t next_chunk_ = 0, pending_ = 0;
+  bool stop_ = false;
+};
+
+}  // namespace edgetune
