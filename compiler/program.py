@@ -74,6 +74,33 @@ class Program:
         self.model_inputs = model_inputs
         self.target_input = target_input
         self.train_mode = train_mode
+        self._memory_plans: dict = {}
+
+    # ---- planning for a backend ----------------------------------------------------------------
+    def memory_plan(self, backend: str = "cpu"):
+        """The memory plan for `backend` (cached): every tensor's region and offset, and the
+        exact bytes the runtime will allocate. Printing it gives the planned numbers."""
+        if backend not in self._memory_plans:
+            from .plan_file import plan_program
+            self._memory_plans[backend] = plan_program(self, backend)
+        return self._memory_plans[backend]
+
+    @property
+    def memory(self):
+        """Planned bytes on the CPU runtime: params, optimizer state, arena peak, inputs."""
+        return self.memory_plan("cpu")
+
+    def plan_bytes(self, backend: str = "cpu") -> bytes:
+        from .plan_file import build_plan
+        return build_plan(self, backend, self.memory_plan(backend))
+
+    def save(self, path, backend: str = "cpu") -> int:
+        """Write the plan file (.etp) that `et.Session(path, backend=...)` and `edgetune-train`
+        load; atomically. Returns its size in bytes."""
+        from .plan_file import write_bytes_atomic
+        data = self.plan_bytes(backend)
+        write_bytes_atomic(path, data)
+        return len(data)
 
     def __str__(self) -> str:
         return print_graph(self.graph)

@@ -1,7 +1,9 @@
 """The `edgetune` command line (also `python -m edgetune`).
 
     edgetune demo      compile a zoo model with a sparse spec and train it a few steps (the default)
-    edgetune compile   compile a zoo model or an ONNX file and write the text IR (and summary)
+    edgetune compile   compile a zoo model or an ONNX file: summary, memory plan, and the plan
+                       file (-o x.etp), a training binary with the plan inside (-o DIR
+                       --emit-binary) or the text IR (-o x.etir)
 
 Exit status: 0 on success, 2 on a user mistake (an edgetune error, printed without a
 traceback), 3 when the demo's loss did not fall, 1 on anything unexpected. Files are written atomically: a failed run never
@@ -32,7 +34,7 @@ def parse_peft(text: str):
         return peft.Full()
     if kind in ("bias-only", "bias"):
         return peft.BiasOnly()
-    if kind in ("last-k", "lastk"):
+    if kind in ("last-k", "lastk", "last"):
         try:
             return peft.LastK(int(arg or 1))
         except ValueError:
@@ -107,8 +109,11 @@ def cmd_demo(args) -> int:
                       optimizer=make_optimizer(args.optimizer, args.lr, args.momentum, args.weight_decay))
     console.print(f"[bold]compiled[/bold] {args.model} in {time.perf_counter() - started:.2f} s")
     console.print(str(prog.summary()))
-    sess = et.Session(prog, backend="reference")
-    console.print(f"training on the reference executor: {args.steps} steps, batch {args.batch}, "
+    sess = et.Session(prog, backend=args.backend, threads=args.threads)
+    where = "the numpy reference executor" if args.backend == "reference" else f"the C++ runtime ({args.backend})"
+    if sess.memory:
+        console.print(str(prog.memory_plan(args.backend)))
+    console.print(f"training on {where}: {args.steps} steps, batch {args.batch}, "
                   "a fresh synthetic batch each step")
     table = Table()
     table.add_column("step", justify="right")
@@ -131,18 +136,13 @@ def cmd_demo(args) -> int:
     trend = "fell" if last < first else "did NOT fall"
     console.print(f"loss {trend}: mean of the first 3 steps {first:.4f} -> mean of the last 3 steps {last:.4f}")
     if args.save:
-        write_atomically(args.save, lambda f: _save_state(sess.state_dict(), f))
+        sess.save_weights(args.save)
         console.print(f"trained weights written to {args.save}")
     return 0 if last < first else 3
 
 
 def _mean(xs):
     return sum(xs) / len(xs)
-
-
-def _save_state(state, path):
-    import numpy as np
-    np.savez(path, **state)
 
 
 def write_atomically(path: str, write) -> None:
@@ -162,6 +162,14 @@ def write_atomically(path: str, write) -> None:
 def cmd_compile(args) -> int:
     import torch
     import edgetune as et
+    from .compiler.errors import InputError
+    if args.source and args.onnx:
+        raise InputError("give the ONNX file either as the argument or with --onnx, not both")
+    args.onnx = args.onnx or args.source
+    if args.onnx and not os.path.exists(args.onnx):
+        raise InputError(f"{args.onnx}: no such file")
+    if args.emit_binary and not args.out:
+        raise InputError("--emit-binary needs -o DIR (the binary is written to DIR/train)")
     if args.onnx:
         from .frontends.from_onnx import load_model
         proto, _, _ = load_model(args.onnx)
@@ -180,14 +188,34 @@ def cmd_compile(args) -> int:
     prog = et.compile(model, inputs, target, peft=args.peft,
                       optimizer=make_optimizer(args.optimizer, args.lr, args.momentum, args.weight_decay))
     console.print(str(prog.summary()))
-    if args.out:
+    if not args.out:
+        return 0
+    out = args.out
+    if out.endswith((".etir", ".txt")):
         text = str(prog)
 
         def write(path):
             with open(path, "w") as f:
                 f.write(text)
-        write_atomically(args.out, write)
-        console.print(f"text IR ({len(prog.graph.nodes)} nodes) written to {args.out}")
+        write_atomically(out, write)
+        console.print(f"text IR ({len(prog.graph.nodes)} nodes) written to {out}")
+        return 0
+    console.print(str(prog.memory_plan(args.backend)))
+    if args.emit_binary or out.endswith(os.sep) or os.path.isdir(out):
+        os.makedirs(out, exist_ok=True)
+        name = os.path.splitext(os.path.basename(args.onnx))[0] if args.onnx else args.model
+        plan_path = os.path.join(out, f"{name}.etp")
+    else:
+        plan_path = out
+    size = prog.save(plan_path, backend=args.backend)
+    console.print(f"plan ({len(prog.graph.nodes)} nodes, {size / 2**20:.2f} MiB) written to {plan_path}")
+    if args.emit_binary:
+        from .runtime.binary import emit_binary
+        binary = os.path.join(out, "train")
+        with open(plan_path, "rb") as f:
+            emit_binary(f.read(), binary)
+        console.print(f"training binary with the plan inside written to {binary} "
+                      f"(run: {binary} --inputs x.npy --targets y.npy --out tuned.safetensors)")
     return 0
 
 
@@ -208,15 +236,21 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--resolution", type=int, default=32)
         sp.add_argument("--seed", type=int, default=0)
         sp.add_argument("--eval", action="store_true", help="compile the model in eval mode (frozen BN stats)")
+        sp.add_argument("--backend", default="cpu", choices=["cpu", "reference"],
+                        help="runtime that trains (demo) or that the plan is made for (compile); default cpu")
 
     demo = sub.add_parser("demo", help="compile a zoo model with a sparse spec and train it (default)")
     common(demo)
     demo.add_argument("--steps", type=int, default=20)
-    demo.add_argument("--save", help="write the trained state_dict to this .npz file")
-    comp = sub.add_parser("compile", help="compile and write the text IR")
+    demo.add_argument("--threads", type=int, default=None, help="runtime threads (default: all cores)")
+    demo.add_argument("--save", help="write the trained weights to this .safetensors file")
+    comp = sub.add_parser("compile", help="compile and write a plan file, a training binary or the text IR")
     common(comp)
-    comp.add_argument("--onnx", help="compile this ONNX file instead of a zoo model")
-    comp.add_argument("--out", "-o", help="write the text IR here")
+    comp.add_argument("source", nargs="?", help="an ONNX file to compile (default: the zoo model --model)")
+    comp.add_argument("--onnx", help="same as the positional ONNX file")
+    comp.add_argument("--out", "-o", help="x.etp: plan file; DIR/: DIR/<model>.etp; x.etir: text IR")
+    comp.add_argument("--emit-binary", action="store_true",
+                      help="also write DIR/train: edgetune-train with the plan inside (one file for the device)")
     return p
 
 

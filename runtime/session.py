@@ -1,21 +1,27 @@
-"""`et.Session`: runs a compiled Program step after step and owns its state.
+"""`et.Session`: runs a compiled training program step after step and owns its state.
+
+    et.Session(program)                      numpy reference executor (the oracle)
+    et.Session(program, backend="cpu")       the C++ runtime: the program is memory-planned,
+    et.Session("model.etp", backend="cpu")   serialised to a plan and loaded, or a plan file
 
 State = params, buffers (e.g. BatchNorm running stats) and optimizer states, keyed by name.
 `state_dict()` returns the model's tensors under the model's own state_dict names (tied
-weights under every name), ready for `module.load_state_dict({k: torch.from_numpy(v)})`.
-Backends: "reference" (numpy oracle, this issue); the C++ backends plug in here later.
+weights under every name), ready for `module.load_state_dict({k: torch.from_numpy(v)})`;
+`save_weights(path)` writes them as safetensors (atomically), `load_weights(path)` reads them.
 """
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
-from ..compiler.errors import InputError
+from ..compiler.errors import InputError, PlanError
 from ..compiler.ir import numpy_dtype
 from ..compiler.program import Program
 from .reference import ReferenceExecutor
 
-BACKENDS = ("reference",)
+BACKENDS = ("reference", "cpu")
 
 
 def _as_numpy(x, where: str) -> np.ndarray:
@@ -27,57 +33,145 @@ def _as_numpy(x, where: str) -> np.ndarray:
         raise InputError(f"{where}: cannot convert {type(x).__name__} to an array: {e}") from None
 
 
+def _conform(arr: np.ndarray, name: str, shape: tuple, dtype: str) -> np.ndarray:
+    """`arr` as the program's input `name` wants it, or an InputError saying why not."""
+    if tuple(arr.shape) != tuple(shape):
+        hint = " (the program has static shapes: compile one per batch size, or pad the last batch)" \
+            if arr.ndim == len(shape) and tuple(arr.shape[1:]) == tuple(shape[1:]) else ""
+        raise InputError(f"input '{name}' has shape {list(arr.shape)}, the program expects {list(shape)}{hint}")
+    want = np.dtype(numpy_dtype(dtype))
+    if arr.dtype != want:
+        same_kind = (np.issubdtype(arr.dtype, np.floating) and np.issubdtype(want, np.floating)) or \
+                    (np.issubdtype(arr.dtype, np.integer) and np.issubdtype(want, np.integer))
+        if not same_kind:
+            raise InputError(f"input '{name}' has dtype {arr.dtype}, the program expects {want}")
+        arr = arr.astype(want)
+    return np.ascontiguousarray(arr)
+
+
 class Session:
-    def __init__(self, program: Program, backend: str = "reference", compute_dtype=None):
-        if not isinstance(program, Program):
-            raise InputError(f"Session needs a compiled edgetune Program, got {type(program).__name__}")
+    def __init__(self, program, backend: str = "reference", compute_dtype=None, threads: int | None = None):
         if backend not in BACKENDS:
             raise InputError(f"unknown backend {backend!r}; available: {list(BACKENDS)}")
-        self.program = program
         self.backend = backend
-        self.executor = ReferenceExecutor(program.graph, compute_dtype=compute_dtype)
-        self.state = program.initial_state()
         self.steps = 0
-
-    # ---- feeding ------------------------------------------------------------------------------
-    def _feeds(self, args, names: list[str]) -> dict[str, np.ndarray]:
-        if len(args) != len(names):
-            raise InputError(f"expected {len(names)} arrays ({', '.join(names)}), got {len(args)}")
-        inputs = {v.name: v for v in self.program.graph.inputs}
-        feeds = {}
-        for arg, name in zip(args, names):
-            v = inputs[name]
-            arr = _as_numpy(arg, f"input '{name}'")
-            if tuple(arr.shape) != v.shape:
-                hint = " (the program has static shapes: compile one per batch size, or pad the last batch)" \
-                    if arr.ndim == len(v.shape) and arr.shape[1:] == v.shape[1:] else ""
-                raise InputError(f"input '{name}' has shape {list(arr.shape)}, the program expects {list(v.shape)}{hint}")
-            want = np.dtype(numpy_dtype(v.dtype))
-            if arr.dtype != want:
-                same_kind = (np.issubdtype(arr.dtype, np.floating) and np.issubdtype(want, np.floating)) or \
-                            (np.issubdtype(arr.dtype, np.integer) and np.issubdtype(want, np.integer))
-                if not same_kind:
-                    raise InputError(f"input '{name}' has dtype {arr.dtype}, the program expects {want}")
-                arr = arr.astype(want)
-            feeds[name] = arr
-        return feeds
+        if backend == "reference":
+            if not isinstance(program, Program):
+                raise InputError("the reference backend runs a compiled edgetune Program, got "
+                                 f"{type(program).__name__} (plan files run on backend='cpu')")
+            self._impl = _ReferenceBackend(program, compute_dtype)
+        else:
+            if compute_dtype is not None:
+                raise InputError("compute_dtype is a reference-backend option; the cpu backend computes in the "
+                                 "program's dtypes")
+            self._impl = _NativeBackend(program, backend, threads)
+        self.program = program if isinstance(program, Program) else None
 
     # ---- running ------------------------------------------------------------------------------
     def step(self, *args) -> float:
         """One training step on (model inputs..., target); returns the loss before the update."""
-        names = self.program.model_inputs + [self.program.target_input]
-        outputs, self.state = self.executor.run(self._feeds(args, names), self.state)
+        loss = self._impl.step(self._feeds(args, self._impl.input_specs))
         self.steps += 1
-        return float(outputs["loss"])
+        return loss
 
     def forward(self, *inputs) -> np.ndarray:
         """The model output for `inputs` under the current weights; no state changes. Runs the
         forward section as compiled (train-mode BatchNorm uses batch statistics)."""
-        outputs, _ = self.executor.run(self._feeds(inputs, self.program.model_inputs), self.state,
-                                       sections=("forward",))
-        return outputs["output"]
+        specs = self._impl.input_specs[:self._impl.num_model_inputs]
+        return self._impl.forward(self._feeds(inputs, specs))
+
+    def _feeds(self, args, specs) -> list[np.ndarray]:
+        if len(args) != len(specs):
+            raise InputError(f"expected {len(specs)} arrays ({', '.join(s[0] for s in specs)}), got {len(args)}")
+        return [_conform(_as_numpy(a, f"input '{name}'"), name, shape, dtype)
+                for a, (name, dtype, shape) in zip(args, specs)]
 
     # ---- state --------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return self._impl.state_dict()
+
+    def load_state_dict(self, state: dict, strict: bool = True) -> None:
+        current = self._impl.state_dict()
+        unknown = sorted(set(state) - set(current))
+        missing = sorted(set(current) - set(state))
+        if strict and (unknown or missing):
+            raise InputError(f"load_state_dict: unknown keys {unknown[:8]}, missing keys {missing[:8]}")
+        for name, value in state.items():
+            if name not in current:
+                continue
+            arr = _as_numpy(value, f"state '{name}'")
+            if tuple(arr.shape) != current[name].shape:
+                raise InputError(f"load_state_dict: '{name}' has shape {list(arr.shape)}, "
+                                 f"expected {list(current[name].shape)}")
+            self._impl.set_weight(name, np.ascontiguousarray(arr.astype(current[name].dtype)))
+
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        return self._impl.optimizer_state()
+
+    @property
+    def lr(self) -> float:
+        return float(self._impl.optimizer_state()["optim.lr"])
+
+    def set_lr(self, lr: float) -> None:
+        if not lr >= 0:
+            raise InputError(f"learning rate must be >= 0, got {lr}")
+        self._impl.set_state("optim.lr", np.asarray(lr, dtype=np.float32))
+
+    @property
+    def memory(self) -> dict | None:
+        """Bytes the runtime allocated (cpu backend): persistent, arena, input, total."""
+        return self._impl.memory()
+
+    # ---- weights as files -------------------------------------------------------------------------
+    def save_weights(self, path) -> None:
+        """All weights (params and buffers, under the model's state_dict names) as safetensors,
+        written atomically: an existing file is replaced only by a complete new one."""
+        from safetensors.numpy import save
+        from ..compiler.plan_file import write_bytes_atomic
+        tensors = {k: np.ascontiguousarray(v) for k, v in self.state_dict().items()}
+        meta = {"producer": "edgetune", "steps": str(self.steps), "backend": self.backend}
+        try:
+            write_bytes_atomic(path, save(tensors, metadata=meta))
+        except PlanError as e:
+            raise InputError(str(e).replace("cannot write", "save_weights: cannot write")) from None
+        except OSError as e:
+            raise InputError(f"save_weights: cannot write {path}: {e.strerror}") from None
+
+    def load_weights(self, path, strict: bool = True) -> None:
+        """Weights from a safetensors file (e.g. one `save_weights` or `edgetune-train` wrote, or
+        `safetensors.torch.save_file(model.state_dict())`)."""
+        from safetensors.numpy import load_file
+        if not os.path.exists(path):
+            raise InputError(f"load_weights: {path} does not exist")
+        try:
+            state = load_file(path)
+        except Exception as e:
+            raise InputError(f"load_weights: {path} is not a readable safetensors file: {e}") from None
+        self.load_state_dict(state, strict=strict)
+
+
+class _ReferenceBackend:
+    def __init__(self, program: Program, compute_dtype):
+        self.program = program
+        self.executor = ReferenceExecutor(program.graph, compute_dtype=compute_dtype)
+        self.state = program.initial_state()
+        g = program.graph
+        by_name = {v.name: v for v in g.inputs}
+        names = program.model_inputs + [program.target_input]
+        self.input_specs = [(n, by_name[n].dtype, by_name[n].shape) for n in names]
+        self.num_model_inputs = len(program.model_inputs)
+
+    def _named(self, arrays, specs):
+        return {name: a for a, (name, _, _) in zip(arrays, specs)}
+
+    def step(self, arrays) -> float:
+        outputs, self.state = self.executor.run(self._named(arrays, self.input_specs), self.state)
+        return float(outputs["loss"])
+
+    def forward(self, arrays) -> np.ndarray:
+        outputs, _ = self.executor.run(self._named(arrays, self.input_specs), self.state, sections=("forward",))
+        return outputs["output"]
+
     def state_dict(self) -> dict[str, np.ndarray]:
         g = self.program.graph
         out = {n: self.state[n].copy() for n, v in g.sources.items() if v.kind in ("param", "buffer")}
@@ -85,31 +179,67 @@ class Session:
             out[alias] = out[target]
         return out
 
-    def load_state_dict(self, state: dict, strict: bool = True) -> None:
-        g = self.program.graph
-        known = {n for n, v in g.sources.items() if v.kind in ("param", "buffer")} | set(g.aliases)
-        unknown = sorted(set(state) - known)
-        missing = sorted(known - set(state))
-        if strict and (unknown or missing):
-            raise InputError(f"load_state_dict: unknown keys {unknown[:8]}, missing keys {missing[:8]}")
-        for name, value in state.items():
-            if name not in known:
-                continue
-            target = g.aliases.get(name, name)
-            src = g.sources[target]
-            arr = _as_numpy(value, f"state '{name}'")
-            if tuple(arr.shape) != src.shape:
-                raise InputError(f"load_state_dict: '{name}' has shape {list(arr.shape)}, expected {list(src.shape)}")
-            self.state[target] = arr.astype(numpy_dtype(src.dtype))
+    def set_weight(self, name: str, arr: np.ndarray) -> None:
+        self.state[self.program.graph.aliases.get(name, name)] = arr
 
     def optimizer_state(self) -> dict[str, np.ndarray]:
         return {n: self.state[n].copy() for n, v in self.program.graph.sources.items() if v.kind == "state"}
 
-    @property
-    def lr(self) -> float:
-        return float(self.state["optim.lr"])
+    def set_state(self, name: str, arr: np.ndarray) -> None:
+        self.state[name] = arr
 
-    def set_lr(self, lr: float) -> None:
-        if not lr >= 0:
-            raise InputError(f"learning rate must be >= 0, got {lr}")
-        self.state["optim.lr"] = np.asarray(lr, dtype=np.float32)
+    def memory(self):
+        return None
+
+
+class _NativeBackend:
+    def __init__(self, program, backend: str, threads: int | None):
+        from .native import native, native_error
+        mod = native()
+        self._error = native_error
+        self._NativeError = mod.NativeError
+        if isinstance(program, Program):
+            data = program.plan_bytes(backend)
+        elif isinstance(program, (str, os.PathLike)):
+            try:
+                with open(program, "rb") as f:
+                    data = f.read()
+            except OSError as e:
+                raise PlanError(f"cannot read plan file {program}: {e.strerror}") from None
+        elif isinstance(program, (bytes, bytearray)):
+            data = bytes(program)
+        else:
+            raise InputError(f"Session needs a compiled Program, a plan file path or plan bytes, "
+                             f"got {type(program).__name__}")
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise InputError(f"threads must be a positive int, got {threads!r}")
+        self.rt = self._call(mod.Runtime, data, backend, threads or 0)
+        self.input_specs = [(n, d, tuple(s)) for n, d, s in self.rt.inputs()]
+        self.num_model_inputs = self.rt.num_model_inputs
+
+    def _call(self, fn, *args):
+        try:
+            return fn(*args)
+        except self._NativeError as e:
+            raise self._error(e) from None
+
+    def step(self, arrays) -> float:
+        return self._call(self.rt.step, arrays)
+
+    def forward(self, arrays) -> np.ndarray:
+        return self._call(self.rt.forward, arrays)
+
+    def state_dict(self):
+        return self.rt.weights()
+
+    def set_weight(self, name, arr):
+        self._call(self.rt.set_weight, name, arr)
+
+    def optimizer_state(self):
+        return self.rt.optimizer_state()
+
+    def set_state(self, name, arr):
+        self._call(self.rt.set_state, name, arr)
+
+    def memory(self):
+        return self.rt.memory()

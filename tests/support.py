@@ -58,8 +58,8 @@ def torch_reference_run(model, prog, batches, loss="cross_entropy"):
     return losses, {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
 
 
-def edgetune_run(prog, batches, compute_dtype=None):
-    sess = et.Session(prog, compute_dtype=compute_dtype)
+def edgetune_run(prog, batches, compute_dtype=None, backend="reference"):
+    sess = et.Session(prog, backend=backend, compute_dtype=compute_dtype)
     losses = [sess.step(*inputs, target) for inputs, target in batches]
     return losses, sess.state_dict(), sess
 

@@ -101,7 +101,7 @@ class Runtime {
   std::vector<Binding> inputs_, outputs_, weights_, optimizer_state_;
   std::vector<std::string> trainable_;
   int num_model_inputs_ = 0;
-  int loss_tensor_node_ = -1;
+  const float* loss_value_ = nullptr;  // the 'loss' output, checked after its node runs
   int64_t steps_ = 0;
   std::string model_label_;
 };

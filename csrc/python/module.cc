@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "core/kernel.h"
+#include "core/runtime.h"
 #include "core/status.h"
 
 namespace py = pybind11;
@@ -178,6 +179,125 @@ std::vector<py::array> py_run_kernel(const std::string& backend, const std::stri
   return results;
 }
 
+py::array copy_out(const TensorView& t) {
+  std::vector<py::ssize_t> shape(t.shape, t.shape + t.rank);
+  py::array out(numpy_dtype(t.dtype), shape);
+  std::memcpy(out.mutable_data(), t.data, t.nbytes());
+  return out;
+}
+
+void copy_in(const TensorView& t, const py::array& arr, const std::string& what) {
+  py::array c = py::array::ensure(arr, py::array::c_style);
+  if (!c || dtype_of_array(c) != t.dtype || static_cast<size_t>(c.nbytes()) != t.nbytes() ||
+      c.ndim() != t.rank)
+    throw NativeError{invalid_argument(what + " expects " + t.shape_string())};
+  for (int i = 0; i < t.rank; ++i)
+    if (c.shape(i) != t.shape[i]) throw NativeError{invalid_argument(what + " expects " + t.shape_string())};
+  std::memcpy(t.data, c.data(), t.nbytes());
+}
+
+py::tuple spec_of(const Binding& b) {
+  std::vector<int64_t> shape(b.view.shape, b.view.shape + b.view.rank);
+  return py::make_tuple(b.name, dtype_name(b.view.dtype), shape);
+}
+
+// The Python face of Runtime: numpy in, numpy out (copies, so arrays never dangle).
+class PyRuntime {
+ public:
+  PyRuntime(const py::bytes& plan, const std::string& backend, int threads) {
+    std::string_view data = plan;
+    RuntimeOptions opt;
+    opt.backend = backend;
+    opt.num_threads = threads;
+    auto r = Runtime::load(reinterpret_cast<const uint8_t*>(data.data()), data.size(), opt);
+    throw_if_error(r.status());
+    rt_ = std::move(r).value();
+  }
+
+  std::vector<py::tuple> inputs() const {
+    std::vector<py::tuple> out;
+    for (const Binding& b : rt_->inputs()) out.push_back(spec_of(b));
+    return out;
+  }
+
+  void set_inputs(const std::vector<py::array>& arrays, size_t count) {
+    if (arrays.size() != count)
+      throw NativeError{invalid_argument("expected " + std::to_string(count) + " arrays, got " +
+                                         std::to_string(arrays.size()))};
+    for (size_t i = 0; i < count; ++i)
+      copy_in(rt_->inputs()[i].view, arrays[i], "input '" + rt_->inputs()[i].name + "'");
+  }
+
+  float step(const std::vector<py::array>& arrays) {
+    set_inputs(arrays, rt_->inputs().size());
+    Result<float> r = [&] {
+      py::gil_scoped_release release;
+      return rt_->step();
+    }();
+    throw_if_error(r.status());
+    return r.value();
+  }
+
+  py::array forward(const std::vector<py::array>& arrays) {
+    set_inputs(arrays, static_cast<size_t>(rt_->num_model_inputs()));
+    Status st;
+    {
+      py::gil_scoped_release release;
+      st = rt_->forward();
+    }
+    throw_if_error(st);
+    const Binding* out = rt_->output("output");
+    if (!out) throw NativeError{invalid_argument("the plan has no 'output'")};
+    return copy_out(out->view);
+  }
+
+  py::dict weights() const {
+    py::dict d;
+    for (const Binding& b : rt_->weights()) d[py::str(b.name)] = copy_out(b.view);
+    return d;
+  }
+
+  py::dict optimizer_state() const {
+    py::dict d;
+    for (const Binding& b : rt_->optimizer_state()) d[py::str(b.name)] = copy_out(b.view);
+    return d;
+  }
+
+  void set_weight(const std::string& name, const py::array& arr) {
+    const Binding* b = rt_->weight(name);
+    if (!b) throw NativeError{not_found("the plan has no weight '" + name + "'")};
+    copy_in(b->view, arr, "weight '" + name + "'");
+  }
+
+  void set_state(const std::string& name, const py::array& arr) {
+    for (const Binding& b : rt_->optimizer_state())
+      if (b.name == name) return copy_in(b.view, arr, "optimizer state '" + name + "'");
+    throw NativeError{not_found("the plan has no optimizer state '" + name + "'")};
+  }
+
+  py::dict memory() const {
+    MemoryStats m = rt_->memory();
+    py::dict d;
+    d["persistent_bytes"] = m.persistent_bytes;
+    d["arena_bytes"] = m.arena_bytes;
+    d["input_bytes"] = m.input_bytes;
+    d["total_bytes"] = m.total();
+    return d;
+  }
+
+  std::vector<std::string> trainable() const {
+    std::vector<std::string> out;
+    for (const Binding& b : rt_->weights())
+      if (rt_->is_trainable(b.name)) out.push_back(b.name);
+    return out;
+  }
+
+  Runtime& rt() { return *rt_; }
+
+ private:
+  std::unique_ptr<Runtime> rt_;
+};
+
 }  // namespace
 
 PYBIND11_MODULE(_native, m) {
@@ -203,6 +323,23 @@ PYBIND11_MODULE(_native, m) {
         py::arg("outputs"), py::arg("attrs"));
   m.def("run_kernel", &py_run_kernel, py::arg("backend"), py::arg("kernel"), py::arg("arrays"),
         py::arg("outputs"), py::arg("attrs"), py::arg("threads") = 1);
+  py::class_<PyRuntime>(m, "Runtime")
+      .def(py::init<const py::bytes&, const std::string&, int>(), py::arg("plan"), py::arg("backend") = "cpu",
+           py::arg("threads") = 0)
+      .def("inputs", &PyRuntime::inputs)
+      .def_property_readonly("num_model_inputs", [](PyRuntime& r) { return r.rt().num_model_inputs(); })
+      .def("step", &PyRuntime::step)
+      .def("forward", &PyRuntime::forward)
+      .def("weights", &PyRuntime::weights)
+      .def("optimizer_state", &PyRuntime::optimizer_state)
+      .def("set_weight", &PyRuntime::set_weight)
+      .def("set_state", &PyRuntime::set_state)
+      .def("memory", &PyRuntime::memory)
+      .def("trainable", &PyRuntime::trainable)
+      .def_property_readonly("steps", [](PyRuntime& r) { return r.rt().steps_done(); })
+      .def_property_readonly("threads", [](PyRuntime& r) { return r.rt().num_threads(); })
+      .def_property_readonly("num_nodes", [](PyRuntime& r) { return r.rt().num_nodes(); })
+      .def_property_readonly("model", [](PyRuntime& r) { return r.rt().model_label(); });
 #ifdef EDGETUNE_HAVE_OPENBLAS
   m.attr("gemm_backend") = "openblas";
 #else

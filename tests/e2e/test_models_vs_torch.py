@@ -1,4 +1,6 @@
-"""Whole models x fine-tuning specs x optimizers: 3 edgetune steps must land on PyTorch's weights.
+"""Whole models x fine-tuning specs x optimizers x backends: 3 edgetune steps must land on
+PyTorch's weights, on the numpy reference executor and on the C++ CPU runtime (which must also
+agree with the reference).
 
 For every combination, the program's trainable set decides which torch params get
 requires_grad, both sides run 3 steps of the same optimizer on the same batches, and then:
@@ -64,10 +66,11 @@ MODEL_NAMES = {"mlp": "mlp", "small_cnn": "small_cnn", "mobilenet_v2": "mobilene
                "bert": "bert", "gpt": "gpt"}
 
 
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
 @pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
 @pytest.mark.parametrize("spec_name", list(SPECS))
 @pytest.mark.parametrize("model_name", list(MODEL_CASES))
-def test_three_steps_match_pytorch(model_name, spec_name, opt_name):
+def test_three_steps_match_pytorch(model_name, spec_name, opt_name, backend):
     model, batches = make_case(model_name)
     inputs, target = batches[0]
     prog = et.compile(model, inputs, target, loss="cross_entropy", peft=SPECS[spec_name](),
@@ -75,8 +78,14 @@ def test_three_steps_match_pytorch(model_name, spec_name, opt_name):
     et.verify(prog.graph)
     initial = prog.initial_state()
 
-    ours_losses, ours, _ = edgetune_run(prog, batches)
+    ours_losses, ours, _ = edgetune_run(prog, batches, backend=backend)
     torch_losses, theirs = torch_reference_run(model, prog, batches)
+    if backend != "reference":
+        ref_losses, ref, _ = edgetune_run(prog, batches)
+        np.testing.assert_allclose(ours_losses, ref_losses, rtol=1e-5, atol=1e-6)
+        # both sides are held to (1e-4, 1e-5) against torch below, so against each other twice that
+        for name, expected in ref.items():
+            np.testing.assert_allclose(ours[name], expected, rtol=2e-4, atol=2e-5, err_msg=f"{name} vs reference")
 
     np.testing.assert_allclose(ours_losses, torch_losses, rtol=1e-4, atol=1e-5)
     assert set(theirs) <= set(ours), f"missing state_dict keys: {sorted(set(theirs) - set(ours))}"

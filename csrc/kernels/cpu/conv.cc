@@ -1,8 +1,689 @@
-// CPU kernels for compiler/ops/conv.py (placeholder until the kernels land).
+// CPU kernels for compiler/ops/conv.py: conv2d, conv2d_grad_input, conv2d_grad_weight (NCHW, f32;
+// stride, padding, dilation, groups). Each op's kernel picks one of three paths from the shape:
+//
+//   depthwise (1 input channel per group)  direct loops, one (image, channel) plane per task —
+//       GEMMs with K = kh*kw would be mostly packing overhead. The weight gradient, which sums
+//       over the batch, is split by channel instead so each sum runs on one thread in a fixed order.
+//   pointwise (1x1, stride 1, no padding)  the NCHW image already is the [C, H*W] matrix a GEMM
+//       wants: straight sgemm, no workspace.
+//   general  im2col + sgemm per image and group. The column buffer is the node's workspace,
+//       sized for a band of output rows so it stays under kColumnBudget (one image's columns
+//       when they fit); grad_input runs the GEMM into the columns and scatters them back (col2im).
+//
+// Threads: GEMMs thread themselves (gemm.h); im2col/col2im split by input channel, so no two
+// threads write the same element. Batch sums (grad_weight) run image after image into the same
+// output, so any thread count gives the same result.
+#include <algorithm>
+#include <cstring>
+#include <string>
+
 #include "core/kernel.h"
+#include "kernels/cpu/gemm.h"
 
 namespace edgetune {
+namespace {
 
-void register_conv_kernels(KernelRegistry& r) { (void)r; }
+// Largest column buffer (bytes) before the general path works in bands of output rows.
+constexpr int64_t kColumnBudget = int64_t{4} << 20;
+
+struct Conv {
+  int64_t N, C, H, W;      // input
+  int64_t O, Cg, KH, KW;   // weight [O, Cg, KH, KW]
+  int64_t HO, WO;          // output
+  int64_t SH, SW, PH, PW, DH, DW, G;
+  int64_t Og() const { return O / G; }
+  int64_t kdim() const { return Cg * KH * KW; }  // rows of one group's column matrix
+  bool depthwise() const { return Cg == 1; }
+  bool pointwise() const { return KH == 1 && KW == 1 && SH == 1 && SW == 1 && PH == 0 && PW == 0; }
+  // output rows per band of the general path
+  int64_t band_rows() const {
+    const int64_t per_row = kdim() * WO * static_cast<int64_t>(sizeof(float));
+    return std::max<int64_t>(1, std::min<int64_t>(HO, kColumnBudget / std::max<int64_t>(per_row, 1)));
+  }
+};
+
+// A pair attr ("stride": [sh, sw]); a scalar int means both.
+bool read_pair(const Attrs& attrs, const char* name, int64_t dflt, int64_t* a, int64_t* b) {
+  const std::vector<int64_t>& v = attrs.get_ints(name);
+  if (v.size() == 2) {
+    *a = v[0];
+    *b = v[1];
+    return true;
+  }
+  if (v.size() == 1) {
+    *a = *b = v[0];
+    return true;
+  }
+  if (!attrs.has(name)) {
+    *a = *b = dflt;
+    return true;
+  }
+  const Attr* at = attrs.find(name);
+  if (at->kind != AttrKind::kInt) return false;
+  *a = *b = at->i;
+  return true;
+}
+
+int64_t conv_out(int64_t size, int64_t k, int64_t s, int64_t p, int64_t d) { return (size + 2 * p - d * (k - 1) - 1) / s + 1; }
+
+Status expect_all_f32(const KernelArgs& a, const char* op) {
+  for (int i = 0; i < a.num_inputs; ++i)
+    ET_RETURN_IF_ERROR(expect_dtype(a, (std::string(op) + " input " + std::to_string(i)).c_str(), a.in(i), DType::f32));
+  for (int i = 0; i < a.num_outputs; ++i)
+    ET_RETURN_IF_ERROR(
+        expect_dtype(a, (std::string(op) + " output " + std::to_string(i)).c_str(), a.out(i), DType::f32));
+  return Status::Ok();
+}
+
+bool is_shape(const TensorView& t, int64_t a, int64_t b, int64_t c, int64_t d) {
+  return t.rank == 4 && t.shape[0] == a && t.shape[1] == b && t.shape[2] == c && t.shape[3] == d;
+}
+
+// Geometry from the input shape x[N,C,H,W], the weight shape w[O,Cg,KH,KW] and the attrs; checks
+// that dy/y has shape [N,O,HO,WO]. Used by check (full validation) and run (already validated).
+Status make_conv(const char* op, const Attrs& attrs, const int64_t* xs, const int64_t* ws, const TensorView& y,
+                 Conv* cv) {
+  Conv& c = *cv;
+  c.N = xs[0], c.C = xs[1], c.H = xs[2], c.W = xs[3];
+  c.O = ws[0], c.Cg = ws[1], c.KH = ws[2], c.KW = ws[3];
+  if (!read_pair(attrs, "stride", 1, &c.SH, &c.SW) || !read_pair(attrs, "padding", 0, &c.PH, &c.PW) ||
+      !read_pair(attrs, "dilation", 1, &c.DH, &c.DW))
+    return invalid_argument(std::string(op) + ": stride/padding/dilation must be int pairs");
+  c.G = attrs.get_int("groups", 1);
+  if (c.SH < 1 || c.SW < 1 || c.DH < 1 || c.DW < 1 || c.PH < 0 || c.PW < 0)
+    return invalid_argument(std::string(op) + ": stride and dilation must be >= 1, padding >= 0");
+  if (c.G < 1 || c.C % c.G || c.O % c.G || c.C / c.G != c.Cg || c.KH < 1 || c.KW < 1)
+    return invalid_argument(std::string(op) + ": input channels " + std::to_string(c.C) + " / groups " +
+                            std::to_string(c.G) + " do not fit weight [" + std::to_string(c.O) + "," +
+                            std::to_string(c.Cg) + "," + std::to_string(c.KH) + "," + std::to_string(c.KW) + "]");
+  c.HO = conv_out(c.H, c.KH, c.SH, c.PH, c.DH);
+  c.WO = conv_out(c.W, c.KW, c.SW, c.PW, c.DW);
+  if (c.HO <= 0 || c.WO <= 0) return invalid_argument(std::string(op) + ": output would be empty");
+  if (!is_shape(y, c.N, c.O, c.HO, c.WO))
+    return invalid_argument(std::string(op) + ": output/gradient " + y.shape_string() + " is not [" +
+                            std::to_string(c.N) + "," + std::to_string(c.O) + "," + std::to_string(c.HO) + "," +
+                            std::to_string(c.WO) + "]");
+  return Status::Ok();
+}
+
+// Four sizes from an ints attr ("input_shape", "weight_shape").
+bool read_shape4(const Attrs& attrs, const char* name, int64_t* out) {
+  const std::vector<int64_t>& v = attrs.get_ints(name);
+  if (v.size() != 4) return false;
+  for (int i = 0; i < 4; ++i) out[i] = v[i];
+  return true;
+}
+
+// Output positions o in [lo, hi) whose input coordinate o*s - p + k*d lies inside [0, size).
+void valid_range(int64_t out, int64_t size, int64_t s, int64_t p, int64_t kd, int64_t* lo, int64_t* hi) {
+  const int64_t off = kd - p;  // input coordinate = o*s + off
+  int64_t l = off >= 0 ? 0 : (-off + s - 1) / s;
+  int64_t h = size - off <= 0 ? 0 : (size - off - 1) / s + 1;
+  l = std::min(l, out);
+  h = std::max(l, std::min(h, out));
+  *lo = l;
+  *hi = h;
+}
+
+// ---- im2col / col2im --------------------------------------------------------------------------
+// Column matrix of one group of one image, for output rows [oh0, oh1): row (c, i, j), column
+// (oh - oh0) * WO + ow, value x[c, oh*SH - PH + i*DH, ow*SW - PW + j*DW] (0 outside).
+
+void im2col(const Conv& c, const float* x /* [Cg,H,W] */, int64_t oh0, int64_t oh1, float* col, ThreadPool* pool) {
+  const int64_t ncols = (oh1 - oh0) * c.WO;
+  const int64_t kk = c.KH * c.KW;
+  pool->parallel_for(c.Cg * kk, std::max<int64_t>(1, 4096 / std::max<int64_t>(ncols, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t ch = r / kk, i = (r % kk) / c.KW, j = r % c.KW;
+      const float* xc = x + ch * c.H * c.W;
+      float* dst = col + r * ncols;
+      int64_t lo, hi;
+      valid_range(c.WO, c.W, c.SW, c.PW, j * c.DW, &lo, &hi);
+      const int64_t woff = j * c.DW - c.PW;
+      for (int64_t oh = oh0; oh < oh1; ++oh, dst += c.WO) {
+        const int64_t ih = oh * c.SH - c.PH + i * c.DH;
+        if (ih < 0 || ih >= c.H) {
+          std::fill(dst, dst + c.WO, 0.0f);
+          continue;
+        }
+        std::fill(dst, dst + lo, 0.0f);
+        if (hi > lo) {
+          const float* xr = xc + ih * c.W + lo * c.SW + woff;  // input of output column lo
+          if (c.SW == 1) {
+            std::memcpy(dst + lo, xr, sizeof(float) * (hi - lo));
+          } else {
+            for (int64_t k = 0; k < hi - lo; ++k) dst[lo + k] = xr[k * c.SW];
+          }
+        }
+        std::fill(dst + hi, dst + c.WO, 0.0f);
+      }
+    }
+  });
+}
+
+// dx[c] += scatter of the column rows of channel c; one channel per task, so writes never collide.
+void col2im(const Conv& c, const float* col, int64_t oh0, int64_t oh1, float* dx /* [Cg,H,W] */, ThreadPool* pool) {
+  const int64_t ncols = (oh1 - oh0) * c.WO;
+  const int64_t kk = c.KH * c.KW;
+  pool->parallel_for(c.Cg, std::max<int64_t>(1, 4096 / std::max<int64_t>(ncols * kk, 1)), [&](int64_t c0, int64_t c1) {
+    for (int64_t ch = c0; ch < c1; ++ch) {
+      float* dxc = dx + ch * c.H * c.W;
+      for (int64_t i = 0; i < c.KH; ++i) {
+        for (int64_t j = 0; j < c.KW; ++j) {
+          const float* src = col + ((ch * c.KH + i) * c.KW + j) * ncols;
+          int64_t lo, hi;
+          valid_range(c.WO, c.W, c.SW, c.PW, j * c.DW, &lo, &hi);
+          const int64_t woff = j * c.DW - c.PW;
+          for (int64_t oh = oh0; oh < oh1; ++oh, src += c.WO) {
+            const int64_t ih = oh * c.SH - c.PH + i * c.DH;
+            if (ih < 0 || ih >= c.H || hi <= lo) continue;
+            float* __restrict xr = dxc + ih * c.W + lo * c.SW + woff;
+            const float* __restrict sr = src + lo;
+            if (c.SW == 1) {
+              for (int64_t k = 0; k < hi - lo; ++k) xr[k] += sr[k];
+            } else {
+              for (int64_t k = 0; k < hi - lo; ++k) xr[k * c.SW] += sr[k];
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+// The general path's column buffer: the workspace the planner reserved from *_workspace().
+size_t column_bytes(const Conv& c) {
+  if (c.depthwise() || c.pointwise()) return 0;
+  return static_cast<size_t>(c.kdim() * c.band_rows() * c.WO) * sizeof(float);
+}
+
+Status expect_workspace(const KernelArgs& a, const Conv& c, const char* op) {
+  if (a.workspace_bytes >= column_bytes(c) && (a.workspace || column_bytes(c) == 0)) return Status::Ok();
+  return internal_error(std::string(op) + ": workspace of " + std::to_string(a.workspace_bytes) + " bytes, needs " +
+                        std::to_string(column_bytes(c)));
+}
+
+// Grain for a parallel_for over planes of `plane` elements.
+int64_t plane_grain(int64_t plane) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(plane, 1)); }
+
+// ---- conv2d ----------------------------------------------------------------------------------
+
+Status conv_check(const KernelArgs& a) {
+  ET_RETURN_IF_ERROR(expect_arity(a, "conv2d", 2, 3, 1));
+  ET_RETURN_IF_ERROR(expect_all_f32(a, "conv2d"));
+  const TensorView &x = a.in(0), &w = a.in(1);
+  if (x.rank != 4 || w.rank != 4)
+    return invalid_argument("conv2d: wants 4-d input and weight, got " + x.shape_string() + " and " +
+                            w.shape_string());
+  Conv c;
+  ET_RETURN_IF_ERROR(make_conv("conv2d", a.attr(), x.shape, w.shape, a.out(0), &c));
+  if (a.num_inputs == 3 && (a.in(2).rank != 1 || a.in(2).shape[0] != c.O))
+    return invalid_argument("conv2d: bias " + a.in(2).shape_string() + " does not fit " + std::to_string(c.O) +
+                            " output channels");
+  return Status::Ok();
+}
+
+Conv conv_of(const KernelArgs& a) {  // run-time geometry (check has validated it)
+  Conv c;
+  (void)make_conv("conv2d", a.attr(), a.in(0).shape, a.in(1).shape, a.out(0), &c);
+  return c;
+}
+
+size_t conv_workspace(const KernelArgs& a) {
+  Conv c;
+  if (!make_conv("conv2d", a.attr(), a.in(0).shape, a.in(1).shape, a.out(0), &c).ok()) return 0;
+  return column_bytes(c);
+}
+
+void conv_depthwise_generic(const Conv& c, const float* x, const float* w, const float* bias, float* y, ThreadPool* pool) {
+  const int64_t mult = c.Og();  // output channels per input channel
+  const int64_t plane = c.HO * c.WO;
+  pool->parallel_for(c.N * c.O, plane_grain(plane * c.KH * c.KW), [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t n = p / c.O, o = p % c.O;
+      const float* xc = x + (n * c.C + o / mult) * c.H * c.W;
+      const float* wo = w + o * c.KH * c.KW;
+      float* yp = y + p * plane;
+      const float b0 = bias ? bias[o] : 0.0f;
+      for (int64_t oh = 0; oh < c.HO; ++oh) {
+        float* yr = yp + oh * c.WO;
+        std::fill(yr, yr + c.WO, b0);
+        for (int64_t i = 0; i < c.KH; ++i) {
+          const int64_t ih = oh * c.SH - c.PH + i * c.DH;
+          if (ih < 0 || ih >= c.H) continue;
+          for (int64_t j = 0; j < c.KW; ++j) {
+            int64_t lo, hi;
+            valid_range(c.WO, c.W, c.SW, c.PW, j * c.DW, &lo, &hi);
+            if (hi <= lo) continue;
+            const float wv = wo[i * c.KW + j];
+            const float* __restrict xr = xc + ih * c.W + lo * c.SW + j * c.DW - c.PW;
+            float* __restrict yl = yr + lo;
+            if (c.SW == 1) {
+              for (int64_t k = 0; k < hi - lo; ++k) yl[k] += wv * xr[k];
+            } else {
+              for (int64_t k = 0; k < hi - lo; ++k) yl[k] += wv * xr[k * c.SW];
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+// ---- depthwise, staged rows --------------------------------------------------------------------
+// The fast depthwise path copies each input row it needs into a stack buffer, zero-padded and
+// split into SW phases: ph[r * np + q] = xpad[q * SW + r]. Tap (i, j) of output column ow then
+// reads phase (j*DW) % SW at position ow + (j*DW) / SW, so every tap is one contiguous,
+// bounds-free vector loop over the output row, whatever the stride, padding or dilation.
+// Rows too wide for the buffer (or more than kMaxTaps taps) take the generic loops above.
+
+constexpr int64_t kStageFloats = 8192;  // 32 KiB of stack per thread
+constexpr int64_t kMaxTaps = 64;
+
+// positions per phase the forward / weight-gradient taps read
+int64_t stage_positions(const Conv& c) { return c.WO + ((c.KW - 1) * c.DW) / c.SW; }
+
+// padded phase positions the input-gradient rows cover (the scatter targets and the cropped row)
+int64_t scatter_positions(const Conv& c) {
+  return std::max(c.W - 1 + c.PW, (c.WO - 1) * c.SW + (c.KW - 1) * c.DW) / c.SW + 1;
+}
+
+bool stageable(const Conv& c) {
+  return c.SW * std::max(stage_positions(c), scatter_positions(c)) <= kStageFloats && c.KH * c.KW <= kMaxTaps;
+}
+
+// ph[r * np + q] = row[q * S + r - P] where that lies in [0, W), else 0.
+void stage_row(const float* row, int64_t W, int64_t P, int64_t S, int64_t np, float* ph) {
+  for (int64_t r = 0; r < S; ++r) {
+    float* d = ph + r * np;
+    // q with 0 <= q*S + r - P < W
+    const int64_t q0 = std::min(np, P - r > 0 ? (P - r + S - 1) / S : 0);
+    const int64_t q1 = std::max(q0, std::min(np, W + P - r > 0 ? (W + P - r + S - 1) / S : 0));
+    std::fill(d, d + q0, 0.0f);
+    const float* src = row + q0 * S + r - P;
+    if (S == 1) {
+      std::memcpy(d + q0, src, sizeof(float) * (q1 - q0));
+    } else {
+      for (int64_t q = q0; q < q1; ++q) d[q] = src[(q - q0) * S];
+    }
+    std::fill(d + q1, d + np, 0.0f);
+  }
+}
+
+// dst[k] += w * src[k]
+inline void axpy(float* __restrict dst, const float* __restrict src, float w, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) dst[k] += w * src[k];
+}
+
+// sum a[k] * b[k], fixed order: float lanes (vectorizable without reassociation) over blocks of
+// 512, each block's lanes added into a double so long rows do not lose precision
+double dot(const float* a, const float* b, int64_t n) {
+  constexpr int kLanes = 16;
+  constexpr int64_t kBlock = 512;
+  double s = 0;
+  int64_t k = 0;
+  while (n - k >= kLanes) {
+    const int64_t end = k + std::min(kBlock, (n - k) / kLanes * kLanes);
+    float lane[kLanes] = {};
+    for (; k < end; k += kLanes)
+      for (int l = 0; l < kLanes; ++l) lane[l] += a[k + l] * b[k + l];
+    for (int l = 0; l < kLanes; ++l) s += lane[l];
+  }
+  for (; k < n; ++k) s += static_cast<double>(a[k]) * b[k];
+  return s;
+}
+
+void conv_depthwise(const Conv& c, const float* x, const float* w, const float* bias, float* y, ThreadPool* pool) {
+  if (!stageable(c)) return conv_depthwise_generic(c, x, w, bias, y, pool);
+  const int64_t mult = c.Og(), plane = c.HO * c.WO, np = stage_positions(c);
+  pool->parallel_for(c.N * c.O, plane_grain(plane * c.KH * c.KW), [&](int64_t p0, int64_t p1) {
+    alignas(64) float ph[kStageFloats];
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t n = p / c.O, o = p % c.O;
+      const float* xc = x + (n * c.C + o / mult) * c.H * c.W;
+      const float* wo = w + o * c.KH * c.KW;
+      const float b0 = bias ? bias[o] : 0.0f;
+      for (int64_t oh = 0; oh < c.HO; ++oh) {
+        float* yr = y + p * plane + oh * c.WO;
+        std::fill(yr, yr + c.WO, b0);
+        for (int64_t i = 0; i < c.KH; ++i) {
+          const int64_t ih = oh * c.SH - c.PH + i * c.DH;
+          if (ih < 0 || ih >= c.H) continue;  // a padding row adds nothing
+          stage_row(xc + ih * c.W, c.W, c.PW, c.SW, np, ph);
+          for (int64_t j = 0; j < c.KW; ++j) {
+            const int64_t t = j * c.DW;
+            axpy(yr, ph + (t % c.SW) * np + t / c.SW, wo[i * c.KW + j], c.WO);
+          }
+        }
+      }
+    }
+  });
+}
+
+
+Status conv_run(const KernelArgs& a) {
+  const Conv c = conv_of(a);
+  const float* x = a.in(0).as<float>();
+  const float* w = a.in(1).as<float>();
+  const float* bias = a.num_inputs == 3 ? a.in(2).as<float>() : nullptr;
+  float* y = a.out(0).as<float>();
+  if (c.depthwise()) {
+    conv_depthwise(c, x, w, bias, y, a.pool);
+    return Status::Ok();
+  }
+  const int64_t plane = c.HO * c.WO, kdim = c.kdim(), Og = c.Og();
+  const float beta = bias ? 1.0f : 0.0f;  // the GEMM adds onto the bias written first
+  if (bias) {
+    a.pool->parallel_for(c.N * c.O, plane_grain(plane), [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) std::fill(y + p * plane, y + (p + 1) * plane, bias[p % c.O]);
+    });
+  }
+  const int64_t band = c.band_rows();
+  float* col = static_cast<float*>(a.workspace);
+  ET_RETURN_IF_ERROR(expect_workspace(a, c, "conv2d"));
+  for (int64_t n = 0; n < c.N; ++n) {
+    for (int64_t g = 0; g < c.G; ++g) {
+      const float* xg = x + (n * c.C + g * c.Cg) * c.H * c.W;
+      const float* wg = w + g * Og * kdim;
+      float* yg = y + (n * c.O + g * Og) * plane;
+      if (c.pointwise()) {  // y_g[Og, HW] = w_g[Og, Cg] @ x_g[Cg, HW]
+        sgemm(false, false, Og, plane, kdim, 1.0f, wg, kdim, xg, c.H * c.W, beta, yg, plane, a.pool);
+        continue;
+      }
+      for (int64_t oh0 = 0; oh0 < c.HO; oh0 += band) {
+        const int64_t oh1 = std::min(c.HO, oh0 + band), ncols = (oh1 - oh0) * c.WO;
+        im2col(c, xg, oh0, oh1, col, a.pool);
+        sgemm(false, false, Og, ncols, kdim, 1.0f, wg, kdim, col, ncols, beta, yg + oh0 * c.WO, plane, a.pool);
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+// ---- conv2d_grad_input ------------------------------------------------------------------------
+
+Status grad_input_geometry(const KernelArgs& a, Conv* c) {
+  int64_t xs[4];
+  if (!read_shape4(a.attr(), "input_shape", xs))
+    return invalid_argument("conv2d_grad_input: attr input_shape must be 4 ints");
+  return make_conv("conv2d_grad_input", a.attr(), xs, a.in(1).shape, a.in(0), c);
+}
+
+Status grad_input_check(const KernelArgs& a) {
+  ET_RETURN_IF_ERROR(expect_arity(a, "conv2d_grad_input", 2, 2, 1));
+  ET_RETURN_IF_ERROR(expect_all_f32(a, "conv2d_grad_input"));
+  if (a.in(0).rank != 4 || a.in(1).rank != 4)
+    return invalid_argument("conv2d_grad_input: wants 4-d dy and weight, got " + a.in(0).shape_string() + " and " +
+                            a.in(1).shape_string());
+  Conv c;
+  ET_RETURN_IF_ERROR(grad_input_geometry(a, &c));
+  if (!is_shape(a.out(0), c.N, c.C, c.H, c.W))
+    return invalid_argument("conv2d_grad_input: output " + a.out(0).shape_string() + " is not input_shape");
+  return Status::Ok();
+}
+
+size_t grad_input_workspace(const KernelArgs& a) {
+  Conv c;
+  return grad_input_geometry(a, &c).ok() ? column_bytes(c) : 0;
+}
+
+void grad_input_depthwise_generic(const Conv& c, const float* dy, const float* w, float* dx, ThreadPool* pool) {
+  const int64_t mult = c.Og();
+  const int64_t plane = c.H * c.W, oplane = c.HO * c.WO;
+  pool->parallel_for(c.N * c.C, plane_grain(oplane * mult * c.KH * c.KW), [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {  // p = (n, input channel)
+      const int64_t n = p / c.C, ch = p % c.C;
+      float* dxp = dx + p * plane;
+      std::fill(dxp, dxp + plane, 0.0f);
+      for (int64_t m = 0; m < mult; ++m) {
+        const int64_t o = ch * mult + m;
+        const float* dyo = dy + (n * c.O + o) * oplane;
+        const float* wo = w + o * c.KH * c.KW;
+        for (int64_t oh = 0; oh < c.HO; ++oh) {
+          const float* dyr = dyo + oh * c.WO;
+          for (int64_t i = 0; i < c.KH; ++i) {
+            const int64_t ih = oh * c.SH - c.PH + i * c.DH;
+            if (ih < 0 || ih >= c.H) continue;
+            for (int64_t j = 0; j < c.KW; ++j) {
+              int64_t lo, hi;
+              valid_range(c.WO, c.W, c.SW, c.PW, j * c.DW, &lo, &hi);
+              if (hi <= lo) continue;
+              const float wv = wo[i * c.KW + j];
+              float* __restrict xr = dxp + ih * c.W + lo * c.SW + j * c.DW - c.PW;
+              const float* __restrict dl = dyr + lo;
+              if (c.SW == 1) {
+                for (int64_t k = 0; k < hi - lo; ++k) xr[k] += wv * dl[k];
+              } else {
+                for (int64_t k = 0; k < hi - lo; ++k) xr[k * c.SW] += wv * dl[k];
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+void grad_input_depthwise(const Conv& c, const float* dy, const float* w, float* dx, ThreadPool* pool) {
+  if (!stageable(c)) return grad_input_depthwise_generic(c, dy, w, dx, pool);
+  const int64_t mult = c.Og(), plane = c.H * c.W, oplane = c.HO * c.WO, np = scatter_positions(c);
+  // Each dx row gathers its contributions in a phase-split padded buffer (tap (i, j) of output
+  // column ow lands on phase (j*DW) % SW, position ow + (j*DW) / SW: contiguous adds), then is
+  // cropped back out of the padding.
+  pool->parallel_for(c.N * c.C, plane_grain(oplane * mult * c.KH * c.KW), [&](int64_t p0, int64_t p1) {
+    alignas(64) float acc[kStageFloats];
+    for (int64_t p = p0; p < p1; ++p) {  // p = (n, input channel)
+      const int64_t n = p / c.C, ch = p % c.C;
+      for (int64_t ih = 0; ih < c.H; ++ih) {
+        std::fill(acc, acc + c.SW * np, 0.0f);
+        for (int64_t m = 0; m < mult; ++m) {
+          const int64_t o = ch * mult + m;
+          const float* wo = w + o * c.KH * c.KW;
+          for (int64_t i = 0; i < c.KH; ++i) {
+            const int64_t num = ih + c.PH - i * c.DH;  // = oh * SH for the output row tap i of it
+            if (num < 0 || num % c.SH || num / c.SH >= c.HO) continue;
+            const float* dyr = dy + (n * c.O + o) * oplane + (num / c.SH) * c.WO;
+            for (int64_t j = 0; j < c.KW; ++j) {
+              const int64_t t = j * c.DW;
+              axpy(acc + (t % c.SW) * np + t / c.SW, dyr, wo[i * c.KW + j], c.WO);
+            }
+          }
+        }
+        float* dxr = dx + p * plane + ih * c.W;
+        if (c.SW == 1) {
+          std::memcpy(dxr, acc + c.PW, sizeof(float) * c.W);
+        } else {
+          for (int64_t iw = 0; iw < c.W; ++iw) {
+            const int64_t t = iw + c.PW;
+            dxr[iw] = acc[(t % c.SW) * np + t / c.SW];
+          }
+        }
+      }
+    }
+  });
+}
+
+
+Status grad_input_run(const KernelArgs& a) {
+  Conv c;
+  (void)grad_input_geometry(a, &c);
+  const float* dy = a.in(0).as<float>();
+  const float* w = a.in(1).as<float>();
+  float* dx = a.out(0).as<float>();
+  if (c.depthwise()) {
+    grad_input_depthwise(c, dy, w, dx, a.pool);
+    return Status::Ok();
+  }
+  const int64_t plane = c.H * c.W, oplane = c.HO * c.WO, kdim = c.kdim(), Og = c.Og();
+  const int64_t band = c.band_rows();
+  float* col = static_cast<float*>(a.workspace);
+  ET_RETURN_IF_ERROR(expect_workspace(a, c, "conv2d_grad_input"));
+  if (!c.pointwise()) {  // col2im accumulates
+    a.pool->parallel_for(c.N * c.C, plane_grain(plane), [&](int64_t p0, int64_t p1) {
+      std::fill(dx + p0 * plane, dx + p1 * plane, 0.0f);
+    });
+  }
+  for (int64_t n = 0; n < c.N; ++n) {
+    for (int64_t g = 0; g < c.G; ++g) {
+      const float* dyg = dy + (n * c.O + g * Og) * oplane;
+      const float* wg = w + g * Og * kdim;
+      float* dxg = dx + (n * c.C + g * c.Cg) * plane;
+      if (c.pointwise()) {  // dx_g[Cg, HW] = w_g^T[Cg, Og] @ dy_g[Og, HW]
+        sgemm(true, false, kdim, oplane, Og, 1.0f, wg, kdim, dyg, oplane, 0.0f, dxg, plane, a.pool);
+        continue;
+      }
+      for (int64_t oh0 = 0; oh0 < c.HO; oh0 += band) {
+        const int64_t oh1 = std::min(c.HO, oh0 + band), ncols = (oh1 - oh0) * c.WO;
+        sgemm(true, false, kdim, ncols, Og, 1.0f, wg, kdim, dyg + oh0 * c.WO, oplane, 0.0f, col, ncols, a.pool);
+        col2im(c, col, oh0, oh1, dxg, a.pool);
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+// ---- conv2d_grad_weight -----------------------------------------------------------------------
+
+Status grad_weight_geometry(const KernelArgs& a, Conv* c) {
+  int64_t ws[4];
+  if (!read_shape4(a.attr(), "weight_shape", ws))
+    return invalid_argument("conv2d_grad_weight: attr weight_shape must be 4 ints");
+  return make_conv("conv2d_grad_weight", a.attr(), a.in(1).shape, ws, a.in(0), c);
+}
+
+Status grad_weight_check(const KernelArgs& a) {
+  ET_RETURN_IF_ERROR(expect_arity(a, "conv2d_grad_weight", 2, 2, 1));
+  ET_RETURN_IF_ERROR(expect_all_f32(a, "conv2d_grad_weight"));
+  if (a.in(0).rank != 4 || a.in(1).rank != 4)
+    return invalid_argument("conv2d_grad_weight: wants 4-d dy and input, got " + a.in(0).shape_string() + " and " +
+                            a.in(1).shape_string());
+  Conv c;
+  ET_RETURN_IF_ERROR(grad_weight_geometry(a, &c));
+  if (!is_shape(a.out(0), c.O, c.Cg, c.KH, c.KW))
+    return invalid_argument("conv2d_grad_weight: output " + a.out(0).shape_string() + " is not weight_shape");
+  return Status::Ok();
+}
+
+size_t grad_weight_workspace(const KernelArgs& a) {
+  Conv c;
+  return grad_weight_geometry(a, &c).ok() ? column_bytes(c) : 0;
+}
+
+// sum_{k < n} a[k] * b[k * stride], in double, fixed order (the generic path's row dot)
+double dot_strided(const float* a, const float* b, int64_t stride, int64_t n) {
+  constexpr int kLanes = 8;
+  double lane[kLanes] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= n; k += kLanes)
+    for (int l = 0; l < kLanes; ++l) lane[l] += static_cast<double>(a[k + l]) * b[(k + l) * stride];
+  double s = 0;
+  for (int l = 0; l < kLanes; ++l) s += lane[l];
+  for (; k < n; ++k) s += static_cast<double>(a[k]) * b[k * stride];
+  return s;
+}
+
+void grad_weight_depthwise_generic(const Conv& c, const float* dy, const float* x, float* dw, ThreadPool* pool) {
+  const int64_t mult = c.Og();
+  const int64_t plane = c.H * c.W, oplane = c.HO * c.WO;
+  // one output channel per task: its kh*kw sums over the whole batch stay on one thread
+  pool->parallel_for(c.O, std::max<int64_t>(1, 16384 / std::max<int64_t>(c.N * oplane * c.KH * c.KW, 1)),
+                     [&](int64_t o0, int64_t o1) {
+    for (int64_t o = o0; o < o1; ++o) {
+      const int64_t ch = o / mult;
+      for (int64_t i = 0; i < c.KH; ++i) {
+        for (int64_t j = 0; j < c.KW; ++j) {
+          int64_t lo, hi;
+          valid_range(c.WO, c.W, c.SW, c.PW, j * c.DW, &lo, &hi);
+          double s = 0;
+          for (int64_t n = 0; n < c.N; ++n) {
+            const float* dyo = dy + (n * c.O + o) * oplane;
+            const float* xc = x + (n * c.C + ch) * plane;
+            for (int64_t oh = 0; oh < c.HO; ++oh) {
+              const int64_t ih = oh * c.SH - c.PH + i * c.DH;
+              if (ih < 0 || ih >= c.H || hi <= lo) continue;
+              const float* xr = xc + ih * c.W + lo * c.SW + j * c.DW - c.PW;
+              s += dot_strided(dyo + oh * c.WO + lo, xr, c.SW, hi - lo);
+            }
+          }
+          dw[(o * c.KH + i) * c.KW + j] = static_cast<float>(s);
+        }
+      }
+    }
+  });
+}
+
+void grad_weight_depthwise(const Conv& c, const float* dy, const float* x, float* dw, ThreadPool* pool) {
+  if (!stageable(c)) return grad_weight_depthwise_generic(c, dy, x, dw, pool);
+  const int64_t mult = c.Og(), plane = c.H * c.W, oplane = c.HO * c.WO, np = stage_positions(c);
+  // one output channel per task: its kh*kw sums over the whole batch stay on one thread, in order
+  pool->parallel_for(c.O, std::max<int64_t>(1, 16384 / std::max<int64_t>(c.N * oplane * c.KH * c.KW, 1)),
+                     [&](int64_t o0, int64_t o1) {
+    alignas(64) float ph[kStageFloats];
+    double s[kMaxTaps];
+    for (int64_t o = o0; o < o1; ++o) {
+      std::fill(s, s + c.KH * c.KW, 0.0);
+      for (int64_t n = 0; n < c.N; ++n) {
+        const float* xc = x + (n * c.C + o / mult) * plane;
+        for (int64_t oh = 0; oh < c.HO; ++oh) {
+          const float* dyr = dy + (n * c.O + o) * oplane + oh * c.WO;
+          for (int64_t i = 0; i < c.KH; ++i) {
+            const int64_t ih = oh * c.SH - c.PH + i * c.DH;
+            if (ih < 0 || ih >= c.H) continue;
+            stage_row(xc + ih * c.W, c.W, c.PW, c.SW, np, ph);
+            for (int64_t j = 0; j < c.KW; ++j) {
+              const int64_t t = j * c.DW;
+              s[i * c.KW + j] += dot(dyr, ph + (t % c.SW) * np + t / c.SW, c.WO);
+            }
+          }
+        }
+      }
+      for (int64_t k = 0; k < c.KH * c.KW; ++k) dw[o * c.KH * c.KW + k] = static_cast<float>(s[k]);
+    }
+  });
+}
+
+
+Status grad_weight_run(const KernelArgs& a) {
+  Conv c;
+  (void)grad_weight_geometry(a, &c);
+  const float* dy = a.in(0).as<float>();
+  const float* x = a.in(1).as<float>();
+  float* dw = a.out(0).as<float>();
+  if (c.depthwise()) {
+    grad_weight_depthwise(c, dy, x, dw, a.pool);
+    return Status::Ok();
+  }
+  const int64_t plane = c.H * c.W, oplane = c.HO * c.WO, kdim = c.kdim(), Og = c.Og();
+  const int64_t band = c.band_rows();
+  float* col = static_cast<float*>(a.workspace);
+  ET_RETURN_IF_ERROR(expect_workspace(a, c, "conv2d_grad_weight"));
+  // dw_g[Og, kdim] = sum over images and bands of dy_g[Og, cols] @ col[kdim, cols]^T, in order
+  for (int64_t n = 0; n < c.N; ++n) {
+    for (int64_t g = 0; g < c.G; ++g) {
+      const float* dyg = dy + (n * c.O + g * Og) * oplane;
+      const float* xg = x + (n * c.C + g * c.Cg) * plane;
+      float* dwg = dw + g * Og * kdim;
+      if (c.pointwise()) {
+        sgemm(false, true, Og, kdim, oplane, 1.0f, dyg, oplane, xg, plane, n == 0 ? 0.0f : 1.0f, dwg, kdim, a.pool);
+        continue;
+      }
+      for (int64_t oh0 = 0; oh0 < c.HO; oh0 += band) {
+        const int64_t oh1 = std::min(c.HO, oh0 + band), ncols = (oh1 - oh0) * c.WO;
+        im2col(c, xg, oh0, oh1, col, a.pool);
+        const float beta = n == 0 && oh0 == 0 ? 0.0f : 1.0f;
+        sgemm(false, true, Og, kdim, ncols, 1.0f, dyg + oh0 * c.WO, oplane, col, ncols, beta, dwg, kdim, a.pool);
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+void register_conv_kernels(KernelRegistry& r) {
+  r.add({"conv2d", "conv2d", conv_check, conv_workspace, conv_run});
+  r.add({"conv2d_grad_input", "conv2d_grad_input", grad_input_check, grad_input_workspace, grad_input_run});
+  r.add({"conv2d_grad_weight", "conv2d_grad_weight", grad_weight_check, grad_weight_workspace, grad_weight_run});
+}
 
 }  // namespace edgetune

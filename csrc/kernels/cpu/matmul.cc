@@ -1,8 +1,149 @@
-// CPU kernels for compiler/ops/matmul.py (placeholder until the kernels land).
+// CPU kernels for compiler/ops/matmul.py: matmul (numpy semantics, batched, broadcasting batch
+// dims) and linear (y = x W^T + b). Both are sgemm calls (gemm.h); f32 only.
+//
+//   matmul  a y without batch dims (or all of them 1) folds x's batch into M: one GEMM of
+//           [B*M, K] @ [K, N], the shape of a linear layer written as matmul. Otherwise one GEMM
+//           per output batch element, with broadcast batch dims mapped to offset 0: many small
+//           products run in parallel (one thread each), big ones one after another (each threaded).
+//   linear  one GEMM [rows, in] @ W^T; the bias is written into y first and the GEMM adds onto
+//           it (beta = 1), so y is written once more rather than read-modified afterwards.
+#include <algorithm>
+#include <string>
+
 #include "core/kernel.h"
+#include "kernels/cpu/gemm.h"
 
 namespace edgetune {
+namespace {
 
-void register_matmul_kernels(KernelRegistry& r) { (void)r; }
+// Below this many multiply-adds per product, batches run in parallel rather than each GEMM threaded.
+constexpr int64_t kSmallGemmMacs = int64_t{1} << 20;
+
+Status expect_all_f32(const KernelArgs& a, const char* op) {
+  for (int i = 0; i < a.num_inputs; ++i)
+    ET_RETURN_IF_ERROR(expect_dtype(a, (std::string(op) + " input " + std::to_string(i)).c_str(), a.in(i), DType::f32));
+  for (int i = 0; i < a.num_outputs; ++i)
+    ET_RETURN_IF_ERROR(
+        expect_dtype(a, (std::string(op) + " output " + std::to_string(i)).c_str(), a.out(i), DType::f32));
+  return Status::Ok();
+}
+
+// ---- matmul ----------------------------------------------------------------------------------
+
+Status matmul_check(const KernelArgs& a) {
+  ET_RETURN_IF_ERROR(expect_arity(a, "matmul", 2, 2, 1));
+  ET_RETURN_IF_ERROR(expect_all_f32(a, "matmul"));
+  const TensorView &x = a.in(0), &y = a.in(1), &out = a.out(0);
+  if (x.rank < 2 || y.rank < 2 || x.dim(-1) != y.dim(-2))
+    return invalid_argument("matmul: " + x.shape_string() + " @ " + y.shape_string() + " is not a matrix product");
+  const int r = std::max(x.rank, y.rank);
+  if (out.rank != r || out.dim(-2) != x.dim(-2) || out.dim(-1) != y.dim(-1))
+    return invalid_argument("matmul: output " + out.shape_string() + " does not fit " + x.shape_string() + " @ " +
+                            y.shape_string());
+  for (int d = 0; d < r - 2; ++d) {  // batch dims, aligned from the right
+    const int xd = d - (r - x.rank), yd = d - (r - y.rank);
+    const int64_t xs = xd >= 0 ? x.shape[xd] : 1, ys = yd >= 0 ? y.shape[yd] : 1;
+    const int64_t o = out.shape[d];
+    if ((xs != o && xs != 1) || (ys != o && ys != 1) || (xs != o && ys != o))
+      return invalid_argument("matmul: batch dims of " + x.shape_string() + " and " + y.shape_string() +
+                              " do not broadcast to " + out.shape_string());
+  }
+  return Status::Ok();
+}
+
+Status matmul_run(const KernelArgs& a) {
+  const TensorView &x = a.in(0), &y = a.in(1), &out = a.out(0);
+  const int64_t M = x.dim(-2), K = x.dim(-1), N = y.dim(-1);
+  const float* xp = x.as<float>();
+  const float* yp = y.as<float>();
+  float* op = out.as<float>();
+  const int r = out.rank;
+  int64_t batch = 1, y_batch = 1;
+  for (int d = 0; d < r - 2; ++d) batch *= out.shape[d];
+  for (int d = 0; d < y.rank - 2; ++d) y_batch *= y.shape[d];
+  if (batch == 0 || M == 0 || N == 0) return Status::Ok();
+
+  if (y_batch == 1) {  // y is one matrix for every batch element: x's batch folds into M
+    int64_t x_batch = 1;
+    for (int d = 0; d < x.rank - 2; ++d) x_batch *= x.shape[d];
+    if (x_batch == batch) {
+      sgemm(false, false, batch * M, N, K, 1.0f, xp, K, yp, N, 0.0f, op, N, a.pool);
+      return Status::Ok();
+    }
+  }
+
+  // Per batch element: element strides of x and y per output batch dim (0 where broadcast).
+  int64_t xstride[kMaxRank] = {0}, ystride[kMaxRank] = {0};
+  {
+    int64_t xs = M * K, ys = K * N;
+    for (int d = r - 3; d >= 0; --d) {
+      const int xd = d - (r - x.rank), yd = d - (r - y.rank);
+      const int64_t xdim = xd >= 0 ? x.shape[xd] : 1, ydim = yd >= 0 ? y.shape[yd] : 1;
+      xstride[d] = xdim == 1 ? 0 : xs;
+      ystride[d] = ydim == 1 ? 0 : ys;
+      xs *= xdim;
+      ys *= ydim;
+    }
+  }
+  auto one = [&](int64_t b, ThreadPool* pool) {
+    int64_t xo = 0, yo = 0, rest = b;
+    for (int d = r - 3; d >= 0; --d) {
+      const int64_t i = rest % out.shape[d];
+      rest /= out.shape[d];
+      xo += i * xstride[d];
+      yo += i * ystride[d];
+    }
+    sgemm(false, false, M, N, K, 1.0f, xp + xo, K, yp + yo, N, 0.0f, op + b * M * N, N, pool);
+  };
+  if (M * N * K < kSmallGemmMacs && a.pool && a.pool->num_threads() > 1) {
+    a.pool->parallel_for(batch, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) one(b, nullptr);
+    });
+  } else {
+    for (int64_t b = 0; b < batch; ++b) one(b, a.pool);
+  }
+  return Status::Ok();
+}
+
+// ---- linear ----------------------------------------------------------------------------------
+
+Status linear_check(const KernelArgs& a) {
+  ET_RETURN_IF_ERROR(expect_arity(a, "linear", 2, 3, 1));
+  ET_RETURN_IF_ERROR(expect_all_f32(a, "linear"));
+  const TensorView &x = a.in(0), &w = a.in(1), &out = a.out(0);
+  if (w.rank != 2 || x.rank < 1 || x.dim(-1) != w.shape[1])
+    return invalid_argument("linear: input " + x.shape_string() + " does not fit weight " + w.shape_string());
+  if (a.num_inputs == 3 && (a.in(2).rank != 1 || a.in(2).shape[0] != w.shape[0]))
+    return invalid_argument("linear: bias " + a.in(2).shape_string() + " does not fit weight " + w.shape_string());
+  bool ok = out.rank == x.rank && out.dim(-1) == w.shape[0];
+  for (int d = 0; ok && d < x.rank - 1; ++d) ok = out.shape[d] == x.shape[d];
+  if (!ok) return invalid_argument("linear: output " + out.shape_string() + " does not fit input " + x.shape_string());
+  return Status::Ok();
+}
+
+Status linear_run(const KernelArgs& a) {
+  const TensorView &x = a.in(0), &w = a.in(1), &out = a.out(0);
+  const int64_t in = w.shape[1], outf = w.shape[0];
+  const int64_t rows = in ? x.numel() / in : out.numel() / std::max<int64_t>(outf, 1);
+  float* y = out.as<float>();
+  if (rows == 0 || outf == 0) return Status::Ok();
+  float beta = 0.0f;
+  if (a.num_inputs == 3) {
+    const float* b = a.in(2).as<float>();
+    a.pool->parallel_for(rows, std::max<int64_t>(1, 16384 / outf), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) std::copy(b, b + outf, y + r * outf);
+    });
+    beta = 1.0f;
+  }
+  sgemm(false, true, rows, outf, in, 1.0f, x.as<float>(), in, w.as<float>(), in, beta, y, outf, a.pool);
+  return Status::Ok();
+}
+
+}  // namespace
+
+void register_matmul_kernels(KernelRegistry& r) {
+  r.add({"matmul", "matmul", matmul_check, nullptr, matmul_run});
+  r.add({"linear", "linear", linear_check, nullptr, linear_run});
+}
 
 }  // namespace edgetune

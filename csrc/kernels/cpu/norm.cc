@@ -1,8 +1,405 @@
-// CPU kernels for compiler/ops/norm.py (placeholder until the kernels land).
+// CPU kernels for compiler/ops/norm.py: batch_norm_train, batch_norm_infer, batch_norm_backward,
+// layer_norm, layer_norm_backward (f32 tensors; statistics accumulated in double, as the numpy
+// references do, so means of large channels do not drift).
+//
+// Batch norm views x as [N, C, S] (S = the product of the dims after C, 1 for [N, C]) and gives
+// each thread whole channels: a channel's sums run on one thread in a fixed order, so results do
+// not depend on the thread count. Layer norm gives each thread whole rows; its weight/bias
+// gradients (sums over rows) give each thread whole columns instead, for the same reason.
+// Sums use a fixed set of double lanes, which the compiler vectorizes without reassociating.
+#include <algorithm>
+#include <cmath>
+#include <string>
+
 #include "core/kernel.h"
 
 namespace edgetune {
+namespace {
 
-void register_norm_kernels(KernelRegistry& r) { (void)r; }
+constexpr int kLanes = 8;
+
+double sum_lanes(const double* lane) {
+  double s = 0;
+  for (int l = 0; l < kLanes; ++l) s += lane[l];
+  return s;
+}
+
+// sum x[k]
+double row_sum(const float* x, int64_t n) {
+  double lane[kLanes] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= n; k += kLanes)
+    for (int l = 0; l < kLanes; ++l) lane[l] += x[k + l];
+  double s = sum_lanes(lane);
+  for (; k < n; ++k) s += x[k];
+  return s;
+}
+
+// sum (x[k] - m)^2
+double row_sq_dev(const float* x, int64_t n, double m) {
+  double lane[kLanes] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= n; k += kLanes)
+    for (int l = 0; l < kLanes; ++l) {
+      const double d = x[k + l] - m;
+      lane[l] += d * d;
+    }
+  double s = sum_lanes(lane);
+  for (; k < n; ++k) s += (x[k] - m) * (x[k] - m);
+  return s;
+}
+
+// sum dy[k] and sum dy[k] * (x[k] - m)
+void row_dy_sums(const float* dy, const float* x, int64_t n, double m, double* s_dy, double* s_dyx) {
+  double a[kLanes] = {}, b[kLanes] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= n; k += kLanes)
+    for (int l = 0; l < kLanes; ++l) {
+      a[l] += dy[k + l];
+      b[l] += dy[k + l] * (x[k + l] - m);
+    }
+  double sa = sum_lanes(a), sb = sum_lanes(b);
+  for (; k < n; ++k) {
+    sa += dy[k];
+    sb += dy[k] * (x[k] - m);
+  }
+  *s_dy += sa;
+  *s_dyx += sb;
+}
+
+Status expect_all_f32(const KernelArgs& a, const char* op) {
+  for (int i = 0; i < a.num_inputs; ++i)
+    ET_RETURN_IF_ERROR(expect_dtype(a, (std::string(op) + " input " + std::to_string(i)).c_str(), a.in(i), DType::f32));
+  for (int i = 0; i < a.num_outputs; ++i)
+    ET_RETURN_IF_ERROR(
+        expect_dtype(a, (std::string(op) + " output " + std::to_string(i)).c_str(), a.out(i), DType::f32));
+  return Status::Ok();
+}
+
+bool same_shape(const TensorView& a, const TensorView& b) {
+  if (a.rank != b.rank) return false;
+  for (int i = 0; i < a.rank; ++i)
+    if (a.shape[i] != b.shape[i]) return false;
+  return true;
+}
+
+bool is_vector(const TensorView& t, int64_t n) { return t.rank == 1 && t.shape[0] == n; }
+
+// output_mask attr ([dx, dw, db] as 0/1): how many outputs, and which output slot each takes (-1 = off)
+Status read_mask(const KernelArgs& a, const char* op, int slot[3]) {
+  const std::vector<int64_t>& m = a.attr().get_ints("output_mask");
+  if (m.size() != 3) return invalid_argument(std::string(op) + ": attr output_mask must be 3 bools");
+  int next = 0;
+  for (int i = 0; i < 3; ++i) slot[i] = m[i] ? next++ : -1;
+  if (next != a.num_outputs)
+    return invalid_argument(std::string(op) + ": output_mask asks for " + std::to_string(next) + " outputs, node has " +
+                            std::to_string(a.num_outputs));
+  return Status::Ok();
+}
+
+// ---- batch norm ------------------------------------------------------------------------------
+
+struct BN {
+  int64_t N, C, S;
+  int64_t count() const { return N * S; }
+};
+
+BN bn_of(const TensorView& x) {
+  BN b{x.shape[0], x.shape[1], 1};
+  for (int i = 2; i < x.rank; ++i) b.S *= x.shape[i];
+  return b;
+}
+
+// x and the per-channel tensors of batch_norm_train / batch_norm_infer
+Status bn_check_inputs(const KernelArgs& a, const char* op) {
+  const TensorView& x = a.in(0);
+  if (x.rank < 2) return invalid_argument(std::string(op) + ": wants [N, C, ...] input, got " + x.shape_string());
+  for (int i = 1; i < 5; ++i)
+    if (!is_vector(a.in(i), x.shape[1]))
+      return invalid_argument(std::string(op) + ": per-channel input " + a.in(i).shape_string() + " does not fit " +
+                              std::to_string(x.shape[1]) + " channels");
+  if (!same_shape(a.out(0), x))
+    return invalid_argument(std::string(op) + ": output " + a.out(0).shape_string() + " is not " + x.shape_string());
+  return Status::Ok();
+}
+
+int64_t channel_grain(const BN& b) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(b.count(), 1)); }
+
+Status bn_train_check(const KernelArgs& a) {
+  ET_RETURN_IF_ERROR(expect_arity(a, "batch_norm_train", 5, 5, 5));
+  ET_RETURN_IF_ERROR(expect_all_f32(a, "batch_norm_train"));
+  ET_RETURN_IF_ERROR(bn_check_inputs(a, "batch_norm_train"));
+  for (int i = 1; i < 5; ++i)
+    if (!is_vector(a.out(i), a.in(0).shape[1]))
+      return invalid_argument("batch_norm_train: output " + std::to_string(i) + " " + a.out(i).shape_string() +
+                              " is not per-channel");
+  return Status::Ok();
+}
+
+Status bn_train_run(const KernelArgs& a) {
+  const TensorView& xv = a.in(0);
+  const BN bn = bn_of(xv);
+  const float* x = xv.as<float>();
+  const float *w = a.in(1).as<float>(), *b = a.in(2).as<float>();
+  const float *rm = a.in(3).as<float>(), *rv = a.in(4).as<float>();
+  float* y = a.out(0).as<float>();
+  float *mean_out = a.out(1).as<float>(), *invstd_out = a.out(2).as<float>();
+  float *rm_out = a.out(3).as<float>(), *rv_out = a.out(4).as<float>();
+  const double eps = a.attr().get_float("eps", 1e-5), mom = a.attr().get_float("momentum", 0.1);
+  const int64_t count = bn.count();
+  a.pool->parallel_for(bn.C, channel_grain(bn), [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      double s = 0;
+      for (int64_t n = 0; n < bn.N; ++n) s += row_sum(x + (n * bn.C + c) * bn.S, bn.S);
+      const double mean = count ? s / count : 0.0;
+      double ss = 0;  // two passes: no cancellation when |mean| >> std
+      for (int64_t n = 0; n < bn.N; ++n) ss += row_sq_dev(x + (n * bn.C + c) * bn.S, bn.S, mean);
+      const double var = count ? ss / count : 0.0;
+      const double invstd = 1.0 / std::sqrt(var + eps);
+      mean_out[c] = static_cast<float>(mean);
+      invstd_out[c] = static_cast<float>(invstd);
+      rm_out[c] = static_cast<float>((1 - mom) * rm[c] + mom * mean);
+      rv_out[c] = static_cast<float>((1 - mom) * rv[c] + mom * var * (static_cast<double>(count) / std::max<int64_t>(count - 1, 1)));
+      const float mf = static_cast<float>(mean), scale = static_cast<float>(invstd * w[c]), shift = b[c];
+      for (int64_t n = 0; n < bn.N; ++n) {
+        const float* xr = x + (n * bn.C + c) * bn.S;
+        float* yr = y + (n * bn.C + c) * bn.S;
+        for (int64_t k = 0; k < bn.S; ++k) yr[k] = (xr[k] - mf) * scale + shift;
+      }
+    }
+  });
+  return Status::Ok();
+}
+
+Status bn_infer_check(const KernelArgs& a) {
+  ET_RETURN_IF_ERROR(expect_arity(a, "batch_norm_infer", 5, 5, 1));
+  ET_RETURN_IF_ERROR(expect_all_f32(a, "batch_norm_infer"));
+  return bn_check_inputs(a, "batch_norm_infer");
+}
+
+Status bn_infer_run(const KernelArgs& a) {
+  const BN bn = bn_of(a.in(0));
+  const float* x = a.in(0).as<float>();
+  const float *w = a.in(1).as<float>(), *b = a.in(2).as<float>();
+  const float *rm = a.in(3).as<float>(), *rv = a.in(4).as<float>();
+  float* y = a.out(0).as<float>();
+  const float eps = static_cast<float>(a.attr().get_float("eps", 1e-5));
+  // one (image, channel) plane per task; scale/shift in float32 as the reference computes them
+  a.pool->parallel_for(bn.N * bn.C, std::max<int64_t>(1, 16384 / std::max<int64_t>(bn.S, 1)), [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t c = p % bn.C;
+      const float scale = w[c] / std::sqrt(rv[c] + eps);
+      const float shift = b[c] - rm[c] * scale;
+      const float* xr = x + p * bn.S;
+      float* yr = y + p * bn.S;
+      for (int64_t k = 0; k < bn.S; ++k) yr[k] = xr[k] * scale + shift;
+    }
+  });
+  return Status::Ok();
+}
+
+Status bn_backward_check(const KernelArgs& a) {
+  ET_RETURN_IF_ERROR(expect_arity(a, "batch_norm_backward", 5, 5, a.num_outputs));
+  ET_RETURN_IF_ERROR(expect_all_f32(a, "batch_norm_backward"));
+  int slot[3];
+  ET_RETURN_IF_ERROR(read_mask(a, "batch_norm_backward", slot));
+  const TensorView &dy = a.in(0), &x = a.in(1);
+  if (x.rank < 2 || !same_shape(dy, x))
+    return invalid_argument("batch_norm_backward: dy " + dy.shape_string() + " and x " + x.shape_string() +
+                            " must be the same [N, C, ...] shape");
+  for (int i = 2; i < 5; ++i)
+    if (!is_vector(a.in(i), x.shape[1]))
+      return invalid_argument("batch_norm_backward: per-channel input " + a.in(i).shape_string() + " does not fit " +
+                              std::to_string(x.shape[1]) + " channels");
+  if (slot[0] >= 0 && !same_shape(a.out(slot[0]), x))
+    return invalid_argument("batch_norm_backward: dx " + a.out(slot[0]).shape_string() + " is not " + x.shape_string());
+  for (int i = 1; i < 3; ++i)
+    if (slot[i] >= 0 && !is_vector(a.out(slot[i]), x.shape[1]))
+      return invalid_argument("batch_norm_backward: output " + a.out(slot[i]).shape_string() + " is not per-channel");
+  return Status::Ok();
+}
+
+Status bn_backward_run(const KernelArgs& a) {
+  int slot[3];
+  (void)read_mask(a, "batch_norm_backward", slot);
+  const BN bn = bn_of(a.in(1));
+  const float *dy = a.in(0).as<float>(), *x = a.in(1).as<float>(), *w = a.in(2).as<float>();
+  const float *mean = a.in(3).as<float>(), *invstd = a.in(4).as<float>();
+  float* dx = slot[0] >= 0 ? a.out(slot[0]).as<float>() : nullptr;
+  float* dw = slot[1] >= 0 ? a.out(slot[1]).as<float>() : nullptr;
+  float* db = slot[2] >= 0 ? a.out(slot[2]).as<float>() : nullptr;
+  const int64_t count = bn.count();
+  a.pool->parallel_for(bn.C, channel_grain(bn), [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      double s_dy = 0, s_dyx = 0;  // sum dy, sum dy * (x - mean)
+      for (int64_t n = 0; n < bn.N; ++n) {
+        const int64_t off = (n * bn.C + c) * bn.S;
+        row_dy_sums(dy + off, x + off, bn.S, mean[c], &s_dy, &s_dyx);
+      }
+      const double s_dy_xhat = s_dyx * invstd[c];
+      if (dw) dw[c] = static_cast<float>(s_dy_xhat);
+      if (db) db[c] = static_cast<float>(s_dy);
+      if (!dx) continue;
+      // dx = w * invstd * (dy - mean(dy) - xhat * mean(dy * xhat))
+      const float m = mean[c], is = invstd[c];
+      const float k = w[c] * is;
+      const float c_dy = count ? static_cast<float>(s_dy / count) : 0.0f;
+      const float c_xh = count ? static_cast<float>(s_dy_xhat / count) : 0.0f;
+      for (int64_t n = 0; n < bn.N; ++n) {
+        const int64_t off = (n * bn.C + c) * bn.S;
+        const float *dyr = dy + off, *xr = x + off;
+        float* dxr = dx + off;
+        for (int64_t j = 0; j < bn.S; ++j) dxr[j] = k * (dyr[j] - c_dy - (xr[j] - m) * is * c_xh);
+      }
+    }
+  });
+  return Status::Ok();
+}
+
+// ---- layer norm ------------------------------------------------------------------------------
+
+// rows x D, D = prod(normalized_shape), checking that x ends in normalized_shape
+Status ln_geometry(const KernelArgs& a, const char* op, const TensorView& x, int64_t* rows, int64_t* D) {
+  const std::vector<int64_t>& ns = a.attr().get_ints("normalized_shape");
+  const int k = static_cast<int>(ns.size());
+  if (k == 0 || k > x.rank)
+    return invalid_argument(std::string(op) + ": normalized_shape does not fit input " + x.shape_string());
+  int64_t d = 1;
+  for (int i = 0; i < k; ++i) {
+    if (x.shape[x.rank - k + i] != ns[i])
+      return invalid_argument(std::string(op) + ": input " + x.shape_string() + " does not end in normalized_shape");
+    d *= ns[i];
+  }
+  *D = d;
+  *rows = d ? x.numel() / d : 0;
+  return Status::Ok();
+}
+
+Status ln_check(const KernelArgs& a) {
+  ET_RETURN_IF_ERROR(expect_arity(a, "layer_norm", 3, 3, 3));
+  ET_RETURN_IF_ERROR(expect_all_f32(a, "layer_norm"));
+  int64_t rows, D;
+  ET_RETURN_IF_ERROR(ln_geometry(a, "layer_norm", a.in(0), &rows, &D));
+  if (a.in(1).numel() != D || a.in(2).numel() != D)
+    return invalid_argument("layer_norm: affine params " + a.in(1).shape_string() + ", " + a.in(2).shape_string() +
+                            " do not fit normalized_shape");
+  if (!same_shape(a.out(0), a.in(0)) || a.out(1).numel() != rows || a.out(2).numel() != rows)
+    return invalid_argument("layer_norm: outputs do not fit input " + a.in(0).shape_string());
+  return Status::Ok();
+}
+
+Status ln_run(const KernelArgs& a) {
+  int64_t rows, D;
+  (void)ln_geometry(a, "layer_norm", a.in(0), &rows, &D);
+  const float *x = a.in(0).as<float>(), *w = a.in(1).as<float>(), *b = a.in(2).as<float>();
+  float *y = a.out(0).as<float>(), *mean_out = a.out(1).as<float>(), *rstd_out = a.out(2).as<float>();
+  const double eps = a.attr().get_float("eps", 1e-5);
+  a.pool->parallel_for(rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(D, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* xr = x + r * D;
+      const double mean = row_sum(xr, D) / D;
+      const double rstd = 1.0 / std::sqrt(row_sq_dev(xr, D, mean) / D + eps);
+      mean_out[r] = static_cast<float>(mean);
+      rstd_out[r] = static_cast<float>(rstd);
+      const float mf = static_cast<float>(mean), rf = static_cast<float>(rstd);
+      float* yr = y + r * D;
+      for (int64_t k = 0; k < D; ++k) yr[k] = (xr[k] - mf) * rf * w[k] + b[k];
+    }
+  });
+  return Status::Ok();
+}
+
+Status ln_backward_check(const KernelArgs& a) {
+  ET_RETURN_IF_ERROR(expect_arity(a, "layer_norm_backward", 5, 5, a.num_outputs));
+  ET_RETURN_IF_ERROR(expect_all_f32(a, "layer_norm_backward"));
+  int slot[3];
+  ET_RETURN_IF_ERROR(read_mask(a, "layer_norm_backward", slot));
+  const TensorView &dy = a.in(0), &x = a.in(1);
+  if (!same_shape(dy, x))
+    return invalid_argument("layer_norm_backward: dy " + dy.shape_string() + " is not x " + x.shape_string());
+  int64_t rows, D;
+  ET_RETURN_IF_ERROR(ln_geometry(a, "layer_norm_backward", x, &rows, &D));
+  if (a.in(2).numel() != D || a.in(3).numel() != rows || a.in(4).numel() != rows)
+    return invalid_argument("layer_norm_backward: weight/mean/rstd do not fit x " + x.shape_string());
+  if (slot[0] >= 0 && !same_shape(a.out(slot[0]), x))
+    return invalid_argument("layer_norm_backward: dx " + a.out(slot[0]).shape_string() + " is not " + x.shape_string());
+  for (int i = 1; i < 3; ++i)
+    if (slot[i] >= 0 && a.out(slot[i]).numel() != D)
+      return invalid_argument("layer_norm_backward: output " + a.out(slot[i]).shape_string() +
+                              " does not fit normalized_shape");
+  return Status::Ok();
+}
+
+Status ln_backward_run(const KernelArgs& a) {
+  int slot[3];
+  (void)read_mask(a, "layer_norm_backward", slot);
+  int64_t rows, D;
+  (void)ln_geometry(a, "layer_norm_backward", a.in(1), &rows, &D);
+  const float *dy = a.in(0).as<float>(), *x = a.in(1).as<float>(), *w = a.in(2).as<float>();
+  const float *mean = a.in(3).as<float>(), *rstd = a.in(4).as<float>();
+  float* dx = slot[0] >= 0 ? a.out(slot[0]).as<float>() : nullptr;
+  float* dw = slot[1] >= 0 ? a.out(slot[1]).as<float>() : nullptr;
+  float* db = slot[2] >= 0 ? a.out(slot[2]).as<float>() : nullptr;
+  if (dx) {  // per row: dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * w
+    a.pool->parallel_for(rows, std::max<int64_t>(1, 8192 / std::max<int64_t>(D, 1)), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const float *dyr = dy + r * D, *xr = x + r * D;
+        const float m = mean[r], rs = rstd[r];
+        double ga[kLanes] = {}, gb[kLanes] = {};
+        int64_t k = 0;
+        for (; k + kLanes <= D; k += kLanes)
+          for (int l = 0; l < kLanes; ++l) {
+            const float g = dyr[k + l] * w[k + l];
+            ga[l] += g;
+            gb[l] += g * ((xr[k + l] - m) * rs);
+          }
+        double sg = sum_lanes(ga), sgx = sum_lanes(gb);
+        for (; k < D; ++k) {
+          const float g = dyr[k] * w[k];
+          sg += g;
+          sgx += g * ((xr[k] - m) * rs);
+        }
+        const float cg = static_cast<float>(sg / D), cx = static_cast<float>(sgx / D);
+        float* dxr = dx + r * D;
+        for (int64_t j = 0; j < D; ++j) dxr[j] = rs * (dyr[j] * w[j] - cg - (xr[j] - m) * rs * cx);
+      }
+    });
+  }
+  if (dw || db) {  // column sums over rows: each thread owns a band of columns, rows in order
+    constexpr int64_t kBand = 256;
+    const int64_t threads = a.pool->num_threads();
+    const int64_t band = std::min<int64_t>(kBand, std::max<int64_t>(16, (D + 2 * threads - 1) / (2 * threads)));
+    const int64_t nbands = (D + band - 1) / band;
+    a.pool->parallel_for(nbands, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t bi = b0; bi < b1; ++bi) {
+        const int64_t d0 = bi * band, nd = std::min(band, D - d0);
+        double sw[kBand] = {}, sb[kBand] = {};
+        for (int64_t r = 0; r < rows; ++r) {
+          const float *dyr = dy + r * D + d0, *xr = x + r * D + d0;
+          const float m = mean[r], rs = rstd[r];
+          for (int64_t j = 0; j < nd; ++j) {
+            sw[j] += dyr[j] * ((xr[j] - m) * rs);
+            sb[j] += dyr[j];
+          }
+        }
+        for (int64_t j = 0; j < nd; ++j) {
+          if (dw) dw[d0 + j] = static_cast<float>(sw[j]);
+          if (db) db[d0 + j] = static_cast<float>(sb[j]);
+        }
+      }
+    });
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+void register_norm_kernels(KernelRegistry& r) {
+  r.add({"batch_norm_train", "batch_norm_train", bn_train_check, nullptr, bn_train_run});
+  r.add({"batch_norm_infer", "batch_norm_infer", bn_infer_check, nullptr, bn_infer_run});
+  r.add({"batch_norm_backward", "batch_norm_backward", bn_backward_check, nullptr, bn_backward_run});
+  r.add({"layer_norm", "layer_norm", ln_check, nullptr, ln_run});
+  r.add({"layer_norm_backward", "layer_norm_backward", ln_backward_check, nullptr, ln_backward_run});
+}
 
 }  // namespace edgetune

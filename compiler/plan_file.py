@@ -1,0 +1,341 @@
+"""The plan file (.etp): a compiled program, memory-planned for a backend, as FlatBuffers.
+
+Schema: csrc/schema/plan.fbs (Python builders in edgetune/plan/ are generated from it by
+csrc/schema/generate_python.sh). File layout:
+
+    [FlatBuffer, file identifier "ETPL"] [u32 LE CRC-32 of the FlatBuffer] [b"ETCK"]
+
+The CRC footer lets the loader tell a damaged file (a flipped bit in the weights is valid
+FlatBuffers) from a good one before trusting any byte of it.
+
+`build_plan(program, backend)` plans memory (asking the runtime for kernel workspaces) and
+returns the bytes; `write_plan` writes them atomically. `read_plan_header` is a pure-Python
+reader of the high-level fields, for tools and tests.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+import zlib
+
+import flatbuffers
+import numpy as np
+
+from .. import __version__
+from ..plan import Attr as fb_attr
+from ..plan import Binding as fb_binding
+from ..plan import Copy as fb_copy
+from ..plan import Node as fb_node
+from ..plan import Plan as fb_plan
+from ..plan import Tensor as fb_tensor
+from ..plan.AttrKind import AttrKind
+from ..plan.Region import Region
+from ..plan.Section import Section
+from .errors import PlanError
+from .ir import DTYPES, Value
+from .passes.memory_plan import ALIGNMENT, MemoryPlan, check_plan, plan_memory
+
+FORMAT_VERSION = 1
+FILE_IDENTIFIER = b"ETPL"
+FOOTER_MAGIC = b"ETCK"
+FOOTER = struct.Struct("<I4s")
+
+_DTYPE_CODE = {name: i for i, name in enumerate(DTYPES)}  # same order as the schema's DType
+_REGION = {"persistent": Region.persistent, "arena": Region.arena, "input": Region.input}
+_SECTION = {"forward": Section.forward, "loss": Section.loss, "backward": Section.backward, "update": Section.update}
+
+
+def kernel_for(node, backend: str) -> str:
+    """The kernel that runs `node` (kernel selection lands with the optimisation passes; today
+    every op runs its default kernel, registered under the op's name)."""
+    return node.op
+
+
+def native_workspace(backend: str):
+    """workspace_bytes(node) asking the C++ kernels themselves, so planner and runtime agree."""
+    from ..runtime.native import native, native_error
+    mod = native()
+
+    def workspace_bytes(node) -> int:
+        ins = [(v.dtype, list(v.shape)) for v in node.inputs]
+        outs = [(v.dtype, list(v.shape)) for v in node.outputs]
+        try:
+            return mod.workspace_bytes(backend, kernel_for(node, backend), ins, outs, node.attrs)
+        except mod.NativeError as e:
+            where = f" at {node.source}" if node.source else ""
+            raise PlanError(f"{backend} backend cannot run {node.op} -> %{node.outputs[0].name}{where}: "
+                            f"{native_error(e)}") from None
+    return workspace_bytes
+
+
+def plan_program(program, backend: str = "cpu") -> MemoryPlan:
+    plan = plan_memory(program.graph, native_workspace(backend))
+    check_plan(program.graph, plan)
+    return plan
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+# ---------------------------------------------------------------------------------------------
+def _attr_value(name, v, where):
+    """IR attr -> (kind, payload). Bools are ints; None is omitted by the caller."""
+    if isinstance(v, (bool, np.bool_, int, np.integer)):
+        return AttrKind.int_, int(v)
+    if isinstance(v, (float, np.floating)):
+        return AttrKind.float_, float(v)
+    if isinstance(v, str):
+        return AttrKind.string_, v
+    if isinstance(v, (list, tuple)):
+        if any(isinstance(e, (list, tuple, dict, str)) or e is None for e in v):
+            raise PlanError(f"{where}: attribute '{name}'={v!r} is not a flat list of numbers")
+        if any(isinstance(e, (float, np.floating)) for e in v):
+            return AttrKind.floats, [float(e) for e in v]
+        return AttrKind.ints, [int(e) for e in v]
+    raise PlanError(f"{where}: attribute '{name}' has unsupported type {type(v).__name__}")
+
+
+class _Writer:
+    def __init__(self, size_hint: int):
+        self.b = flatbuffers.Builder(size_hint)
+
+    def strings(self, items: list[str]) -> int:
+        offs = [self.b.CreateString(s) for s in items]
+        return self.offsets(offs)
+
+    def offsets(self, offs: list[int]) -> int:
+        self.b.StartVector(4, len(offs), 4)
+        for o in reversed(offs):
+            self.b.PrependUOffsetTRelative(o)
+        return self.b.EndVector()
+
+    def scalars(self, items, prepend, size: int) -> int:
+        self.b.StartVector(size, len(items), size)
+        for x in reversed(items):
+            prepend(x)
+        return self.b.EndVector()
+
+    def longs(self, items) -> int:
+        return self.scalars([int(x) for x in items], self.b.PrependInt64, 8)
+
+    def uints(self, items) -> int:
+        return self.scalars([int(x) for x in items], self.b.PrependUint32, 4)
+
+    def doubles(self, items) -> int:
+        return self.scalars([float(x) for x in items], self.b.PrependFloat64, 8)
+
+    def aligned_bytes(self, data: bytes, alignment: int) -> int:
+        b = self.b
+        b.StartVector(1, len(data), alignment)
+        b.head = b.head - len(data)
+        b.Bytes[b.head:b.head + len(data)] = data
+        return b.EndVector()
+
+    def bindings(self, items: list[tuple[str, int]]) -> int:
+        offs = []
+        for name, index in items:
+            n = self.b.CreateString(name)
+            fb_binding.BindingStart(self.b)
+            fb_binding.BindingAddName(self.b, n)
+            fb_binding.BindingAddTensor(self.b, index)
+            offs.append(fb_binding.BindingEnd(self.b))
+        return self.offsets(offs)
+
+
+def build_plan(program, backend: str = "cpu", memory: MemoryPlan | None = None) -> bytes:
+    g = program.graph
+    memory = memory or plan_program(program, backend)
+
+    # tensor table: inputs, sources, then node outputs in execution order
+    values: list[Value] = list(g.inputs) + list(g.sources.values()) + [v for n in g.nodes for v in n.outputs]
+    index = {id(v): i for i, v in enumerate(values)}
+
+    image = bytearray(memory.persistent_bytes)
+    for name, v in g.sources.items():
+        p = memory.placements[id(v)]
+        data = np.ascontiguousarray(g.initial[name]).tobytes()
+        if len(data) != p.nbytes:
+            raise PlanError(f"initial value of '{name}' has {len(data)} bytes, its type {v.type} needs {p.nbytes}")
+        image[p.offset:p.offset + p.nbytes] = data
+
+    w = _Writer(len(image) + 4096 * len(values) + 1024)
+    b = w.b
+    init_vec = w.aligned_bytes(bytes(image), ALIGNMENT)
+
+    tensor_offs = []
+    for v in values:
+        p = memory.placements[id(v)]
+        name = b.CreateString(v.name)
+        shape = w.longs(v.shape)
+        fb_tensor.TensorStart(b)
+        fb_tensor.TensorAddName(b, name)
+        fb_tensor.TensorAddDtype(b, _DTYPE_CODE[v.dtype])
+        fb_tensor.TensorAddShape(b, shape)
+        fb_tensor.TensorAddRegion(b, _REGION[p.region])
+        fb_tensor.TensorAddOffset(b, p.offset)
+        fb_tensor.TensorAddNbytes(b, p.nbytes)
+        tensor_offs.append(fb_tensor.TensorEnd(b))
+    tensors_vec = w.offsets(tensor_offs)
+
+    node_offs = []
+    for i, n in enumerate(g.nodes):
+        where = f"node {i} ({n.op} -> %{n.outputs[0].name})"
+        attr_offs = []
+        for key in sorted(n.attrs):
+            val = n.attrs[key]
+            if val is None:
+                continue
+            kind, payload = _attr_value(key, val, where)
+            key_off = b.CreateString(key)
+            payload_off = None
+            if kind == AttrKind.string_:
+                payload_off = b.CreateString(payload)
+            elif kind == AttrKind.ints:
+                payload_off = w.longs(payload)
+            elif kind == AttrKind.floats:
+                payload_off = w.doubles(payload)
+            fb_attr.AttrStart(b)
+            fb_attr.AttrAddName(b, key_off)
+            fb_attr.AttrAddKind(b, kind)
+            if kind == AttrKind.int_:
+                fb_attr.AttrAddI(b, payload)
+            elif kind == AttrKind.float_:
+                fb_attr.AttrAddF(b, payload)
+            elif kind == AttrKind.string_:
+                fb_attr.AttrAddS(b, payload_off)
+            elif kind == AttrKind.ints:
+                fb_attr.AttrAddInts(b, payload_off)
+            else:
+                fb_attr.AttrAddFloats(b, payload_off)
+            attr_offs.append(fb_attr.AttrEnd(b))
+        attrs_vec = w.offsets(attr_offs)
+        op = b.CreateString(n.op)
+        kernel = b.CreateString(kernel_for(n, backend))
+        source = b.CreateString(n.source or "")
+        ins = w.uints([index[id(v)] for v in n.inputs])
+        outs = w.uints([index[id(v)] for v in n.outputs])
+        ws_off, ws_bytes = memory.workspaces[i]
+        fb_node.NodeStart(b)
+        fb_node.NodeAddOp(b, op)
+        fb_node.NodeAddKernel(b, kernel)
+        fb_node.NodeAddInputs(b, ins)
+        fb_node.NodeAddOutputs(b, outs)
+        fb_node.NodeAddAttrs(b, attrs_vec)
+        fb_node.NodeAddSection(b, _SECTION[n.section])
+        fb_node.NodeAddWorkspaceOffset(b, ws_off)
+        fb_node.NodeAddWorkspaceBytes(b, ws_bytes)
+        fb_node.NodeAddSource(b, source)
+        node_offs.append(fb_node.NodeEnd(b))
+    nodes_vec = w.offsets(node_offs)
+
+    step_inputs = program.model_inputs + [program.target_input]
+    by_name = {v.name: v for v in g.inputs}
+    inputs_vec = w.bindings([(name, index[id(by_name[name])]) for name in step_inputs])
+    outputs_vec = w.bindings([(name, index[id(v)]) for name, v in g.outputs.items()])
+    weights = [(n, index[id(v)]) for n, v in g.sources.items() if v.kind in ("param", "buffer")]
+    weights += [(alias, index[id(g.sources[target])]) for alias, target in g.aliases.items()]
+    weights_vec = w.bindings(weights)
+    trainable_vec = w.strings(program.trainable_names)
+    state_vec = w.bindings([(n, index[id(v)]) for n, v in g.sources.items() if v.kind == "state"])
+    copy_offs = []
+    for new, state in memory.copies:
+        fb_copy.CopyStart(b)
+        fb_copy.CopyAddSrc(b, index[id(new)])
+        fb_copy.CopyAddDst(b, index[id(state)])
+        copy_offs.append(fb_copy.CopyEnd(b))
+    copies_vec = w.offsets(copy_offs)
+    producer = b.CreateString(f"edgetune {__version__}")
+    label = b.CreateString(f"{g.name} | {program.spec!r} | {program.optimizer!r}")
+
+    fb_plan.PlanStart(b)
+    fb_plan.PlanAddFormatVersion(b, FORMAT_VERSION)
+    fb_plan.PlanAddProducer(b, producer)
+    fb_plan.PlanAddModel(b, label)
+    fb_plan.PlanAddTensors(b, tensors_vec)
+    fb_plan.PlanAddNodes(b, nodes_vec)
+    fb_plan.PlanAddInputs(b, inputs_vec)
+    fb_plan.PlanAddNumModelInputs(b, len(program.model_inputs))
+    fb_plan.PlanAddOutputs(b, outputs_vec)
+    fb_plan.PlanAddWeights(b, weights_vec)
+    fb_plan.PlanAddTrainable(b, trainable_vec)
+    fb_plan.PlanAddOptimizerState(b, state_vec)
+    fb_plan.PlanAddAssigns(b, copies_vec)
+    fb_plan.PlanAddPersistentBytes(b, memory.persistent_bytes)
+    fb_plan.PlanAddArenaBytes(b, memory.arena_bytes)
+    fb_plan.PlanAddInputBytes(b, memory.input_bytes)
+    fb_plan.PlanAddAlignment(b, ALIGNMENT)
+    fb_plan.PlanAddPersistentInit(b, init_vec)
+    root = fb_plan.PlanEnd(b)
+    b.Finish(root, file_identifier=FILE_IDENTIFIER)
+    body = bytes(b.Output())
+    return body + FOOTER.pack(zlib.crc32(body), FOOTER_MAGIC)
+
+
+def write_bytes_atomic(path, data: bytes) -> None:
+    """Write via a temporary file in the same directory + fsync + rename: a reader never sees a
+    half-written file, and an existing file survives any failure."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise PlanError(f"cannot write {path}: directory {directory} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    except OSError as e:
+        raise PlanError(f"cannot write {path}: {e.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_plan(program, path, backend: str = "cpu", memory: MemoryPlan | None = None) -> int:
+    data = build_plan(program, backend, memory)
+    write_bytes_atomic(path, data)
+    return len(data)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading (Python side: tools and tests; the runtime has its own verified loader)
+# ---------------------------------------------------------------------------------------------
+def split_footer(data: bytes) -> bytes:
+    """The FlatBuffer of a plan file after checking identifier and checksum (PlanError if not)."""
+    if len(data) < 16 or data[4:8] != FILE_IDENTIFIER:
+        raise PlanError("not an edgetune plan (file identifier is not 'ETPL')")
+    crc, magic = FOOTER.unpack(data[-FOOTER.size:])
+    if magic != FOOTER_MAGIC:
+        raise PlanError("plan file is truncated (checksum footer missing)")
+    body = data[:-FOOTER.size]
+    if zlib.crc32(body) != crc:
+        raise PlanError("plan file is corrupt (checksum mismatch)")
+    return body
+
+
+def read_plan_header(data: bytes) -> dict:
+    body = split_footer(data)
+    p = fb_plan.Plan.GetRootAs(body, 0)
+
+    def bindings(n, get):
+        return [(get(i).Name().decode(), get(i).Tensor()) for i in range(n)]
+
+    return {
+        "format_version": p.FormatVersion(),
+        "producer": (p.Producer() or b"").decode(),
+        "model": (p.Model() or b"").decode(),
+        "tensors": p.TensorsLength(),
+        "nodes": p.NodesLength(),
+        "inputs": bindings(p.InputsLength(), p.Inputs),
+        "outputs": bindings(p.OutputsLength(), p.Outputs),
+        "weights": bindings(p.WeightsLength(), p.Weights),
+        "trainable": [p.Trainable(i).decode() for i in range(p.TrainableLength())],
+        "persistent_bytes": p.PersistentBytes(),
+        "arena_bytes": p.ArenaBytes(),
+        "input_bytes": p.InputBytes(),
+    }

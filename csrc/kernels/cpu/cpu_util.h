@@ -1,0 +1,239 @@
+// Helpers shared by the CPU kernels: dtype dispatch, check() building blocks, parallel loops,
+// a vectorizable float exp, and byte-wise copies for the dtype-generic data-movement ops.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <string>
+
+#include "core/kernel.h"
+
+// The vector math below only vectorizes when inlined into the calling loop; GCC's heuristics
+// give up on it after a few dozen call sites, so insist.
+#if defined(__GNUC__)
+#define ET_VECTOR_INLINE inline __attribute__((always_inline))
+#else
+#define ET_VECTOR_INLINE inline
+#endif
+
+namespace edgetune {
+namespace cpu {
+
+// Smallest chunk worth handing to another thread: below this, waking a worker costs more
+// than the work (elementwise ops, in elements; byte copies, in bytes).
+constexpr int64_t kGrain = 16384;
+constexpr int64_t kCopyGrain = 1 << 18;
+
+template <typename T>
+struct Tag {
+  using type = T;
+};
+
+// ---- dtype dispatch: fn(Tag<T>{}) for the C++ type of `t`; false when `t` is not in the set --
+template <typename Fn>
+bool visit_float(DType t, Fn&& fn) {
+  switch (t) {
+    case DType::f32: fn(Tag<float>{}); return true;
+    case DType::f64: fn(Tag<double>{}); return true;
+    default: return false;
+  }
+}
+
+// Numeric types that arithmetic is defined on (no f16/bf16: they have no C++ arithmetic type).
+template <typename Fn>
+bool visit_arith(DType t, Fn&& fn) {
+  switch (t) {
+    case DType::f32: fn(Tag<float>{}); return true;
+    case DType::f64: fn(Tag<double>{}); return true;
+    case DType::i64: fn(Tag<int64_t>{}); return true;
+    case DType::i32: fn(Tag<int32_t>{}); return true;
+    default: return false;
+  }
+}
+
+// Every dtype with a C++ value type (bool as bool, so conversions give 0/1).
+template <typename Fn>
+bool visit_value(DType t, Fn&& fn) {
+  switch (t) {
+    case DType::f32: fn(Tag<float>{}); return true;
+    case DType::f64: fn(Tag<double>{}); return true;
+    case DType::i64: fn(Tag<int64_t>{}); return true;
+    case DType::i32: fn(Tag<int32_t>{}); return true;
+    case DType::i8: fn(Tag<int8_t>{}); return true;
+    case DType::u8: fn(Tag<uint8_t>{}); return true;
+    case DType::boolean: fn(Tag<bool>{}); return true;
+    default: return false;
+  }
+}
+
+// Dtype-generic data movement: an unsigned integer of the element's size moves the bits.
+template <typename Fn>
+bool visit_bits(DType t, Fn&& fn) {
+  switch (dtype_size(t)) {
+    case 1: fn(Tag<uint8_t>{}); return true;
+    case 2: fn(Tag<uint16_t>{}); return true;
+    case 4: fn(Tag<uint32_t>{}); return true;
+    case 8: fn(Tag<uint64_t>{}); return true;
+    default: return false;
+  }
+}
+
+inline bool is_float(DType t) { return t == DType::f32 || t == DType::f64; }
+inline bool is_arith(DType t) { return is_float(t) || t == DType::i64 || t == DType::i32; }
+inline bool is_index(DType t) { return t == DType::i64 || t == DType::i32; }
+
+// ---- check() building blocks -------------------------------------------------------------------
+inline Status want_float(const char* what, const TensorView& t) {
+  if (is_float(t.dtype)) return Status::Ok();
+  return unimplemented(std::string(what) + " is " + t.shape_string() + "; this kernel takes f32 or f64");
+}
+
+inline Status want_arith(const char* what, const TensorView& t) {
+  if (is_arith(t.dtype)) return Status::Ok();
+  return unimplemented(std::string(what) + " is " + t.shape_string() + "; this kernel takes f32, f64, i64 or i32");
+}
+
+inline Status want_index(const char* what, const TensorView& t) {
+  if (is_index(t.dtype)) return Status::Ok();
+  return unimplemented(std::string(what) + " is " + t.shape_string() + "; indices must be i64 or i32");
+}
+
+inline Status want_same_dtype(const char* what, const TensorView& t, const TensorView& like) {
+  if (t.dtype == like.dtype) return Status::Ok();
+  return invalid_argument(std::string(what) + " is " + t.shape_string() + ", expected dtype " +
+                          dtype_name(like.dtype));
+}
+
+inline bool same_shape(const TensorView& a, const TensorView& b) {
+  if (a.rank != b.rank) return false;
+  for (int i = 0; i < a.rank; ++i)
+    if (a.shape[i] != b.shape[i]) return false;
+  return true;
+}
+
+inline Status want_same_shape(const char* what, const TensorView& t, const TensorView& like) {
+  if (same_shape(t, like)) return Status::Ok();
+  return invalid_argument(std::string(what) + " is " + t.shape_string() + ", expected shape " + like.shape_string());
+}
+
+inline Status want_scalar(const char* what, const TensorView& t) {
+  if (t.numel() == 1) return Status::Ok();
+  return invalid_argument(std::string(what) + " must be a scalar, got " + t.shape_string());
+}
+
+// ---- threads -----------------------------------------------------------------------------------
+// The pool is null only in check()/workspace() calls; run() always has one, but kernels that
+// are also called from tests without a pool stay correct.
+template <typename Fn>
+inline void parallel_for(const KernelArgs& a, int64_t n, int64_t grain, const Fn& fn) {
+  if (n <= 0) return;
+  if (a.pool) {
+    a.pool->parallel_for(n, grain, fn);
+  } else {
+    fn(int64_t{0}, n);
+  }
+}
+
+// Parallel memcpy (no-op when source and destination are the same buffer).
+inline void copy_bytes(const KernelArgs& a, void* dst, const void* src, int64_t nbytes) {
+  if (dst == src || nbytes <= 0) return;
+  auto* d = static_cast<unsigned char*>(dst);
+  const auto* s = static_cast<const unsigned char*>(src);
+  parallel_for(a, nbytes, kCopyGrain, [&](int64_t b, int64_t e) { std::memcpy(d + b, s + b, static_cast<size_t>(e - b)); });
+}
+
+// Splits `shape` around `dim`: [outer, shape[dim], inner].
+inline void split_at(const TensorView& t, int dim, int64_t* outer, int64_t* mid, int64_t* inner) {
+  *outer = 1;
+  *inner = 1;
+  for (int i = 0; i < dim; ++i) *outer *= t.shape[i];
+  for (int i = dim + 1; i < t.rank; ++i) *inner *= t.shape[i];
+  *mid = t.shape[dim];
+}
+
+// ---- float exp ---------------------------------------------------------------------------------
+// std::exp does not vectorize without -ffast-math; this one does (plain arithmetic, bit
+// moves through memcpy) and stays within 2 ulp of the correctly rounded result on the normal
+// range. Results that would be subnormal flush to 0 (an error below 1.2e-38), overflow gives
+// +inf, NaN stays NaN — what softmax, sigmoid and friends need.
+ET_VECTOR_INLINE float exp_f32(float x) {
+  const float kHi = 88.72283935546875f;  // ln(FLT_MAX)
+  const float kLo = -87.33654022216797f;  // ln(FLT_MIN)
+  float xc = x > kHi ? kHi : x;
+  xc = xc < kLo ? kLo : xc;
+  xc = xc == xc ? xc : 0.0f;  // NaN: compute on 0 (no undefined float->int cast), fixed below
+  // n = round(x / ln2) by the 1.5*2^23 trick (round-to-nearest without a library call)
+  const float kShift = 12582912.0f;
+  float t = xc * 1.44269504088896341f + kShift;
+  float n = t - kShift;
+  // r = x - n*ln2 in two steps (Cody-Waite) so r keeps full precision
+  float r = xc - n * 0.693145751953125f;
+  r = r - n * 1.42860682030941723212e-6f;
+  // e^r on |r| <= ln2/2 = 1 + r + r^2 P(r), P from Cephes expf
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  // 2^n: n is in [-126, 128]; 2^128 is split as 2 * 2^127 so the exponent field never overflows
+  int32_t ni = static_cast<int32_t>(n);
+  int32_t half = ni >> 1;
+  int32_t b1 = (half + 127) << 23, b2 = (ni - half + 127) << 23;
+  float s1, s2;
+  std::memcpy(&s1, &b1, sizeof s1);
+  std::memcpy(&s2, &b2, sizeof s2);
+  float y = p * s1 * s2;
+  y = x > kHi ? std::numeric_limits<float>::infinity() : y;
+  y = x < kLo ? 0.0f : y;
+  return x != x ? x : y;
+}
+
+// tanh, vectorizable: an odd polynomial near 0 (Cephes tanhf, where 1 - 2/(e^2x + 1) would
+// cancel), 1 - 2/(e^2|x| + 1) elsewhere. Within 3 ulp; NaN stays NaN.
+ET_VECTOR_INLINE float tanh_f32(float x) {
+  const float a = x < 0.0f ? -x : x;
+  const float z = a * a;
+  float p = -5.70498872745e-3f;
+  p = p * z + 2.06390887954e-2f;
+  p = p * z - 5.37397155531e-2f;
+  p = p * z + 1.33314422036e-1f;
+  p = p * z - 3.33332819422e-1f;
+  const float small = a + a * z * p;
+  const float large = 1.0f - 2.0f / (exp_f32(2.0f * a) + 1.0f);
+  const float r = a < 0.625f ? small : large;
+  return x < 0.0f ? -r : r;
+}
+
+// erfc, vectorizable: the Chebyshev fit of Numerical Recipes (erfcc; relative error < 1.2e-7
+// for x >= 0 in exact arithmetic) and erfc(-x) = 2 - erfc(x). In float the exponent -x^2 loses
+// about 6e-8 x^2 relative, which matters only where erfc is below ~1e-8.
+ET_VECTOR_INLINE float erfc_f32(float x) {
+  const float z = x < 0.0f ? -x : x;
+  const float t = 1.0f / (1.0f + 0.5f * z);
+  float p = 0.17087277f;
+  p = p * t - 0.82215223f;
+  p = p * t + 1.48851587f;
+  p = p * t - 1.13520398f;
+  p = p * t + 0.27886807f;
+  p = p * t - 0.18628806f;
+  p = p * t + 0.09678418f;
+  p = p * t + 0.37409196f;
+  p = p * t + 1.00002368f;
+  p = p * t - 1.26551223f;
+  const float r = t * exp_f32(p - z * z);
+  return x < 0.0f ? 2.0f - r : r;
+}
+
+ET_VECTOR_INLINE double exp_any(double x) { return std::exp(x); }
+ET_VECTOR_INLINE float exp_any(float x) { return exp_f32(x); }
+ET_VECTOR_INLINE double tanh_any(double x) { return std::tanh(x); }
+ET_VECTOR_INLINE float tanh_any(float x) { return tanh_f32(x); }
+ET_VECTOR_INLINE double erfc_any(double x) { return std::erfc(x); }
+ET_VECTOR_INLINE float erfc_any(float x) { return erfc_f32(x); }
+
+}  // namespace cpu
+}  // namespace edgetune

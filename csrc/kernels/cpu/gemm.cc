@@ -1,0 +1,321 @@
+// sgemm: OpenBLAS when the build has it, and the built-in packed kernel (sgemm_own) always.
+//
+// The built-in kernel is the classic GotoBLAS/BLIS structure, sized so that its packing buffers
+// fit on a thread's stack (no heap, no thread_local, which a dlopen'ed module would allocate):
+//
+//   C is cut into tasks of kMC x kNC; parallel_for hands tasks to threads. Each task walks K in
+//   kKC blocks: pack its B block (kKC x kNC, kNR-wide slivers, k-major) and its A block
+//   (kMC x kKC, kMR-tall slivers, k-major), then run the kMR x kNR micro-kernel over every sliver
+//   pair; the B sliver (kKC x kNR) stays in L1 while the A slivers stream from L2.
+//   Partial slivers are zero-padded while packing, so the micro-kernel always computes a full
+//   tile and only the write-back is clipped.
+//
+// The micro-kernel keeps kMR x kNV vector accumulators in registers. It is written with GCC/Clang
+// vector extensions (`vector_size`), which the compiler lowers to AVX-512 / AVX2+FMA / NEON / SSE
+// for whatever -march the build targets, so no intrinsics are needed; a plain-array version is
+// the fallback for other compilers. Tile shapes per ISA were picked by benchmarks/gemm_bench.cc.
+//
+// Determinism: a task owns its C elements for the whole K loop and K is blocked by the shape
+// alone, so every C element sees the same summation order at any thread count.
+#include "kernels/cpu/gemm.h"
+
+#include <algorithm>
+#include <cstring>
+
+#ifdef EDGETUNE_HAVE_OPENBLAS
+#include <cblas.h>
+#endif
+
+namespace edgetune {
+namespace {
+
+// Register tile: kMR rows x kNV vectors of kVec floats. Accumulators + kNV B vectors + one
+// broadcast must fit the register file (32 zmm / 16 ymm / 32 NEON q / 16 xmm).
+#if defined(__AVX512F__)
+constexpr int kVec = 16, kMR = 12, kNV = 2;  // 24 accumulators
+#elif defined(__AVX__)
+constexpr int kVec = 8, kMR = 6, kNV = 2;  // 12 accumulators (the AVX2 classic 6x16)
+#elif defined(__aarch64__) || defined(__ARM_NEON)
+constexpr int kVec = 4, kMR = 8, kNV = 3;  // 24 accumulators, 8x12 as in OpenBLAS's NEON sgemm
+#else
+constexpr int kVec = 4, kMR = 4, kNV = 2;  // SSE2: 8 accumulators
+#endif
+constexpr int kNR = kVec * kNV;
+
+// Cache blocking. Stack per thread: (kMC + kNC) * kKC * 4 bytes = 224 KiB with the AVX-512 tile.
+constexpr int64_t kKC = 256;
+constexpr int64_t kMC = kMR * 8;
+constexpr int64_t kNC = kNR * 4;
+
+// Below this many multiply-adds one thread is faster than waking the pool.
+constexpr int64_t kMinParallelMacs = int64_t{1} << 18;
+
+struct Gemm {
+  bool ta, tb;
+  int64_t M, N, K;
+  float alpha;
+  const float* A;
+  int64_t lda;
+  const float* B;
+  int64_t ldb;
+  float beta;
+  float* C;
+  int64_t ldc;
+};
+
+// A rows [i0, i0+mc) x cols [k0, k0+kc) -> kMR-row slivers, each stored k-major (kMR per k).
+void pack_a(const Gemm& g, int64_t i0, int64_t mc, int64_t k0, int64_t kc, float* pa) {
+  for (int64_t s = 0; s < mc; s += kMR) {
+    float* dst = pa + s * kc;
+    const int64_t rows = std::min<int64_t>(kMR, mc - s);
+    if (g.ta) {  // A stored [K, M]: the kMR values of one k are contiguous
+      for (int64_t k = 0; k < kc; ++k) {
+        const float* src = g.A + (k0 + k) * g.lda + i0 + s;
+        float* d = dst + k * kMR;
+        for (int64_t r = 0; r < rows; ++r) d[r] = src[r];
+        for (int64_t r = rows; r < kMR; ++r) d[r] = 0.0f;
+      }
+    } else {  // A stored [M, K]: read kMR rows side by side
+      const float* src = g.A + (i0 + s) * g.lda + k0;
+      if (rows == kMR) {
+        for (int64_t k = 0; k < kc; ++k)
+          for (int r = 0; r < kMR; ++r) dst[k * kMR + r] = src[r * g.lda + k];
+      } else {
+        for (int64_t k = 0; k < kc; ++k) {
+          for (int64_t r = 0; r < rows; ++r) dst[k * kMR + r] = src[r * g.lda + k];
+          for (int64_t r = rows; r < kMR; ++r) dst[k * kMR + r] = 0.0f;
+        }
+      }
+    }
+  }
+}
+
+// B rows [k0, k0+kc) x cols [j0, j0+nc) -> kNR-column slivers, each stored k-major (kNR per k).
+void pack_b(const Gemm& g, int64_t k0, int64_t kc, int64_t j0, int64_t nc, float* pb) {
+  for (int64_t t = 0; t < nc; t += kNR) {
+    float* dst = pb + t * kc;
+    const int64_t cols = std::min<int64_t>(kNR, nc - t);
+    if (!g.tb) {  // B stored [K, N]: a sliver row is contiguous
+      const float* src = g.B + k0 * g.ldb + j0 + t;
+      if (cols == kNR) {
+        for (int64_t k = 0; k < kc; ++k) std::memcpy(dst + k * kNR, src + k * g.ldb, sizeof(float) * kNR);
+      } else {
+        for (int64_t k = 0; k < kc; ++k) {
+          for (int64_t c = 0; c < cols; ++c) dst[k * kNR + c] = src[k * g.ldb + c];
+          for (int64_t c = cols; c < kNR; ++c) dst[k * kNR + c] = 0.0f;
+        }
+      }
+    } else {  // B stored [N, K]: each column of the sliver is a contiguous row of B
+      for (int64_t c = 0; c < cols; ++c) {
+        const float* src = g.B + (j0 + t + c) * g.ldb + k0;
+        for (int64_t k = 0; k < kc; ++k) dst[k * kNR + c] = src[k];
+      }
+      for (int64_t c = cols; c < kNR; ++c)
+        for (int64_t k = 0; k < kc; ++k) dst[k * kNR + c] = 0.0f;
+    }
+  }
+}
+
+// Writes one kMR x kNR tile (row-major in `t`, row stride kNR) into C: rows x cols of it,
+// C = alpha * t + beta * C (beta == 0: C is not read).
+inline void store_tile_clipped(const float* t, float* c, int64_t ldc, int rows, int cols, float alpha, float beta) {
+  for (int i = 0; i < rows; ++i) {
+    float* ci = c + i * ldc;
+    const float* ti = t + i * kNR;
+    if (beta == 0.0f) {
+      for (int j = 0; j < cols; ++j) ci[j] = alpha * ti[j];
+    } else {
+      for (int j = 0; j < cols; ++j) ci[j] = alpha * ti[j] + beta * ci[j];
+    }
+  }
+}
+
+#if defined(__GNUC__) || defined(__clang__)
+typedef float VecF __attribute__((vector_size(kVec * sizeof(float))));
+// unaligned, aliasing-safe view for loads and stores (C rows need not be vector-aligned)
+typedef float VecFU __attribute__((vector_size(kVec * sizeof(float)), aligned(alignof(float)), may_alias));
+
+inline VecF vload(const float* p) { return *reinterpret_cast<const VecFU*>(p); }
+inline void vstore(float* p, VecF v) { *reinterpret_cast<VecFU*>(p) = v; }
+
+// kc steps of: kNV vector loads of B, kMR broadcasts of A, kMR*kNV fused multiply-adds.
+__attribute__((noinline)) void micro_kernel(int64_t kc, const float* __restrict a, const float* __restrict b, float* c, int64_t ldc,
+                         int rows, int cols, float alpha, float beta) {
+  VecF acc[kMR][kNV];
+#pragma GCC unroll 16
+  for (int i = 0; i < kMR; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < kNV; ++j) acc[i][j] = VecF{};
+  for (int64_t k = 0; k < kc; ++k) {
+    VecF bv[kNV];
+#pragma GCC unroll 4
+    for (int j = 0; j < kNV; ++j) bv[j] = vload(b + j * kVec);
+#pragma GCC unroll 16
+    for (int i = 0; i < kMR; ++i) {
+      const float ai = a[i];
+#pragma GCC unroll 4
+      for (int j = 0; j < kNV; ++j) acc[i][j] += ai * bv[j];
+    }
+    a += kMR;
+    b += kNR;
+  }
+  if (rows == kMR && cols == kNR) {
+#pragma GCC unroll 16
+    for (int i = 0; i < kMR; ++i) {
+#pragma GCC unroll 4
+      for (int j = 0; j < kNV; ++j) {
+        float* p = c + i * ldc + j * kVec;
+        VecF r = alpha == 1.0f ? acc[i][j] : alpha * acc[i][j];
+        if (beta != 0.0f) r += beta == 1.0f ? vload(p) : beta * vload(p);
+        vstore(p, r);
+      }
+    }
+    return;
+  }
+  alignas(64) float tile[kMR * kNR];
+  for (int i = 0; i < kMR; ++i)
+    for (int j = 0; j < kNV; ++j) vstore(tile + i * kNR + j * kVec, acc[i][j]);
+  store_tile_clipped(tile, c, ldc, rows, cols, alpha, beta);
+}
+#else
+// Portable fallback: the same tile as plain arrays; compilers vectorize the j loops.
+__attribute__((noinline)) void micro_kernel(int64_t kc, const float* __restrict a, const float* __restrict b, float* c, int64_t ldc,
+                         int rows, int cols, float alpha, float beta) {
+  float acc[kMR][kNR] = {};
+  for (int64_t k = 0; k < kc; ++k) {
+    for (int i = 0; i < kMR; ++i)
+      for (int j = 0; j < kNR; ++j) acc[i][j] += a[i] * b[j];
+    a += kMR;
+    b += kNR;
+  }
+  store_tile_clipped(&acc[0][0], c, ldc, rows, cols, alpha, beta);
+}
+#endif
+
+// One task: C rows [i0, i0+mc) x cols [j0, j0+nc), mc <= kMC, nc <= kNC, over all of K.
+void gemm_block(const Gemm& g, int64_t i0, int64_t mc, int64_t j0, int64_t nc) {
+  alignas(64) float pa[kMC * kKC];
+  alignas(64) float pb[kKC * kNC];
+  for (int64_t k0 = 0; k0 < g.K; k0 += kKC) {
+    const int64_t kc = std::min(kKC, g.K - k0);
+    const float beta = k0 == 0 ? g.beta : 1.0f;  // later K blocks accumulate onto the first
+    pack_b(g, k0, kc, j0, nc, pb);
+    pack_a(g, i0, mc, k0, kc, pa);
+    for (int64_t jr = 0; jr < nc; jr += kNR) {
+      const int cols = static_cast<int>(std::min<int64_t>(kNR, nc - jr));
+      for (int64_t ir = 0; ir < mc; ir += kMR) {
+        const int rows = static_cast<int>(std::min<int64_t>(kMR, mc - ir));
+        micro_kernel(kc, pa + ir * kc, pb + jr * kc, g.C + (i0 + ir) * g.ldc + j0 + jr, g.ldc, rows, cols, g.alpha,
+                     beta);
+      }
+    }
+  }
+}
+
+// C = beta * C for the degenerate K == 0 / alpha == 0 product.
+void scale_c(const Gemm& g) {
+  for (int64_t i = 0; i < g.M; ++i) {
+    float* ci = g.C + i * g.ldc;
+    if (g.beta == 0.0f) {
+      std::fill(ci, ci + g.N, 0.0f);
+    } else if (g.beta != 1.0f) {
+      for (int64_t j = 0; j < g.N; ++j) ci[j] *= g.beta;
+    }
+  }
+}
+
+}  // namespace
+
+void sgemm_own(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+               int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc, ThreadPool* pool) {
+  if (M <= 0 || N <= 0) return;
+  const Gemm g{trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc};
+  if (K <= 0 || alpha == 0.0f) {
+    scale_c(g);
+    return;
+  }
+  const int64_t mb = (M + kMC - 1) / kMC, nb = (N + kNC - 1) / kNC;
+  auto tasks = [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t i0 = (t % mb) * kMC, j0 = (t / mb) * kNC;
+      gemm_block(g, i0, std::min(kMC, M - i0), j0, std::min(kNC, N - j0));
+    }
+  };
+  if (pool && pool->num_threads() > 1 && mb * nb > 1 && M * N * K >= kMinParallelMacs) {
+    pool->parallel_for(mb * nb, 1, tasks);
+  } else {
+    tasks(0, mb * nb);
+  }
+}
+
+#ifdef EDGETUNE_HAVE_OPENBLAS
+// OpenBLAS's own threading changes results with its thread count (measured with 0.3.21: ~5% of
+// the elements of a 512^3 product differ, up to 8e-4 relative, between 1 and 2 threads), which
+// would break "N threads == 1 thread". So OpenBLAS always runs single-threaded, and sgemm threads
+// it itself: C is cut into tiles chosen from the shape alone, each tile one cblas_sgemm call,
+// tiles spread over the pool. A tile's result never depends on which thread computes it.
+namespace {
+
+// Smallest tile worth its own cblas call (multiply-adds), and the most tiles one product is cut into.
+constexpr int64_t kBlasTileMacs = int64_t{1} << 19;
+constexpr int64_t kBlasMaxTiles = 16;
+
+void blas_call(const Gemm& g, int64_t i0, int64_t m, int64_t j0, int64_t n) {
+  const float* a = g.ta ? g.A + i0 : g.A + i0 * g.lda;
+  const float* b = g.tb ? g.B + j0 * g.ldb : g.B + j0;
+  cblas_sgemm(CblasRowMajor, g.ta ? CblasTrans : CblasNoTrans, g.tb ? CblasTrans : CblasNoTrans, static_cast<int>(m),
+              static_cast<int>(n), static_cast<int>(g.K), g.alpha, a, static_cast<int>(g.lda), b,
+              static_cast<int>(g.ldb), g.beta, g.C + i0 * g.ldc + j0, static_cast<int>(g.ldc));
+}
+
+}  // namespace
+
+void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+           const float* B, int64_t ldb, float beta, float* C, int64_t ldc, ThreadPool* pool) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {  // cblas wants lda >= 1 even then; the own kernel just scales C
+    sgemm_own(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, nullptr);
+    return;
+  }
+  // Once per process, thread-safe (function-local static): OpenBLAS computes on the caller's thread.
+  static const bool single_threaded = [] {
+    openblas_set_num_threads(1);
+    return true;
+  }();
+  (void)single_threaded;
+  const Gemm g{trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc};
+  // Tiles: halve the longer side (in units of work) until there are enough tiles or they get small.
+  int64_t tm = 1, tn = 1;
+  const int64_t want = std::min(kBlasMaxTiles, std::max<int64_t>(1, M * N * K / kBlasTileMacs));
+  while (tm * tn < want) {
+    if (N / tn >= M / tm && N / tn >= 64) tn *= 2;
+    else if (M / tm >= 32) tm *= 2;
+    else if (N / tn >= 64) tn *= 2;
+    else break;
+  }
+  const int64_t bm = ((M + tm - 1) / tm + 7) / 8 * 8, bn = ((N + tn - 1) / tn + 15) / 16 * 16;
+  const int64_t mb = (M + bm - 1) / bm, nb = (N + bn - 1) / bn;
+  auto tiles = [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t i0 = (t % mb) * bm, j0 = (t / mb) * bn;
+      blas_call(g, i0, std::min(bm, M - i0), j0, std::min(bn, N - j0));
+    }
+  };
+  if (pool && pool->num_threads() > 1 && mb * nb > 1) {
+    pool->parallel_for(mb * nb, 1, tiles);
+  } else {
+    tiles(0, mb * nb);
+  }
+}
+
+const char* sgemm_backend() { return "openblas"; }
+#else
+void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+           const float* B, int64_t ldb, float beta, float* C, int64_t ldc, ThreadPool* pool) {
+  sgemm_own(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, pool);
+}
+
+const char* sgemm_backend() { return "own"; }
+#endif
+
+}  // namespace edgetune

@@ -1,0 +1,105 @@
+// GoogleTest tests of tools/atomic_file.h: a committed write replaces the destination; an
+// abandoned or failed one (missing directory, destination is a directory, the disk refusing a
+// write) leaves it byte for byte as it was and no temp file behind. Suite: ToolsAtomicFile.
+#include <gtest/gtest.h>
+
+#include <sys/resource.h>
+
+#include <csignal>
+#include <string>
+#include <vector>
+
+#include "test_tools_util.h"
+#include "tools/atomic_file.h"
+
+namespace edgetune {
+namespace tools {
+namespace {
+
+using tools_test::ScratchDir;
+
+TEST(ToolsAtomicFile, CommitReplacesDestination) {
+  ScratchDir dir;
+  tools_test::write_file(dir / "out.bin", "old");
+  auto f = AtomicFile::create(dir / "out.bin");
+  ASSERT_TRUE(f.ok()) << f.status().to_string();
+  EXPECT_NE(f.value()->temp_path().find("out.bin.tmp."), std::string::npos);
+  ASSERT_TRUE(f.value()->write("new contents", 12).ok());
+  EXPECT_EQ(tools_test::read_file(dir / "out.bin"), "old");  // nothing visible before commit
+  ASSERT_TRUE(f.value()->commit().ok());
+  EXPECT_EQ(tools_test::read_file(dir / "out.bin"), "new contents");
+  EXPECT_EQ(dir.entries(), std::vector<std::string>{"out.bin"});
+}
+
+TEST(ToolsAtomicFile, AbandonedWriteKeepsDestination) {
+  ScratchDir dir;
+  tools_test::write_file(dir / "out.bin", "precious");
+  {
+    auto f = AtomicFile::create(dir / "out.bin");
+    ASSERT_TRUE(f.ok());
+    ASSERT_TRUE(f.value()->write("half", 4).ok());
+  }  // destroyed without commit(), like a run that failed midway
+  EXPECT_EQ(tools_test::read_file(dir / "out.bin"), "precious");
+  EXPECT_EQ(dir.entries(), std::vector<std::string>{"out.bin"});
+}
+
+TEST(ToolsAtomicFile, MissingDirectoryFailsEarly) {
+  ScratchDir dir;
+  auto f = AtomicFile::create(dir / "no/such/dir/out.bin");
+  ASSERT_FALSE(f.ok());
+  EXPECT_EQ(f.status().code(), StatusCode::kIoError);
+  EXPECT_NE(f.status().message().find("no/such/dir"), std::string::npos) << f.status().message();
+  Status s = check_writable(dir / "no/such/dir/out.bin");
+  EXPECT_FALSE(s.ok());
+}
+
+TEST(ToolsAtomicFile, DirectoryAsDestinationFails) {
+  ScratchDir dir;
+  Status s = check_writable(dir.path());
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("is a directory"), std::string::npos) << s.message();
+  EXPECT_FALSE(check_writable(dir.path() + "/").ok());
+  // A file where a directory should be.
+  tools_test::write_file(dir / "file", "x");
+  EXPECT_FALSE(check_writable(dir / "file/out.bin").ok());
+}
+
+TEST(ToolsAtomicFile, CheckWritableLeavesNoLitter) {
+  ScratchDir dir;
+  ASSERT_TRUE(check_writable(dir / "out.bin").ok());
+  EXPECT_TRUE(dir.entries().empty());
+}
+
+TEST(ToolsAtomicFile, FailedWriteKeepsDestination) {
+  // Make the disk refuse the write for real: a file-size limit (RLIMIT_FSIZE) below what is
+  // written turns write() into EFBIG once SIGXFSZ is ignored.
+  ScratchDir dir;
+  tools_test::write_file(dir / "out.bin", "precious");
+  struct rlimit old;
+  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &old), 0);
+  auto old_handler = std::signal(SIGXFSZ, SIG_IGN);
+  auto f = AtomicFile::create(dir / "out.bin");
+  ASSERT_TRUE(f.ok());
+  struct rlimit lim = old;
+  lim.rlim_cur = 1024;
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &lim), 0);
+  std::string big(4096, 'x');
+  Status s = f.value()->write(big.data(), big.size());
+  setrlimit(RLIMIT_FSIZE, &old);
+  std::signal(SIGXFSZ, old_handler);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), StatusCode::kIoError);
+  EXPECT_FALSE(f.value()->commit().ok());  // a failed writer cannot be committed
+  EXPECT_EQ(tools_test::read_file(dir / "out.bin"), "precious");
+  EXPECT_EQ(dir.entries(), std::vector<std::string>{"out.bin"});
+}
+
+TEST(ToolsAtomicFile, ParentDir) {
+  EXPECT_EQ(parent_dir("out.bin"), ".");
+  EXPECT_EQ(parent_dir("/out.bin"), "/");
+  EXPECT_EQ(parent_dir("a/b/out.bin"), "a/b");
+}
+
+}  // namespace
+}  // namespace tools
+}  // namespace edgetune

@@ -1,0 +1,194 @@
+// Command-line parsing for edgetune-train (see cli_args.h).
+#include "tools/cli_args.h"
+
+#include <cctype>
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+
+namespace edgetune {
+namespace tools {
+
+namespace {
+
+Status bad_value(const std::string& flag, const std::string& want, const std::string& got) {
+  return invalid_argument(flag + ": expected " + want + ", got '" + got + "'");
+}
+
+Status parse_int(const std::string& flag, const std::string& text, int64_t min, int64_t max, int64_t* out) {
+  std::string want = min == 0 ? "a non-negative integer" : "a positive integer";
+  // strtoll alone would accept " 5", "+5" and "-5" (and wrap huge values): insist on digits.
+  if (text.empty() || !std::isdigit(static_cast<unsigned char>(text[0]))) return bad_value(flag, want, text);
+  errno = 0;
+  char* end = nullptr;
+  long long v = std::strtoll(text.c_str(), &end, 10);
+  if (errno != 0 || *end != '\0' || v < min || v > max) return bad_value(flag, want, text);
+  *out = v;
+  return Status::Ok();
+}
+
+Status parse_u64(const std::string& flag, const std::string& text, uint64_t* out) {
+  if (text.empty() || !std::isdigit(static_cast<unsigned char>(text[0]))) {
+    return bad_value(flag, "an integer from 0 to 2^64-1", text);
+  }
+  errno = 0;
+  char* end = nullptr;
+  unsigned long long v = std::strtoull(text.c_str(), &end, 10);
+  if (errno != 0 || end == text.c_str() || *end != '\0') return bad_value(flag, "an integer from 0 to 2^64-1", text);
+  *out = v;
+  return Status::Ok();
+}
+
+Status parse_positive_float(const std::string& flag, const std::string& text, double* out) {
+  errno = 0;
+  char* end = nullptr;
+  double v = std::strtod(text.c_str(), &end);
+  if (text.empty() || errno != 0 || end == text.c_str() || *end != '\0' || !std::isfinite(v) || v <= 0) {
+    return bad_value(flag, "a positive number", text);
+  }
+  *out = v;
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<TrainArgs> parse_args(int argc, const char* const* argv, bool embedded) {
+  TrainArgs a;
+  std::vector<std::string> positional;
+  bool seen_epochs = false, seen_steps = false, seen_batch = false, seen_seed = false, seen_threads = false,
+       seen_out = false, seen_log = false;
+  bool options_done = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (options_done || arg.size() < 2 || arg[0] != '-') {
+      positional.push_back(arg);
+      continue;
+    }
+    if (arg == "--") {
+      options_done = true;
+      continue;
+    }
+    // --flag=value and --flag value are both accepted.
+    std::string flag = arg, value;
+    bool inline_value = false;
+    auto eq = arg.find('=');
+    if (arg.rfind("--", 0) == 0 && eq != std::string::npos) {
+      flag = arg.substr(0, eq);
+      value = arg.substr(eq + 1);
+      inline_value = true;
+    }
+    auto is = [&](const char* name) { return flag == name; };
+    const bool is_switch = is("--quiet") || is("-q") || is("--info") || is("--help") || is("-h") ||
+                           is("--version") || is("--no-shuffle");
+    if (is_switch) {
+      if (inline_value) return invalid_argument(flag + " takes no value");
+      if (is("--quiet") || is("-q")) a.quiet = true;
+      if (is("--info")) a.info = true;
+      if (is("--help") || is("-h")) a.help = true;
+      if (is("--version")) a.version = true;
+      if (is("--no-shuffle")) a.shuffle = false;
+      continue;
+    }
+    static const char* const kValued[] = {"--inputs", "--targets", "--epochs", "--steps",  "--batch",
+                                          "--seed",   "--threads", "--lr",     "--out",    "--log-every"};
+    bool known = false;
+    for (const char* k : kValued) known = known || is(k);
+    if (!known) return invalid_argument("unknown option '" + flag + "' (see --help)");
+    if (!inline_value) {
+      if (i + 1 >= argc) return invalid_argument(flag + " needs a value");
+      value = argv[++i];
+    }
+    auto once = [&](bool* seen) -> Status {
+      if (*seen) return invalid_argument(flag + " given twice");
+      *seen = true;
+      return Status::Ok();
+    };
+    if (is("--inputs")) {
+      if (value.empty()) return invalid_argument("--inputs: empty file name");
+      a.inputs.push_back(value);
+    } else if (is("--targets")) {
+      if (value.empty()) return invalid_argument("--targets: empty file name");
+      a.targets.push_back(value);
+    } else if (is("--epochs")) {
+      ET_RETURN_IF_ERROR(once(&seen_epochs));
+      ET_RETURN_IF_ERROR(parse_int(flag, value, 1, std::numeric_limits<int32_t>::max(), &a.epochs));
+    } else if (is("--steps")) {
+      ET_RETURN_IF_ERROR(once(&seen_steps));
+      ET_RETURN_IF_ERROR(parse_int(flag, value, 1, std::numeric_limits<int64_t>::max() / 2, &a.steps));
+    } else if (is("--batch")) {
+      ET_RETURN_IF_ERROR(once(&seen_batch));
+      ET_RETURN_IF_ERROR(parse_int(flag, value, 1, std::numeric_limits<int32_t>::max(), &a.batch));
+    } else if (is("--seed")) {
+      ET_RETURN_IF_ERROR(once(&seen_seed));
+      ET_RETURN_IF_ERROR(parse_u64(flag, value, &a.seed));
+    } else if (is("--threads")) {
+      ET_RETURN_IF_ERROR(once(&seen_threads));
+      int64_t t = 0;
+      ET_RETURN_IF_ERROR(parse_int(flag, value, 0, 4096, &t));
+      a.threads = static_cast<int>(t);
+    } else if (is("--lr")) {
+      if (a.has_lr) return invalid_argument("--lr given twice");
+      ET_RETURN_IF_ERROR(parse_positive_float(flag, value, &a.lr));
+      a.has_lr = true;
+    } else if (is("--out")) {
+      ET_RETURN_IF_ERROR(once(&seen_out));
+      if (value.empty()) return invalid_argument("--out: empty file name");
+      a.out = value;
+    } else if (is("--log-every")) {
+      ET_RETURN_IF_ERROR(once(&seen_log));
+      ET_RETURN_IF_ERROR(parse_int(flag, value, 1, std::numeric_limits<int64_t>::max(), &a.log_every));
+    }
+  }
+  if (a.help || a.version) return a;
+  if (embedded) {
+    if (!positional.empty()) {
+      return invalid_argument("this binary has its plan built in and takes no PLAN argument (got '" + positional[0] +
+                              "')");
+    }
+  } else {
+    if (positional.empty()) return invalid_argument("missing the PLAN.etp argument (see --help)");
+    if (positional.size() > 1) {
+      return invalid_argument("unexpected argument '" + positional[1] + "' (one PLAN.etp only; data files go after "
+                              "--inputs / --targets)");
+    }
+    a.plan = positional[0];
+  }
+  if (a.info) return a;
+  if (seen_epochs && seen_steps) return invalid_argument("give --epochs or --steps, not both");
+  if (a.inputs.empty()) return invalid_argument("missing --inputs FILE.npy (the model inputs, samples on the first axis)");
+  return a;
+}
+
+std::string usage_text(bool embedded) {
+  std::string plan = embedded ? "" : " PLAN.etp";
+  std::string s;
+  s += "usage: edgetune-train" + plan + " --inputs X.npy [--inputs X2.npy ...] --targets Y.npy\n";
+  s += "                     [--epochs N | --steps N] [--batch B] [--seed S] [--threads T] [--lr LR]\n";
+  s += "                     [--out tuned.safetensors] [--log-every K] [--no-shuffle] [--quiet]\n";
+  s += "       edgetune-train" + plan + " --info\n\n";
+  if (embedded) {
+    s += "Trains the model whose compiled plan is built into this binary.\n\n";
+  } else {
+    s += "Trains a model compiled by edgetune into PLAN.etp, with no Python on the device.\n\n";
+  }
+  s += "  --inputs FILE    .npy (numpy.save) model input, samples on the first axis; repeat in the\n"
+       "                   plan's input order for models with several inputs\n"
+       "  --targets FILE   .npy targets, same number of samples\n"
+       "  --epochs N       passes over the data (default 1); the last partial batch is dropped\n"
+       "  --steps N        train exactly N steps instead (epochs repeat as needed)\n"
+       "  --batch B        must equal the batch size the plan was compiled for (a check)\n"
+       "  --seed S         shuffle seed (default 0); the same seed gives the same batches anywhere\n"
+       "  --no-shuffle     visit samples in file order\n"
+       "  --threads T      worker threads (default: all cores)\n"
+       "  --lr LR          learning rate instead of the one compiled into the plan\n"
+       "  --out FILE       write the tuned weights (all of them, state_dict names) as safetensors\n"
+       "  --log-every K    a progress line every K steps (default: about 20 lines per run)\n"
+       "  --quiet          print nothing but errors\n"
+       "  --info           print the plan's inputs, outputs, weights and memory, then exit\n\n"
+       "exit status: 0 ok, 1 plan or runtime failure, 2 usage or input error, 3 loss became NaN/Inf\n";
+  return s;
+}
+
+}  // namespace tools
+}  // namespace edgetune

@@ -1,0 +1,505 @@
+// edgetune-train: trains a compiled edgetune plan on .npy data with no Python on the device,
+// and writes the tuned weights as .safetensors.
+//
+//   edgetune-train PLAN.etp --inputs x.npy --targets y.npy --epochs 3 --out tuned.safetensors
+//   ./train --inputs x.npy --targets y.npy ...      (a binary from --emit-binary: plan inside)
+//   edgetune-train PLAN.etp --info                  (what the plan takes, holds and needs)
+//
+// Flow: find an embedded plan (embedded_plan.h) or load PLAN.etp through the runtime API
+// (core/runtime.h); bind each .npy file to a plan input (npy.h: shape check, same-kind dtype
+// conversion); check --out can be written *before* training; then for each step gather B
+// shuffled rows (shuffle.h) into the inputs and call Runtime::step(). Progress lines show the
+// mean loss over the steps since the previous line. At the end every weight is written under its
+// state_dict name (safetensors.h, atomically: atomic_file.h).
+//
+// Errors are one "edgetune-train: error: ..." line on stderr. Exit status: 0 ok; 1 plan or
+// runtime failure (the loader's message, a failed write of the result); 2 usage or input error
+// (flags, data files, shapes, an unwritable --out); 3 the loss became NaN/Inf — nothing is
+// written then, and an existing --out file is left as it was.
+#include <unistd.h>
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <memory>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "core/runtime.h"
+#include "tools/atomic_file.h"
+#include "tools/cli_args.h"
+#include "tools/embedded_plan.h"
+#include "tools/npy.h"
+#include "tools/safetensors.h"
+#include "tools/shuffle.h"
+
+#ifndef EDGETUNE_VERSION
+#define EDGETUNE_VERSION "0.1.0"  // keep in step with CMakeLists.txt project(VERSION)
+#endif
+
+namespace edgetune {
+namespace tools {
+namespace {
+
+enum ExitCode { kExitOk = 0, kExitRuntime = 1, kExitUsage = 2, kExitNumeric = 3 };
+
+int fail(int code, const std::string& message) {
+  std::fflush(stdout);
+  std::fprintf(stderr, "edgetune-train: error: %s\n", message.c_str());
+  return code;
+}
+
+std::string human_bytes(double n) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (n >= 1024 && u < 4) {
+    n /= 1024;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.1f %s", n, units[u]);
+  return buf;
+}
+
+std::string fmt_loss(double v) {
+  char buf[32];
+  double a = std::fabs(v);
+  std::snprintf(buf, sizeof buf, (a != 0 && (a < 1e-3 || a >= 1e5)) ? "%.3e" : "%.4f", v);
+  return buf;
+}
+
+std::string fmt(const char* f, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, f, v);
+  return buf;
+}
+
+// Milliseconds with about three significant digits: tiny models step in microseconds.
+std::string fmt_ms(double ms) { return fmt(ms < 1 ? "%.3f" : ms < 10 ? "%.2f" : "%.1f", ms); }
+
+std::vector<int64_t> view_shape(const TensorView& v) { return std::vector<int64_t>(v.shape, v.shape + v.rank); }
+
+const Binding* find_state(const Runtime& rt, const std::string& name) {
+  for (const auto& b : rt.optimizer_state()) {
+    if (b.name == name) return &b;
+  }
+  return nullptr;
+}
+
+// A scalar (0-d or one-element) float state such as optim.lr.
+bool read_scalar(const TensorView& v, double* out) {
+  if (v.numel() != 1 || v.data == nullptr) return false;
+  if (v.dtype == DType::f32) {
+    *out = *v.as<float>();
+    return true;
+  }
+  if (v.dtype == DType::f64) {
+    *out = *v.as<double>();
+    return true;
+  }
+  return false;
+}
+
+bool write_scalar(const TensorView& v, double value) {
+  if (v.numel() != 1 || v.data == nullptr) return false;
+  if (v.dtype == DType::f32) {
+    *v.as<float>() = static_cast<float>(value);
+    return true;
+  }
+  if (v.dtype == DType::f64) {
+    *v.as<double>() = value;
+    return true;
+  }
+  return false;
+}
+
+int print_info(const Runtime& rt, const std::string& source) {
+  std::printf("plan: %s\n", source.c_str());
+  if (!rt.model_label().empty()) std::printf("model: %s\n", rt.model_label().c_str());
+  const auto& ins = rt.inputs();
+  size_t width = 4;
+  for (const auto& b : ins) width = std::max(width, b.name.size());
+  for (const auto& b : rt.weights()) width = std::max(width, b.name.size());
+  for (const auto& b : rt.optimizer_state()) width = std::max(width, b.name.size());
+  const int w = static_cast<int>(width);
+  std::printf("inputs (step() order%s):\n",
+              !ins.empty() && ins[0].view.rank > 0 ? (", batch " + std::to_string(ins[0].view.shape[0])).c_str() : "");
+  for (size_t i = 0; i < ins.size(); ++i) {
+    std::printf("  %-*s  %-18s  %s\n", w, ins[i].name.c_str(), ins[i].view.shape_string().c_str(),
+                static_cast<int>(i) < rt.num_model_inputs() ? "model input (--inputs)" : "target (--targets)");
+  }
+  std::printf("outputs:\n");
+  for (const char* name : {"loss", "output"}) {
+    if (const Binding* b = rt.output(name)) {
+      std::printf("  %-*s  %s\n", w, b->name.c_str(), b->view.shape_string().c_str());
+    }
+  }
+  int64_t total = 0, trainable = 0;
+  size_t n_trainable = 0;
+  for (const auto& b : rt.weights()) {
+    total += b.view.numel();
+    if (rt.is_trainable(b.name)) {
+      trainable += b.view.numel();
+      ++n_trainable;
+    }
+  }
+  std::printf("weights: %zu tensors, %lld values; trainable: %zu tensors, %lld values (%.2f%%)\n", rt.weights().size(),
+              static_cast<long long>(total), n_trainable, static_cast<long long>(trainable),
+              total ? 100.0 * static_cast<double>(trainable) / static_cast<double>(total) : 0.0);
+  for (const auto& b : rt.weights()) {
+    if (rt.is_trainable(b.name)) {
+      std::printf("  %-*s  %-18s  trainable\n", w, b.name.c_str(), b.view.shape_string().c_str());
+    } else {
+      std::printf("  %-*s  %s\n", w, b.name.c_str(), b.view.shape_string().c_str());
+    }
+  }
+  std::printf("optimizer state: %zu tensors\n", rt.optimizer_state().size());
+  for (const auto& b : rt.optimizer_state()) {
+    double v;
+    if (read_scalar(b.view, &v)) {
+      std::printf("  %-*s  %-18s  = %g\n", w, b.name.c_str(), b.view.shape_string().c_str(), v);
+    } else {
+      std::printf("  %-*s  %s\n", w, b.name.c_str(), b.view.shape_string().c_str());
+    }
+  }
+  MemoryStats m = rt.memory();
+  std::printf("memory: %s (persistent %s + arena %s + inputs %s)\n", human_bytes(static_cast<double>(m.total())).c_str(),
+              human_bytes(static_cast<double>(m.persistent_bytes)).c_str(),
+              human_bytes(static_cast<double>(m.arena_bytes)).c_str(),
+              human_bytes(static_cast<double>(m.input_bytes)).c_str());
+  std::printf("nodes: %zu, threads: %d\n", rt.num_nodes(), rt.num_threads());
+  return kExitOk;
+}
+
+// Progress output: a line per --log-every steps; on a terminal one line rewritten in place.
+class Progress {
+ public:
+  Progress(bool quiet) : quiet_(quiet), tty_(!quiet && ::isatty(STDOUT_FILENO)) {}
+  void line(const std::string& text) {
+    if (quiet_) return;
+    if (tty_) {
+      std::printf("\r%s\x1b[K", text.c_str());
+      open_ = true;
+    } else {
+      std::printf("%s\n", text.c_str());
+    }
+    std::fflush(stdout);
+  }
+  void end() {
+    if (open_) std::printf("\n");
+    open_ = false;
+    std::fflush(stdout);
+  }
+
+ private:
+  bool quiet_, tty_, open_ = false;
+};
+
+struct BoundData {
+  std::string path;
+  int input = 0;
+  NpyArray array;
+  std::vector<uint8_t> staging;  // one batch, handed to Runtime::set_input
+};
+
+int run(int argc, char** argv) {
+  // ---- the plan: inside this executable, or the PLAN argument ---------------------------------
+  EmbeddedPlan embedded;
+  {
+    std::string self = self_executable(argc > 0 ? argv[0] : nullptr);
+    if (!self.empty()) {
+      auto r = read_embedded_plan(self);
+      if (r.ok()) {
+        embedded = std::move(r.value());
+      } else if (r.status().code() == StatusCode::kInvalidPlan) {
+        return fail(kExitRuntime, r.status().message());
+      }  // an unreadable executable just means: no embedded plan
+    }
+  }
+  auto parsed = parse_args(argc, argv, embedded.found);
+  if (!parsed.ok()) {
+    std::string message = parsed.status().message();
+    if (message.find("--help") == std::string::npos) message += " (see --help)";
+    return fail(kExitUsage, message);
+  }
+  TrainArgs args = std::move(parsed.value());
+  if (args.help) {
+    std::fputs(usage_text(embedded.found).c_str(), stdout);
+    return kExitOk;
+  }
+  if (args.version) {
+    std::printf("edgetune-train %s\n", EDGETUNE_VERSION);
+    return kExitOk;
+  }
+
+  RuntimeOptions options;
+  options.num_threads = args.threads;
+  std::string plan_source;
+  std::unique_ptr<Runtime> rt;
+  if (embedded.found) {
+    plan_source = "embedded in " + (argc > 0 ? std::string(argv[0]) : embedded.source);
+    auto r = Runtime::load(embedded.bytes.data(), embedded.bytes.size(), options);
+    if (!r.ok()) return fail(kExitRuntime, "loading the embedded plan: " + r.status().to_string());
+    rt = std::move(r.value());
+    embedded.bytes = {};  // the runtime keeps its own copy
+  } else {
+    plan_source = args.plan;
+    struct stat st;
+    if (::stat(args.plan.c_str(), &st) != 0) {
+      return fail(kExitUsage, args.plan + ": no such plan file (" + std::strerror(errno) + ")");
+    }
+    if (S_ISDIR(st.st_mode)) return fail(kExitUsage, args.plan + ": is a directory, not a plan file");
+    auto r = Runtime::load_file(args.plan, options);
+    if (!r.ok()) return fail(kExitRuntime, "loading " + args.plan + ": " + r.status().to_string());
+    rt = std::move(r.value());
+  }
+  if (args.info) return print_info(*rt, plan_source);
+
+  // ---- what the plan takes ---------------------------------------------------------------------
+  const auto& ins = rt->inputs();
+  const int n_model = rt->num_model_inputs();
+  const int n_target = static_cast<int>(ins.size()) - n_model;
+  auto names = [&](int from, int to) {
+    std::string s;
+    for (int i = from; i < to; ++i) s += (i > from ? ", " : "") + ins[static_cast<size_t>(i)].name;
+    return s;
+  };
+  if (static_cast<int>(args.inputs.size()) != n_model) {
+    return fail(kExitUsage, "the plan takes " + std::to_string(n_model) + " model input(s) (" + names(0, n_model) +
+                                "), got " + std::to_string(args.inputs.size()) + " --inputs");
+  }
+  if (static_cast<int>(args.targets.size()) != n_target) {
+    return fail(kExitUsage, "the plan takes " + std::to_string(n_target) + " target(s) (" +
+                                names(n_model, static_cast<int>(ins.size())) + "), got " +
+                                std::to_string(args.targets.size()) + " --targets");
+  }
+  int64_t batch = -1;
+  for (const auto& b : ins) {
+    if (b.view.rank < 1) {
+      return fail(kExitRuntime, "plan input '" + b.name + "' " + b.view.shape_string() +
+                                    " has no batch axis; edgetune-train feeds batches along the first axis");
+    }
+    if (batch >= 0 && b.view.shape[0] != batch) {
+      return fail(kExitRuntime, "plan inputs disagree on the batch size: '" + ins[0].name + "' " +
+                                    ins[0].view.shape_string() + " vs '" + b.name + "' " + b.view.shape_string());
+    }
+    batch = b.view.shape[0];
+  }
+  if (batch <= 0) return fail(kExitRuntime, "the plan has no inputs with a batch axis");
+  if (args.batch != 0 && args.batch != batch) {
+    return fail(kExitUsage, "--batch " + std::to_string(args.batch) + " does not match the plan's batch size " +
+                                std::to_string(batch) + " (batch sizes are fixed at compile time: recompile for " +
+                                std::to_string(args.batch) + ", or drop --batch)");
+  }
+
+  // ---- check the output can be written before spending a training run on it --------------------
+  if (!args.out.empty()) {
+    Status s = check_writable(args.out);
+    if (!s.ok()) return fail(kExitUsage, "--out: " + s.message());
+  }
+
+  // ---- bind the data files ---------------------------------------------------------------------
+  std::vector<BoundData> data;
+  for (size_t i = 0; i < ins.size(); ++i) {
+    const bool is_model = static_cast<int>(i) < n_model;
+    const std::string& path = is_model ? args.inputs[i] : args.targets[i - static_cast<size_t>(n_model)];
+    auto arr = read_npy(path);
+    if (!arr.ok()) return fail(kExitUsage, (is_model ? "--inputs " : "--targets ") + arr.status().message());
+    auto bound = bind_to_input(arr.value(), path, ins[i].name, ins[i].view);
+    if (!bound.ok()) return fail(kExitUsage, bound.status().message());
+    BoundData d;
+    d.path = path;
+    d.input = static_cast<int>(i);
+    d.array = std::move(bound.value());
+    d.staging.resize(ins[i].view.nbytes());
+    data.push_back(std::move(d));
+  }
+  const int64_t rows = data[0].array.rows();
+  for (const auto& d : data) {
+    if (d.array.rows() != rows) {
+      return fail(kExitUsage, "the data files disagree on the number of samples: " + data[0].path + " has " +
+                                  std::to_string(rows) + ", " + d.path + " has " + std::to_string(d.array.rows()));
+    }
+  }
+  if (rows < batch) {
+    return fail(kExitUsage, data[0].path + " has " + std::to_string(rows) + " samples, fewer than one batch of " +
+                                std::to_string(batch) + " (the plan's batch size)");
+  }
+  const int64_t steps_per_epoch = rows / batch;
+  const int64_t dropped = rows % batch;
+  const int64_t total_steps = args.steps ? args.steps : (args.epochs ? args.epochs : 1) * steps_per_epoch;
+  const int64_t log_every = args.log_every ? args.log_every : std::max<int64_t>(1, (total_steps + 19) / 20);
+
+  // ---- learning rate -----------------------------------------------------------------------------
+  double plan_lr = 0;
+  const Binding* lr_state = find_state(*rt, "optim.lr");
+  bool have_plan_lr = lr_state && read_scalar(lr_state->view, &plan_lr);
+  if (args.has_lr) {
+    if (!lr_state) {
+      return fail(kExitUsage, "--lr: this plan has no 'optim.lr' state to set (its learning rate is fixed; "
+                              "recompile with the rate you want)");
+    }
+    if (!write_scalar(lr_state->view, args.lr)) {
+      return fail(kExitRuntime, "--lr: the plan's 'optim.lr' is " + lr_state->view.shape_string() +
+                                    ", not a scalar float");
+    }
+  }
+
+  // ---- header ------------------------------------------------------------------------------------
+  if (!args.quiet) {
+    std::printf("edgetune-train %s: %s\n", EDGETUNE_VERSION, plan_source.c_str());
+    if (!rt->model_label().empty()) std::printf("model: %s\n", rt->model_label().c_str());
+    std::string files;
+    for (const auto& d : data) {
+      files += (files.empty() ? "" : ", ") + d.path + " -> " + ins[static_cast<size_t>(d.input)].name;
+    }
+    std::printf("data: %lld samples (%s)\n", static_cast<long long>(rows), files.c_str());
+    std::string lr_text;
+    if (args.has_lr) {
+      lr_text = ", lr " + fmt("%g", args.lr) + (have_plan_lr ? " (plan: " + fmt("%g", plan_lr) + ")" : "");
+    } else if (have_plan_lr) {
+      lr_text = ", lr " + fmt("%g", plan_lr);
+    }
+    std::printf("training: %lld steps of batch %lld (%lld per epoch, %s epochs), seed %llu%s, %d threads%s\n",
+                static_cast<long long>(total_steps), static_cast<long long>(batch),
+                static_cast<long long>(steps_per_epoch),
+                fmt(total_steps % steps_per_epoch ? "%.2f" : "%.0f",
+                    static_cast<double>(total_steps) / static_cast<double>(steps_per_epoch))
+                    .c_str(),
+                static_cast<unsigned long long>(args.seed), args.shuffle ? "" : " (no shuffle)", rt->num_threads(),
+                lr_text.c_str());
+    if (dropped) {
+      std::printf("note: %lld samples are not a multiple of batch %lld: the last %lld of each epoch's %s are dropped\n",
+                  static_cast<long long>(rows), static_cast<long long>(batch), static_cast<long long>(dropped),
+                  args.shuffle ? "shuffled order (different ones each epoch)" : "file order (never used)");
+    }
+    if (args.out.empty()) std::printf("note: no --out given: the tuned weights will not be saved\n");
+    std::fflush(stdout);
+  }
+
+  // ---- train ---------------------------------------------------------------------------------------
+  Progress progress(args.quiet);
+  std::vector<int64_t> order;
+  double first_loss = 0, last_loss = 0, interval_loss = 0;
+  int64_t interval_steps = 0;
+  using Clock = std::chrono::steady_clock;
+  const auto t_start = Clock::now();
+  auto t_interval = t_start;
+  for (int64_t step = 0; step < total_steps; ++step) {
+    const int64_t epoch = step / steps_per_epoch;
+    const int64_t in_epoch = step % steps_per_epoch;
+    if (order.empty()) {
+      order.resize(static_cast<size_t>(rows));
+      for (int64_t i = 0; i < rows; ++i) order[static_cast<size_t>(i)] = i;  // --no-shuffle: file order
+    }
+    if (in_epoch == 0 && args.shuffle) order = epoch_order(rows, args.seed, epoch);
+    const int64_t* idx = order.data() + in_epoch * batch;
+    for (auto& d : data) {
+      gather_rows(d.array, idx, batch, d.staging.data());
+      Status s = rt->set_input(d.input, d.staging.data(), d.staging.size());
+      if (!s.ok()) return fail(kExitRuntime, "step " + std::to_string(step + 1) + ": " + s.to_string());
+    }
+    Result<float> r = rt->step();
+    const std::string where = "step " + std::to_string(step + 1) + " (epoch " + std::to_string(epoch + 1) + ")";
+    if (!r.ok() || !std::isfinite(r.value())) {
+      progress.end();
+      std::string keep = args.out.empty() ? "" : "; " + args.out + " was not written";
+      if (!r.ok() && r.status().code() != StatusCode::kNumericError) {
+        return fail(kExitRuntime, where + ": " + r.status().to_string() + keep);
+      }
+      std::string why = r.ok() ? "loss is " + fmt("%g", r.value()) : r.status().message();
+      return fail(kExitNumeric, "training diverged at " + where + ": " + why +
+                                    " (try a lower --lr, or check the data for NaN/Inf)" + keep);
+    }
+    const double loss = r.value();
+    if (step == 0) first_loss = loss;
+    last_loss = loss;
+    interval_loss += loss;
+    ++interval_steps;
+    const bool last = step + 1 == total_steps;
+    if (step == 0 || (step + 1) % log_every == 0 || last) {
+      const auto now = Clock::now();
+      const double ms = std::chrono::duration<double, std::milli>(now - t_interval).count() /
+                        static_cast<double>(interval_steps);
+      progress.line("step " + std::to_string(step + 1) + "/" + std::to_string(total_steps) + "  epoch " +
+                    std::to_string(epoch + 1) + "  loss " + fmt_loss(interval_loss / static_cast<double>(interval_steps)) +
+                    "  ms/step " + fmt_ms(ms));
+      t_interval = now;
+      interval_loss = 0;
+      interval_steps = 0;
+    }
+  }
+  progress.end();
+  const double seconds = std::chrono::duration<double>(Clock::now() - t_start).count();
+
+  // ---- write the weights -----------------------------------------------------------------------------
+  size_t written_bytes = 0;
+  if (!args.out.empty()) {
+    std::vector<SafetensorsEntry> entries;
+    for (const auto& b : rt->weights()) {
+      SafetensorsEntry e;
+      e.name = b.name;
+      e.dtype = b.view.dtype;
+      e.shape = view_shape(b.view);
+      e.data = b.view.data;
+      e.nbytes = b.view.nbytes();
+      written_bytes += e.nbytes;
+      entries.push_back(std::move(e));
+    }
+    Metadata meta = {{"format", "pt"},  // what transformers' loaders look for
+                     {"producer", std::string("edgetune-train ") + EDGETUNE_VERSION},
+                     {"model", rt->model_label()},
+                     {"plan", embedded.found ? "embedded" : args.plan},
+                     {"steps", std::to_string(total_steps)},
+                     {"seed", std::to_string(args.seed)},
+                     {"first_loss", fmt("%.9g", first_loss)},
+                     {"final_loss", fmt("%.9g", last_loss)}};
+    if (args.has_lr) meta.emplace_back("lr", fmt("%.9g", args.lr));
+    Status s = write_safetensors(args.out, entries, meta);
+    if (!s.ok()) return fail(kExitRuntime, "writing the tuned weights: " + s.message());
+  }
+
+  // ---- summary ---------------------------------------------------------------------------------------
+  if (!args.quiet) {
+    MemoryStats m = rt->memory();
+    size_t data_bytes = 0;
+    for (const auto& d : data) data_bytes += d.array.nbytes;
+    std::printf("done: %lld steps in %.1f s, %s ms/step\n", static_cast<long long>(total_steps), seconds,
+                fmt_ms(1000.0 * seconds / static_cast<double>(total_steps)).c_str());
+    std::printf("loss: first %s, last %s\n", fmt_loss(first_loss).c_str(), fmt_loss(last_loss).c_str());
+    std::printf("memory: runtime %s (persistent %s + arena %s + inputs %s); data %s\n",
+                human_bytes(static_cast<double>(m.total())).c_str(),
+                human_bytes(static_cast<double>(m.persistent_bytes)).c_str(),
+                human_bytes(static_cast<double>(m.arena_bytes)).c_str(),
+                human_bytes(static_cast<double>(m.input_bytes)).c_str(),
+                human_bytes(static_cast<double>(data_bytes)).c_str());
+    if (!args.out.empty()) {
+      std::printf("wrote %s: %zu tensors, %s\n", args.out.c_str(), rt->weights().size(),
+                  human_bytes(static_cast<double>(written_bytes)).c_str());
+    }
+  }
+  return kExitOk;
+}
+
+}  // namespace
+}  // namespace tools
+}  // namespace edgetune
+
+int main(int argc, char** argv) {
+  // The runtime and these tools report failures as Status values; the only exceptions left are
+  // the standard library's (std::bad_alloc from a vector). None may escape as a crash.
+  try {
+    return edgetune::tools::run(argc, argv);
+  } catch (const std::bad_alloc&) {
+    return edgetune::tools::fail(edgetune::tools::kExitRuntime, "out of memory");
+  } catch (const std::exception& e) {
+    return edgetune::tools::fail(edgetune::tools::kExitRuntime, std::string("internal error: ") + e.what());
+  }
+}

@@ -1,0 +1,47 @@
+// Writing tensors as a .safetensors file (huggingface/safetensors format), the interchange the
+// tuned weights leave the device in: safetensors.torch.load_file(path) gives a dict ready for
+// model.load_state_dict().
+//
+// Layout: u64 little-endian N, then N bytes of JSON header
+//   {"__metadata__": {"k": "v", ...}, "name": {"dtype": "F32", "shape": [2, 3],
+//    "data_offsets": [begin, end]}, ...}
+// padded with spaces so the data starts 8-byte aligned, then the tensors' raw little-endian
+// bytes back to back, in entry order (offsets are relative to the start of the data).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/status.h"
+#include "core/tensor.h"
+
+namespace edgetune {
+namespace tools {
+
+struct SafetensorsEntry {
+  std::string name;
+  DType dtype = DType::f32;
+  std::vector<int64_t> shape;
+  const void* data = nullptr;
+  size_t nbytes = 0;
+};
+
+using Metadata = std::vector<std::pair<std::string, std::string>>;  // written in this order
+
+// "F32", "I64", "BOOL", ...
+const char* safetensors_dtype(DType t);
+std::string json_escape(const std::string& s);
+
+// The 8-byte length prefix + padded JSON header for `entries` (checks names are unique and
+// each nbytes equals the shape's size).
+Result<std::string> safetensors_header(const std::vector<SafetensorsEntry>& entries, const Metadata& metadata);
+
+// Writes the file atomically (atomic_file.h): on any failure `path` is left as it was.
+Status write_safetensors(const std::string& path, const std::vector<SafetensorsEntry>& entries,
+                         const Metadata& metadata);
+
+}  // namespace tools
+}  // namespace edgetune
