@@ -46,7 +46,7 @@ def torch_step_fn(model, prog, optimizer_name, lr):
         loss = torch.nn.functional.cross_entropy(model(*inputs), target)
         loss.backward()
         opt.step()
-        return float(loss)
+        return loss.item()
     return step
 
 

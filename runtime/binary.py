@@ -38,10 +38,25 @@ BINARY_NAME = "edgetune-train"
 _EXE_MAGICS = (b"\x7fELF", b"\xcf\xfa\xed\xfe", b"\xce\xfa\xed\xfe", b"\xfe\xed\xfa\xcf", b"\xfe\xed\xfa\xce")
 
 
-def _package_binary() -> Path:
-    """Where `pip install` puts edgetune-train inside the package (csrc/CMakeLists.txt)."""
+def _package_binaries() -> list[Path]:
+    """Where `pip install` puts edgetune-train inside the package (csrc/CMakeLists.txt installs
+    it to edgetune/bin/): next to the package's __init__.py for a regular install; next to the
+    compiled `_native` module for an editable one, whose Python files stay in the source tree."""
+    import importlib.util
+
     import edgetune
-    return Path(edgetune.__file__).resolve().parent / "bin" / BINARY_NAME
+    dirs = [Path(edgetune.__file__).resolve().parent]
+    try:
+        spec = importlib.util.find_spec("edgetune._native")
+        if spec is not None and spec.origin:
+            dirs.append(Path(spec.origin).resolve().parent)
+    except (ImportError, ValueError):
+        pass
+    out = []
+    for d in dirs:
+        if d / "bin" / BINARY_NAME not in out:
+            out.append(d / "bin" / BINARY_NAME)
+    return out
 
 
 def _is_executable(path) -> bool:
@@ -57,13 +72,10 @@ def find_train_binary() -> str:
         raise EdgetuneError(f"{ENV_VAR}={env} is not an executable file; point it at a built edgetune-train "
                             f"(e.g. build/<dir>/csrc/edgetune-train) or unset it")
     searched = []
-    try:
-        packaged = _package_binary()
+    for packaged in _package_binaries():
         searched.append(str(packaged))
         if _is_executable(packaged):
             return str(packaged)
-    except ImportError:  # pragma: no cover - only when edgetune itself is half-installed
-        pass
     on_path = shutil.which(BINARY_NAME)
     searched.append(f"{BINARY_NAME} on PATH")
     if on_path:

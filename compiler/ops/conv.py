@@ -132,7 +132,21 @@ def _conv_samples(rng):
         Sample([rand(rng, 1, 2, 9, 9), rand(rng, 3, 2, 3, 3), rand(rng, 3)], _attrs(padding=2, dilation=2),
                note="dilated"),
         Sample([rand(rng, 2, 5, 4, 4), rand(rng, 3, 5, 1, 1)], _attrs(), note="pointwise"),
+        # Layer-sized cases for the kernels' GEMM / depthwise paths. Exact values keep every
+        # summation order (GEMM blocking, threads) bit-identical to numpy; only the bias is
+        # finite-differenced, which keeps the sweep fast.
+        Sample([_exact(rng, 2, 64, 8, 8), _exact(rng, 64, 64, 3, 3), _exact(rng, 64)], _attrs(padding=1),
+               grad_inputs=[2], note="exact ResNet 3x3, K=576"),
+        Sample([_exact(rng, 2, 32, 15, 15), _exact(rng, 32, 1, 3, 3), _exact(rng, 32)],
+               _attrs(stride=2, padding=1, groups=32), grad_inputs=[2], note="exact MobileNetV2 depthwise stride 2"),
+        Sample([_exact(rng, 2, 48, 10, 10), _exact(rng, 40, 48, 1, 1)], _attrs(), grad_inputs=[],
+               note="exact pointwise 48->40"),
     ]
+
+
+def _exact(rng, *shape):
+    """Multiples of 1/8 in [-1, 1]: products and their sums stay exact in float32."""
+    return (rng.integers(-8, 9, size=shape) / 8).astype(np.float32)
 
 
 def _torch_conv(t, a):
@@ -160,7 +174,7 @@ def _backward_samples(which):
         for s in _conv_samples(rng):
             x, w = s.inputs[0], s.inputs[1]
             y = _conv_ref([x, w], s.attrs)[0]
-            dy = rand(rng, *y.shape)
+            dy = _exact(rng, *y.shape) if s.note.startswith("exact") else rand(rng, *y.shape)
             if which == "input":
                 out.append(Sample([dy, w], {**s.attrs, "input_shape": list(x.shape)}, note=s.note))
             else:

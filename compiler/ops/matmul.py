@@ -13,6 +13,12 @@ from .registry import OpDef, Sample, T, broadcast_shapes, check, rand, register,
 from ..ir import TensorType
 
 
+def _exact(rng, *shape):
+    """Multiples of 1/8 in [-1, 1]: products and their sums stay exact in float32, so a kernel's
+    summation order (GEMM blocking, threads) cannot change the result."""
+    return (rng.integers(-8, 9, size=shape) / 8).astype(np.float32)
+
+
 def _swap_last(rank: int) -> list[int]:
     return list(range(rank - 2)) + [rank - 1, rank - 2]
 
@@ -48,7 +54,10 @@ register(OpDef(
     lambda rng: [Sample([rand(rng, 3, 4), rand(rng, 4, 5)]),
                  Sample([rand(rng, 2, 3, 4), rand(rng, 2, 4, 5)], note="bmm"),
                  Sample([rand(rng, 2, 2, 3, 4), rand(rng, 4, 5)], note="broadcast weight"),
-                 Sample([rand(rng, 1, 3, 4), rand(rng, 2, 4, 2)], note="broadcast batch")],
+                 Sample([rand(rng, 1, 3, 4), rand(rng, 2, 4, 2)], note="broadcast batch"),
+                 # kernel-sized (exact values: any GEMM summation order gives numpy's result)
+                 Sample([_exact(rng, 2, 96, 160), _exact(rng, 2, 160, 72)], grad_inputs=[], note="exact big bmm"),
+                 Sample([_exact(rng, 3, 40, 96), _exact(rng, 96, 200)], grad_inputs=[], note="exact batch folded into M")],
     lambda t, a: [T().matmul(t[0], t[1])], param_roles={1: "weight"}, flops=_matmul_flops))
 
 
@@ -92,6 +101,8 @@ def _linear_grad(g):
 register(OpDef(
     "linear", _linear_infer, _linear_ref, _linear_grad,
     lambda rng: [Sample([rand(rng, 4, 3), rand(rng, 5, 3), rand(rng, 5)]),
-                 Sample([rand(rng, 2, 3, 4), rand(rng, 6, 4)], note="no bias, 3-d input")],
+                 Sample([rand(rng, 2, 3, 4), rand(rng, 6, 4)], note="no bias, 3-d input"),
+                 Sample([_exact(rng, 32, 1024), _exact(rng, 64, 1024), _exact(rng, 64)], grad_inputs=[2],
+                        note="exact K=1024")],
     lambda t, a: [T().nn.functional.linear(*t)], param_roles={1: "weight", 2: "bias"}, min_inputs=2,
     flops=lambda i, o, a: 2 * o[0].numel * i[1].shape[1]))

@@ -142,7 +142,9 @@ def _bn_inputs(rng, shape):
 
 def _bn_samples(rng):
     return [Sample(_bn_inputs(rng, (4, 3, 5, 5)), {"momentum": 0.1, "eps": 1e-5}, grad_inputs=[0, 1, 2]),
-            Sample(_bn_inputs(rng, (6, 4)), {"momentum": 0.2, "eps": 1e-3}, grad_inputs=[0, 1, 2], note="1-d")]
+            Sample(_bn_inputs(rng, (6, 4)), {"momentum": 0.2, "eps": 1e-3}, grad_inputs=[0, 1, 2], note="1-d"),
+            Sample(_bn_inputs(rng, (4, 16, 8, 8)), {"momentum": 0.1, "eps": 1e-5}, grad_inputs=[1, 2],
+                   note="layer-sized")]
 
 
 def _torch_bn(t, a, training):
@@ -264,7 +266,9 @@ def _ln_samples(rng):
     return [Sample([rand(rng, 2, 3, 6), rand(rng, 6, lo=0.5, hi=1.5), rand(rng, 6)],
                    {"normalized_shape": [6], "eps": 1e-5}),
             Sample([rand(rng, 3, 2, 4), rand(rng, 2, 4, lo=0.5, hi=1.5), rand(rng, 2, 4)],
-                   {"normalized_shape": [2, 4], "eps": 1e-6})]
+                   {"normalized_shape": [2, 4], "eps": 1e-6}),
+            Sample([rand(rng, 4, 16, 96), rand(rng, 96, lo=0.5, hi=1.5), rand(rng, 96)],
+                   {"normalized_shape": [96], "eps": 1e-5}, grad_inputs=[1, 2], note="layer-sized")]
 
 
 def _ln_backward_samples(rng):

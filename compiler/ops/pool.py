@@ -92,7 +92,8 @@ def _max_samples(rng):
     return [Sample([distinct(2, 3, 6, 6)], _pool_attrs(2, 2, 0)),
             Sample([distinct(1, 2, 7, 7)], _pool_attrs(3, 2, 1), note="padded"),
             Sample([distinct(1, 2, 7, 6)], _pool_attrs(3, 2, 0, ceil_mode=True), note="ceil_mode"),
-            Sample([distinct(1, 1, 8, 8)], _pool_attrs(2, 1, 0, d=2), note="dilated")]
+            Sample([distinct(1, 1, 8, 8)], _pool_attrs(2, 1, 0, d=2), note="dilated"),
+            Sample([distinct(2, 8, 28, 28)], _pool_attrs(3, 2, 1), grad_inputs=[], note="layer-sized")]
 
 
 def _torch_max_pool(t, a):
@@ -184,7 +185,9 @@ def _avg_samples(rng):
     return [Sample([rand(rng, 2, 3, 6, 6)], attrs(2, 2, 0)),
             Sample([rand(rng, 1, 2, 7, 7)], attrs(3, 2, 1, include=False), note="padding excluded"),
             Sample([rand(rng, 1, 2, 7, 6)], attrs(3, 2, 1, ceil_mode=True), note="ceil_mode"),
-            Sample([rand(rng, 1, 2, 6, 6)], attrs(3, 3, 0, div=4), note="divisor_override")]
+            Sample([rand(rng, 1, 2, 6, 6)], attrs(3, 3, 0, div=4), note="divisor_override"),
+            Sample([rand(rng, 1, 6, 20, 20)], attrs(3, 2, 1, ceil_mode=True, include=False), grad_inputs=[],
+                   note="layer-sized")]
 
 
 def _torch_avg(t, a):

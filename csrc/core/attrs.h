@@ -31,7 +31,7 @@ class Attrs {
   // (the IR writes `alpha=1` for 1.0); a bool is an int 0/1.
   int64_t get_int(const char* name, int64_t dflt = 0) const;
   double get_float(const char* name, double dflt = 0.0) const;
-  // Empty when absent; a scalar int attr reads as a one-element list.
+  // Empty when absent or not a list (an attr that may be either is read with find()).
   const std::vector<int64_t>& get_ints(const char* name) const;
   const std::string& get_string(const char* name) const;  // "" when absent
 

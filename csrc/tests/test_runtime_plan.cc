@@ -16,7 +16,10 @@ namespace {
 
 std::vector<uint8_t> read_file(const std::string& name) {
   std::ifstream f(std::string(EDGETUNE_TEST_DATA) + "/" + name, std::ios::binary);
-  return std::vector<uint8_t>(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+  std::vector<uint8_t> bytes{std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
+  // a missing fixture must fail loudly, not make every "rejects damaged plan" test vacuous
+  if (bytes.empty()) ADD_FAILURE() << "missing test data " << name << " (run csrc/tests/data/make_plans.py)";
+  return bytes;
 }
 
 std::unique_ptr<Runtime> load_with_data(const std::string& stem, int threads = 1) {
@@ -80,6 +83,7 @@ TEST(RuntimePlan, WeightsAreNamedLikeTheModel) {
 
 TEST(RuntimePlan, RejectsTruncatedPlans) {
   auto plan = read_file("mlp_sgd.etp");
+  ASSERT_GT(plan.size(), 100u);
   for (size_t keep : {size_t{0}, size_t{7}, size_t{100}, plan.size() / 2, plan.size() - 1}) {
     std::vector<uint8_t> cut(plan.begin(), plan.begin() + keep);
     Status st = load_status(cut);
@@ -90,6 +94,7 @@ TEST(RuntimePlan, RejectsTruncatedPlans) {
 
 TEST(RuntimePlan, RejectsEveryFlippedBit) {
   auto plan = read_file("mlp_sgd.etp");
+  ASSERT_FALSE(plan.empty());
   // every byte in the first KiB and a stride through the rest (weights included)
   for (size_t pos = 0; pos < plan.size(); pos += pos < 1024 ? 1 : 97) {
     auto bad = plan;

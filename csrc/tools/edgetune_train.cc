@@ -178,6 +178,11 @@ int print_info(const Runtime& rt, const std::string& source) {
   return kExitOk;
 }
 
+bool same_file(const std::string& a, const std::string& b) {
+  struct stat sa, sb;
+  return ::stat(a.c_str(), &sa) == 0 && ::stat(b.c_str(), &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
 // Progress output: a line per --log-every steps; on a terminal one line rewritten in place.
 class Progress {
  public:
@@ -253,11 +258,16 @@ int run(int argc, char** argv) {
     plan_source = args.plan;
     struct stat st;
     if (::stat(args.plan.c_str(), &st) != 0) {
-      return fail(kExitUsage, args.plan + ": no such plan file (" + std::strerror(errno) + ")");
+      const int e = errno;
+      return fail(kExitUsage, args.plan + ": " + (e == ENOENT ? "no such plan file" : std::strerror(e)));
     }
     if (S_ISDIR(st.st_mode)) return fail(kExitUsage, args.plan + ": is a directory, not a plan file");
     auto r = Runtime::load_file(args.plan, options);
-    if (!r.ok()) return fail(kExitRuntime, "loading " + args.plan + ": " + r.status().to_string());
+    if (!r.ok()) {
+      std::string message = r.status().to_string();  // the loader names the file itself
+      if (message.find(args.plan) == std::string::npos) message = args.plan + ": " + message;
+      return fail(kExitRuntime, message);
+    }
     rt = std::move(r.value());
   }
   if (args.info) return print_info(*rt, plan_source);
@@ -303,6 +313,15 @@ int run(int argc, char** argv) {
   if (!args.out.empty()) {
     Status s = check_writable(args.out);
     if (!s.ok()) return fail(kExitUsage, "--out: " + s.message());
+    // `--out y.npy` (a slip of the keyboard) would replace the training data with weights.
+    std::vector<std::string> sources = args.inputs;
+    sources.insert(sources.end(), args.targets.begin(), args.targets.end());
+    if (!embedded.found) sources.push_back(args.plan);
+    for (const auto& src : sources) {
+      if (same_file(args.out, src)) {
+        return fail(kExitUsage, "--out " + args.out + " is the same file as " + src + ", which this run reads");
+      }
+    }
   }
 
   // ---- bind the data files ---------------------------------------------------------------------
@@ -404,7 +423,10 @@ int run(int argc, char** argv) {
     for (auto& d : data) {
       gather_rows(d.array, idx, batch, d.staging.data());
       Status s = rt->set_input(d.input, d.staging.data(), d.staging.size());
-      if (!s.ok()) return fail(kExitRuntime, "step " + std::to_string(step + 1) + ": " + s.to_string());
+      if (!s.ok()) {
+        progress.end();
+        return fail(kExitRuntime, "step " + std::to_string(step + 1) + ": " + s.to_string());
+      }
     }
     Result<float> r = rt->step();
     const std::string where = "step " + std::to_string(step + 1) + " (epoch " + std::to_string(epoch + 1) + ")";

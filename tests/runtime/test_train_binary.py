@@ -19,6 +19,7 @@ import re
 import shutil
 import struct
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -83,7 +84,7 @@ def data(tmp_path):
 
 
 def run(exe, *args, timeout=120):
-    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=timeout, check=False)
 
 
 STEP_LINE = re.compile(r"^step (\d+)/(\d+)  epoch (\d+)  loss (\S+)  ms/step (\S+)$")
@@ -177,6 +178,33 @@ def test_converts_f64_inputs_and_i32_targets_and_drops_partial_batch(train_exe, 
     assert "24 steps of batch 8" in proc.stdout
     assert proc.stdout.count("dropped") == 1  # said once, not every epoch
     assert "no --out given" in proc.stdout
+
+
+def test_batchnorm_buffers_and_default_progress(train_exe, tmp_path):
+    """A conv + BatchNorm model: running stats and the 0-d int64 num_batches_tracked come back
+    under their state_dict names and load into PyTorch; without --log-every a run prints about
+    20 progress lines."""
+    import safetensors.torch
+    torch.manual_seed(0)
+    model = models.build("small_cnn")
+    (x,), y = models.example_inputs("small_cnn", model, batch=4, resolution=8)
+    prog = et.compile(model, (x,), y, loss="cross_entropy", peft=et.peft.BiasOnly(), optimizer=et.optim.SGD(lr=0.05))
+    try:
+        prog.save(tmp_path / "cnn.etp")
+    except EdgetuneError as e:
+        pytest.skip(f"cannot write a plan in this install: {e}")
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "x.npy", rng.standard_normal((64, *x.shape[1:])).astype(np.float32))
+    np.save(tmp_path / "y.npy", rng.integers(0, int(y.max()) + 1, 64))
+    out = tmp_path / "cnn.safetensors"
+    proc = run(train_exe, tmp_path / "cnn.etp", "--inputs", tmp_path / "x.npy", "--targets", tmp_path / "y.npy",
+               "--epochs", 5, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert 15 <= len(losses_of(proc.stdout)) <= 22
+    tensors = safetensors.torch.load_file(str(out))
+    assert set(tensors) == set(model.state_dict())
+    assert tensors["bn1.num_batches_tracked"].shape == () and int(tensors["bn1.num_batches_tracked"]) == 80
+    model.load_state_dict(tensors)
 
 
 def test_info_lists_the_plan(train_exe, mlp):
@@ -310,7 +338,7 @@ def test_emit_binary_layout(tmp_path):
     fake_exe.write_bytes(b"\x7fELF" + b"\0" * 60)
     plan = b"\0\0\0\0ETPL" + b"plan body"
     out = binary.emit_binary(plan, tmp_path / "train", train_binary=fake_exe)
-    data = open(out, "rb").read()
+    data = Path(out).read_bytes()
     assert data == fake_exe.read_bytes() + plan + struct.pack("<Q", len(plan)) + b"ETPLEMB1"
     assert os.stat(out).st_mode & 0o100
     assert binary.read_embedded_plan(fake_exe) is None
@@ -338,7 +366,7 @@ def test_find_train_binary(monkeypatch, tmp_path):
     assert binary.find_train_binary() == str(exe)
     monkeypatch.delenv("EDGETUNE_TRAIN")
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(binary, "_package_binary", lambda: tmp_path / "no" / "edgetune-train")
+    monkeypatch.setattr(binary, "_package_binaries", lambda: [tmp_path / "no" / "edgetune-train"])
     assert binary.find_train_binary() == shutil.which("edgetune-train") == str(exe)
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(EdgetuneError, match="not found"):

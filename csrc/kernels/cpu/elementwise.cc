@@ -181,7 +181,7 @@ Status need_float_attr(const Attrs& at, const char* name) {
 }
 
 template <typename T>
-T sigmoid(T x) { return T(1) / (T(1) + cpu::exp_any(-x)); }
+ET_VECTOR_INLINE T sigmoid(T x) { return T(1) / (T(1) + cpu::exp_any(-x)); }
 
 template <typename T>
 struct Neg : NoAttrs {
@@ -218,7 +218,7 @@ struct HardtanhBackward : Hardtanh<T> {  // reads the output: inside (min, max) 
 };
 
 template <typename T>
-T hardsigmoid(T x) {
+ET_VECTOR_INLINE T hardsigmoid(T x) {
   T v = x / T(6) + T(0.5);
   return v < T(0) ? T(0) : (v > T(1) ? T(1) : v);
 }

@@ -13,7 +13,8 @@
 // The micro-kernel keeps kMR x kNV vector accumulators in registers. It is written with GCC/Clang
 // vector extensions (`vector_size`), which the compiler lowers to AVX-512 / AVX2+FMA / NEON / SSE
 // for whatever -march the build targets, so no intrinsics are needed; a plain-array version is
-// the fallback for other compilers. Tile shapes per ISA were picked by benchmarks/gemm_bench.cc.
+// the fallback for other compilers (and with -DEDGETUNE_GEMM_PORTABLE, to test it). Tile shapes
+// per ISA follow the register budget; benchmarks/gemm_bench.cc measures them.
 //
 // Determinism: a task owns its C elements for the whole K loop and K is blocked by the shape
 // alone, so every C element sees the same summation order at any thread count.
@@ -130,7 +131,7 @@ inline void store_tile_clipped(const float* t, float* c, int64_t ldc, int rows, 
   }
 }
 
-#if defined(__GNUC__) || defined(__clang__)
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(EDGETUNE_GEMM_PORTABLE)
 typedef float VecF __attribute__((vector_size(kVec * sizeof(float))));
 // unaligned, aliasing-safe view for loads and stores (C rows need not be vector-aligned)
 typedef float VecFU __attribute__((vector_size(kVec * sizeof(float)), aligned(alignof(float)), may_alias));
@@ -150,12 +151,26 @@ __attribute__((noinline)) void micro_kernel(int64_t kc, const float* __restrict 
     VecF bv[kNV];
 #pragma GCC unroll 4
     for (int j = 0; j < kNV; ++j) bv[j] = vload(b + j * kVec);
+#if defined(__aarch64__)
+    // NEON: load the kMR A values as vectors and multiply by lane (fmla v, v, v.s[i]); scalar
+    // loads would need kMR more registers than the 32 the 8x12 tile leaves free.
+    VecF av[kMR / kVec];
+#pragma GCC unroll 4
+    for (int v = 0; v < kMR / kVec; ++v) av[v] = vload(a + v * kVec);
 #pragma GCC unroll 16
     for (int i = 0; i < kMR; ++i) {
-      const float ai = a[i];
+      const float ai = av[i / kVec][i % kVec];
 #pragma GCC unroll 4
       for (int j = 0; j < kNV; ++j) acc[i][j] += ai * bv[j];
     }
+#else
+#pragma GCC unroll 16
+    for (int i = 0; i < kMR; ++i) {
+      const float ai = a[i];  // x86: folds into a broadcast load (vbroadcastss / {1toN})
+#pragma GCC unroll 4
+      for (int j = 0; j < kNV; ++j) acc[i][j] += ai * bv[j];
+    }
+#endif
     a += kMR;
     b += kNR;
   }

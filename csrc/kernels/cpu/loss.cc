@@ -127,8 +127,14 @@ struct RowStats {
   T m;
   double s;
   RowStats(const T* x, int64_t c) {
-    m = x[0];
-    for (int64_t j = 1; j < c; ++j) m = x[j] > m ? x[j] : m;
+    T lane[kLanes];  // lane-wise max: a plain max chain does not vectorize
+    for (int k = 0; k < kLanes; ++k) lane[k] = x[0];
+    int64_t j = 0;
+    for (; j + kLanes <= c; j += kLanes)
+      for (int k = 0; k < kLanes; ++k) lane[k] = x[j + k] > lane[k] ? x[j + k] : lane[k];
+    for (; j < c; ++j) lane[0] = x[j] > lane[0] ? x[j] : lane[0];
+    m = lane[0];
+    for (int k = 1; k < kLanes; ++k) m = lane[k] > m ? lane[k] : m;
     const T mm = m;
     s = lane_sum(x, c, [mm](T v) { return cpu::exp_any(v - mm); });
   }

@@ -44,19 +44,45 @@ double dot_lanes(const T* p, const T* q, int64_t n) {
   return s;
 }
 
+// Lane-wise max: a plain `m = x > m ? x : m` chain does not vectorize (NaN ordering).
 template <typename T>
 T row_max(const T* x, int64_t n) {
-  T m = x[0];
-  for (int64_t j = 1; j < n; ++j) m = x[j] > m ? x[j] : m;
+  T lane[kLanes];
+  for (int k = 0; k < kLanes; ++k) lane[k] = x[0];
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int k = 0; k < kLanes; ++k) lane[k] = x[j + k] > lane[k] ? x[j + k] : lane[k];
+  for (; j < n; ++j) lane[0] = x[j] > lane[0] ? x[j] : lane[0];
+  T m = lane[0];
+  for (int k = 1; k < kLanes; ++k) m = lane[k] > m ? lane[k] : m;
   return m;
+}
+
+// y = exp(x - m), returning sum(y) in double (lane order fixed by n).
+template <typename T>
+double exp_sum(const T* x, T* y, int64_t n, T m) {
+  double acc[kLanes] = {0};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int k = 0; k < kLanes; ++k) {
+      const T e = cpu::exp_any(x[j + k] - m);
+      y[j + k] = e;
+      acc[k] += static_cast<double>(e);
+    }
+  for (; j < n; ++j) {
+    y[j] = cpu::exp_any(x[j] - m);
+    acc[0] += static_cast<double>(y[j]);
+  }
+  double s = 0;
+  for (int k = 0; k < kLanes; ++k) s += acc[k];
+  return s;
 }
 
 // ---- forward -------------------------------------------------------------------------------------
 template <bool kLog, typename T>
 void forward_row(const T* x, T* y, int64_t n) {
   const T m = row_max(x, n);
-  for (int64_t j = 0; j < n; ++j) y[j] = cpu::exp_any(x[j] - m);
-  const double s = sum_lanes(y, n);
+  const double s = exp_sum(x, y, n, m);
   if constexpr (kLog) {
     const T lse = static_cast<T>(std::log(s));
     for (int64_t j = 0; j < n; ++j) y[j] = (x[j] - m) - lse;
