@@ -106,6 +106,7 @@ TEST(RuntimePlan, RejectsEveryFlippedBit) {
 
 TEST(RuntimePlan, RejectsForeignFilesAndFutureVersions) {
   auto plan = read_file("mlp_sgd.etp");
+  ASSERT_GT(plan.size(), 16u);
   auto foreign = plan;
   std::memcpy(foreign.data() + 4, "ONNX", 4);
   Status st = load_status(foreign);

@@ -41,7 +41,7 @@
 #include "tools/shuffle.h"
 
 #ifndef EDGETUNE_VERSION
-#define EDGETUNE_VERSION "0.1.0"  // keep in step with CMakeLists.txt project(VERSION)
+#define EDGETUNE_VERSION "0.1.0"  // CMake passes project(VERSION); this is for builds without it
 #endif
 
 namespace edgetune {

@@ -18,10 +18,44 @@ def test_demo_default_trains_and_loss_falls(capsys):
 
 
 def test_demo_saves_trained_weights(tmp_path):
-    path = tmp_path / "trained.npz"
+    from safetensors.numpy import load_file
+    path = tmp_path / "trained.safetensors"
     assert main(["demo", "--steps", "8", "--save", str(path)]) == 0
-    state = np.load(path)
-    assert {"conv1.weight", "bn1.running_mean", "fc.weight", "fc.bias"} <= set(state.files)
+    state = load_file(str(path))
+    assert {"conv1.weight", "bn1.running_mean", "fc.weight", "fc.bias"} <= set(state)
+
+
+def test_demo_runs_on_the_reference_backend_too(capsys):
+    assert main(["demo", "--steps", "6", "--backend", "reference"]) == 0
+    assert "numpy reference executor" in capsys.readouterr().out
+
+
+def test_compile_writes_a_plan_that_sessions_load(tmp_path, capsys):
+    import edgetune as et
+    out = tmp_path / "cnn.etp"
+    assert main(["compile", "--peft", "bias", "--batch", "4", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "memory plan" in printed and "arena" in printed
+    sess = et.Session(str(out), backend="cpu")
+    assert sess.memory["arena_bytes"] > 0
+
+
+def test_compile_emit_binary_writes_a_runnable_trainer(tmp_path):
+    import shutil
+    if shutil.which("edgetune-train") is None:
+        import pytest
+        pytest.skip("edgetune-train is not installed")
+    out = tmp_path / "build"
+    assert main(["compile", "--peft", "last:2", "--batch", "4", "-o", str(out), "--emit-binary"]) == 0
+    binary = out / "train"
+    assert (out / "small_cnn.etp").exists() and binary.exists()
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "x.npy", rng.standard_normal((8, 3, 32, 32)).astype(np.float32))
+    np.save(tmp_path / "y.npy", rng.integers(0, 10, 8))
+    run = subprocess.run([str(binary), "--inputs", str(tmp_path / "x.npy"), "--targets", str(tmp_path / "y.npy"),
+                          "--steps", "3", "--out", str(tmp_path / "w.safetensors")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "w.safetensors").exists()
 
 
 def test_compile_writes_text_ir_that_parses(tmp_path):

@@ -301,10 +301,13 @@ void stage_row(const float* row, int64_t W, int64_t P, int64_t S, int64_t np, fl
     const int64_t q1 = std::max(q0, std::min(np, W + P - r > 0 ? (W + P - r + S - 1) / S : 0));
     std::fill(d, d + q0, 0.0f);
     const float* src = row + q0 * S + r - P;
+    const int64_t n = q1 - q0;
     if (S == 1) {
-      std::memcpy(d + q0, src, sizeof(float) * (q1 - q0));
+      std::memcpy(d + q0, src, sizeof(float) * n);
+    } else if (S == 2) {  // constant stride: vectorizes as a deinterleave
+      for (int64_t k = 0; k < n; ++k) d[q0 + k] = src[2 * k];
     } else {
-      for (int64_t q = q0; q < q1; ++q) d[q] = src[(q - q0) * S];
+      for (int64_t k = 0; k < n; ++k) d[q0 + k] = src[k * S];
     }
     std::fill(d + q1, d + np, 0.0f);
   }
@@ -313,24 +316,6 @@ void stage_row(const float* row, int64_t W, int64_t P, int64_t S, int64_t np, fl
 // dst[k] += w * src[k]
 inline void axpy(float* __restrict dst, const float* __restrict src, float w, int64_t n) {
   for (int64_t k = 0; k < n; ++k) dst[k] += w * src[k];
-}
-
-// sum a[k] * b[k], fixed order: float lanes (vectorizable without reassociation) over blocks of
-// 512, each block's lanes added into a double so long rows do not lose precision
-double dot(const float* a, const float* b, int64_t n) {
-  constexpr int kLanes = 16;
-  constexpr int64_t kBlock = 512;
-  double s = 0;
-  int64_t k = 0;
-  while (n - k >= kLanes) {
-    const int64_t end = k + std::min(kBlock, (n - k) / kLanes * kLanes);
-    float lane[kLanes] = {};
-    for (; k < end; k += kLanes)
-      for (int l = 0; l < kLanes; ++l) lane[l] += a[k + l] * b[k + l];
-    for (int l = 0; l < kLanes; ++l) s += lane[l];
-  }
-  for (; k < n; ++k) s += static_cast<double>(a[k]) * b[k];
-  return s;
 }
 
 void conv_depthwise(const Conv& c, const float* x, const float* w, const float* bias, float* y, ThreadPool* pool) {
@@ -489,13 +474,21 @@ void grad_input_depthwise(const Conv& c, const float* dy, const float* w, float*
             }
           }
         }
+        // crop: dx[iw] = padded[iw + PW], padded[q*SW + r] = acc[r*np + q]
         float* dxr = dx + p * plane + ih * c.W;
         if (c.SW == 1) {
           std::memcpy(dxr, acc + c.PW, sizeof(float) * c.W);
         } else {
-          for (int64_t iw = 0; iw < c.W; ++iw) {
-            const int64_t t = iw + c.PW;
-            dxr[iw] = acc[(t % c.SW) * np + t / c.SW];
+          for (int64_t r = 0; r < c.SW; ++r) {
+            const int64_t q0 = c.PW - r > 0 ? (c.PW - r + c.SW - 1) / c.SW : 0;  // first q with iw >= 0
+            const int64_t q1 = (c.W + c.PW - r + c.SW - 1) / c.SW;            // first q with iw >= W
+            const float* src = acc + r * np;
+            float* dst = dxr + q0 * c.SW + r - c.PW;
+            if (c.SW == 2) {
+              for (int64_t k = 0; k < q1 - q0; ++k) dst[2 * k] = src[q0 + k];
+            } else {
+              for (int64_t k = 0; k < q1 - q0; ++k) dst[k * c.SW] = src[q0 + k];
+            }
           }
         }
       }
@@ -615,33 +608,46 @@ void grad_weight_depthwise_generic(const Conv& c, const float* dy, const float* 
 void grad_weight_depthwise(const Conv& c, const float* dy, const float* x, float* dw, ThreadPool* pool) {
   if (!stageable(c)) return grad_weight_depthwise_generic(c, dy, x, dw, pool);
   const int64_t mult = c.Og(), plane = c.H * c.W, oplane = c.HO * c.WO, np = stage_positions(c);
+  const int64_t taps = c.KH * c.KW;
+  constexpr int kLanes = 16;
+  constexpr int64_t kFlushRows = 8;  // float lanes go into the double sums every 8 output rows
   // one output channel per task: its kh*kw sums over the whole batch stay on one thread, in order
-  pool->parallel_for(c.O, std::max<int64_t>(1, 16384 / std::max<int64_t>(c.N * oplane * c.KH * c.KW, 1)),
+  pool->parallel_for(c.O, std::max<int64_t>(1, 16384 / std::max<int64_t>(c.N * oplane * taps, 1)),
                      [&](int64_t o0, int64_t o1) {
     alignas(64) float ph[kStageFloats];
+    alignas(64) float lanes[kMaxTaps][kLanes];
     double s[kMaxTaps];
     for (int64_t o = o0; o < o1; ++o) {
-      std::fill(s, s + c.KH * c.KW, 0.0);
+      std::fill(s, s + taps, 0.0);
       for (int64_t n = 0; n < c.N; ++n) {
         const float* xc = x + (n * c.C + o / mult) * plane;
-        for (int64_t oh = 0; oh < c.HO; ++oh) {
-          const float* dyr = dy + (n * c.O + o) * oplane + oh * c.WO;
-          for (int64_t i = 0; i < c.KH; ++i) {
-            const int64_t ih = oh * c.SH - c.PH + i * c.DH;
-            if (ih < 0 || ih >= c.H) continue;
-            stage_row(xc + ih * c.W, c.W, c.PW, c.SW, np, ph);
-            for (int64_t j = 0; j < c.KW; ++j) {
-              const int64_t t = j * c.DW;
-              s[i * c.KW + j] += dot(dyr, ph + (t % c.SW) * np + t / c.SW, c.WO);
+        for (int64_t oh0 = 0; oh0 < c.HO; oh0 += kFlushRows) {
+          for (int64_t t = 0; t < taps; ++t) std::fill(lanes[t], lanes[t] + kLanes, 0.0f);
+          for (int64_t oh = oh0; oh < std::min(c.HO, oh0 + kFlushRows); ++oh) {
+            const float* dyr = dy + (n * c.O + o) * oplane + oh * c.WO;
+            for (int64_t i = 0; i < c.KH; ++i) {
+              const int64_t ih = oh * c.SH - c.PH + i * c.DH;
+              if (ih < 0 || ih >= c.H) continue;
+              stage_row(xc + ih * c.W, c.W, c.PW, c.SW, np, ph);
+              for (int64_t j = 0; j < c.KW; ++j) {
+                const int64_t t = j * c.DW;
+                const float* src = ph + (t % c.SW) * np + t / c.SW;
+                float* lt = lanes[i * c.KW + j];
+                int64_t k = 0;
+                for (; k + kLanes <= c.WO; k += kLanes)
+                  for (int l = 0; l < kLanes; ++l) lt[l] += dyr[k + l] * src[k + l];
+                for (int l = 0; k + l < c.WO; ++l) lt[l] += dyr[k + l] * src[k + l];
+              }
             }
           }
+          for (int64_t t = 0; t < taps; ++t)
+            for (int l = 0; l < kLanes; ++l) s[t] += lanes[t][l];
         }
       }
-      for (int64_t k = 0; k < c.KH * c.KW; ++k) dw[o * c.KH * c.KW + k] = static_cast<float>(s[k]);
+      for (int64_t t = 0; t < taps; ++t) dw[o * taps + t] = static_cast<float>(s[t]);
     }
   });
 }
-
 
 Status grad_weight_run(const KernelArgs& a) {
   Conv c;

@@ -100,14 +100,29 @@ Status max_check(const KernelArgs& a) {
   return Status::Ok();
 }
 
-// Output positions o in [lo, hi) whose input coordinate o*s - p + kd lies inside [0, size).
-void valid_range(int64_t out, int64_t size, int64_t s, int64_t p, int64_t kd, int64_t* lo, int64_t* hi) {
-  const int64_t off = kd - p;
-  int64_t l = off >= 0 ? 0 : (-off + s - 1) / s;
-  int64_t h = size - off <= 0 ? 0 : (size - off - 1) / s + 1;
-  l = std::min(l, out);
-  *lo = l;
-  *hi = std::max(l, std::min(h, out));
+// The max-pool rows are staged like the depthwise conv's (conv.cc): each input row a window row
+// reads is copied into a stack buffer padded with -inf and split into SW phases,
+// ph[r * np + q] = xpad[q * SW + r], so tap j of output column ow reads phase (j*DW) % SW at
+// position ow + (j*DW) / SW — a contiguous, bounds-free loop whatever the stride or dilation.
+constexpr int64_t kStageFloats = 8192;  // 32 KiB of stack per thread
+
+void stage_row(const float* row, int64_t W, int64_t P, int64_t S, int64_t np, float pad, float* ph) {
+  for (int64_t r = 0; r < S; ++r) {
+    float* d = ph + r * np;
+    const int64_t q0 = std::min(np, P - r > 0 ? (P - r + S - 1) / S : 0);  // first q inside the row
+    const int64_t q1 = std::max(q0, std::min(np, W + P - r > 0 ? (W + P - r + S - 1) / S : 0));
+    std::fill(d, d + q0, pad);
+    const float* src = row + q0 * S + r - P;
+    const int64_t n = q1 - q0;
+    if (S == 1) {
+      std::copy(src, src + n, d + q0);
+    } else if (S == 2) {
+      for (int64_t k = 0; k < n; ++k) d[q0 + k] = src[2 * k];
+    } else {
+      for (int64_t k = 0; k < n; ++k) d[q0 + k] = src[k * S];
+    }
+    std::fill(d + q1, d + np, pad);
+  }
 }
 
 Status max_run(const KernelArgs& a) {
@@ -118,43 +133,67 @@ Status max_run(const KernelArgs& a) {
   int64_t* idx = a.out(1).as<int64_t>();
   const float ninf = -std::numeric_limits<float>::infinity();
   const int64_t plane = p.H * p.W, oplane = p.HO * p.WO;
-  // Window order is (i, j); the reference pads with (-inf, index -1) and takes the first maximum
-  // (numpy argmax, NaN winning). So: start every output at its first tap (a padding tap gives
-  // (-inf, -1)), then let each in-range tap replace it only when strictly greater (or the first
-  // NaN). Out-of-range taps can never replace anything, so they are skipped. Done a row of outputs
-  // at a time, tap by tap, so the compare-and-select vectorizes across the row instead of
-  // branching per element.
+  const int64_t np = p.WO + ((p.KW - 1) * p.DW) / p.SW;
+  // tap offsets (i*DH*W + j*DW) are kept as int32
+  const bool staged = p.SW * np <= kStageFloats && p.WO <= kStageFloats && p.KH * p.DH * p.W + p.KW * p.DW < (int64_t{1} << 31);
+  // The reference pads with (-inf, index -1) and takes the first maximum in window order (numpy
+  // argmax; NaN wins, the first NaN stays). So every output starts at (-inf, tap 0) and a tap
+  // replaces it only when strictly greater (or the first NaN); a padding tap (-inf) never does,
+  // and when nothing beats -inf the answer is tap 0, padding or not. Taps are tracked by their
+  // flat offset from tap 0 (i*DH*W + j*DW, 0 only for tap 0), which becomes the flat index at the
+  // end of the row: -1 when the winner is tap 0 and tap 0 lies in the padding.
   a.pool->parallel_for(p.N * p.C, plane_grain(oplane * p.KH * p.KW), [&](int64_t q0, int64_t q1) {
+    alignas(64) float ph[kStageFloats];
+    alignas(64) int32_t tap[kStageFloats];
     for (int64_t q = q0; q < q1; ++q) {
       const float* xp = x + q * plane;
       for (int64_t oh = 0; oh < p.HO; ++oh) {
         float* __restrict best = y + q * oplane + oh * p.WO;
-        int64_t* __restrict arg = idx + q * oplane + oh * p.WO;
+        int64_t* arg = idx + q * oplane + oh * p.WO;
         const int64_t ih0 = oh * p.SH - p.PH;
+        if (!staged) {  // rows wider than the stage buffer: the same rule, one output at a time
+          for (int64_t ow = 0; ow < p.WO; ++ow) {
+            float b = ninf;
+            int64_t k_best = 0;
+            for (int64_t i = 0; i < p.KH; ++i) {
+              const int64_t ih = ih0 + i * p.DH;
+              if (ih < 0 || ih >= p.H) continue;
+              for (int64_t j = 0; j < p.KW; ++j) {
+                const int64_t iw = ow * p.SW - p.PW + j * p.DW;
+                if (iw < 0 || iw >= p.W) continue;
+                const float v = xp[ih * p.W + iw];
+                if (v > b || (v != v && b == b)) b = v, k_best = i * p.KW + j;
+              }
+            }
+            const int64_t ih = ih0 + (k_best / p.KW) * p.DH, iw = ow * p.SW - p.PW + (k_best % p.KW) * p.DW;
+            best[ow] = b;
+            arg[ow] = ih >= 0 && ih < p.H && iw >= 0 && iw < p.W ? ih * p.W + iw : -1;
+          }
+          continue;
+        }
+        std::fill(best, best + p.WO, ninf);
+        std::fill(tap, tap + p.WO, 0);
+        for (int64_t i = 0; i < p.KH; ++i) {
+          const int64_t ih = ih0 + i * p.DH;
+          if (ih < 0 || ih >= p.H) continue;  // an all-padding row replaces nothing
+          stage_row(xp + ih * p.W, p.W, p.PW, p.SW, np, ninf, ph);
+          for (int64_t j = 0; j < p.KW; ++j) {
+            const int64_t t = j * p.DW;
+            const float* __restrict src = ph + (t % p.SW) * np + t / p.SW;
+            const int32_t k = static_cast<int32_t>(i * p.DH * p.W + j * p.DW);
+            for (int64_t ow = 0; ow < p.WO; ++ow) {
+              const float v = src[ow], b = best[ow];
+              const bool take = v > b || (v != v && b == b);
+              best[ow] = take ? v : b;
+              tap[ow] = take ? k : tap[ow];
+            }
+          }
+        }
         const bool row0_in = ih0 >= 0 && ih0 < p.H;
         for (int64_t ow = 0; ow < p.WO; ++ow) {
           const int64_t iw0 = ow * p.SW - p.PW;
-          const bool in = row0_in && iw0 >= 0 && iw0 < p.W;
-          best[ow] = in ? xp[ih0 * p.W + iw0] : ninf;
-          arg[ow] = in ? ih0 * p.W + iw0 : -1;
-        }
-        for (int64_t i = 0; i < p.KH; ++i) {
-          const int64_t ih = ih0 + i * p.DH;
-          if (ih < 0 || ih >= p.H) continue;
-          const float* xr = xp + ih * p.W;
-          for (int64_t j = 0; j < p.KW; ++j) {
-            int64_t lo, hi;
-            valid_range(p.WO, p.W, p.SW, p.PW, j * p.DW, &lo, &hi);
-            const int64_t off = j * p.DW - p.PW;  // input column of output ow: ow * SW + off
-            for (int64_t ow = lo; ow < hi; ++ow) {
-              const int64_t iw = ow * p.SW + off;
-              const float v = xr[iw];
-              const float b = best[ow];
-              const bool take = v > b || (v != v && b == b);
-              best[ow] = take ? v : b;
-              arg[ow] = take ? ih * p.W + iw : arg[ow];
-            }
-          }
+          const bool tap0_in = row0_in && iw0 >= 0 && iw0 < p.W;
+          arg[ow] = tap[ow] == 0 && !tap0_in ? -1 : ih0 * p.W + iw0 + tap[ow];
         }
       }
     }
