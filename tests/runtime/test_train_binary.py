@@ -8,8 +8,8 @@ missing file, unwritable --out, unknown flag, wrong --batch, damaged plan) is on
 exit status 2 (1 for a bad plan) and costs no training; NaN data stops with exit status 3 and
 leaves an existing output file untouched; a binary from `emit_binary` trains with no PLAN.
 
-The binary is $EDGETUNE_TRAIN, else the one edgetune finds (runtime/binary.py); tests that need
-it or a plan writer skip with the reason when those are not built.
+The binary is $EDGETUNE_TRAIN, else the one edgetune finds (runtime/binary.py). `pip install`
+builds it, so a missing binary is a failure, not a skip.
 """
 
 from __future__ import annotations
@@ -36,10 +36,7 @@ IN_FEATURES, CLASSES, BATCH, SAMPLES = 8, 3, 8, 400  # 50 steps per epoch
 # ---- fixtures ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def train_exe():
-    try:
-        return binary.find_train_binary()
-    except EdgetuneError as e:
-        pytest.skip(f"edgetune-train is not built: {e}")
+    return binary.find_train_binary()
 
 
 def _compile(optimizer=None):
@@ -56,13 +53,8 @@ def _compile(optimizer=None):
 def mlp(tmp_path_factory):
     """(model, program, plan path) for a small MLP classifier."""
     model, prog = _compile()
-    if not hasattr(prog, "save"):
-        pytest.skip("Program.save (the plan writer) is not available yet")
     path = tmp_path_factory.mktemp("plan") / "mlp.etp"
-    try:
-        prog.save(path)
-    except EdgetuneError as e:  # the plan writer needs the native runtime's kernels
-        pytest.skip(f"cannot write a plan in this install: {e}")
+    prog.save(path)
     return model, prog, path
 
 
@@ -189,10 +181,7 @@ def test_batchnorm_buffers_and_default_progress(train_exe, tmp_path):
     model = models.build("small_cnn")
     (x,), y = models.example_inputs("small_cnn", model, batch=4, resolution=8)
     prog = et.compile(model, (x,), y, loss="cross_entropy", peft=et.peft.BiasOnly(), optimizer=et.optim.SGD(lr=0.05))
-    try:
-        prog.save(tmp_path / "cnn.etp")
-    except EdgetuneError as e:
-        pytest.skip(f"cannot write a plan in this install: {e}")
+    prog.save(tmp_path / "cnn.etp")
     rng = np.random.default_rng(0)
     np.save(tmp_path / "x.npy", rng.standard_normal((64, *x.shape[1:])).astype(np.float32))
     np.save(tmp_path / "y.npy", rng.integers(0, int(y.max()) + 1, 64))
@@ -283,15 +272,28 @@ def test_usage_errors(train_exe, mlp, data, tmp_path):
     assert proc.returncode == 0 and "--inputs" in proc.stdout
 
 
-def test_damaged_plan_is_a_runtime_error(train_exe, mlp, data, tmp_path):
-    _, _, plan = mlp
+@pytest.mark.parametrize("damage,message", [("bitflip", "checksum mismatch"), ("truncate", "truncated"),
+                                            ("identifier", "not an edgetune plan"),
+                                            ("version", "plan format version 7; this runtime reads version 1")])
+def test_damaged_plan_is_a_runtime_error(train_exe, mlp, data, tmp_path, monkeypatch, damage, message):
+    from edgetune.compiler import plan_file
+    _, prog, plan = mlp
     x, y = data
     raw = bytearray(plan.read_bytes())
-    raw[len(raw) // 2] ^= 0xFF
+    if damage == "bitflip":
+        raw[len(raw) // 2] ^= 0xFF
+    elif damage == "truncate":
+        raw = raw[: len(raw) - 100]
+    elif damage == "identifier":
+        raw[4:8] = b"PK\x03\x04"
+    else:
+        monkeypatch.setattr(plan_file, "FORMAT_VERSION", 7)
+        raw = plan_file.build_plan(prog, "cpu")
     (tmp_path / "bad.etp").write_bytes(bytes(raw))
     proc = run(train_exe, tmp_path / "bad.etp", "--inputs", x, "--targets", y)
     assert proc.returncode == 1
     assert_one_error_line(proc, "bad.etp")
+    assert message in proc.stderr
 
 
 def test_nan_data_exits_3_and_keeps_existing_output(train_exe, mlp, tmp_path):

@@ -274,22 +274,28 @@ void conv_depthwise_generic(const Conv& c, const float* x, const float* w, const
 // The fast depthwise path copies each input row it needs into a stack buffer, zero-padded and
 // split into SW phases: ph[r * np + q] = xpad[q * SW + r]. Tap (i, j) of output column ow then
 // reads phase (j*DW) % SW at position ow + (j*DW) / SW, so every tap is one contiguous,
-// bounds-free vector loop over the output row, whatever the stride, padding or dilation.
+// bounds-free vector loop over the output row, whatever the stride, padding or dilation. Rows
+// are staged a little past WO (to a whole number of kChunk vectors), so the loops never need a
+// scalar tail: the extra outputs are computed from zero padding and thrown away.
 // Rows too wide for the buffer (or more than kMaxTaps taps) take the generic loops above.
 
-constexpr int64_t kStageFloats = 8192;  // 32 KiB of stack per thread
+constexpr int64_t kStageFloats = 8192;  // 32 KiB of stack per thread per buffer
 constexpr int64_t kMaxTaps = 64;
+constexpr int64_t kChunk = 16;          // floats per vector step of the row loops
 
-// positions per phase the forward / weight-gradient taps read
-int64_t stage_positions(const Conv& c) { return c.WO + ((c.KW - 1) * c.DW) / c.SW; }
+int64_t round_chunk(int64_t n) { return (n + kChunk - 1) / kChunk * kChunk; }
 
-// padded phase positions the input-gradient rows cover (the scatter targets and the cropped row)
+// positions per phase the forward / weight-gradient taps read (whole chunks of outputs)
+int64_t stage_positions(const Conv& c) { return round_chunk(c.WO) + ((c.KW - 1) * c.DW) / c.SW; }
+
+// padded phase positions the input-gradient rows cover: the scatter targets and the cropped row
 int64_t scatter_positions(const Conv& c) {
   return std::max(c.W - 1 + c.PW, (c.WO - 1) * c.SW + (c.KW - 1) * c.DW) / c.SW + 1;
 }
 
 bool stageable(const Conv& c) {
-  return c.SW * std::max(stage_positions(c), scatter_positions(c)) <= kStageFloats && c.KH * c.KW <= kMaxTaps;
+  return c.KH * c.SW * stage_positions(c) <= kStageFloats && c.SW * scatter_positions(c) <= kStageFloats &&
+         c.KH * c.KW <= kMaxTaps;
 }
 
 // ph[r * np + q] = row[q * S + r - P] where that lies in [0, W), else 0.
@@ -318,33 +324,70 @@ inline void axpy(float* __restrict dst, const float* __restrict src, float w, in
   for (int64_t k = 0; k < n; ++k) dst[k] += w * src[k];
 }
 
+#if defined(__GNUC__) || defined(__clang__)
+typedef float VChunk __attribute__((vector_size(kChunk * sizeof(float))));
+typedef float VChunkU __attribute__((vector_size(kChunk * sizeof(float)), aligned(alignof(float)), may_alias));
+
+// y[k] = b + sum_t w[t] * src[t][k] for the NV chunks at k0: all taps accumulate in registers
+// (NV independent chains hide the FMA latency), y is written once.
+template <int NV>
+inline void taps_chunk(float* out, int64_t k0, float b, const float* const* src, const float* w, int64_t taps) {
+  VChunk acc[NV];
+  for (int v = 0; v < NV; ++v) acc[v] = VChunk{} + b;
+  for (int64_t t = 0; t < taps; ++t) {
+    const float wt = w[t];
+    const float* s = src[t] + k0;
+    for (int v = 0; v < NV; ++v) acc[v] += wt * *reinterpret_cast<const VChunkU*>(s + v * kChunk);
+  }
+  for (int v = 0; v < NV; ++v) *reinterpret_cast<VChunkU*>(out + k0 + v * kChunk) = acc[v];
+}
+
+// out[0..n) (n whole chunks) = b + sum_t w[t] * src[t][0..n)
+void taps_row(float* out, int64_t n, float b, const float* const* src, const float* w, int64_t taps) {
+  int64_t k = 0;
+  for (; k + 4 * kChunk <= n; k += 4 * kChunk) taps_chunk<4>(out, k, b, src, w, taps);
+  if (k + 2 * kChunk <= n) taps_chunk<2>(out, k, b, src, w, taps), k += 2 * kChunk;
+  if (k < n) taps_chunk<1>(out, k, b, src, w, taps);
+}
+#else
+void taps_row(float* out, int64_t n, float b, const float* const* src, const float* w, int64_t taps) {
+  std::fill(out, out + n, b);
+  for (int64_t t = 0; t < taps; ++t) axpy(out, src[t], w[t], n);
+}
+#endif
+
 void conv_depthwise(const Conv& c, const float* x, const float* w, const float* bias, float* y, ThreadPool* pool) {
   if (!stageable(c)) return conv_depthwise_generic(c, x, w, bias, y, pool);
-  const int64_t mult = c.Og(), plane = c.HO * c.WO, np = stage_positions(c);
+  const int64_t mult = c.Og(), plane = c.HO * c.WO, np = stage_positions(c), nout = round_chunk(c.WO);
   pool->parallel_for(c.N * c.O, plane_grain(plane * c.KH * c.KW), [&](int64_t p0, int64_t p1) {
-    alignas(64) float ph[kStageFloats];
+    alignas(64) float ph[kStageFloats];  // the KH staged input rows of one output row
+    alignas(64) float row[kStageFloats];  // one output row, whole chunks
+    const float* src[kMaxTaps];
+    float wt[kMaxTaps];
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t n = p / c.O, o = p % c.O;
       const float* xc = x + (n * c.C + o / mult) * c.H * c.W;
       const float* wo = w + o * c.KH * c.KW;
       const float b0 = bias ? bias[o] : 0.0f;
       for (int64_t oh = 0; oh < c.HO; ++oh) {
-        float* yr = y + p * plane + oh * c.WO;
-        std::fill(yr, yr + c.WO, b0);
+        int64_t taps = 0;
         for (int64_t i = 0; i < c.KH; ++i) {
           const int64_t ih = oh * c.SH - c.PH + i * c.DH;
           if (ih < 0 || ih >= c.H) continue;  // a padding row adds nothing
-          stage_row(xc + ih * c.W, c.W, c.PW, c.SW, np, ph);
-          for (int64_t j = 0; j < c.KW; ++j) {
+          float* phi = ph + i * c.SW * np;
+          stage_row(xc + ih * c.W, c.W, c.PW, c.SW, np, phi);
+          for (int64_t j = 0; j < c.KW; ++j, ++taps) {
             const int64_t t = j * c.DW;
-            axpy(yr, ph + (t % c.SW) * np + t / c.SW, wo[i * c.KW + j], c.WO);
+            src[taps] = phi + (t % c.SW) * np + t / c.SW;
+            wt[taps] = wo[i * c.KW + j];
           }
         }
+        taps_row(row, nout, b0, src, wt, taps);  // taps in (i, j) order
+        std::memcpy(y + p * plane + oh * c.WO, row, sizeof(float) * c.WO);
       }
     }
   });
 }
-
 
 Status conv_run(const KernelArgs& a) {
   const Conv c = conv_of(a);
@@ -496,7 +539,6 @@ void grad_input_depthwise(const Conv& c, const float* dy, const float* w, float*
   });
 }
 
-
 Status grad_input_run(const KernelArgs& a) {
   Conv c;
   (void)grad_input_geometry(a, &c);
@@ -608,23 +650,24 @@ void grad_weight_depthwise_generic(const Conv& c, const float* dy, const float* 
 void grad_weight_depthwise(const Conv& c, const float* dy, const float* x, float* dw, ThreadPool* pool) {
   if (!stageable(c)) return grad_weight_depthwise_generic(c, dy, x, dw, pool);
   const int64_t mult = c.Og(), plane = c.H * c.W, oplane = c.HO * c.WO, np = stage_positions(c);
-  const int64_t taps = c.KH * c.KW;
-  constexpr int kLanes = 16;
+  const int64_t taps = c.KH * c.KW, nout = round_chunk(c.WO);
   constexpr int64_t kFlushRows = 8;  // float lanes go into the double sums every 8 output rows
   // one output channel per task: its kh*kw sums over the whole batch stay on one thread, in order
   pool->parallel_for(c.O, std::max<int64_t>(1, 16384 / std::max<int64_t>(c.N * oplane * taps, 1)),
                      [&](int64_t o0, int64_t o1) {
     alignas(64) float ph[kStageFloats];
-    alignas(64) float lanes[kMaxTaps][kLanes];
+    alignas(64) float dyb[kStageFloats];
+    alignas(64) float lanes[kMaxTaps][kChunk];
     double s[kMaxTaps];
     for (int64_t o = o0; o < o1; ++o) {
       std::fill(s, s + taps, 0.0);
       for (int64_t n = 0; n < c.N; ++n) {
         const float* xc = x + (n * c.C + o / mult) * plane;
         for (int64_t oh0 = 0; oh0 < c.HO; oh0 += kFlushRows) {
-          for (int64_t t = 0; t < taps; ++t) std::fill(lanes[t], lanes[t] + kLanes, 0.0f);
+          for (int64_t t = 0; t < taps; ++t) std::fill(lanes[t], lanes[t] + kChunk, 0.0f);
           for (int64_t oh = oh0; oh < std::min(c.HO, oh0 + kFlushRows); ++oh) {
-            const float* dyr = dy + (n * c.O + o) * oplane + oh * c.WO;
+            std::memcpy(dyb, dy + (n * c.O + o) * oplane + oh * c.WO, sizeof(float) * c.WO);
+            std::fill(dyb + c.WO, dyb + nout, 0.0f);  // zero tail: the extra products vanish
             for (int64_t i = 0; i < c.KH; ++i) {
               const int64_t ih = oh * c.SH - c.PH + i * c.DH;
               if (ih < 0 || ih >= c.H) continue;
@@ -633,15 +676,13 @@ void grad_weight_depthwise(const Conv& c, const float* dy, const float* x, float
                 const int64_t t = j * c.DW;
                 const float* src = ph + (t % c.SW) * np + t / c.SW;
                 float* lt = lanes[i * c.KW + j];
-                int64_t k = 0;
-                for (; k + kLanes <= c.WO; k += kLanes)
-                  for (int l = 0; l < kLanes; ++l) lt[l] += dyr[k + l] * src[k + l];
-                for (int l = 0; k + l < c.WO; ++l) lt[l] += dyr[k + l] * src[k + l];
+                for (int64_t k = 0; k < nout; k += kChunk)
+                  for (int l = 0; l < kChunk; ++l) lt[l] += dyb[k + l] * src[k + l];
               }
             }
           }
           for (int64_t t = 0; t < taps; ++t)
-            for (int l = 0; l < kLanes; ++l) s[t] += lanes[t][l];
+            for (int l = 0; l < kChunk; ++l) s[t] += lanes[t][l];
         }
       }
       for (int64_t t = 0; t < taps; ++t) dw[o * taps + t] = static_cast<float>(s[t]);

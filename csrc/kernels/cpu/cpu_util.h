@@ -1,5 +1,5 @@
 // Helpers shared by the CPU kernels: dtype dispatch, check() building blocks, parallel loops,
-// a vectorizable float exp, and byte-wise copies for the dtype-generic data-movement ops.
+// a parallel byte copy, and float exp / tanh / erfc that vectorize (libm's do not).
 #pragma once
 
 #include <cmath>

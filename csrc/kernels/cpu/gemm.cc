@@ -43,10 +43,11 @@ constexpr int kVec = 4, kMR = 4, kNV = 2;  // SSE2: 8 accumulators
 #endif
 constexpr int kNR = kVec * kNV;
 
-// Cache blocking. Stack per thread: (kMC + kNC) * kKC * 4 bytes = 224 KiB with the AVX-512 tile.
+// Cache blocking. Stack per thread: (kMC + kNC) * kKC * 4 bytes = 352 KiB with the AVX-512 tile
+// (160 KiB with NEON's): fine for glibc's 8 MiB thread stacks, too much for musl's 128 KiB default.
 constexpr int64_t kKC = 256;
 constexpr int64_t kMC = kMR * 8;
-constexpr int64_t kNC = kNR * 4;
+constexpr int64_t kNC = kNR * 8;
 
 // Below this many multiply-adds one thread is faster than waking the pool.
 constexpr int64_t kMinParallelMacs = int64_t{1} << 18;
@@ -62,7 +63,51 @@ struct Gemm {
   float beta;
   float* C;
   int64_t ldc;
+  const float* row_bias;
+  const float* col_bias;
 };
+
+// dst[k * width + r] = src[r * ld + k] for r < rows, k < kc, and 0 for rows <= r < width: the
+// transposing copy both packs need when their operand runs along K in memory (a non-transposed A,
+// a transposed B). Done in 4x4 blocks transposed in registers (two rounds of shuffles, lowered to
+// unpck/shuf on x86 and zip/trn on NEON), which is several times faster than element copies.
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+typedef float F4 __attribute__((vector_size(16)));
+typedef float F4U __attribute__((vector_size(16), aligned(alignof(float)), may_alias));
+#define ET_HAVE_SHUFFLE 1
+#endif
+
+void pack_transposed(const float* src, int64_t ld, int64_t rows, int64_t kc, int width, float* dst) {
+  int64_t r = 0;
+#ifdef ET_HAVE_SHUFFLE
+  for (; r + 4 <= rows; r += 4) {
+    const float* s0 = src + r * ld;
+    const float* s1 = s0 + ld;
+    const float* s2 = s1 + ld;
+    const float* s3 = s2 + ld;
+    int64_t k = 0;
+    for (; k + 4 <= kc; k += 4) {
+      const F4 a = *reinterpret_cast<const F4U*>(s0 + k), b = *reinterpret_cast<const F4U*>(s1 + k);
+      const F4 c = *reinterpret_cast<const F4U*>(s2 + k), d = *reinterpret_cast<const F4U*>(s3 + k);
+      const F4 ab_lo = __builtin_shufflevector(a, b, 0, 4, 1, 5), ab_hi = __builtin_shufflevector(a, b, 2, 6, 3, 7);
+      const F4 cd_lo = __builtin_shufflevector(c, d, 0, 4, 1, 5), cd_hi = __builtin_shufflevector(c, d, 2, 6, 3, 7);
+      float* o = dst + k * width + r;
+      *reinterpret_cast<F4U*>(o) = __builtin_shufflevector(ab_lo, cd_lo, 0, 1, 4, 5);
+      *reinterpret_cast<F4U*>(o + width) = __builtin_shufflevector(ab_lo, cd_lo, 2, 3, 6, 7);
+      *reinterpret_cast<F4U*>(o + 2 * width) = __builtin_shufflevector(ab_hi, cd_hi, 0, 1, 4, 5);
+      *reinterpret_cast<F4U*>(o + 3 * width) = __builtin_shufflevector(ab_hi, cd_hi, 2, 3, 6, 7);
+    }
+    for (; k < kc; ++k) {
+      float* o = dst + k * width + r;
+      o[0] = s0[k], o[1] = s1[k], o[2] = s2[k], o[3] = s3[k];
+    }
+  }
+#endif
+  for (; r < rows; ++r)
+    for (int64_t k = 0; k < kc; ++k) dst[k * width + r] = src[r * ld + k];
+  if (rows < width)
+    for (int64_t k = 0; k < kc; ++k) std::fill(dst + k * width + rows, dst + (k + 1) * width, 0.0f);
+}
 
 // A rows [i0, i0+mc) x cols [k0, k0+kc) -> kMR-row slivers, each stored k-major (kMR per k).
 void pack_a(const Gemm& g, int64_t i0, int64_t mc, int64_t k0, int64_t kc, float* pa) {
@@ -76,17 +121,8 @@ void pack_a(const Gemm& g, int64_t i0, int64_t mc, int64_t k0, int64_t kc, float
         for (int64_t r = 0; r < rows; ++r) d[r] = src[r];
         for (int64_t r = rows; r < kMR; ++r) d[r] = 0.0f;
       }
-    } else {  // A stored [M, K]: read kMR rows side by side
-      const float* src = g.A + (i0 + s) * g.lda + k0;
-      if (rows == kMR) {
-        for (int64_t k = 0; k < kc; ++k)
-          for (int r = 0; r < kMR; ++r) dst[k * kMR + r] = src[r * g.lda + k];
-      } else {
-        for (int64_t k = 0; k < kc; ++k) {
-          for (int64_t r = 0; r < rows; ++r) dst[k * kMR + r] = src[r * g.lda + k];
-          for (int64_t r = rows; r < kMR; ++r) dst[k * kMR + r] = 0.0f;
-        }
-      }
+    } else {  // A stored [M, K]: kMR rows, each contiguous along K
+      pack_transposed(g.A + (i0 + s) * g.lda + k0, g.lda, rows, kc, kMR, dst);
     }
   }
 }
@@ -106,27 +142,38 @@ void pack_b(const Gemm& g, int64_t k0, int64_t kc, int64_t j0, int64_t nc, float
           for (int64_t c = cols; c < kNR; ++c) dst[k * kNR + c] = 0.0f;
         }
       }
-    } else {  // B stored [N, K]: each column of the sliver is a contiguous row of B
-      for (int64_t c = 0; c < cols; ++c) {
-        const float* src = g.B + (j0 + t + c) * g.ldb + k0;
-        for (int64_t k = 0; k < kc; ++k) dst[k * kNR + c] = src[k];
-      }
-      for (int64_t c = cols; c < kNR; ++c)
-        for (int64_t k = 0; k < kc; ++k) dst[k * kNR + c] = 0.0f;
+    } else {  // B stored [N, K]: kNR rows of storage, each contiguous along K
+      pack_transposed(g.B + (j0 + t) * g.ldb + k0, g.ldb, cols, kc, kNR, dst);
     }
   }
 }
 
-// Writes one kMR x kNR tile (row-major in `t`, row stride kNR) into C: rows x cols of it,
-// C = alpha * t + beta * C (beta == 0: C is not read).
-inline void store_tile_clipped(const float* t, float* c, int64_t ldc, int rows, int cols, float alpha, float beta) {
+#if defined(__GNUC__) || defined(__clang__)
+#define ET_NOINLINE __attribute__((noinline))
+#else
+#define ET_NOINLINE
+#endif
+
+// How a tile's sums land in C: C = alpha * sum + beta * C (+ bias on the first K block, where
+// rb/cb point at the tile's first row / column of the biases, or are null).
+struct Epilogue {
+  float alpha, beta;
+  const float* rb;
+  const float* cb;
+};
+
+// Writes rows x cols of one kMR x kNR tile (row-major in `t`, row stride kNR) into C.
+// beta == 0: C is not read.
+inline void store_tile_clipped(const float* t, float* c, int64_t ldc, int rows, int cols, const Epilogue& e) {
   for (int i = 0; i < rows; ++i) {
     float* ci = c + i * ldc;
     const float* ti = t + i * kNR;
-    if (beta == 0.0f) {
-      for (int j = 0; j < cols; ++j) ci[j] = alpha * ti[j];
-    } else {
-      for (int j = 0; j < cols; ++j) ci[j] = alpha * ti[j] + beta * ci[j];
+    const float rbi = e.rb ? e.rb[i] : 0.0f;
+    for (int j = 0; j < cols; ++j) {
+      float r = e.alpha * ti[j];
+      if (e.beta != 0.0f) r += e.beta * ci[j];
+      if (e.cb) r += e.cb[j];
+      ci[j] = r + rbi;
     }
   }
 }
@@ -140,8 +187,8 @@ inline VecF vload(const float* p) { return *reinterpret_cast<const VecFU*>(p); }
 inline void vstore(float* p, VecF v) { *reinterpret_cast<VecFU*>(p) = v; }
 
 // kc steps of: kNV vector loads of B, kMR broadcasts of A, kMR*kNV fused multiply-adds.
-__attribute__((noinline)) void micro_kernel(int64_t kc, const float* __restrict a, const float* __restrict b, float* c, int64_t ldc,
-                         int rows, int cols, float alpha, float beta) {
+ET_NOINLINE void micro_kernel(int64_t kc, const float* __restrict a, const float* __restrict b, float* c, int64_t ldc,
+                             int rows, int cols, const Epilogue& e) {
   VecF acc[kMR][kNV];
 #pragma GCC unroll 16
   for (int i = 0; i < kMR; ++i)
@@ -180,8 +227,10 @@ __attribute__((noinline)) void micro_kernel(int64_t kc, const float* __restrict 
 #pragma GCC unroll 4
       for (int j = 0; j < kNV; ++j) {
         float* p = c + i * ldc + j * kVec;
-        VecF r = alpha == 1.0f ? acc[i][j] : alpha * acc[i][j];
-        if (beta != 0.0f) r += beta == 1.0f ? vload(p) : beta * vload(p);
+        VecF r = e.alpha == 1.0f ? acc[i][j] : e.alpha * acc[i][j];
+        if (e.beta != 0.0f) r += e.beta == 1.0f ? vload(p) : e.beta * vload(p);
+        if (e.cb) r += vload(e.cb + j * kVec);
+        if (e.rb) r += e.rb[i];
         vstore(p, r);
       }
     }
@@ -190,12 +239,12 @@ __attribute__((noinline)) void micro_kernel(int64_t kc, const float* __restrict 
   alignas(64) float tile[kMR * kNR];
   for (int i = 0; i < kMR; ++i)
     for (int j = 0; j < kNV; ++j) vstore(tile + i * kNR + j * kVec, acc[i][j]);
-  store_tile_clipped(tile, c, ldc, rows, cols, alpha, beta);
+  store_tile_clipped(tile, c, ldc, rows, cols, e);
 }
 #else
 // Portable fallback: the same tile as plain arrays; compilers vectorize the j loops.
-__attribute__((noinline)) void micro_kernel(int64_t kc, const float* __restrict a, const float* __restrict b, float* c, int64_t ldc,
-                         int rows, int cols, float alpha, float beta) {
+ET_NOINLINE void micro_kernel(int64_t kc, const float* __restrict a, const float* __restrict b, float* c, int64_t ldc,
+                             int rows, int cols, const Epilogue& e) {
   float acc[kMR][kNR] = {};
   for (int64_t k = 0; k < kc; ++k) {
     for (int i = 0; i < kMR; ++i)
@@ -203,25 +252,30 @@ __attribute__((noinline)) void micro_kernel(int64_t kc, const float* __restrict 
     a += kMR;
     b += kNR;
   }
-  store_tile_clipped(&acc[0][0], c, ldc, rows, cols, alpha, beta);
+  store_tile_clipped(&acc[0][0], c, ldc, rows, cols, e);
 }
 #endif
 
-// One task: C rows [i0, i0+mc) x cols [j0, j0+nc), mc <= kMC, nc <= kNC, over all of K.
-void gemm_block(const Gemm& g, int64_t i0, int64_t mc, int64_t j0, int64_t nc) {
+// One task: C rows [i_begin, i_end) x cols [j0, j0+nc), nc <= kNC, over all of K. The B block
+// is packed once per K block and reused by every kMC row block of the task.
+void gemm_task(const Gemm& g, int64_t i_begin, int64_t i_end, int64_t j0, int64_t nc) {
   alignas(64) float pa[kMC * kKC];
   alignas(64) float pb[kKC * kNC];
   for (int64_t k0 = 0; k0 < g.K; k0 += kKC) {
     const int64_t kc = std::min(kKC, g.K - k0);
-    const float beta = k0 == 0 ? g.beta : 1.0f;  // later K blocks accumulate onto the first
+    const bool first = k0 == 0;  // later K blocks accumulate onto the first, which adds the bias
     pack_b(g, k0, kc, j0, nc, pb);
-    pack_a(g, i0, mc, k0, kc, pa);
-    for (int64_t jr = 0; jr < nc; jr += kNR) {
-      const int cols = static_cast<int>(std::min<int64_t>(kNR, nc - jr));
-      for (int64_t ir = 0; ir < mc; ir += kMR) {
-        const int rows = static_cast<int>(std::min<int64_t>(kMR, mc - ir));
-        micro_kernel(kc, pa + ir * kc, pb + jr * kc, g.C + (i0 + ir) * g.ldc + j0 + jr, g.ldc, rows, cols, g.alpha,
-                     beta);
+    for (int64_t i0 = i_begin; i0 < i_end; i0 += kMC) {
+      const int64_t mc = std::min(kMC, i_end - i0);
+      pack_a(g, i0, mc, k0, kc, pa);
+      for (int64_t jr = 0; jr < nc; jr += kNR) {
+        const int cols = static_cast<int>(std::min<int64_t>(kNR, nc - jr));
+        for (int64_t ir = 0; ir < mc; ir += kMR) {
+          const int rows = static_cast<int>(std::min<int64_t>(kMR, mc - ir));
+          const Epilogue e{g.alpha, first ? g.beta : 1.0f, first && g.row_bias ? g.row_bias + i0 + ir : nullptr,
+                           first && g.col_bias ? g.col_bias + j0 + jr : nullptr};
+          micro_kernel(kc, pa + ir * kc, pb + jr * kc, g.C + (i0 + ir) * g.ldc + j0 + jr, g.ldc, rows, cols, e);
+        }
       }
     }
   }
@@ -249,17 +303,23 @@ void sgemm_own(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, floa
     scale_c(g);
     return;
   }
+  // Tasks: every kNC column block, its rows cut into `rg` groups of whole kMC blocks only when
+  // there are too few column blocks to keep the threads busy (each group repacks the B block).
+  // How C is cut never changes a result: each element's K order is fixed by kKC alone.
   const int64_t mb = (M + kMC - 1) / kMC, nb = (N + kNC - 1) / kNC;
+  const int threads = pool && M * N * K >= kMinParallelMacs ? pool->num_threads() : 1;
+  const int64_t rg = threads > 1 ? std::min(mb, (2 * threads + nb - 1) / nb) : 1;
   auto tasks = [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t i0 = (t % mb) * kMC, j0 = (t / mb) * kNC;
-      gemm_block(g, i0, std::min(kMC, M - i0), j0, std::min(kNC, N - j0));
+      const int64_t jb = t / rg, grp = t % rg;
+      const int64_t i_begin = mb * grp / rg * kMC, i_end = std::min(M, mb * (grp + 1) / rg * kMC);
+      gemm_task(g, i_begin, i_end, jb * kNC, std::min(kNC, N - jb * kNC));
     }
   };
-  if (pool && pool->num_threads() > 1 && mb * nb > 1 && M * N * K >= kMinParallelMacs) {
-    pool->parallel_for(mb * nb, 1, tasks);
+  if (threads > 1 && nb * rg > 1) {
+    pool->parallel_for(nb * rg, 1, tasks);
   } else {
-    tasks(0, mb * nb);
+    tasks(0, nb * rg);
   }
 }
 

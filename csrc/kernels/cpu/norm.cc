@@ -49,6 +49,27 @@ double row_sq_dev(const float* x, int64_t n, double m) {
   return s;
 }
 
+// sum (x[k] - k0) and sum (x[k] - k0)^2, added to *s1, *s2. Shifting by a value of the data (k0)
+// keeps E[d^2] - E[d]^2 free of cancellation when |mean| >> std, so one pass gives the variance.
+void row_shifted_sums(const float* x, int64_t n, double k0, double* s1, double* s2) {
+  double a[kLanes] = {}, b[kLanes] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= n; k += kLanes)
+    for (int l = 0; l < kLanes; ++l) {
+      const double d = x[k + l] - k0;
+      a[l] += d;
+      b[l] += d * d;
+    }
+  double sa = sum_lanes(a), sb = sum_lanes(b);
+  for (; k < n; ++k) {
+    const double d = x[k] - k0;
+    sa += d;
+    sb += d * d;
+  }
+  *s1 += sa;
+  *s2 += sb;
+}
+
 // sum dy[k] and sum dy[k] * (x[k] - m)
 void row_dy_sums(const float* dy, const float* x, int64_t n, double m, double* s_dy, double* s_dyx) {
   double a[kLanes] = {}, b[kLanes] = {};
@@ -149,22 +170,25 @@ Status bn_train_run(const KernelArgs& a) {
   const int64_t count = bn.count();
   a.pool->parallel_for(bn.C, channel_grain(bn), [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
-      double s = 0;
-      for (int64_t n = 0; n < bn.N; ++n) s += row_sum(x + (n * bn.C + c) * bn.S, bn.S);
-      const double mean = count ? s / count : 0.0;
-      double ss = 0;  // two passes: no cancellation when |mean| >> std
-      for (int64_t n = 0; n < bn.N; ++n) ss += row_sq_dev(x + (n * bn.C + c) * bn.S, bn.S, mean);
-      const double var = count ? ss / count : 0.0;
+      // one pass over the channel for mean and variance (shifted sums, see row_shifted_sums)
+      const double k0 = count ? x[c * bn.S] : 0.0;
+      double s1 = 0, s2 = 0;
+      for (int64_t n = 0; n < bn.N; ++n) row_shifted_sums(x + (n * bn.C + c) * bn.S, bn.S, k0, &s1, &s2);
+      const double dmean = count ? s1 / count : 0.0;
+      const double mean = k0 + dmean;
+      const double var = count ? std::max(0.0, s2 / count - dmean * dmean) : 0.0;
       const double invstd = 1.0 / std::sqrt(var + eps);
       mean_out[c] = static_cast<float>(mean);
       invstd_out[c] = static_cast<float>(invstd);
       rm_out[c] = static_cast<float>((1 - mom) * rm[c] + mom * mean);
       rv_out[c] = static_cast<float>((1 - mom) * rv[c] + mom * var * (static_cast<double>(count) / std::max<int64_t>(count - 1, 1)));
-      const float mf = static_cast<float>(mean), scale = static_cast<float>(invstd * w[c]), shift = b[c];
+      // the mean as float hi + lo: x - hi is exact near the mean, so |mean| >> std costs no precision
+      const float mh = static_cast<float>(mean), ml = static_cast<float>(mean - mh);
+      const float scale = static_cast<float>(invstd * w[c]), shift = b[c];
       for (int64_t n = 0; n < bn.N; ++n) {
         const float* xr = x + (n * bn.C + c) * bn.S;
         float* yr = y + (n * bn.C + c) * bn.S;
-        for (int64_t k = 0; k < bn.S; ++k) yr[k] = (xr[k] - mf) * scale + shift;
+        for (int64_t k = 0; k < bn.S; ++k) yr[k] = ((xr[k] - mh) - ml) * scale + shift;
       }
     }
   });
@@ -301,9 +325,10 @@ Status ln_run(const KernelArgs& a) {
       const double rstd = 1.0 / std::sqrt(row_sq_dev(xr, D, mean) / D + eps);
       mean_out[r] = static_cast<float>(mean);
       rstd_out[r] = static_cast<float>(rstd);
-      const float mf = static_cast<float>(mean), rf = static_cast<float>(rstd);
+      // mean as float hi + lo, as in batch_norm_train
+      const float mh = static_cast<float>(mean), ml = static_cast<float>(mean - mh), rf = static_cast<float>(rstd);
       float* yr = y + r * D;
-      for (int64_t k = 0; k < D; ++k) yr[k] = (xr[k] - mf) * rf * w[k] + b[k];
+      for (int64_t k = 0; k < D; ++k) yr[k] = ((xr[k] - mh) - ml) * rf * w[k] + b[k];
     }
   });
   return Status::Ok();

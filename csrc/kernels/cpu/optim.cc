@@ -8,13 +8,15 @@
 // counts the current update (1 on the first). The outputs may be the very buffers of param /
 // buf / m / v (the planner updates state in place): each element is read before it is written.
 //
-// Arithmetic follows the reference's numpy promotion so results match it to the last bit where
-// that costs nothing: the gradient term runs in double, while a state tensor times a Python
-// float (wd * p, momentum * buf, v * beta2, p * (1 - lr wd)) is an f32 product in numpy.
+// Arithmetic follows the reference's numpy promotion, so results match it to the bit but for
+// the odd last-ulp difference where the compiler fuses a multiply-add: the gradient term runs
+// in double, while a state tensor times a Python float (wd * p, momentum * buf, v * beta2,
+// p * (1 - lr wd)) is an f32 product in numpy, and so here.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <string>
 
 #include "core/kernel.h"
