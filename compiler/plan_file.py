@@ -15,9 +15,7 @@ reader of the high-level fields, for tools and tests.
 
 from __future__ import annotations
 
-import os
 import struct
-import tempfile
 import zlib
 
 import flatbuffers
@@ -273,27 +271,8 @@ def build_plan(program, backend: str = "cpu", memory: MemoryPlan | None = None) 
 
 
 def write_bytes_atomic(path, data: bytes) -> None:
-    """Write via a temporary file in the same directory + fsync + rename: a reader never sees a
-    half-written file, and an existing file survives any failure."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise PlanError(f"cannot write {path}: directory {directory} does not exist")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    except OSError as e:
-        raise PlanError(f"cannot write {path}: {e.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from ..files import write_bytes_atomic as write
+    write(path, data, error=PlanError)
 
 
 def write_plan(program, path, backend: str = "cpu", memory: MemoryPlan | None = None) -> int:

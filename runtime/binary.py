@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import stat
 import struct
-import tempfile
 from pathlib import Path
 
 from ..compiler.errors import EdgetuneError, PlanError
+from ..files import write_bytes_atomic
 
 MAGIC = b"ETPLEMB1"
 TRAILER = struct.Struct("<Q8s")  # plan size, magic
@@ -135,38 +134,5 @@ def emit_binary(plan_bytes, out_path, train_binary=None) -> str:
     exe, _old_plan = split_embedded(exe)
 
     out_path = os.fspath(out_path)
-    directory = os.path.dirname(os.path.abspath(out_path))
-    if os.path.isdir(out_path):
-        raise EdgetuneError(f"cannot write {out_path}: it is a directory; give a file name")
-    if not os.path.isdir(directory):
-        raise EdgetuneError(f"cannot write {out_path}: directory {directory} does not exist")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(out_path) + ".", suffix=".tmp", dir=directory)
-    except OSError as e:
-        raise EdgetuneError(f"cannot write {out_path}: {e.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(exe)
-            f.write(plan)
-            f.write(TRAILER.pack(len(plan), MAGIC))
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, (0o777 & ~umask) | stat.S_IXUSR)
-        os.replace(tmp, out_path)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise EdgetuneError(f"cannot write {out_path}: {e.strerror or e}") from None
-        raise
-    try:  # make the rename itself durable; some filesystems refuse fsync on a directory
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    write_bytes_atomic(out_path, exe + plan + TRAILER.pack(len(plan), MAGIC), mode=0o755)
     return out_path

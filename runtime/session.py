@@ -127,15 +127,10 @@ class Session:
         """All weights (params and buffers, under the model's state_dict names) as safetensors,
         written atomically: an existing file is replaced only by a complete new one."""
         from safetensors.numpy import save
-        from ..compiler.plan_file import write_bytes_atomic
+        from ..files import write_bytes_atomic
         tensors = {k: np.ascontiguousarray(v) for k, v in self.state_dict().items()}
         meta = {"producer": "edgetune", "steps": str(self.steps), "backend": self.backend}
-        try:
-            write_bytes_atomic(path, save(tensors, metadata=meta))
-        except PlanError as e:
-            raise InputError(str(e).replace("cannot write", "save_weights: cannot write")) from None
-        except OSError as e:
-            raise InputError(f"save_weights: cannot write {path}: {e.strerror}") from None
+        write_bytes_atomic(path, save(tensors, metadata=meta), error=InputError)
 
     def load_weights(self, path, strict: bool = True) -> None:
         """Weights from a safetensors file (e.g. one `save_weights` or `edgetune-train` wrote, or

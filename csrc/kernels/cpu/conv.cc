@@ -400,12 +400,6 @@ Status conv_run(const KernelArgs& a) {
     return Status::Ok();
   }
   const int64_t plane = c.HO * c.WO, kdim = c.kdim(), Og = c.Og();
-  const float beta = bias ? 1.0f : 0.0f;  // the GEMM adds onto the bias written first
-  if (bias) {
-    a.pool->parallel_for(c.N * c.O, plane_grain(plane), [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) std::fill(y + p * plane, y + (p + 1) * plane, bias[p % c.O]);
-    });
-  }
   const int64_t band = c.band_rows();
   float* col = static_cast<float*>(a.workspace);
   ET_RETURN_IF_ERROR(expect_workspace(a, c, "conv2d"));
@@ -414,14 +408,16 @@ Status conv_run(const KernelArgs& a) {
       const float* xg = x + (n * c.C + g * c.Cg) * c.H * c.W;
       const float* wg = w + g * Og * kdim;
       float* yg = y + (n * c.O + g * Og) * plane;
+      GemmBias gb;  // the bias of output channel o is a per-row bias of the [Og, HW] product
+      if (bias) gb.row = bias + g * Og;
       if (c.pointwise()) {  // y_g[Og, HW] = w_g[Og, Cg] @ x_g[Cg, HW]
-        sgemm(false, false, Og, plane, kdim, 1.0f, wg, kdim, xg, c.H * c.W, beta, yg, plane, a.pool);
+        sgemm(false, false, Og, plane, kdim, 1.0f, wg, kdim, xg, c.H * c.W, 0.0f, yg, plane, a.pool, gb);
         continue;
       }
       for (int64_t oh0 = 0; oh0 < c.HO; oh0 += band) {
         const int64_t oh1 = std::min(c.HO, oh0 + band), ncols = (oh1 - oh0) * c.WO;
         im2col(c, xg, oh0, oh1, col, a.pool);
-        sgemm(false, false, Og, ncols, kdim, 1.0f, wg, kdim, col, ncols, beta, yg + oh0 * c.WO, plane, a.pool);
+        sgemm(false, false, Og, ncols, kdim, 1.0f, wg, kdim, col, ncols, 0.0f, yg + oh0 * c.WO, plane, a.pool, gb);
       }
     }
   }

@@ -281,14 +281,16 @@ void gemm_task(const Gemm& g, int64_t i_begin, int64_t i_end, int64_t j0, int64_
   }
 }
 
-// C = beta * C for the degenerate K == 0 / alpha == 0 product.
-void scale_c(const Gemm& g) {
-  for (int64_t i = 0; i < g.M; ++i) {
+// C rows [i0, i1) x cols [j0, j1) = beta * C + bias: the whole result of a K == 0 / alpha == 0
+// product, and what OpenBLAS tiles start from when there is a bias.
+void scale_c(const Gemm& g, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+  for (int64_t i = i0; i < i1; ++i) {
     float* ci = g.C + i * g.ldc;
-    if (g.beta == 0.0f) {
-      std::fill(ci, ci + g.N, 0.0f);
-    } else if (g.beta != 1.0f) {
-      for (int64_t j = 0; j < g.N; ++j) ci[j] *= g.beta;
+    const float rb = g.row_bias ? g.row_bias[i] : 0.0f;
+    for (int64_t j = j0; j < j1; ++j) {
+      float r = g.beta == 0.0f ? 0.0f : g.beta * ci[j];
+      if (g.col_bias) r += g.col_bias[j];
+      ci[j] = r + rb;
     }
   }
 }
@@ -296,11 +298,12 @@ void scale_c(const Gemm& g) {
 }  // namespace
 
 void sgemm_own(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
-               int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc, ThreadPool* pool) {
+               int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc, ThreadPool* pool,
+               GemmBias bias) {
   if (M <= 0 || N <= 0) return;
-  const Gemm g{trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc};
+  const Gemm g{trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias.row, bias.col};
   if (K <= 0 || alpha == 0.0f) {
-    scale_c(g);
+    scale_c(g, 0, M, 0, N);
     return;
   }
   // Tasks: every kNC column block, its rows cut into `rg` groups of whole kMC blocks only when
@@ -338,18 +341,23 @@ constexpr int64_t kBlasMaxTiles = 16;
 void blas_call(const Gemm& g, int64_t i0, int64_t m, int64_t j0, int64_t n) {
   const float* a = g.ta ? g.A + i0 : g.A + i0 * g.lda;
   const float* b = g.tb ? g.B + j0 * g.ldb : g.B + j0;
+  float beta = g.beta;
+  if (g.row_bias || g.col_bias) {  // cblas has no bias: start the tile from beta * C + bias
+    scale_c(g, i0, i0 + m, j0, j0 + n);
+    beta = 1.0f;
+  }
   cblas_sgemm(CblasRowMajor, g.ta ? CblasTrans : CblasNoTrans, g.tb ? CblasTrans : CblasNoTrans, static_cast<int>(m),
               static_cast<int>(n), static_cast<int>(g.K), g.alpha, a, static_cast<int>(g.lda), b,
-              static_cast<int>(g.ldb), g.beta, g.C + i0 * g.ldc + j0, static_cast<int>(g.ldc));
+              static_cast<int>(g.ldb), beta, g.C + i0 * g.ldc + j0, static_cast<int>(g.ldc));
 }
 
 }  // namespace
 
 void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
-           const float* B, int64_t ldb, float beta, float* C, int64_t ldc, ThreadPool* pool) {
+           const float* B, int64_t ldb, float beta, float* C, int64_t ldc, ThreadPool* pool, GemmBias bias) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {  // cblas wants lda >= 1 even then; the own kernel just scales C
-    sgemm_own(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, nullptr);
+    sgemm_own(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, nullptr, bias);
     return;
   }
   // Once per process, thread-safe (function-local static): OpenBLAS computes on the caller's thread.
@@ -358,7 +366,7 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float al
     return true;
   }();
   (void)single_threaded;
-  const Gemm g{trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc};
+  const Gemm g{trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias.row, bias.col};
   // Tiles: halve the longer side (in units of work) until there are enough tiles or they get small.
   int64_t tm = 1, tn = 1;
   const int64_t want = std::min(kBlasMaxTiles, std::max<int64_t>(1, M * N * K / kBlasTileMacs));
@@ -386,8 +394,8 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float al
 const char* sgemm_backend() { return "openblas"; }
 #else
 void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
-           const float* B, int64_t ldb, float beta, float* C, int64_t ldc, ThreadPool* pool) {
-  sgemm_own(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, pool);
+           const float* B, int64_t ldb, float beta, float* C, int64_t ldc, ThreadPool* pool, GemmBias bias) {
+  sgemm_own(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, pool, bias);
 }
 
 const char* sgemm_backend() { return "own"; }

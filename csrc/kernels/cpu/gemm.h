@@ -21,17 +21,26 @@
 
 namespace edgetune {
 
-// C[M,N] = alpha * op(A)[M,K] @ op(B)[K,N] + beta * C, every matrix row-major with row stride
-// lda/ldb/ldc as stored (op(X) = X^T when trans_x, so a transposed A is stored [K,M]).
+// Optional bias added to the product once: row[i] to every element of row i (length M), col[j]
+// to every element of column j (length N); either may be null. Fused into the GEMM's write-back
+// (the own kernel) or written before it (OpenBLAS), so C is not read back for a separate add.
+struct GemmBias {
+  const float* row = nullptr;
+  const float* col = nullptr;
+};
+
+// C[M,N] = alpha * op(A)[M,K] @ op(B)[K,N] + beta * C + bias, every matrix row-major with row
+// stride lda/ldb/ldc as stored (op(X) = X^T when trans_x, so a transposed A is stored [K,M]).
 // beta == 0 overwrites C without reading it (C may hold garbage or NaN).
 // pool: the threads to use; null = the calling thread only. The pool is not re-entrant: inside a
 // parallel_for body pass null (concurrent null-pool calls from several threads are fine).
 void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
-           const float* B, int64_t ldb, float beta, float* C, int64_t ldc, ThreadPool* pool);
+           const float* B, int64_t ldb, float beta, float* C, int64_t ldc, ThreadPool* pool, GemmBias bias = {});
 
 // The built-in kernel, same contract.
 void sgemm_own(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
-               int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc, ThreadPool* pool);
+               int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc, ThreadPool* pool,
+               GemmBias bias = {});
 
 // "openblas" or "own": what sgemm runs in this build.
 const char* sgemm_backend();

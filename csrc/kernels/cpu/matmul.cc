@@ -5,8 +5,8 @@
 //           [B*M, K] @ [K, N], the shape of a linear layer written as matmul. Otherwise one GEMM
 //           per output batch element, with broadcast batch dims mapped to offset 0: many small
 //           products run in parallel (one thread each), big ones one after another (each threaded).
-//   linear  one GEMM [rows, in] @ W^T; the bias is written into y first and the GEMM adds onto
-//           it (beta = 1), so y is written once more rather than read-modified afterwards.
+//   linear  one GEMM [rows, in] @ W^T with the bias as a per-column GemmBias, added as the
+//           GEMM writes y (no separate pass over y).
 #include <algorithm>
 #include <string>
 
@@ -127,15 +127,9 @@ Status linear_run(const KernelArgs& a) {
   const int64_t rows = in ? x.numel() / in : out.numel() / std::max<int64_t>(outf, 1);
   float* y = out.as<float>();
   if (rows == 0 || outf == 0) return Status::Ok();
-  float beta = 0.0f;
-  if (a.num_inputs == 3) {
-    const float* b = a.in(2).as<float>();
-    a.pool->parallel_for(rows, std::max<int64_t>(1, 16384 / outf), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) std::copy(b, b + outf, y + r * outf);
-    });
-    beta = 1.0f;
-  }
-  sgemm(false, true, rows, outf, in, 1.0f, x.as<float>(), in, w.as<float>(), in, beta, y, outf, a.pool);
+  GemmBias bias;
+  if (a.num_inputs == 3) bias.col = a.in(2).as<float>();  // added in the GEMM's write-back
+  sgemm(false, true, rows, outf, in, 1.0f, x.as<float>(), in, w.as<float>(), in, 0.0f, y, outf, a.pool, bias);
   return Status::Ok();
 }
 
