@@ -57,6 +57,17 @@ const Shape kShapes[] = {
 using GemmFn = void (*)(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t,
                         float, float*, int64_t, ThreadPool*);
 
+void run_own(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+             const float* B, int64_t ldb, float beta, float* C, int64_t ldc, ThreadPool* pool) {
+  sgemm_own(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, pool);
+}
+#ifdef EDGETUNE_HAVE_OPENBLAS
+void run_openblas(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                  const float* B, int64_t ldb, float beta, float* C, int64_t ldc, ThreadPool* pool) {
+  sgemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, pool);
+}
+#endif
+
 struct Operands {
   std::vector<float> a, b;
   int64_t lda, ldb;
@@ -123,9 +134,9 @@ int main(int argc, char** argv) {
     const char* name;
     GemmFn fn;
   };
-  std::vector<Impl> impls = {{"own", &sgemm_own}};
+  std::vector<Impl> impls = {{"own", &run_own}};
 #ifdef EDGETUNE_HAVE_OPENBLAS
-  impls.push_back({"openblas", &sgemm});
+  impls.push_back({"openblas", &run_openblas});
 #endif
   std::printf("%-42s %6s %6s %5s | %-9s %8s %8s %9s %9s\n", "shape", "M", "N", "K", "impl", "1T GF/s", "2T GF/s",
               "rel.err", "1T==2T");

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-console = Console()
+console = Console(soft_wrap=True)  # long summary lines stay whole in logs and pipes
 
 
 def parse_peft(text: str):

@@ -1,18 +1,22 @@
 // CPU kernels for compiler/ops/conv.py: conv2d, conv2d_grad_input, conv2d_grad_weight (NCHW, f32;
 // stride, padding, dilation, groups). Each op's kernel picks one of three paths from the shape:
 //
-//   depthwise (1 input channel per group)  direct loops, one (image, channel) plane per task —
-//       GEMMs with K = kh*kw would be mostly packing overhead. The weight gradient, which sums
-//       over the batch, is split by channel instead so each sum runs on one thread in a fixed order.
+//   depthwise (one input channel per group, any channel multiplier)  direct loops — a GEMM with
+//       K = kh*kw would be mostly packing. Input rows are staged zero-padded and split by stride
+//       phase in a stack buffer, so every tap is a contiguous vector loop (see "staged rows");
+//       the forward keeps all taps of a chunk of outputs in registers. Forward and grad_input
+//       give each thread whole (image, channel) planes; grad_weight, which sums over the batch,
+//       gives each thread whole channels so each sum runs on one thread in a fixed order.
 //   pointwise (1x1, stride 1, no padding)  the NCHW image already is the [C, H*W] matrix a GEMM
-//       wants: straight sgemm, no workspace.
+//       wants: straight sgemm per image and group, no workspace.
 //   general  im2col + sgemm per image and group. The column buffer is the node's workspace,
 //       sized for a band of output rows so it stays under kColumnBudget (one image's columns
 //       when they fit); grad_input runs the GEMM into the columns and scatters them back (col2im).
 //
+// Bias: a per-row GemmBias of the [O/G, H*W] product, added as the GEMM writes y.
 // Threads: GEMMs thread themselves (gemm.h); im2col/col2im split by input channel, so no two
 // threads write the same element. Batch sums (grad_weight) run image after image into the same
-// output, so any thread count gives the same result.
+// output (GEMM beta = 1), so any thread count gives the same result.
 #include <algorithm>
 #include <cstring>
 #include <string>

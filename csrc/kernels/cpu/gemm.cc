@@ -1,23 +1,26 @@
 // sgemm: OpenBLAS when the build has it, and the built-in packed kernel (sgemm_own) always.
 //
 // The built-in kernel is the classic GotoBLAS/BLIS structure, sized so that its packing buffers
-// fit on a thread's stack (no heap, no thread_local, which a dlopen'ed module would allocate):
+// fit on a thread's stack (no heap; no thread_local either, which a dlopen'ed module allocates):
 //
-//   C is cut into tasks of kMC x kNC; parallel_for hands tasks to threads. Each task walks K in
-//   kKC blocks: pack its B block (kKC x kNC, kNR-wide slivers, k-major) and its A block
-//   (kMC x kKC, kMR-tall slivers, k-major), then run the kMR x kNR micro-kernel over every sliver
-//   pair; the B sliver (kKC x kNR) stays in L1 while the A slivers stream from L2.
-//   Partial slivers are zero-padded while packing, so the micro-kernel always computes a full
-//   tile and only the write-back is clipped.
+//   C is cut into tasks: a kNC-wide column block, and within it a group of rows (all of M unless
+//   there are too few column blocks for the threads). parallel_for hands tasks to threads. A task
+//   walks K in kKC blocks: it packs its B block once (kKC x kNC, kNR-wide slivers, k-major), then
+//   for each kMC row block packs A (kMR-tall slivers, k-major) and runs the kMR x kNR
+//   micro-kernel over every sliver pair; the B sliver (kKC x kNR) stays in L1 while A streams
+//   from L2. Partial slivers are zero-padded while packing, so the micro-kernel always computes a
+//   full tile and only the write-back is clipped. An operand that runs along K in memory (A not
+//   transposed, B transposed) is packed with 4x4 register transposes.
 //
 // The micro-kernel keeps kMR x kNV vector accumulators in registers. It is written with GCC/Clang
 // vector extensions (`vector_size`), which the compiler lowers to AVX-512 / AVX2+FMA / NEON / SSE
 // for whatever -march the build targets, so no intrinsics are needed; a plain-array version is
 // the fallback for other compilers (and with -DEDGETUNE_GEMM_PORTABLE, to test it). Tile shapes
-// per ISA follow the register budget; benchmarks/gemm_bench.cc measures them.
+// per ISA follow the register budget; benchmarks/gemm_bench.cc measures them. The write-back
+// applies alpha, beta and an optional row/column bias (GemmBias), so a bias costs no extra pass.
 //
-// Determinism: a task owns its C elements for the whole K loop and K is blocked by the shape
-// alone, so every C element sees the same summation order at any thread count.
+// Determinism: every C element is summed by one micro-kernel call per K block, K blocks in order,
+// and K is blocked by kKC alone; how C is cut into tasks and threads never changes a result.
 #include "kernels/cpu/gemm.h"
 
 #include <algorithm>
@@ -36,15 +39,16 @@ namespace {
 constexpr int kVec = 16, kMR = 12, kNV = 2;  // 24 accumulators
 #elif defined(__AVX__)
 constexpr int kVec = 8, kMR = 6, kNV = 2;  // 12 accumulators (the AVX2 classic 6x16)
-#elif defined(__aarch64__) || defined(__ARM_NEON)
+#elif defined(__aarch64__)
 constexpr int kVec = 4, kMR = 8, kNV = 3;  // 24 accumulators, 8x12 as in OpenBLAS's NEON sgemm
 #else
-constexpr int kVec = 4, kMR = 4, kNV = 2;  // SSE2: 8 accumulators
+constexpr int kVec = 4, kMR = 4, kNV = 2;  // SSE2, 32-bit NEON: 8 accumulators of 16 registers
 #endif
 constexpr int kNR = kVec * kNV;
 
 // Cache blocking. Stack per thread: (kMC + kNC) * kKC * 4 bytes = 352 KiB with the AVX-512 tile
-// (160 KiB with NEON's): fine for glibc's 8 MiB thread stacks, too much for musl's 128 KiB default.
+// (160 KiB with aarch64's): fine for glibc's 8 MiB thread stacks, too much for musl's 128 KiB
+// default. kNC = 8 slivers measured ~5% faster than 4 on the shapes of gemm_bench.
 constexpr int64_t kKC = 256;
 constexpr int64_t kMC = kMR * 8;
 constexpr int64_t kNC = kNR * 8;
@@ -71,7 +75,7 @@ struct Gemm {
 // transposing copy both packs need when their operand runs along K in memory (a non-transposed A,
 // a transposed B). Done in 4x4 blocks transposed in registers (two rounds of shuffles, lowered to
 // unpck/shuf on x86 and zip/trn on NEON), which is several times faster than element copies.
-#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+#if (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)) && !defined(EDGETUNE_GEMM_PORTABLE)
 typedef float F4 __attribute__((vector_size(16)));
 typedef float F4U __attribute__((vector_size(16), aligned(alignof(float)), may_alias));
 #define ET_HAVE_SHUFFLE 1
@@ -306,16 +310,16 @@ void sgemm_own(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, floa
     scale_c(g, 0, M, 0, N);
     return;
   }
-  // Tasks: every kNC column block, its rows cut into `rg` groups of whole kMC blocks only when
+  // Tasks: every kNC column block, its rows cut into `rg` groups of whole kMR slivers only when
   // there are too few column blocks to keep the threads busy (each group repacks the B block).
   // How C is cut never changes a result: each element's K order is fixed by kKC alone.
-  const int64_t mb = (M + kMC - 1) / kMC, nb = (N + kNC - 1) / kNC;
+  const int64_t ms = (M + kMR - 1) / kMR, nb = (N + kNC - 1) / kNC;
   const int threads = pool && M * N * K >= kMinParallelMacs ? pool->num_threads() : 1;
-  const int64_t rg = threads > 1 ? std::min(mb, (2 * threads + nb - 1) / nb) : 1;
+  const int64_t rg = threads > 1 ? std::min(ms, (2 * threads + nb - 1) / nb) : 1;
   auto tasks = [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t jb = t / rg, grp = t % rg;
-      const int64_t i_begin = mb * grp / rg * kMC, i_end = std::min(M, mb * (grp + 1) / rg * kMC);
+      const int64_t i_begin = ms * grp / rg * kMR, i_end = std::min(M, ms * (grp + 1) / rg * kMR);
       gemm_task(g, i_begin, i_end, jb * kNC, std::min(kNC, N - jb * kNC));
     }
   };
