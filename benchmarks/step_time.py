@@ -73,6 +73,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--eval", action="store_true", help="BatchNorm in eval mode (frozen statistics)")
     ap.add_argument("--json", help="also write the result here")
+    ap.add_argument("--profile", action="store_true", help="also print edgetune's time per op")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -106,6 +107,12 @@ def main(argv=None) -> int:
           f"{result['planned_total_mib']:.1f} MiB, arena {result['planned_arena_mib']:.1f} MiB)")
     print(f"  PyTorch eager         {result['torch_ms']:8.1f} ms/step")
     print(f"  speed-up              {result['speedup']:8.2f}x")
+    if args.profile:
+        prof = sess.profile(args.steps, xn, yn)
+        print("  edgetune time per op (ms/step): " + ", ".join(
+            f"{op} {ms:.1f}" for op, ms in list(prof["ops"].items())[:12]))
+        print("  by section (ms/step): " + ", ".join(f"{k} {v:.1f}" for k, v in prof["sections"].items()))
+        result["profile_ops_ms"] = prof["ops"]
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

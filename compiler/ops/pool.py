@@ -168,7 +168,9 @@ def _avg_pool_backward_ref(x, a):
     shape = a["input_shape"]
     n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo = _pool_geometry(shape, a)
     scaled = dy / _avg_divisors(shape, a)
-    dxp = np.zeros((n, c, (ho - 1) * sh + kh + 2 * ph, (wo - 1) * sw + kw + 2 * pw), dtype=np.float64)
+    # at least the padded input: windows need not cover it (3x3 stride 3 on 29x29 leaves 2 rows)
+    dxp = np.zeros((n, c, max((ho - 1) * sh + kh, h + 2 * ph), max((wo - 1) * sw + kw, w + 2 * pw)),
+                   dtype=np.float64)
     for i in range(kh):
         for j in range(kw):
             dxp[:, :, i: i + sh * (ho - 1) + 1: sh, j: j + sw * (wo - 1) + 1: sw] += scaled
@@ -183,6 +185,7 @@ def _avg_samples(rng):
         return {"kernel": [k, k], "stride": [s, s], "padding": [p, p], "ceil_mode": ceil_mode,
                 "count_include_pad": include, "divisor_override": div}
     return [Sample([rand(rng, 2, 3, 6, 6)], attrs(2, 2, 0)),
+            Sample([rand(rng, 1, 2, 8, 8)], attrs(3, 3, 0), note="windows leave the last rows uncovered"),
             Sample([rand(rng, 1, 2, 7, 7)], attrs(3, 2, 1, include=False), note="padding excluded"),
             Sample([rand(rng, 1, 2, 7, 6)], attrs(3, 2, 1, ceil_mode=True), note="ceil_mode"),
             Sample([rand(rng, 1, 2, 6, 6)], attrs(3, 3, 0, div=4), note="divisor_override"),

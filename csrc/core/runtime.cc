@@ -8,6 +8,7 @@
 // is a kInvalidPlan Status naming the tensor or node; no kernel has run.
 #include "core/runtime.h"
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -302,7 +303,15 @@ Status Runtime::set_input(int index, const void* data, size_t nbytes) {
 Status Runtime::run_node(Node& n) {
   KernelArgs args{n.inputs.data(), static_cast<int>(n.inputs.size()), n.outputs.data(),
                   static_cast<int>(n.outputs.size()), &n.attrs, n.workspace, n.workspace_bytes, pool_.get()};
-  Status st = n.kernel->run(args);
+  Status st;
+  if (profiling_) {
+    auto t0 = std::chrono::steady_clock::now();
+    st = n.kernel->run(args);
+    n.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    ++n.calls;
+  } else {
+    st = n.kernel->run(args);
+  }
   if (!st.ok()) return Status(st.code(), n.op + (n.source.empty() ? "" : " at " + n.source) + ": " + st.message());
   return st;
 }
@@ -332,6 +341,16 @@ Status Runtime::forward() {
   for (Node& n : nodes_)
     if (n.section == 0) ET_RETURN_IF_ERROR(run_node(n));
   return Status::Ok();
+}
+
+void Runtime::reset_profile() {
+  for (Node& n : nodes_) n.seconds = 0, n.calls = 0;
+}
+
+std::vector<Runtime::NodeProfile> Runtime::profile() const {
+  std::vector<NodeProfile> out;
+  for (const Node& n : nodes_) out.push_back({&n.op, &n.source, n.section, n.seconds, n.calls});
+  return out;
 }
 
 const Binding* Runtime::output(const std::string& name) const {

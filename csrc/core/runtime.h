@@ -67,6 +67,19 @@ class Runtime {
   const std::vector<Binding>& optimizer_state() const { return optimizer_state_; }
 
   MemoryStats memory() const { return memory_; }
+
+  // Per-node wall time, summed over the steps run while profiling is on (off by default; the
+  // counters are allocated at load, so profiling allocates nothing either).
+  void set_profiling(bool on) { profiling_ = on; }
+  void reset_profile();
+  struct NodeProfile {
+    const std::string* op;
+    const std::string* source;
+    int section;
+    double seconds;
+    int64_t calls;
+  };
+  std::vector<NodeProfile> profile() const;
   int64_t steps_done() const { return steps_; }
   const std::string& model_label() const { return model_label_; }
   int num_threads() const { return pool_->num_threads(); }
@@ -83,6 +96,8 @@ class Runtime {
     void* workspace = nullptr;
     size_t workspace_bytes = 0;
     bool produces_loss = false;
+    double seconds = 0;  // profiling
+    int64_t calls = 0;
   };
   struct Copy {
     TensorView src, dst;
@@ -103,6 +118,7 @@ class Runtime {
   int num_model_inputs_ = 0;
   const float* loss_value_ = nullptr;  // the 'loss' output, checked after its node runs
   int64_t steps_ = 0;
+  bool profiling_ = false;
   std::string model_label_;
 };
 

@@ -336,6 +336,17 @@ PYBIND11_MODULE(_native, m) {
       .def("set_state", &PyRuntime::set_state)
       .def("memory", &PyRuntime::memory)
       .def("trainable", &PyRuntime::trainable)
+      .def("set_profiling", [](PyRuntime& r, bool on) { r.rt().set_profiling(on); })
+      .def("reset_profile", [](PyRuntime& r) { r.rt().reset_profile(); })
+      .def("profile",
+           [](PyRuntime& r) {
+             static const char* kSections[] = {"forward", "loss", "backward", "update"};
+             py::list out;
+             for (const auto& p : r.rt().profile())
+               out.append(py::make_tuple(*p.op, *p.source, kSections[p.section], p.seconds, p.calls));
+             return out;
+           },
+           "per node: (op, source, section, seconds, calls)")
       .def_property_readonly("steps", [](PyRuntime& r) { return r.rt().steps_done(); })
       .def_property_readonly("threads", [](PyRuntime& r) { return r.rt().num_threads(); })
       .def_property_readonly("num_nodes", [](PyRuntime& r) { return r.rt().num_nodes(); })

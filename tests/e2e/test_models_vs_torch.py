@@ -62,6 +62,15 @@ def make_case(model_name: str):
     return model, batches
 
 
+def _assert_close_up_to_oracle_error(got, want, exact, what, rtol=1e-4, atol=1e-5):
+    got, want, exact = (np.asarray(a, dtype=np.float64) for a in (got, want, exact))
+    allowed = atol + rtol * np.abs(want) + np.abs(want - exact)
+    excess = np.abs(got - want) - allowed
+    assert excess.max(initial=-1) <= 0, (
+        f"{what}: {int((excess > 0).sum())} of {excess.size} values off by more than tolerance + the "
+        f"oracle's own float32 error; worst |diff| {np.abs(got - want).max():.3g}")
+
+
 MODEL_NAMES = {"mlp": "mlp", "small_cnn": "small_cnn", "mobilenet_v2": "mobilenet_v2", "resnet18": "resnet18",
                "bert": "bert", "gpt": "gpt"}
 
@@ -80,25 +89,31 @@ def test_three_steps_match_pytorch(model_name, spec_name, opt_name, backend):
 
     ours_losses, ours, _ = edgetune_run(prog, batches, backend=backend)
     torch_losses, theirs = torch_reference_run(model, prog, batches)
-    if backend != "reference":
-        ref_losses, ref, _ = edgetune_run(prog, batches)
-        np.testing.assert_allclose(ours_losses, ref_losses, rtol=1e-5, atol=1e-6)
-        # both sides are held to (1e-4, 1e-5) against torch below, so against each other twice that
-        for name, expected in ref.items():
-            np.testing.assert_allclose(ours[name], expected, rtol=2e-4, atol=2e-5, err_msg=f"{name} vs reference")
-
-    np.testing.assert_allclose(ours_losses, torch_losses, rtol=1e-4, atol=1e-5)
     assert set(theirs) <= set(ours), f"missing state_dict keys: {sorted(set(theirs) - set(ours))}"
     trainable = set(prog.trainable_names)
-    for name, expected in theirs.items():
-        got = ours[name]
+    for name in theirs:
         canonical = prog.graph.aliases.get(name, name)
         if prog.graph.sources[canonical].kind == "param" and canonical not in trainable:
-            assert np.array_equal(got, initial[canonical]), f"frozen {name} changed"
-        if got.dtype.kind in "iu":
-            assert np.array_equal(got, expected), name
-        else:
-            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5, err_msg=name)
+            assert np.array_equal(ours[name], initial[canonical]), f"frozen {name} changed"
+        if ours[name].dtype.kind in "iu":
+            assert np.array_equal(ours[name], theirs[name]), name
+
+    if backend == "reference":
+        np.testing.assert_allclose(ours_losses, torch_losses, rtol=1e-4, atol=1e-5)
+        for name, expected in theirs.items():
+            np.testing.assert_allclose(ours[name], expected, rtol=1e-4, atol=1e-5, err_msg=name)
+    else:
+        # The C++ kernels sum in other orders (and BatchNorm statistics in double), so in the
+        # ill-conditioned cases (train-mode BN over a few values per channel, Adam on ~zero
+        # gradients) they can sit closer to the exact answer than float32 PyTorch does. Judge
+        # them against PyTorch and the float32 reference with the usual tolerance *plus* how far
+        # that oracle itself is from the float64 reference run of the same program.
+        exact_losses, exact, _ = edgetune_run(prog, batches, compute_dtype=np.float64)
+        ref_losses, ref, _ = edgetune_run(prog, batches)
+        for oracle, oracle_losses, state in (("torch", torch_losses, theirs), ("reference", ref_losses, ref)):
+            _assert_close_up_to_oracle_error(ours_losses, oracle_losses, exact_losses, f"losses vs {oracle}")
+            for name in theirs:
+                _assert_close_up_to_oracle_error(ours[name], state[name], exact[name], f"{name} vs {oracle}")
     # the spec really trained something and left the rest alone
     changed = [n for n in trainable if not np.array_equal(ours[n], initial[n])]
     assert changed, "no trainable parameter moved"
