@@ -219,6 +219,19 @@ def cmd_compile(args) -> int:
     return 0
 
 
+def cmd_bench(argv: list[str]) -> int:
+    """`edgetune bench ...`: the benchmark harness in the repository's benchmarks/ folder."""
+    import pathlib
+    root = pathlib.Path(__file__).resolve().parent.parent
+    if not (root / "benchmarks" / "bench.py").exists():
+        from .compiler.errors import EdgetuneError
+        raise EdgetuneError(f"edgetune bench runs from a source checkout; no benchmarks/ next to {root}")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from benchmarks.bench import main as bench_main
+    return bench_main(argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import models
     p = argparse.ArgumentParser(prog="edgetune", description=__doc__.split("\n\n")[0])
@@ -244,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=20)
     demo.add_argument("--threads", type=int, default=None, help="runtime threads (default: all cores)")
     demo.add_argument("--save", help="write the trained weights to this .safetensors file")
+    sub.add_parser("bench", help="time and memory per step against PyTorch, ONNX Runtime and TVM "
+                   "(benchmarks/bench.py; `edgetune bench --help`)")
     comp = sub.add_parser("compile", help="compile and write a plan file, a training binary or the text IR")
     common(comp)
     comp.add_argument("source", nargs="?", help="an ONNX file to compile (default: the zoo model --model)")
@@ -256,6 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "bench":  # the harness parses its own flags
+        from .compiler.errors import EdgetuneError
+        try:
+            return cmd_bench(argv[1:])
+        except EdgetuneError as e:
+            console.print(f"[bold red]error:[/bold red] {e}", markup=True, highlight=False)
+            return 2
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["demo"] + argv
     args = build_parser().parse_args(argv)
