@@ -11,8 +11,8 @@ from edgetune.cli import main
 from edgetune.compiler.ir_text import parse_graph
 
 
-def test_demo_default_trains_and_loss_falls(capsys):
-    assert main(["--steps", "12"]) == 0
+def test_demo_trains_and_loss_falls(capsys):
+    assert main(["demo", "--steps", "12"]) == 0
     out = capsys.readouterr().out
     assert "LastK(k=3)" in out and "loss fell" in out and "weight-gradient ops" in out
 
@@ -77,5 +77,5 @@ def test_user_mistakes_exit_2_and_write_nothing(tmp_path, capsys):
 
 
 def test_python_dash_m_entry_point_reports_bad_arguments():
-    result = subprocess.run([sys.executable, "-m", "edgetune", "--peft", "last-k:x"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "edgetune", "demo", "--peft", "last-k:x"], capture_output=True, text=True)
     assert result.returncode == 2 and "last-k needs an integer" in result.stderr

