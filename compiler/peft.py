@@ -165,3 +165,22 @@ class Select(Spec):
                                 f"(parameters: {_preview(canonical)})")
             chosen -= hit
         return [n for n in canonical if n in chosen]
+
+
+class Union(Spec):
+    """Every parameter any of `specs` selects, e.g. PockEngine-style sparse updates:
+    `Union(BiasOnly(), LastK(2))` = all biases + the weights of the last two layers."""
+
+    def __init__(self, *specs: Spec):
+        if not specs or not all(isinstance(s, Spec) for s in specs):
+            raise SpecError(f"Union needs one or more peft specs, got {specs!r}")
+        self.specs = list(specs)
+
+    def select(self, graph):
+        chosen: set[str] = set()
+        for s in self.specs:
+            chosen |= set(s.select(graph))
+        return [p.name for p in graph.params() if p.name in chosen]
+
+    def __repr__(self):
+        return " + ".join(repr(s) for s in self.specs)

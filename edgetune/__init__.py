@@ -9,8 +9,8 @@
 
 from .compiler import optim, peft
 from .compiler.compile import compile
-from .compiler.errors import (CaptureError, EdgetuneError, InputError, IRError, LossError, ShapeError, SpecError,
-                              UnsupportedOpError)
+from .compiler.errors import (CaptureError, EdgetuneError, InputError, IRError, LossError, PlanError, ShapeError,
+                              SpecError, UnsupportedOpError)
 from .compiler.ir_text import parse_graph, print_graph
 from .compiler.program import Program
 from .compiler.verify import verify
@@ -19,4 +19,4 @@ from .runtime.session import Session
 __version__ = "0.1.0"
 __all__ = ["compile", "Session", "Program", "peft", "optim", "verify", "print_graph", "parse_graph",
            "EdgetuneError", "CaptureError", "UnsupportedOpError", "SpecError", "LossError", "IRError", "ShapeError",
-           "InputError"]
+           "InputError", "PlanError"]

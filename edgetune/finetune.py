@@ -49,12 +49,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .compiler.peft import Spec
 
 SCHEMES = ("full", "bias-only", "last-k", "sparse", "head-only")
 TASKS = ("vision", "text")
@@ -271,30 +270,15 @@ def scheme_spec(scheme: str, model):
     if scheme == "full":
         return peft.Full()
     if scheme == "bias-only":
-        return Union([peft.BiasOnly(), head_only])
+        return peft.Union(peft.BiasOnly(), head_only)
     if scheme == "last-k":
         return peft.LastK(LAST_K)
     if scheme == "sparse":
         last2 = peft.Select(include=[f"{blocks}.{i}.*" for i in (n - 2, n - 1)] + [f"{m}.*" for m in after])
-        return Union([peft.BiasOnly(), last2])
+        return peft.Union(peft.BiasOnly(), last2)
     if scheme == "head-only":
         return head_only
     raise ValueError(f"unknown scheme {scheme!r}")
-
-
-@dataclass(repr=False)
-class Union(Spec):
-    """The parameters any of `specs` selects (e.g. BitFit's biases plus the new head)."""
-    specs: list = field(default_factory=list)
-
-    def select(self, graph):
-        chosen = set()
-        for s in self.specs:
-            chosen |= set(s.select(graph))
-        return [p.name for p in graph.params() if p.name in chosen]
-
-    def __repr__(self):
-        return " + ".join(repr(s) for s in self.specs)
 
 
 # ---------------------------------------------------------------------------------------------

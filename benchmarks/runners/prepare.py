@@ -28,22 +28,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from zoo import build_model  # noqa: E402
 
 
-class Union(et.peft.Spec):
-    """Every parameter some spec selects (e.g. all biases + the weights of the last 2 blocks)."""
-
-    def __init__(self, *specs):
-        self.specs = specs
-
-    def select(self, graph):
-        chosen = set()
-        for s in self.specs:
-            chosen |= set(s.select(graph))
-        return [p.name for p in graph.params() if p.name in chosen]
-
-    def __repr__(self):
-        return "Union(" + ", ".join(repr(s) for s in self.specs) + ")"
-
-
 def make_spec(scheme: str):
     if scheme == "full":
         return et.peft.Full()
@@ -52,7 +36,7 @@ def make_spec(scheme: str):
     if scheme == "last-k":
         return et.peft.LastK(4)
     if scheme == "sparse":
-        return Union(et.peft.BiasOnly(), et.peft.LastK(2))
+        return et.peft.Union(et.peft.BiasOnly(), et.peft.LastK(2))
     if scheme == "head-only":
         return et.peft.LastK(1)
     raise ValueError(f"unknown scheme {scheme!r}")

@@ -207,3 +207,17 @@ def test_parameters_that_do_not_reach_the_loss_stay_frozen_with_a_warning():
     assert prog.trainable_names == ["used.weight", "used.bias"]
     with pytest.raises(et.SpecError, match="selects only parameters that do not influence the loss"):
         et.compile(WithUnusedHead(), (x,), y, peft=et.peft.Select(include=["unused.*"]))
+
+
+def test_union_spec_selects_what_any_member_selects():
+    import torch
+    from edgetune import models
+    torch.manual_seed(0)
+    model = models.MLP(in_features=6, hidden=8, num_classes=3, depth=3)
+    x, y = torch.randn(4, 6), torch.randint(3, (4,))
+    bias = set(et.compile(model, (x,), y, peft=et.peft.BiasOnly()).trainable_names)
+    last = set(et.compile(model, (x,), y, peft=et.peft.LastK(1)).trainable_names)
+    both = set(et.compile(model, (x,), y, peft=et.peft.Union(et.peft.BiasOnly(), et.peft.LastK(1))).trainable_names)
+    assert both == bias | last and both != bias and both != last
+    with pytest.raises(et.SpecError):
+        et.peft.Union()
