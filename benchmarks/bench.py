@@ -4,6 +4,7 @@
     python benchmarks/bench.py --smoke              # tiny MLP, 2 steps, every runtime (CI: tests/benchmarks)
     python benchmarks/bench.py --models mobilenet_v2 --schemes bias-only,sparse
     python -m benchmarks.bench --help               # `edgetune bench` calls main(argv) here
+    python benchmarks/ablation.py                   # what each optimisation pass buys (O0 / O0 + pass / O2 / O3)
 
 Every (model, scheme, runtime) cell runs in a fresh process (benchmarks/runners/): `prepare.py`
 compiles the model with edgetune for the scheme and writes the batch, the plan file, an ONNX

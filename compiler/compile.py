@@ -1,7 +1,8 @@
 """`et.compile`: model + fine-tuning spec -> one static training program.
 
     frontend (torch.export | onnx) -> forward IR -> + loss -> PEFT spec marks trainable params
-      -> sparse autodiff -> optimizer updates -> passes (dce) -> verify -> Program
+      -> sparse autodiff -> optimizer updates -> dce -> verify -> optimisation passes (-O0..-O3,
+      compiler/passes/pipeline.py) -> Program
 
 Every stage leaves a verifiable graph; `verify` runs at the end (and tests run it after each
 pass). Nothing here depends on the backend that will run the program.
@@ -20,6 +21,7 @@ from .ir import NameGen
 from .loss import append_loss
 from .optim import SGD, Optimizer
 from .passes.dce import dead_code_elimination
+from .passes.pipeline import DEFAULT_OPT_LEVEL, optimize, passes_for
 from .peft import Full, Spec
 from .program import Program
 from .verify import verify
@@ -46,13 +48,18 @@ def import_model(model, example_inputs):
 
 
 def compile(model, example_inputs, example_target, loss="cross_entropy", peft: Spec | None = None,
-            optimizer: Optimizer | None = None, name: str | None = None) -> Program:
+            optimizer: Optimizer | None = None, name: str | None = None, opt_level: int = DEFAULT_OPT_LEVEL,
+            disable_passes=(), passes=None, target: str | None = None) -> Program:
     """Compile `model` into a training program (see the README for a walk-through).
 
     example_inputs: a tuple of example tensors (their shapes and dtypes become the program's);
     example_target: an example target (class indices for cross_entropy);
     loss: "cross_entropy", "mse", or a torch callable (output, target) -> scalar;
-    peft: an `et.peft` spec (default Full()); optimizer: `et.optim.SGD(...)` / `AdamW(...)`."""
+    peft: an `et.peft` spec (default Full()); optimizer: `et.optim.SGD(...)` / `AdamW(...)`;
+    opt_level: 0..3 (compiler/passes/pipeline.py says which passes each runs; default 2);
+    disable_passes: pass names to skip; passes: the exact pass set instead of a level's;
+    target: "x86_64" / "aarch64" when the plan is for another machine (kernel choice by cost model)."""
+    passes_for(opt_level, disable_passes, passes)  # reject bad names before the slow capture
     peft = Full() if peft is None else peft
     optimizer = SGD() if optimizer is None else optimizer
     if not isinstance(peft, Spec):
@@ -89,4 +96,5 @@ def compile(model, example_inputs, example_target, loss="cross_entropy", peft: S
     optimizer.emit_updates(g, grads, names)
     dead_code_elimination(g)
     verify(g)
-    return Program(g, imported.frontend, peft, optimizer, imported.input_names, target_name, imported.train_mode)
+    program = Program(g, imported.frontend, peft, optimizer, imported.input_names, target_name, imported.train_mode)
+    return optimize(program, opt_level, disable_passes, passes, target=target)

@@ -120,10 +120,10 @@ class Value:
 
 
 class Node:
-    __slots__ = ("op", "inputs", "outputs", "attrs", "section", "source", "tags")
+    __slots__ = ("op", "inputs", "outputs", "attrs", "section", "source", "tags", "kernel")
 
     def __init__(self, op: str, inputs: list[Value], outputs: list[Value], attrs: dict | None = None,
-                 section: str = "forward", source: str | None = None):
+                 section: str = "forward", source: str | None = None, kernel: str | None = None):
         self.op = op
         self.inputs = list(inputs)
         self.outputs = list(outputs)
@@ -131,6 +131,9 @@ class Node:
         self.section = section
         self.source = source  # "file.py:LINE module.path" for frontends, None for compiler-made
         self.tags: set[str] = set()  # analysis marks, e.g. "weight_grad"; not semantics
+        # the kernel that runs this node ("conv2d.winograd"), chosen by compiler/passes/select_kernels.py;
+        # None = the op's default kernel, registered under the op's own name
+        self.kernel = kernel
 
     def __repr__(self) -> str:
         outs = ", ".join(repr(v) for v in self.outputs)

@@ -92,17 +92,23 @@ def print_graph(g: Graph) -> str:
         lines.append(f"  {v.kind} {fmt_name(name)}: {v.type}{extra}")
     for alias, target in sorted(g.aliases.items()):
         lines.append(f"  alias {fmt_name(alias)} = {fmt_name(target)}")
-    for section in SECTIONS:
-        nodes = [n for n in g.nodes if n.section == section]
-        if not nodes and section != "forward":
-            continue
-        lines.append("")
-        lines.append(f"  {section}:")
-        for n in nodes:
-            outs = ", ".join(f"{fmt_name(v.name)}: {v.type}" for v in n.outputs)
-            ins = ", ".join(fmt_name(v.name) for v in n.inputs)
-            src = f" @{json.dumps(n.source)}" if n.source else ""
-            lines.append(f"    {outs} = {n.op}({ins}){fmt_attrs(n.attrs)}{src}")
+    # A section header starts every run of nodes of one section: after update reordering,
+    # update nodes sit between backward nodes, and the text keeps the execution order.
+    current = None
+    for n in g.nodes or [None]:
+        section = n.section if n is not None else "forward"
+        if section != current:
+            if current is None and section != "forward":
+                lines += ["", "  forward:"]
+            lines += ["", f"  {section}:"]
+            current = section
+        if n is None:
+            break
+        outs = ", ".join(f"{fmt_name(v.name)}: {v.type}" for v in n.outputs)
+        ins = ", ".join(fmt_name(v.name) for v in n.inputs)
+        kernel = f" kernel {json.dumps(n.kernel)}" if n.kernel else ""
+        src = f" @{json.dumps(n.source)}" if n.source else ""
+        lines.append(f"    {outs} = {n.op}({ins}){fmt_attrs(n.attrs)}{kernel}{src}")
     lines.append("")
     for key, v in g.outputs.items():
         lines.append(f"  output {key} = {fmt_name(v.name)}")
@@ -299,13 +305,17 @@ def parse_graph(text: str, initial: dict[str, np.ndarray] | None = None) -> Grap
                     if t.peek(","):
                         t.next()
                 t.next(value="}")
+            kernel = None
+            if t.peek("kernel"):
+                t.next()
+                kernel = json.loads(t.next("string"))
             source = None
             if t.peek("@"):
                 t.next()
                 source = json.loads(t.next("string"))
             if not t.done():
                 raise IRError(f"line {lineno}: unexpected {t.toks[t.i][1]!r} after node")
-            node = Node(op, inputs, [], attrs, section, source)
+            node = Node(op, inputs, [], attrs, section, source, kernel)
             for name, ty in outs:
                 if name in values:
                     raise IRError(f"line {lineno}: %{name} defined twice")

@@ -46,9 +46,9 @@ _SECTION = {"forward": Section.forward, "loss": Section.loss, "backward": Sectio
 
 
 def kernel_for(node, backend: str) -> str:
-    """The kernel that runs `node` (kernel selection lands with the optimisation passes; today
-    every op runs its default kernel, registered under the op's name)."""
-    return node.op
+    """The kernel that runs `node`: the one compiler/passes/select_kernels.py chose, else the
+    op's default kernel, registered under the op's own name."""
+    return node.kernel or node.op
 
 
 def native_workspace(backend: str):

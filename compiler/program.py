@@ -34,10 +34,14 @@ class Summary:
     first_grad_index: int | None
     forward_ops: int
     state_bytes: int
+    opt_level: int = 0
+    passes: list = field(default_factory=list)  # PassRecord per pass: ops and planned bytes before/after
     extra: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        return dict(self.__dict__)
+        d = dict(self.__dict__)
+        d["passes"] = [p.as_dict() for p in self.passes]
+        return d
 
     def __str__(self) -> str:
         def mb(n):
@@ -59,6 +63,10 @@ class Summary:
         else:
             lines.append("  first op that gets a gradient: none")
         lines.append(f"  persistent state (params, buffers, optimizer): {mb(self.state_bytes)}")
+        if self.passes:
+            from .passes.pipeline import format_report
+            lines.append(f"  optimisation passes (-O{self.opt_level}):")
+            lines += ["    " + line for line in format_report(self.passes).splitlines()]
         return "\n".join(lines)
 
 
@@ -75,6 +83,8 @@ class Program:
         self.target_input = target_input
         self.train_mode = train_mode
         self._memory_plans: dict = {}
+        self.opt_level = 0
+        self.pass_report: list = []  # PassRecord per optimisation pass run (compiler/passes/pipeline.py)
 
     # ---- planning for a backend ----------------------------------------------------------------
     def memory_plan(self, backend: str = "cpu"):
@@ -159,4 +169,4 @@ class Program:
             activations_kept=len(kept), activation_bytes_kept=sum(v.type.nbytes for v in kept.values()),
             forward_activation_bytes=forward_bytes, weight_grad_ops=len(weight_grads), weight_grad_ops_by_op=by_op,
             first_grad_op=first_desc, first_grad_index=first[0] if first else None, forward_ops=len(forward_nodes),
-            state_bytes=state_bytes)
+            state_bytes=state_bytes, opt_level=self.opt_level, passes=list(self.pass_report))

@@ -5,7 +5,8 @@ Checks, naming the node and op on failure:
     (a graph source, or an output of an earlier node) — i.e. the node list is topological;
   * every op is registered and its `infer` rule, re-run on the input types, gives exactly the
     recorded output types (so shapes and dtypes can never silently drift after a pass);
-  * sections appear in order forward < loss < backward < update;
+  * sections appear in order forward < loss < backward/update (updates may interleave with
+    backward nodes once reordered);
   * outputs and assignments name defined values; an assignment targets a param, buffer or
     state with the same type; aliases point at params;
   * every non-input source has initial data of its declared shape and dtype.
@@ -46,7 +47,9 @@ def verify(g: Graph) -> Graph:
         where = f"node {i} ({node.op} -> %{node.outputs[0].name if node.outputs else '?'})"
         if node.section not in SECTIONS:
             raise IRError(f"{where}: unknown section '{node.section}'")
-        rank = SECTIONS.index(node.section)
+        # update nodes may sit between backward nodes (compiler/passes/reorder_updates.py runs each
+        # update as soon as its gradient is final); backward and update rank the same here
+        rank = min(SECTIONS.index(node.section), SECTIONS.index("backward"))
         if rank < section_rank:
             raise IRError(f"{where}: section '{node.section}' after a later section")
         section_rank = rank

@@ -9,6 +9,7 @@
 
 from .compiler import optim, peft
 from .compiler.compile import compile
+from .compiler.passes.pipeline import PASS_NAMES, optimize
 from .compiler.errors import (CaptureError, EdgetuneError, InputError, IRError, LossError, PlanError, ShapeError,
                               SpecError, UnsupportedOpError)
 from .compiler.ir_text import parse_graph, print_graph
@@ -17,6 +18,6 @@ from .compiler.verify import verify
 from .runtime.session import Session
 
 __version__ = "0.1.0"
-__all__ = ["compile", "Session", "Program", "peft", "optim", "verify", "print_graph", "parse_graph",
+__all__ = ["compile", "optimize", "PASS_NAMES", "Session", "Program", "peft", "optim", "verify", "print_graph", "parse_graph",
            "EdgetuneError", "CaptureError", "UnsupportedOpError", "SpecError", "LossError", "IRError", "ShapeError",
            "InputError", "PlanError"]

@@ -109,7 +109,8 @@ def cmd_demo(args) -> int:
     inputs, target = synthetic_task(args.model, model, args.batch, args.resolution, args.seed)
     started = time.perf_counter()
     prog = et.compile(model, inputs, target, loss="cross_entropy", peft=args.peft,
-                      optimizer=make_optimizer(args.optimizer, args.lr, args.momentum, args.weight_decay))
+                      optimizer=make_optimizer(args.optimizer, args.lr, args.momentum, args.weight_decay),
+                      opt_level=args.opt_level, disable_passes=args.disable_pass, target=args.target)
     console.print(f"[bold]compiled[/bold] {args.model} in {time.perf_counter() - started:.2f} s")
     console.print(str(prog.summary()))
     sess = et.Session(prog, backend=args.backend, threads=args.threads)
@@ -189,7 +190,8 @@ def cmd_compile(args) -> int:
         model = build_model(args.model, 10).train(not args.eval)
         inputs, target = synthetic_task(args.model, model, args.batch, args.resolution, args.seed)
     prog = et.compile(model, inputs, target, peft=args.peft,
-                      optimizer=make_optimizer(args.optimizer, args.lr, args.momentum, args.weight_decay))
+                      optimizer=make_optimizer(args.optimizer, args.lr, args.momentum, args.weight_decay),
+                      opt_level=args.opt_level, disable_passes=args.disable_pass, target=args.target)
     console.print(str(prog.summary()))
     if not args.out:
         return 0
@@ -237,6 +239,7 @@ def cmd_bench(argv: list[str]) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import models
+    from .compiler.passes.pipeline import DEFAULT_OPT_LEVEL, PASS_NAMES
     p = argparse.ArgumentParser(prog="edgetune", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command")
 
@@ -254,6 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--eval", action="store_true", help="compile the model in eval mode (frozen BN stats)")
         sp.add_argument("--backend", default="cpu", choices=["cpu", "reference"],
                         help="runtime that trains (demo) or that the plan is made for (compile); default cpu")
+        sp.add_argument("-O", dest="opt_level", type=int, default=DEFAULT_OPT_LEVEL, choices=[0, 1, 2, 3],
+                        metavar="LEVEL", help="optimisation level -O0..-O3 (default -O2; -O3 times kernels here)")
+        sp.add_argument("--disable-pass", action="append", default=[], choices=PASS_NAMES, metavar="NAME",
+                        help=f"skip one optimisation pass (repeatable): {', '.join(PASS_NAMES)}")
+        sp.add_argument("--target", choices=["x86_64", "aarch64"], default=None,
+                        help="compile for another machine: kernels chosen by the cost model (default: this one)")
 
     sub.add_parser("finetune", help="the main job (default): real pretrained models, real data, five schemes "
                    "(`edgetune finetune --help`)")

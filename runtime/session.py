@@ -125,8 +125,8 @@ class Session:
     # ---- profiling (cpu backend) -----------------------------------------------------------------
     def profile(self, steps: int | None = None, *args) -> dict:
         """Per-op time of the C++ runtime. `sess.profile(5, x, y)` runs 5 profiled steps and
-        returns {"ops": {op: ms per step}, "sections": {section: ms per step}, "nodes": [...]}
-        (nodes: (op, source, section, ms per step), slowest first)."""
+        returns {"ops": {op: ms per step}, "kernels": {kernel: ms per step}, "sections": {section: ms
+        per step}, "nodes": [...]} (nodes: (op, source, section, ms per step, kernel), slowest first)."""
         rt = getattr(self._impl, "rt", None)
         if rt is None:
             raise InputError("profile() needs backend='cpu'")
@@ -139,15 +139,18 @@ class Session:
             rt.set_profiling(False)
         n = max(steps or 1, 1)
         ops: dict[str, float] = {}
+        kernels: dict[str, float] = {}
         sections: dict[str, float] = {}
         nodes = []
-        for op, source, section, seconds, _calls in rt.profile():
+        for op, kernel, source, section, seconds, _calls in rt.profile():
             ms = seconds * 1e3 / n
             ops[op] = ops.get(op, 0.0) + ms
+            kernels[kernel] = kernels.get(kernel, 0.0) + ms
             sections[section] = sections.get(section, 0.0) + ms
-            nodes.append((op, source, section, ms))
+            nodes.append((op, source, section, ms, kernel))
         nodes.sort(key=lambda t: -t[3])
-        return {"ops": dict(sorted(ops.items(), key=lambda kv: -kv[1])), "sections": sections, "nodes": nodes}
+        return {"ops": dict(sorted(ops.items(), key=lambda kv: -kv[1])),
+                "kernels": dict(sorted(kernels.items(), key=lambda kv: -kv[1])), "sections": sections, "nodes": nodes}
 
     # ---- weights as files -------------------------------------------------------------------------
     def save_weights(self, path) -> None:

@@ -9,12 +9,25 @@ makes sparse backprop visible: a frozen weight simply has no conv2d_grad_weight 
 first trainable layer needs no conv2d_grad_input.
 
 The numpy references use strided window views + tensordot/einsum (an im2col without the copy).
+
+Fused epilogues, put in by optimisation passes after autodiff (so these forms have no gradient
+rule; semantics in matmul.py, defined through the elementwise ops' references):
+
+    conv2d(x, w[, b], activation="relu"|"hardtanh", act_min=, act_max=)   act(conv + b)
+    conv2d_grad_input(dy, w, mask[, mask_min=, mask_max=])               dx zeroed where the
+        activation that produced x had zero slope: u8 bits, or its f32 output y
+        (= hardtanh_backward(conv2d_grad_input(dy, w), y)).
+
+The CPU kernels also register each algorithm as its own kernel (conv2d.im2col / .pointwise /
+.depthwise, same for both backward ops) for per-node kernel selection; the ops are the same.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .matmul import (apply_activation, apply_output_mask, bit_mask, check_activation, check_output_mask,
+                     has_activation, no_grad_with_epilogue, torch_activation, torch_output_mask)
 from .registry import NOT_DIFFERENTIABLE, OpDef, Sample, T, check, rand, register, same_dtype
 from ..ir import TensorType
 
@@ -39,6 +52,7 @@ def _conv_infer(ts, a):
     (sh, sw), (ph, pw), (dh, dw) = a["stride"], a["padding"], a["dilation"]
     ho, wo = conv_out_size(h, kh, sh, ph, dh), conv_out_size(wd, kw, sw, pw, dw)
     check(ho > 0 and wo > 0, f"conv2d output would be empty for input {x} and kernel {kh}x{kw}")
+    check_activation(a, "conv2d")
     return [TensorType((n, o, ho, wo), dt)]
 
 
@@ -65,11 +79,11 @@ def _conv_ref(x, a):
         y = np.einsum("ngchwkl,gockl->ngohw", win_g, w_g, optimize=True).reshape(n, o, ho, wo)
     if len(x) == 3:
         y = y + x[2].reshape(1, -1, 1, 1)
-    return [np.ascontiguousarray(y, dtype=inp.dtype)]
+    return [apply_activation(np.ascontiguousarray(y, dtype=inp.dtype), a)]
 
 
 def _conv_grad_input_ref(x, a):
-    dy, w = x
+    dy, w = x[0], x[1]
     g = a["groups"]
     n, c, h, wd = a["input_shape"]
     o, cg, kh, kw = w.shape
@@ -82,7 +96,16 @@ def _conv_grad_input_ref(x, a):
     for i in range(kh):  # col2im: scatter each kernel tap back onto the padded input
         for j in range(kw):
             dxp[:, :, i * dh: i * dh + sh * (ho - 1) + 1: sh, j * dw: j * dw + sw * (wo - 1) + 1: sw] += cols[..., i, j]
-    return [np.ascontiguousarray(dxp[:, :, ph: ph + h, pw: pw + wd])]
+    dx = np.ascontiguousarray(dxp[:, :, ph: ph + h, pw: pw + wd])
+    return [apply_output_mask(dx, x[2], a) if len(x) == 3 else dx]
+
+
+def _conv_grad_input_infer(ts, a):
+    check(len(ts) in (2, 3), f"conv2d_grad_input takes dy, w and an optional mask, got {len(ts)} inputs")
+    out = TensorType(tuple(a["input_shape"]), same_dtype(ts[:2]))
+    if len(ts) == 3:
+        check_output_mask(out, ts[2], a, "conv2d_grad_input")
+    return [out]
 
 
 def _conv_grad_weight_ref(x, a):
@@ -100,6 +123,8 @@ def _conv_grad_weight_ref(x, a):
 
 
 def _conv_grad(g):
+    if has_activation(g.attrs):
+        no_grad_with_epilogue(g, "conv2d", f"activation {g.attrs['activation']!r}")
     x, w = g.inputs[0], g.inputs[1]
     dy = g.douts[0]
     conv_attrs = {k: g.attrs[k] for k in _CONV_KEYS}
@@ -125,6 +150,10 @@ def _attrs(stride=1, padding=0, dilation=1, groups=1):
 
 
 def _conv_samples(rng):
+    return _plain_conv_samples(rng) + _activation_samples(rng)
+
+
+def _plain_conv_samples(rng):
     return [
         Sample([rand(rng, 2, 3, 7, 7), rand(rng, 4, 3, 3, 3), rand(rng, 4)], _attrs(padding=1)),
         Sample([rand(rng, 1, 4, 9, 8), rand(rng, 6, 2, 3, 2)], _attrs(stride=2, groups=2), note="grouped, stride 2"),
@@ -144,19 +173,42 @@ def _conv_samples(rng):
     ]
 
 
+def _activation_samples(rng):
+    """conv2d with a fused activation on the kernels' three paths. Inputs span [-4, 4] (exact
+    ones are scaled by 4, still exact) so that hardtanh(0, 6) clamps at both ends."""
+    relu = {"activation": "relu"}
+    relu6 = {"activation": "hardtanh", "act_min": 0.0, "act_max": 6.0}
+    return [
+        Sample([rand(rng, 2, 5, 4, 4, lo=-4, hi=4), rand(rng, 3, 5, 1, 1), rand(rng, 3)], {**_attrs(), **relu},
+               grad_inputs=[], note="pointwise, relu"),
+        Sample([4 * _exact(rng, 2, 48, 10, 10), _exact(rng, 40, 48, 1, 1), _exact(rng, 40)], {**_attrs(), **relu6},
+               grad_inputs=[], note="exact pointwise 48->40, hardtanh(0, 6)"),
+        Sample([rand(rng, 2, 4, 8, 8, lo=-4, hi=4), rand(rng, 4, 1, 3, 3), rand(rng, 4)],
+               {**_attrs(stride=2, padding=1, groups=4), **relu}, grad_inputs=[], note="depthwise, relu"),
+        Sample([4 * _exact(rng, 2, 32, 15, 15), _exact(rng, 32, 1, 3, 3), _exact(rng, 32)],
+               {**_attrs(stride=2, padding=1, groups=32), **relu6}, grad_inputs=[],
+               note="exact depthwise stride 2, hardtanh(0, 6)"),
+        Sample([rand(rng, 2, 3, 7, 7, lo=-4, hi=4), rand(rng, 4, 3, 3, 3), rand(rng, 4)],
+               {**_attrs(padding=1), **relu}, grad_inputs=[], note="3x3, relu"),
+        Sample([_exact(rng, 2, 64, 8, 8), _exact(rng, 64, 64, 3, 3), _exact(rng, 64)],
+               {**_attrs(padding=1), **relu6}, grad_inputs=[], note="exact 3x3 K=576, hardtanh(0, 6)"),
+    ]
+
+
 def _exact(rng, *shape):
     """Multiples of 1/8 in [-1, 1]: products and their sums stay exact in float32."""
     return (rng.integers(-8, 9, size=shape) / 8).astype(np.float32)
 
 
 def _torch_conv(t, a):
-    return [T().nn.functional.conv2d(t[0], t[1], t[2] if len(t) == 3 else None, a["stride"], a["padding"],
-                                     a["dilation"], a["groups"])]
+    y = T().nn.functional.conv2d(t[0], t[1], t[2] if len(t) == 3 else None, a["stride"], a["padding"],
+                                 a["dilation"], a["groups"])
+    return [torch_activation(y, a)]
 
 
 def _torch_conv_backward(t, a, which):
     torch = T()
-    dy, other = t
+    dy, other = t[0], t[1]
     if which == "input":
         x, w = torch.zeros(a["input_shape"], dtype=dy.dtype), other
         mask = [True, False, False]
@@ -165,13 +217,15 @@ def _torch_conv_backward(t, a, which):
         mask = [False, True, False]
     out = torch.ops.aten.convolution_backward(dy, x, w, None, a["stride"], a["padding"], a["dilation"], False,
                                               [0, 0], a["groups"], mask)
-    return [out[0] if which == "input" else out[1]]
+    if which == "input":
+        return [torch_output_mask(out[0], t[2], a) if len(t) == 3 else out[0]]
+    return [out[1]]
 
 
 def _backward_samples(which):
     def samples(rng):
         out = []
-        for s in _conv_samples(rng):
+        for s in _plain_conv_samples(rng):
             x, w = s.inputs[0], s.inputs[1]
             y = _conv_ref([x, w], s.attrs)[0]
             dy = _exact(rng, *y.shape) if s.note.startswith("exact") else rand(rng, *y.shape)
@@ -179,15 +233,30 @@ def _backward_samples(which):
                 out.append(Sample([dy, w], {**s.attrs, "input_shape": list(x.shape)}, note=s.note))
             else:
                 out.append(Sample([dy, x], {**s.attrs, "weight_shape": list(w.shape)}, note=s.note))
+        if which == "input":
+            out += _masked_grad_input_samples(rng, out)
         return out
     return samples
 
 
+def _masked_grad_input_samples(rng, plain):
+    """The fused activation backward on every grad_input sample: bits on all, and the f32 form
+    alternating relu (mask_min 0) and hardtanh (0, 6) on y drawn around both kinks."""
+    out = []
+    for k, s in enumerate(plain):
+        shape = tuple(s.attrs["input_shape"])
+        out.append(Sample(s.inputs + [bit_mask(rng, shape)], s.attrs, note=f"{s.note or 'general'}, bit mask"))
+        lim = {"mask_min": 0.0, "mask_max": 6.0} if k % 2 else {"mask_min": 0.0}
+        out.append(Sample(s.inputs + [rand(rng, *shape, lo=-2.0, hi=8.0)], {**s.attrs, **lim},
+                          note=f"{s.note or 'general'}, f32 mask {'hardtanh' if k % 2 else 'relu'}"))
+    return out
+
+
 register(OpDef("conv2d", _conv_infer, _conv_ref, _conv_grad, _conv_samples, _torch_conv,
                param_roles={1: "weight", 2: "bias"}, min_inputs=2, flops=_conv_flops))
-register(OpDef("conv2d_grad_input", lambda ts, a: [TensorType(tuple(a["input_shape"]), same_dtype(ts))],
+register(OpDef("conv2d_grad_input", _conv_grad_input_infer,
                _conv_grad_input_ref, NOT_DIFFERENTIABLE, _backward_samples("input"),
-               lambda t, a: _torch_conv_backward(t, a, "input"),
+               lambda t, a: _torch_conv_backward(t, a, "input"), min_inputs=2,
                flops=lambda i, o, a: 2 * i[0].numel * i[1].shape[1] * i[1].shape[2] * i[1].shape[3]))
 register(OpDef("conv2d_grad_weight", lambda ts, a: [TensorType(tuple(a["weight_shape"]), same_dtype(ts))],
                _conv_grad_weight_ref, NOT_DIFFERENTIABLE, _backward_samples("weight"),

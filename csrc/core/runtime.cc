@@ -349,7 +349,7 @@ void Runtime::reset_profile() {
 
 std::vector<Runtime::NodeProfile> Runtime::profile() const {
   std::vector<NodeProfile> out;
-  for (const Node& n : nodes_) out.push_back({&n.op, &n.source, n.section, n.seconds, n.calls});
+  for (const Node& n : nodes_) out.push_back({&n.op, &n.kernel->name, &n.source, n.section, n.seconds, n.calls});
   return out;
 }
 

@@ -74,6 +74,7 @@ class Runtime {
   void reset_profile();
   struct NodeProfile {
     const std::string* op;
+    const std::string* kernel;  // the registered kernel that ran it ("conv2d.winograd")
     const std::string* source;
     int section;
     double seconds;

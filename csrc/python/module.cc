@@ -11,6 +11,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -179,6 +181,57 @@ std::vector<py::array> py_run_kernel(const std::string& backend, const std::stri
   return results;
 }
 
+// Median wall time (seconds) of one kernel on inputs of the given specs: what the compiler's
+// kernel selection (compiler/passes/select_kernels.py) measures when compiling for this machine.
+// Inputs are filled with small deterministic values (bit masks included: any byte is valid);
+// integer inputs are zero, so only kernels without index inputs should be timed.
+double py_time_kernel(const std::string& backend, const std::string& kernel, const std::vector<py::tuple>& ins,
+                      const std::vector<py::tuple>& outs, const py::dict& attrs_py, int threads, int repeats) {
+  const KernelDef& k = find_kernel(backend, kernel);
+  std::vector<TensorView> in_views, out_views;
+  std::vector<std::vector<unsigned char>> storage;
+  auto bind = [&](TensorView t, bool fill) {
+    storage.emplace_back(t.nbytes() + 64, 0);
+    t.data = storage.back().data();
+    if (fill && t.dtype == DType::f32) {
+      float* p = static_cast<float*>(t.data);
+      for (int64_t i = 0, n = t.numel(); i < n; ++i) p[i] = 0.001f * static_cast<float>((i * 7919) % 2001 - 1000);
+    } else if (fill && t.dtype == DType::u8) {
+      auto* p = static_cast<unsigned char*>(t.data);
+      for (size_t i = 0; i < t.nbytes(); ++i) p[i] = static_cast<unsigned char>(i * 37);
+    }
+    return t;
+  };
+  storage.reserve(ins.size() + outs.size() + 1);
+  for (auto& s : ins) in_views.push_back(bind(view_of_spec(s), true));
+  for (auto& s : outs) out_views.push_back(bind(view_of_spec(s), false));
+  Attrs attrs = attrs_from_py(attrs_py);
+  ThreadPool pool(threads);
+  KernelArgs a{in_views.data(), static_cast<int>(in_views.size()), out_views.data(),
+               static_cast<int>(out_views.size()), &attrs, nullptr, 0, &pool};
+  if (k.check) throw_if_error(k.check(a).with_context(kernel));
+  size_t ws = k.workspace ? k.workspace(a) : 0;
+  storage.emplace_back(ws + 64, 0);
+  a.workspace = ws ? storage.back().data() : nullptr;
+  a.workspace_bytes = ws;
+  std::vector<double> times;
+  {
+    py::gil_scoped_release release;
+    throw_if_error(k.run(a).with_context(kernel));  // warm-up: caches, page faults, thread start
+    for (int r = 0; r < std::max(1, repeats); ++r) {
+      auto t0 = std::chrono::steady_clock::now();
+      Status st = k.run(a);
+      times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      if (!st.ok()) {
+        py::gil_scoped_acquire acquire;
+        throw_if_error(st.with_context(kernel));
+      }
+    }
+  }
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
 py::array copy_out(const TensorView& t) {
   std::vector<py::ssize_t> shape(t.shape, t.shape + t.rank);
   py::array out(numpy_dtype(t.dtype), shape);
@@ -321,6 +374,8 @@ PYBIND11_MODULE(_native, m) {
   });
   m.def("workspace_bytes", &py_workspace_bytes, py::arg("backend"), py::arg("kernel"), py::arg("inputs"),
         py::arg("outputs"), py::arg("attrs"));
+  m.def("time_kernel", &py_time_kernel, py::arg("backend"), py::arg("kernel"), py::arg("inputs"),
+        py::arg("outputs"), py::arg("attrs"), py::arg("threads") = 1, py::arg("repeats") = 5);
   m.def("run_kernel", &py_run_kernel, py::arg("backend"), py::arg("kernel"), py::arg("arrays"),
         py::arg("outputs"), py::arg("attrs"), py::arg("threads") = 1);
   py::class_<PyRuntime>(m, "Runtime")
@@ -343,10 +398,10 @@ PYBIND11_MODULE(_native, m) {
              static const char* kSections[] = {"forward", "loss", "backward", "update"};
              py::list out;
              for (const auto& p : r.rt().profile())
-               out.append(py::make_tuple(*p.op, *p.source, kSections[p.section], p.seconds, p.calls));
+               out.append(py::make_tuple(*p.op, *p.kernel, *p.source, kSections[p.section], p.seconds, p.calls));
              return out;
            },
-           "per node: (op, source, section, seconds, calls)")
+           "per node: (op, kernel, source, section, seconds, calls)")
       .def_property_readonly("steps", [](PyRuntime& r) { return r.rt().steps_done(); })
       .def_property_readonly("threads", [](PyRuntime& r) { return r.rt().num_threads(); })
       .def_property_readonly("num_nodes", [](PyRuntime& r) { return r.rt().num_nodes(); })

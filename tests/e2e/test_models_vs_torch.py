@@ -108,12 +108,17 @@ def test_three_steps_match_pytorch(model_name, spec_name, opt_name, backend):
         # gradients) they can sit closer to the exact answer than float32 PyTorch does. Judge
         # them against PyTorch and the float32 reference with the usual tolerance *plus* how far
         # that oracle itself is from the float64 reference run of the same program.
+        # Winograd convolutions (chosen by -O2's kernel selection) round in their transforms:
+        # ~1e-5 of the output's magnitude (tests/kernels/test_winograd.py), so a looser atol.
+        winograd = any((n.kernel or "").endswith(".winograd") for n in prog.graph.nodes)
+        atol = 5e-5 if winograd else 1e-5
         exact_losses, exact, _ = edgetune_run(prog, batches, compute_dtype=np.float64)
         ref_losses, ref, _ = edgetune_run(prog, batches)
         for oracle, oracle_losses, state in (("torch", torch_losses, theirs), ("reference", ref_losses, ref)):
-            _assert_close_up_to_oracle_error(ours_losses, oracle_losses, exact_losses, f"losses vs {oracle}")
+            _assert_close_up_to_oracle_error(ours_losses, oracle_losses, exact_losses, f"losses vs {oracle}", atol=atol)
             for name in theirs:
-                _assert_close_up_to_oracle_error(ours[name], state[name], exact[name], f"{name} vs {oracle}")
+                _assert_close_up_to_oracle_error(ours[name], state[name], exact[name], f"{name} vs {oracle}",
+                                                 atol=atol)
     # the spec really trained something and left the rest alone
     changed = [n for n in trainable if not np.array_equal(ours[n], initial[n])]
     assert changed, "no trainable parameter moved"

@@ -17,6 +17,19 @@
 // Threads: GEMMs thread themselves (gemm.h); im2col/col2im split by input channel, so no two
 // threads write the same element. Batch sums (grad_weight) run image after image into the same
 // output (GEMM beta = 1), so any thread count gives the same result.
+//
+// Kernels: the op-named kernel ("conv2d") picks the path from the shape as above; each path is
+// also registered on its own ("conv2d.im2col", ".pointwise", ".depthwise", and the same for
+// conv2d_grad_input / conv2d_grad_weight) so the compiler can time them against each other and
+// pin one per node. A variant's check refuses geometries it cannot run; .im2col runs any.
+//
+// Epilogues (gemm.h), applied while the output is hot rather than by a separate op:
+//   conv2d(x, w[, b], activation=relu|hardtanh, act_min, act_max)  the clamp after the bias: in
+//       the GEMM's write-back (pointwise, im2col) or the depthwise register loop.
+//   conv2d_grad_input(dy, w[, mask])  zeroes dx where the activation that produced x had zero
+//       slope: u8 bits or the f32 activation output with mask_min / mask_max. Applied in the
+//       GEMM's write-back (pointwise), per channel right after the last col2im band (im2col),
+//       per finished dx row / plane (depthwise).
 #include <algorithm>
 #include <cstring>
 #include <string>
@@ -46,6 +59,44 @@ struct Conv {
   }
 };
 
+// Which path runs a node: the shape's choice (the op-named kernel) or one variant, forced.
+enum class Path { kAuto = 0, kIm2col = 1, kPointwise = 2, kDepthwise = 3 };
+enum ConvOp { kForward = 0, kGradInput = 1, kGradWeight = 2 };
+
+// Registry names, [op][path]; also what every error message starts with (no allocation in run).
+constexpr const char* kKernelNames[3][4] = {
+    {"conv2d", "conv2d.im2col", "conv2d.pointwise", "conv2d.depthwise"},
+    {"conv2d_grad_input", "conv2d_grad_input.im2col", "conv2d_grad_input.pointwise", "conv2d_grad_input.depthwise"},
+    {"conv2d_grad_weight", "conv2d_grad_weight.im2col", "conv2d_grad_weight.pointwise",
+     "conv2d_grad_weight.depthwise"},
+};
+
+const char* kernel_name(ConvOp op, Path p) { return kKernelNames[op][static_cast<int>(p)]; }
+
+// The path that runs: auto picks depthwise, then pointwise, then im2col, as the shape allows.
+Path resolve(const Conv& c, Path p) {
+  if (p != Path::kAuto) return p;
+  if (c.depthwise()) return Path::kDepthwise;
+  if (c.pointwise()) return Path::kPointwise;
+  return Path::kIm2col;
+}
+
+std::string pair_string(int64_t a, int64_t b) {
+  return a == b ? std::to_string(a) : std::to_string(a) + "x" + std::to_string(b);
+}
+
+// A forced variant's refusal of a geometry it cannot run (auto and im2col run every geometry).
+Status path_fits(const char* kernel, const Conv& c, Path p) {
+  if (p == Path::kPointwise && !c.pointwise())
+    return invalid_argument(std::string(kernel) + " needs a 1x1 stride-1 unpadded kernel, got " +
+                            std::to_string(c.KH) + "x" + std::to_string(c.KW) + " stride " + pair_string(c.SH, c.SW) +
+                            " padding " + pair_string(c.PH, c.PW));
+  if (p == Path::kDepthwise && !c.depthwise())
+    return invalid_argument(std::string(kernel) + " needs one input channel per group, got " + std::to_string(c.C) +
+                            " input channels in " + std::to_string(c.G) + " group(s)");
+  return Status::Ok();
+}
+
 // A pair attr ("stride": [sh, sw]); a scalar int means both.
 bool read_pair(const Attrs& attrs, const char* name, int64_t dflt, int64_t* a, int64_t* b) {
   const std::vector<int64_t>& v = attrs.get_ints(name);
@@ -70,8 +121,9 @@ bool read_pair(const Attrs& attrs, const char* name, int64_t dflt, int64_t* a, i
 
 int64_t conv_out(int64_t size, int64_t k, int64_t s, int64_t p, int64_t d) { return (size + 2 * p - d * (k - 1) - 1) / s + 1; }
 
-Status expect_all_f32(const KernelArgs& a, const char* op) {
-  for (int i = 0; i < a.num_inputs; ++i)
+// f32 for the first `num_inputs` inputs (a trailing mask is checked by read_output_mask) and outputs.
+Status expect_all_f32(const KernelArgs& a, const char* op, int num_inputs) {
+  for (int i = 0; i < num_inputs; ++i)
     ET_RETURN_IF_ERROR(expect_dtype(a, (std::string(op) + " input " + std::to_string(i)).c_str(), a.in(i), DType::f32));
   for (int i = 0; i < a.num_outputs; ++i)
     ET_RETURN_IF_ERROR(
@@ -166,7 +218,10 @@ void im2col(const Conv& c, const float* x /* [Cg,H,W] */, int64_t oh0, int64_t o
 }
 
 // dx[c] += scatter of the column rows of channel c; one channel per task, so writes never collide.
-void col2im(const Conv& c, const float* col, int64_t oh0, int64_t oh1, float* dx /* [Cg,H,W] */, ThreadPool* pool) {
+// `mask` (last band only, else null): the task then masks its channel while it is in cache;
+// mask_index is the masked tensor's index of dx[0, 0, 0].
+void col2im(const Conv& c, const float* col, int64_t oh0, int64_t oh1, float* dx /* [Cg,H,W] */, ThreadPool* pool,
+            const OutputMask* mask = nullptr, int64_t mask_index = 0) {
   const int64_t ncols = (oh1 - oh0) * c.WO;
   const int64_t kk = c.KH * c.KW;
   pool->parallel_for(c.Cg, std::max<int64_t>(1, 4096 / std::max<int64_t>(ncols * kk, 1)), [&](int64_t c0, int64_t c1) {
@@ -191,20 +246,30 @@ void col2im(const Conv& c, const float* col, int64_t oh0, int64_t oh1, float* dx
           }
         }
       }
+      if (mask) mask->apply(dxc, mask_index + ch * c.H * c.W, c.H * c.W);
     }
   });
 }
 
-// The general path's column buffer: the workspace the planner reserved from *_workspace().
-size_t column_bytes(const Conv& c) {
-  if (c.depthwise() || c.pointwise()) return 0;
+// The im2col path's column buffer: the workspace the planner reserved from *_workspace().
+size_t column_bytes(const Conv& c, Path p) {
+  if (resolve(c, p) != Path::kIm2col) return 0;
   return static_cast<size_t>(c.kdim() * c.band_rows() * c.WO) * sizeof(float);
 }
 
-Status expect_workspace(const KernelArgs& a, const Conv& c, const char* op) {
-  if (a.workspace_bytes >= column_bytes(c) && (a.workspace || column_bytes(c) == 0)) return Status::Ok();
-  return internal_error(std::string(op) + ": workspace of " + std::to_string(a.workspace_bytes) + " bytes, needs " +
-                        std::to_string(column_bytes(c)));
+Status expect_workspace(const KernelArgs& a, const Conv& c, Path p, const char* kernel) {
+  const size_t need = column_bytes(c, p);
+  if (a.workspace_bytes >= need && (a.workspace || need == 0)) return Status::Ok();
+  return internal_error(std::string(kernel) + ": workspace of " + std::to_string(a.workspace_bytes) +
+                        " bytes, needs " + std::to_string(need));
+}
+
+// out[0..n) = min(max(out, lo), hi), NaN kept (the generic paths' activation).
+void clamp_row(float* out, int64_t n, float lo, float hi) {
+  for (int64_t k = 0; k < n; ++k) {
+    float r = out[k] < lo ? lo : out[k];
+    out[k] = r > hi ? hi : r;
+  }
 }
 
 // Grain for a parallel_for over planes of `plane` elements.
@@ -212,34 +277,33 @@ int64_t plane_grain(int64_t plane) { return std::max<int64_t>(1, 16384 / std::ma
 
 // ---- conv2d ----------------------------------------------------------------------------------
 
-Status conv_check(const KernelArgs& a) {
-  ET_RETURN_IF_ERROR(expect_arity(a, "conv2d", 2, 3, 1));
-  ET_RETURN_IF_ERROR(expect_all_f32(a, "conv2d"));
+Status conv_check(const KernelArgs& a, Path p) {
+  const char* kernel = kernel_name(kForward, p);
+  ET_RETURN_IF_ERROR(expect_arity(a, kernel, 2, 3, 1));
+  ET_RETURN_IF_ERROR(expect_all_f32(a, kernel, a.num_inputs));
   const TensorView &x = a.in(0), &w = a.in(1);
   if (x.rank != 4 || w.rank != 4)
-    return invalid_argument("conv2d: wants 4-d input and weight, got " + x.shape_string() + " and " +
+    return invalid_argument(std::string(kernel) + ": wants 4-d input and weight, got " + x.shape_string() + " and " +
                             w.shape_string());
   Conv c;
-  ET_RETURN_IF_ERROR(make_conv("conv2d", a.attr(), x.shape, w.shape, a.out(0), &c));
+  ET_RETURN_IF_ERROR(make_conv(kernel, a.attr(), x.shape, w.shape, a.out(0), &c));
   if (a.num_inputs == 3 && (a.in(2).rank != 1 || a.in(2).shape[0] != c.O))
-    return invalid_argument("conv2d: bias " + a.in(2).shape_string() + " does not fit " + std::to_string(c.O) +
-                            " output channels");
-  return Status::Ok();
+    return invalid_argument(std::string(kernel) + ": bias " + a.in(2).shape_string() + " does not fit " +
+                            std::to_string(c.O) + " output channels");
+  float lo, hi;
+  ET_RETURN_IF_ERROR(read_activation(a.attr(), kernel, &lo, &hi));
+  return path_fits(kernel, c, p);
 }
 
-Conv conv_of(const KernelArgs& a) {  // run-time geometry (check has validated it)
+size_t conv_workspace(const KernelArgs& a, Path p) {
   Conv c;
-  (void)make_conv("conv2d", a.attr(), a.in(0).shape, a.in(1).shape, a.out(0), &c);
-  return c;
+  if (!make_conv(kernel_name(kForward, p), a.attr(), a.in(0).shape, a.in(1).shape, a.out(0), &c).ok()) return 0;
+  return column_bytes(c, p);
 }
 
-size_t conv_workspace(const KernelArgs& a) {
-  Conv c;
-  if (!make_conv("conv2d", a.attr(), a.in(0).shape, a.in(1).shape, a.out(0), &c).ok()) return 0;
-  return column_bytes(c);
-}
-
-void conv_depthwise_generic(const Conv& c, const float* x, const float* w, const float* bias, float* y, ThreadPool* pool) {
+// y = clamp(depthwise conv + bias, act_lo, act_hi); -inf/+inf without an activation.
+void conv_depthwise_generic(const Conv& c, const float* x, const float* w, const float* bias, float act_lo,
+                            float act_hi, float* y, ThreadPool* pool) {
   const int64_t mult = c.Og();  // output channels per input channel
   const int64_t plane = c.HO * c.WO;
   pool->parallel_for(c.N * c.O, plane_grain(plane * c.KH * c.KW), [&](int64_t p0, int64_t p1) {
@@ -269,6 +333,7 @@ void conv_depthwise_generic(const Conv& c, const float* x, const float* w, const
             }
           }
         }
+        clamp_row(yr, c.WO, act_lo, act_hi);  // the row is finished and still in L1
       }
     }
   });
@@ -332,10 +397,13 @@ inline void axpy(float* __restrict dst, const float* __restrict src, float w, in
 typedef float VChunk __attribute__((vector_size(kChunk * sizeof(float))));
 typedef float VChunkU __attribute__((vector_size(kChunk * sizeof(float)), aligned(alignof(float)), may_alias));
 
-// y[k] = b + sum_t w[t] * src[t][k] for the NV chunks at k0: all taps accumulate in registers
-// (NV independent chains hide the FMA latency), y is written once.
+// y[k] = clamp(b + sum_t w[t] * src[t][k], lo, hi) for the NV chunks at k0: all taps accumulate
+// in registers (NV independent chains hide the FMA latency), the activation is applied there
+// too (two compares+selects per vector; lo/hi = -inf/+inf leave every value, NaN included,
+// as it is), and y is written once.
 template <int NV>
-inline void taps_chunk(float* out, int64_t k0, float b, const float* const* src, const float* w, int64_t taps) {
+inline void taps_chunk(float* out, int64_t k0, float b, const float* const* src, const float* w, int64_t taps,
+                       float lo, float hi) {
   VChunk acc[NV];
   for (int v = 0; v < NV; ++v) acc[v] = VChunk{} + b;
   for (int64_t t = 0; t < taps; ++t) {
@@ -343,25 +411,34 @@ inline void taps_chunk(float* out, int64_t k0, float b, const float* const* src,
     const float* s = src[t] + k0;
     for (int v = 0; v < NV; ++v) acc[v] += wt * *reinterpret_cast<const VChunkU*>(s + v * kChunk);
   }
-  for (int v = 0; v < NV; ++v) *reinterpret_cast<VChunkU*>(out + k0 + v * kChunk) = acc[v];
+  const VChunk vlo = VChunk{} + lo, vhi = VChunk{} + hi;
+  for (int v = 0; v < NV; ++v) {
+    VChunk r = acc[v] < vlo ? vlo : acc[v];
+    r = r > vhi ? vhi : r;
+    *reinterpret_cast<VChunkU*>(out + k0 + v * kChunk) = r;
+  }
 }
 
-// out[0..n) (n whole chunks) = b + sum_t w[t] * src[t][0..n)
-void taps_row(float* out, int64_t n, float b, const float* const* src, const float* w, int64_t taps) {
+// out[0..n) (n whole chunks) = clamp(b + sum_t w[t] * src[t][0..n), lo, hi)
+void taps_row(float* out, int64_t n, float b, const float* const* src, const float* w, int64_t taps, float lo,
+              float hi) {
   int64_t k = 0;
-  for (; k + 4 * kChunk <= n; k += 4 * kChunk) taps_chunk<4>(out, k, b, src, w, taps);
-  if (k + 2 * kChunk <= n) taps_chunk<2>(out, k, b, src, w, taps), k += 2 * kChunk;
-  if (k < n) taps_chunk<1>(out, k, b, src, w, taps);
+  for (; k + 4 * kChunk <= n; k += 4 * kChunk) taps_chunk<4>(out, k, b, src, w, taps, lo, hi);
+  if (k + 2 * kChunk <= n) taps_chunk<2>(out, k, b, src, w, taps, lo, hi), k += 2 * kChunk;
+  if (k < n) taps_chunk<1>(out, k, b, src, w, taps, lo, hi);
 }
 #else
-void taps_row(float* out, int64_t n, float b, const float* const* src, const float* w, int64_t taps) {
+void taps_row(float* out, int64_t n, float b, const float* const* src, const float* w, int64_t taps, float lo,
+              float hi) {
   std::fill(out, out + n, b);
   for (int64_t t = 0; t < taps; ++t) axpy(out, src[t], w[t], n);
+  clamp_row(out, n, lo, hi);
 }
 #endif
 
-void conv_depthwise(const Conv& c, const float* x, const float* w, const float* bias, float* y, ThreadPool* pool) {
-  if (!stageable(c)) return conv_depthwise_generic(c, x, w, bias, y, pool);
+void conv_depthwise(const Conv& c, const float* x, const float* w, const float* bias, float act_lo, float act_hi,
+                    float* y, ThreadPool* pool) {
+  if (!stageable(c)) return conv_depthwise_generic(c, x, w, bias, act_lo, act_hi, y, pool);
   const int64_t mult = c.Og(), plane = c.HO * c.WO, np = stage_positions(c), nout = round_chunk(c.WO);
   pool->parallel_for(c.N * c.O, plane_grain(plane * c.KH * c.KW), [&](int64_t p0, int64_t p1) {
     alignas(64) float ph[kStageFloats];  // the KH staged input rows of one output row
@@ -386,35 +463,40 @@ void conv_depthwise(const Conv& c, const float* x, const float* w, const float* 
             wt[taps] = wo[i * c.KW + j];
           }
         }
-        taps_row(row, nout, b0, src, wt, taps);  // taps in (i, j) order
+        taps_row(row, nout, b0, src, wt, taps, act_lo, act_hi);  // taps in (i, j) order
         std::memcpy(y + p * plane + oh * c.WO, row, sizeof(float) * c.WO);
       }
     }
   });
 }
 
-Status conv_run(const KernelArgs& a) {
-  const Conv c = conv_of(a);
+Status conv_run(const KernelArgs& a, Path p) {
+  const char* kernel = kernel_name(kForward, p);
+  Conv c;
+  (void)make_conv(kernel, a.attr(), a.in(0).shape, a.in(1).shape, a.out(0), &c);  // check validated it
   const float* x = a.in(0).as<float>();
   const float* w = a.in(1).as<float>();
   const float* bias = a.num_inputs == 3 ? a.in(2).as<float>() : nullptr;
   float* y = a.out(0).as<float>();
-  if (c.depthwise()) {
-    conv_depthwise(c, x, w, bias, y, a.pool);
+  GemmBias ep;  // the activation, clamped as the GEMM writes y
+  ET_RETURN_IF_ERROR(read_activation(a.attr(), kernel, &ep.clamp_lo, &ep.clamp_hi));
+  const Path path = resolve(c, p);
+  if (path == Path::kDepthwise) {
+    conv_depthwise(c, x, w, bias, ep.clamp_lo, ep.clamp_hi, y, a.pool);
     return Status::Ok();
   }
   const int64_t plane = c.HO * c.WO, kdim = c.kdim(), Og = c.Og();
   const int64_t band = c.band_rows();
   float* col = static_cast<float*>(a.workspace);
-  ET_RETURN_IF_ERROR(expect_workspace(a, c, "conv2d"));
+  ET_RETURN_IF_ERROR(expect_workspace(a, c, p, kernel));
   for (int64_t n = 0; n < c.N; ++n) {
     for (int64_t g = 0; g < c.G; ++g) {
       const float* xg = x + (n * c.C + g * c.Cg) * c.H * c.W;
       const float* wg = w + g * Og * kdim;
       float* yg = y + (n * c.O + g * Og) * plane;
-      GemmBias gb;  // the bias of output channel o is a per-row bias of the [Og, HW] product
+      GemmBias gb = ep;  // the bias of output channel o is a per-row bias of the [Og, HW] product
       if (bias) gb.row = bias + g * Og;
-      if (c.pointwise()) {  // y_g[Og, HW] = w_g[Og, Cg] @ x_g[Cg, HW]
+      if (path == Path::kPointwise) {  // y_g[Og, HW] = w_g[Og, Cg] @ x_g[Cg, HW]
         sgemm(false, false, Og, plane, kdim, 1.0f, wg, kdim, xg, c.H * c.W, 0.0f, yg, plane, a.pool, gb);
         continue;
       }
@@ -430,32 +512,37 @@ Status conv_run(const KernelArgs& a) {
 
 // ---- conv2d_grad_input ------------------------------------------------------------------------
 
-Status grad_input_geometry(const KernelArgs& a, Conv* c) {
+Status grad_input_geometry(const KernelArgs& a, const char* kernel, Conv* c) {
   int64_t xs[4];
   if (!read_shape4(a.attr(), "input_shape", xs))
-    return invalid_argument("conv2d_grad_input: attr input_shape must be 4 ints");
-  return make_conv("conv2d_grad_input", a.attr(), xs, a.in(1).shape, a.in(0), c);
+    return invalid_argument(std::string(kernel) + ": attr input_shape must be 4 ints");
+  return make_conv(kernel, a.attr(), xs, a.in(1).shape, a.in(0), c);
 }
 
-Status grad_input_check(const KernelArgs& a) {
-  ET_RETURN_IF_ERROR(expect_arity(a, "conv2d_grad_input", 2, 2, 1));
-  ET_RETURN_IF_ERROR(expect_all_f32(a, "conv2d_grad_input"));
+Status grad_input_check(const KernelArgs& a, Path p) {
+  const char* kernel = kernel_name(kGradInput, p);
+  ET_RETURN_IF_ERROR(expect_arity(a, kernel, 2, 3, 1));
+  ET_RETURN_IF_ERROR(expect_all_f32(a, kernel, 2));
   if (a.in(0).rank != 4 || a.in(1).rank != 4)
-    return invalid_argument("conv2d_grad_input: wants 4-d dy and weight, got " + a.in(0).shape_string() + " and " +
-                            a.in(1).shape_string());
+    return invalid_argument(std::string(kernel) + ": wants 4-d dy and weight, got " + a.in(0).shape_string() +
+                            " and " + a.in(1).shape_string());
   Conv c;
-  ET_RETURN_IF_ERROR(grad_input_geometry(a, &c));
+  ET_RETURN_IF_ERROR(grad_input_geometry(a, kernel, &c));
   if (!is_shape(a.out(0), c.N, c.C, c.H, c.W))
-    return invalid_argument("conv2d_grad_input: output " + a.out(0).shape_string() + " is not input_shape");
-  return Status::Ok();
+    return invalid_argument(std::string(kernel) + ": output " + a.out(0).shape_string() + " is not input_shape");
+  OutputMask mask;
+  ET_RETURN_IF_ERROR(read_output_mask(a, 2, a.out(0), kernel, &mask));
+  return path_fits(kernel, c, p);
 }
 
-size_t grad_input_workspace(const KernelArgs& a) {
+size_t grad_input_workspace(const KernelArgs& a, Path p) {
   Conv c;
-  return grad_input_geometry(a, &c).ok() ? column_bytes(c) : 0;
+  return grad_input_geometry(a, kernel_name(kGradInput, p), &c).ok() ? column_bytes(c, p) : 0;
 }
 
-void grad_input_depthwise_generic(const Conv& c, const float* dy, const float* w, float* dx, ThreadPool* pool) {
+// mask: null, or zeroes dx elements (index = dx's own row-major index) once each plane is done.
+void grad_input_depthwise_generic(const Conv& c, const float* dy, const float* w, const OutputMask* mask, float* dx,
+                                  ThreadPool* pool) {
   const int64_t mult = c.Og();
   const int64_t plane = c.H * c.W, oplane = c.HO * c.WO;
   pool->parallel_for(c.N * c.C, plane_grain(oplane * mult * c.KH * c.KW), [&](int64_t p0, int64_t p1) {
@@ -488,12 +575,15 @@ void grad_input_depthwise_generic(const Conv& c, const float* dy, const float* w
           }
         }
       }
+      if (mask) mask->apply(dxp, p * plane, plane);
     }
   });
 }
 
-void grad_input_depthwise(const Conv& c, const float* dy, const float* w, float* dx, ThreadPool* pool) {
-  if (!stageable(c)) return grad_input_depthwise_generic(c, dy, w, dx, pool);
+// mask: null, or zeroes dx elements (index = dx's own row-major index) as each dx row is cropped.
+void grad_input_depthwise(const Conv& c, const float* dy, const float* w, const OutputMask* mask, float* dx,
+                          ThreadPool* pool) {
+  if (!stageable(c)) return grad_input_depthwise_generic(c, dy, w, mask, dx, pool);
   const int64_t mult = c.Og(), plane = c.H * c.W, oplane = c.HO * c.WO, np = scatter_positions(c);
   // Each dx row gathers its contributions in a phase-split padded buffer (tap (i, j) of output
   // column ow lands on phase (j*DW) % SW, position ow + (j*DW) / SW: contiguous adds), then is
@@ -534,26 +624,32 @@ void grad_input_depthwise(const Conv& c, const float* dy, const float* w, float*
             }
           }
         }
+        if (mask) mask->apply(dxr, p * plane + ih * c.W, c.W);
       }
     }
   });
 }
 
-Status grad_input_run(const KernelArgs& a) {
+Status grad_input_run(const KernelArgs& a, Path p) {
+  const char* kernel = kernel_name(kGradInput, p);
   Conv c;
-  (void)grad_input_geometry(a, &c);
+  (void)grad_input_geometry(a, kernel, &c);
   const float* dy = a.in(0).as<float>();
   const float* w = a.in(1).as<float>();
   float* dx = a.out(0).as<float>();
-  if (c.depthwise()) {
-    grad_input_depthwise(c, dy, w, dx, a.pool);
+  OutputMask m;
+  ET_RETURN_IF_ERROR(read_output_mask(a, 2, a.out(0), kernel, &m));
+  const OutputMask* mask = m.active() ? &m : nullptr;
+  const Path path = resolve(c, p);
+  if (path == Path::kDepthwise) {
+    grad_input_depthwise(c, dy, w, mask, dx, a.pool);
     return Status::Ok();
   }
   const int64_t plane = c.H * c.W, oplane = c.HO * c.WO, kdim = c.kdim(), Og = c.Og();
   const int64_t band = c.band_rows();
   float* col = static_cast<float*>(a.workspace);
-  ET_RETURN_IF_ERROR(expect_workspace(a, c, "conv2d_grad_input"));
-  if (!c.pointwise()) {  // col2im accumulates
+  ET_RETURN_IF_ERROR(expect_workspace(a, c, p, kernel));
+  if (path == Path::kIm2col) {  // col2im accumulates
     a.pool->parallel_for(c.N * c.C, plane_grain(plane), [&](int64_t p0, int64_t p1) {
       std::fill(dx + p0 * plane, dx + p1 * plane, 0.0f);
     });
@@ -562,15 +658,20 @@ Status grad_input_run(const KernelArgs& a) {
     for (int64_t g = 0; g < c.G; ++g) {
       const float* dyg = dy + (n * c.O + g * Og) * oplane;
       const float* wg = w + g * Og * kdim;
-      float* dxg = dx + (n * c.C + g * c.Cg) * plane;
-      if (c.pointwise()) {  // dx_g[Cg, HW] = w_g^T[Cg, Og] @ dy_g[Og, HW]
-        sgemm(true, false, kdim, oplane, Og, 1.0f, wg, kdim, dyg, oplane, 0.0f, dxg, plane, a.pool);
+      const int64_t dx_index = (n * c.C + g * c.Cg) * plane;  // dx_g's first element, for the mask
+      float* dxg = dx + dx_index;
+      if (path == Path::kPointwise) {  // dx_g[Cg, HW] = w_g^T[Cg, Og] @ dy_g[Og, HW], masked as written
+        GemmBias ep;
+        ep.mask = m;
+        ep.mask_index = dx_index;
+        sgemm(true, false, kdim, oplane, Og, 1.0f, wg, kdim, dyg, oplane, 0.0f, dxg, plane, a.pool, ep);
         continue;
       }
       for (int64_t oh0 = 0; oh0 < c.HO; oh0 += band) {
         const int64_t oh1 = std::min(c.HO, oh0 + band), ncols = (oh1 - oh0) * c.WO;
         sgemm(true, false, kdim, ncols, Og, 1.0f, wg, kdim, dyg + oh0 * c.WO, oplane, 0.0f, col, ncols, a.pool);
-        col2im(c, col, oh0, oh1, dxg, a.pool);
+        // later bands still add to the rows this one touched: mask after the last
+        col2im(c, col, oh0, oh1, dxg, a.pool, oh1 == c.HO ? mask : nullptr, dx_index);
       }
     }
   }
@@ -579,29 +680,30 @@ Status grad_input_run(const KernelArgs& a) {
 
 // ---- conv2d_grad_weight -----------------------------------------------------------------------
 
-Status grad_weight_geometry(const KernelArgs& a, Conv* c) {
+Status grad_weight_geometry(const KernelArgs& a, const char* kernel, Conv* c) {
   int64_t ws[4];
   if (!read_shape4(a.attr(), "weight_shape", ws))
-    return invalid_argument("conv2d_grad_weight: attr weight_shape must be 4 ints");
-  return make_conv("conv2d_grad_weight", a.attr(), a.in(1).shape, ws, a.in(0), c);
+    return invalid_argument(std::string(kernel) + ": attr weight_shape must be 4 ints");
+  return make_conv(kernel, a.attr(), a.in(1).shape, ws, a.in(0), c);
 }
 
-Status grad_weight_check(const KernelArgs& a) {
-  ET_RETURN_IF_ERROR(expect_arity(a, "conv2d_grad_weight", 2, 2, 1));
-  ET_RETURN_IF_ERROR(expect_all_f32(a, "conv2d_grad_weight"));
+Status grad_weight_check(const KernelArgs& a, Path p) {
+  const char* kernel = kernel_name(kGradWeight, p);
+  ET_RETURN_IF_ERROR(expect_arity(a, kernel, 2, 2, 1));
+  ET_RETURN_IF_ERROR(expect_all_f32(a, kernel, 2));
   if (a.in(0).rank != 4 || a.in(1).rank != 4)
-    return invalid_argument("conv2d_grad_weight: wants 4-d dy and input, got " + a.in(0).shape_string() + " and " +
-                            a.in(1).shape_string());
+    return invalid_argument(std::string(kernel) + ": wants 4-d dy and input, got " + a.in(0).shape_string() +
+                            " and " + a.in(1).shape_string());
   Conv c;
-  ET_RETURN_IF_ERROR(grad_weight_geometry(a, &c));
+  ET_RETURN_IF_ERROR(grad_weight_geometry(a, kernel, &c));
   if (!is_shape(a.out(0), c.O, c.Cg, c.KH, c.KW))
-    return invalid_argument("conv2d_grad_weight: output " + a.out(0).shape_string() + " is not weight_shape");
-  return Status::Ok();
+    return invalid_argument(std::string(kernel) + ": output " + a.out(0).shape_string() + " is not weight_shape");
+  return path_fits(kernel, c, p);
 }
 
-size_t grad_weight_workspace(const KernelArgs& a) {
+size_t grad_weight_workspace(const KernelArgs& a, Path p) {
   Conv c;
-  return grad_weight_geometry(a, &c).ok() ? column_bytes(c) : 0;
+  return grad_weight_geometry(a, kernel_name(kGradWeight, p), &c).ok() ? column_bytes(c, p) : 0;
 }
 
 // sum_{k < n} a[k] * b[k * stride], in double, fixed order (the generic path's row dot)
@@ -690,27 +792,29 @@ void grad_weight_depthwise(const Conv& c, const float* dy, const float* x, float
   });
 }
 
-Status grad_weight_run(const KernelArgs& a) {
+Status grad_weight_run(const KernelArgs& a, Path p) {
+  const char* kernel = kernel_name(kGradWeight, p);
   Conv c;
-  (void)grad_weight_geometry(a, &c);
+  (void)grad_weight_geometry(a, kernel, &c);
   const float* dy = a.in(0).as<float>();
   const float* x = a.in(1).as<float>();
   float* dw = a.out(0).as<float>();
-  if (c.depthwise()) {
+  const Path path = resolve(c, p);
+  if (path == Path::kDepthwise) {
     grad_weight_depthwise(c, dy, x, dw, a.pool);
     return Status::Ok();
   }
   const int64_t plane = c.H * c.W, oplane = c.HO * c.WO, kdim = c.kdim(), Og = c.Og();
   const int64_t band = c.band_rows();
   float* col = static_cast<float*>(a.workspace);
-  ET_RETURN_IF_ERROR(expect_workspace(a, c, "conv2d_grad_weight"));
+  ET_RETURN_IF_ERROR(expect_workspace(a, c, p, kernel));
   // dw_g[Og, kdim] = sum over images and bands of dy_g[Og, cols] @ col[kdim, cols]^T, in order
   for (int64_t n = 0; n < c.N; ++n) {
     for (int64_t g = 0; g < c.G; ++g) {
       const float* dyg = dy + (n * c.O + g * Og) * oplane;
       const float* xg = x + (n * c.C + g * c.Cg) * plane;
       float* dwg = dw + g * Og * kdim;
-      if (c.pointwise()) {
+      if (path == Path::kPointwise) {
         sgemm(false, true, Og, kdim, oplane, 1.0f, dyg, oplane, xg, plane, n == 0 ? 0.0f : 1.0f, dwg, kdim, a.pool);
         continue;
       }
@@ -725,12 +829,33 @@ Status grad_weight_run(const KernelArgs& a) {
   return Status::Ok();
 }
 
+// KernelDef takes plain function pointers: one instantiation per path.
+template <Path P> Status conv_check_at(const KernelArgs& a) { return conv_check(a, P); }
+template <Path P> size_t conv_workspace_at(const KernelArgs& a) { return conv_workspace(a, P); }
+template <Path P> Status conv_run_at(const KernelArgs& a) { return conv_run(a, P); }
+template <Path P> Status grad_input_check_at(const KernelArgs& a) { return grad_input_check(a, P); }
+template <Path P> size_t grad_input_workspace_at(const KernelArgs& a) { return grad_input_workspace(a, P); }
+template <Path P> Status grad_input_run_at(const KernelArgs& a) { return grad_input_run(a, P); }
+template <Path P> Status grad_weight_check_at(const KernelArgs& a) { return grad_weight_check(a, P); }
+template <Path P> size_t grad_weight_workspace_at(const KernelArgs& a) { return grad_weight_workspace(a, P); }
+template <Path P> Status grad_weight_run_at(const KernelArgs& a) { return grad_weight_run(a, P); }
+
+template <Path P>
+void add_path(KernelRegistry& r) {
+  r.add({"conv2d", kernel_name(kForward, P), conv_check_at<P>, conv_workspace_at<P>, conv_run_at<P>});
+  r.add({"conv2d_grad_input", kernel_name(kGradInput, P), grad_input_check_at<P>, grad_input_workspace_at<P>,
+         grad_input_run_at<P>});
+  r.add({"conv2d_grad_weight", kernel_name(kGradWeight, P), grad_weight_check_at<P>, grad_weight_workspace_at<P>,
+         grad_weight_run_at<P>});
+}
+
 }  // namespace
 
 void register_conv_kernels(KernelRegistry& r) {
-  r.add({"conv2d", "conv2d", conv_check, conv_workspace, conv_run});
-  r.add({"conv2d_grad_input", "conv2d_grad_input", grad_input_check, grad_input_workspace, grad_input_run});
-  r.add({"conv2d_grad_weight", "conv2d_grad_weight", grad_weight_check, grad_weight_workspace, grad_weight_run});
+  add_path<Path::kAuto>(r);
+  add_path<Path::kIm2col>(r);
+  add_path<Path::kPointwise>(r);
+  add_path<Path::kDepthwise>(r);
 }
 
 }  // namespace edgetune

@@ -6,9 +6,8 @@
 // repeated row), unary and backward ops are contiguous. For f32, exp/tanh/erfc are the
 // vectorizable versions of cpu_util.h (within 3 ulp; erfc within ~1e-7 relative where it
 // matters); sqrt, log and pow stay libm calls, which only vectorize with -fno-math-errno.
-// Formulas follow the numpy reference term by term in the input dtype; where the reference's
-// own formula would cancel (gelu via 1 + erf / 1 + tanh, its backward via 1 - tanh^2) an
-// algebraically equal form without cancellation is used instead.
+// The float formulas themselves are in elementwise_math.h, shared with the fused_elementwise
+// kernel (fused.cc) so both compute the same bits.
 #include <cmath>
 #include <string>
 #include <type_traits>
@@ -16,6 +15,7 @@
 #include "core/kernel.h"
 #include "kernels/cpu/broadcast.h"
 #include "kernels/cpu/cpu_util.h"
+#include "kernels/cpu/elementwise_math.h"
 
 namespace edgetune {
 namespace {
@@ -183,25 +183,48 @@ Status need_float_attr(const Attrs& at, const char* name) {
 }
 
 template <typename T>
-ET_VECTOR_INLINE T sigmoid(T x) { return T(1) / (T(1) + cpu::exp_any(-x)); }
-
-template <typename T>
 struct Neg : NoAttrs {
   using NoAttrs::NoAttrs;
   T operator()(T x) const { return static_cast<T>(Wide<T>(0) - static_cast<Wide<T>>(x)); }
 };
 
-// x < 0 ? 0 : x rather than max(): NaN passes through as np.maximum does
-template <typename T>
-struct Relu : NoAttrs {
-  using NoAttrs::NoAttrs;
-  T operator()(T x) const { return x < T(0) ? T(0) : x; }
-};
-template <typename T>
-struct ReluBackward : NoAttrs {
-  using NoAttrs::NoAttrs;
-  T operator()(T dy, T y) const { return y > T(0) ? dy : T(0); }
-};
+// The float formulas live in elementwise_math.h (shared with fused_elementwise); these
+// functors only bind them, with their attributes, to the loops above.
+#define ET_UNARY_FUNCTOR(Name, fn)                 \
+  template <typename T>                            \
+  struct Name : NoAttrs {                          \
+    using NoAttrs::NoAttrs;                        \
+    T operator()(T x) const { return fn(x); }      \
+  };
+#define ET_BACKWARD_FUNCTOR(Name, fn)                      \
+  template <typename T>                                    \
+  struct Name : NoAttrs {                                  \
+    using NoAttrs::NoAttrs;                                \
+    T operator()(T dy, T s) const { return fn(dy, s); }    \
+  };
+
+ET_UNARY_FUNCTOR(Relu, math::relu)
+ET_BACKWARD_FUNCTOR(ReluBackward, math::relu_backward)
+ET_UNARY_FUNCTOR(Hardsigmoid, math::hardsigmoid)
+ET_BACKWARD_FUNCTOR(HardsigmoidBackward, math::hardsigmoid_backward)
+ET_UNARY_FUNCTOR(Hardswish, math::hardswish)
+ET_BACKWARD_FUNCTOR(HardswishBackward, math::hardswish_backward)
+ET_UNARY_FUNCTOR(Sigmoid, math::sigmoid)
+ET_BACKWARD_FUNCTOR(SigmoidBackward, math::sigmoid_backward)
+ET_UNARY_FUNCTOR(Tanh, math::tanh)
+ET_BACKWARD_FUNCTOR(TanhBackward, math::tanh_backward)
+ET_UNARY_FUNCTOR(Silu, math::silu)
+ET_BACKWARD_FUNCTOR(SiluBackward, math::silu_backward)
+ET_UNARY_FUNCTOR(GeluErf, math::gelu_erf)
+ET_BACKWARD_FUNCTOR(GeluErfBackward, math::gelu_erf_backward)
+ET_UNARY_FUNCTOR(GeluTanh, math::gelu_tanh)
+ET_BACKWARD_FUNCTOR(GeluTanhBackward, math::gelu_tanh_backward)
+ET_UNARY_FUNCTOR(Exp, math::exp)
+ET_UNARY_FUNCTOR(Log, math::log)
+ET_UNARY_FUNCTOR(Sqrt, math::sqrt)
+ET_UNARY_FUNCTOR(Rsqrt, math::rsqrt)
+#undef ET_UNARY_FUNCTOR
+#undef ET_BACKWARD_FUNCTOR
 
 template <typename T>
 struct Hardtanh {
@@ -211,79 +234,15 @@ struct Hardtanh {
     ET_RETURN_IF_ERROR(need_float_attr(at, "min"));
     return need_float_attr(at, "max");
   }
-  T operator()(T x) const { return x < lo ? lo : (x > hi ? hi : x); }
+  T operator()(T x) const { return math::hardtanh(x, lo, hi); }
 };
 template <typename T>
-struct HardtanhBackward : Hardtanh<T> {  // reads the output: inside (min, max) iff the input was
+struct HardtanhBackward : Hardtanh<T> {
   using Hardtanh<T>::Hardtanh;
-  T operator()(T dy, T y) const { return (y > this->lo && y < this->hi) ? dy : T(0); }
-};
-
-template <typename T>
-ET_VECTOR_INLINE T hardsigmoid(T x) {
-  T v = x / T(6) + T(0.5);
-  return v < T(0) ? T(0) : (v > T(1) ? T(1) : v);
-}
-template <typename T>
-struct Hardsigmoid : NoAttrs {
-  using NoAttrs::NoAttrs;
-  T operator()(T x) const { return hardsigmoid(x); }
-};
-template <typename T>
-struct HardsigmoidBackward : NoAttrs {
-  using NoAttrs::NoAttrs;
-  T operator()(T dy, T x) const { return (x > T(-3) && x < T(3)) ? dy / T(6) : T(0); }
-};
-template <typename T>
-struct Hardswish : NoAttrs {
-  using NoAttrs::NoAttrs;
-  T operator()(T x) const { return x * hardsigmoid(x); }
-};
-template <typename T>
-struct HardswishBackward : NoAttrs {
-  using NoAttrs::NoAttrs;
-  T operator()(T dy, T x) const { return x < T(-3) ? T(0) : (x <= T(3) ? dy * (x / T(3) + T(0.5)) : dy); }
-};
-
-template <typename T>
-struct Sigmoid : NoAttrs {
-  using NoAttrs::NoAttrs;
-  T operator()(T x) const { return sigmoid(x); }
-};
-template <typename T>
-struct SigmoidBackward : NoAttrs {
-  using NoAttrs::NoAttrs;
-  T operator()(T dy, T y) const { return dy * y * (T(1) - y); }
-};
-template <typename T>
-struct Tanh : NoAttrs {
-  using NoAttrs::NoAttrs;
-  T operator()(T x) const { return cpu::tanh_any(x); }
-};
-template <typename T>
-struct TanhBackward : NoAttrs {
-  using NoAttrs::NoAttrs;
-  T operator()(T dy, T y) const { return dy * (T(1) - y * y); }
-};
-template <typename T>
-struct Silu : NoAttrs {
-  using NoAttrs::NoAttrs;
-  T operator()(T x) const { return x * sigmoid(x); }
-};
-template <typename T>
-struct SiluBackward : NoAttrs {
-  using NoAttrs::NoAttrs;
-  T operator()(T dy, T x) const {
-    T s = sigmoid(x);
-    return dy * s * (T(1) + x * (T(1) - s));
-  }
+  T operator()(T dy, T y) const { return math::hardtanh_backward(dy, y, this->lo, this->hi); }
 };
 
 // gelu: approximate = "none" (erf) or "tanh"
-constexpr double kSqrt2OverPi = 0.79788456080286535588;
-constexpr double kSqrtHalf = 0.70710678118654752440;
-constexpr double kInvSqrt2Pi = 0.39894228040143267794;
-
 Status check_gelu_attrs(const Attrs& at) {
   const std::string& ap = at.get_string("approximate");
   if (at.has("approximate") && ap != "none" && ap != "tanh")
@@ -291,42 +250,6 @@ Status check_gelu_attrs(const Attrs& at) {
   return Status::Ok();
 }
 bool gelu_is_tanh(const Attrs& at) { return at.get_string("approximate") == "tanh"; }
-
-// 0.5 x (1 + erf(x/sqrt2)) = 0.5 x erfc(-x/sqrt2): no cancellation for negative x
-template <typename T>
-struct GeluErf : NoAttrs {
-  using NoAttrs::NoAttrs;
-  T operator()(T x) const { return T(0.5) * x * cpu::erfc_any(-x * T(kSqrtHalf)); }
-};
-// 0.5 x (1 + tanh u) = x sigmoid(2u)
-template <typename T>
-struct GeluTanh : NoAttrs {
-  using NoAttrs::NoAttrs;
-  T operator()(T x) const {
-    T u = T(kSqrt2OverPi) * (x + T(0.044715) * x * x * x);
-    return x * sigmoid(T(2) * u);
-  }
-};
-template <typename T>
-struct GeluErfBackward : NoAttrs {
-  using NoAttrs::NoAttrs;
-  T operator()(T dy, T x) const {
-    T cdf = T(0.5) * cpu::erfc_any(-x * T(kSqrtHalf));
-    T pdf = cpu::exp_any(T(-0.5) * x * x) * T(kInvSqrt2Pi);
-    return dy * (cdf + x * pdf);
-  }
-};
-// with s = sigmoid(2u): 0.5 (1 + tanh u) = s and 1 - tanh^2 u = 4 s (1 - s)
-template <typename T>
-struct GeluTanhBackward : NoAttrs {
-  using NoAttrs::NoAttrs;
-  T operator()(T dy, T x) const {
-    T u = T(kSqrt2OverPi) * (x + T(0.044715) * x * x * x);
-    T d_inner = T(kSqrt2OverPi) * (T(1) + T(3 * 0.044715) * x * x);
-    T s = sigmoid(T(2) * u);
-    return dy * (s + T(2) * x * s * (T(1) - s) * d_inner);
-  }
-};
 
 Status check_gelu(const KernelArgs& a) {
   ET_RETURN_IF_ERROR(check_unary<Relu>(a));
@@ -343,29 +266,7 @@ Status run_gelu_backward(const KernelArgs& a) {
   return gelu_is_tanh(a.attr()) ? run_backward<GeluTanhBackward>(a) : run_backward<GeluErfBackward>(a);
 }
 
-template <typename T>
-struct Exp : NoAttrs {
-  using NoAttrs::NoAttrs;
-  T operator()(T x) const { return cpu::exp_any(x); }
-};
-template <typename T>
-struct Log : NoAttrs {
-  using NoAttrs::NoAttrs;
-  T operator()(T x) const { return std::log(x); }
-};
-template <typename T>
-struct Sqrt : NoAttrs {
-  using NoAttrs::NoAttrs;
-  T operator()(T x) const { return std::sqrt(x); }
-};
-template <typename T>
-struct Rsqrt : NoAttrs {
-  using NoAttrs::NoAttrs;
-  T operator()(T x) const { return T(1) / std::sqrt(x); }
-};
-
-// pow_scalar: the exponent is rounded to the dtype first, as the reference does; common
-// exponents get exact-as-possible closed forms instead of the (slow) general pow.
+// pow_scalar: the exponent's closed form (math::pow_mode) is picked once per call, outside the loop.
 template <typename T>
 struct PowScalar {
   static Status check(const Attrs& at) { return need_float_attr(at, "exponent"); }
@@ -377,16 +278,7 @@ struct PowScalar {
 template <typename T, int kMode>
 void pow_loop(const KernelArgs& a, const T* x, T* y, int64_t n, T e) {
   cpu::parallel_for(a, n, cpu::kGrain, [&](int64_t b, int64_t end) {
-    for (int64_t i = b; i < end; ++i) {
-      T v = x[i];
-      if constexpr (kMode == 0) y[i] = v * v;
-      if constexpr (kMode == 1) y[i] = v * v * v;
-      if constexpr (kMode == 2) y[i] = std::sqrt(v);
-      if constexpr (kMode == 3) y[i] = T(1) / v;
-      if constexpr (kMode == 4) y[i] = T(1) / std::sqrt(v);
-      if constexpr (kMode == 5) y[i] = v;
-      if constexpr (kMode == 6) y[i] = std::pow(v, e);
-    }
+    for (int64_t i = b; i < end; ++i) y[i] = math::pow_by_mode<kMode>(x[i], e);
   });
 }
 
@@ -398,13 +290,15 @@ Status run_pow_scalar(const KernelArgs& a) {
     const T* xp = x.as<T>();
     T* yp = out.as<T>();
     const int64_t n = x.numel();
-    if (e == T(2)) pow_loop<T, 0>(a, xp, yp, n, e);
-    else if (e == T(3)) pow_loop<T, 1>(a, xp, yp, n, e);
-    else if (e == T(0.5)) pow_loop<T, 2>(a, xp, yp, n, e);
-    else if (e == T(-1)) pow_loop<T, 3>(a, xp, yp, n, e);
-    else if (e == T(-0.5)) pow_loop<T, 4>(a, xp, yp, n, e);
-    else if (e == T(1)) pow_loop<T, 5>(a, xp, yp, n, e);
-    else pow_loop<T, 6>(a, xp, yp, n, e);
+    switch (math::pow_mode(e)) {
+      case math::kPowSquare: pow_loop<T, math::kPowSquare>(a, xp, yp, n, e); break;
+      case math::kPowCube: pow_loop<T, math::kPowCube>(a, xp, yp, n, e); break;
+      case math::kPowSqrt: pow_loop<T, math::kPowSqrt>(a, xp, yp, n, e); break;
+      case math::kPowReciprocal: pow_loop<T, math::kPowReciprocal>(a, xp, yp, n, e); break;
+      case math::kPowRsqrt: pow_loop<T, math::kPowRsqrt>(a, xp, yp, n, e); break;
+      case math::kPowIdentity: pow_loop<T, math::kPowIdentity>(a, xp, yp, n, e); break;
+      case math::kPowGeneral: pow_loop<T, math::kPowGeneral>(a, xp, yp, n, e); break;
+    }
   });
   return ok ? Status::Ok() : internal_error("pow_scalar: dtype not dispatched");
 }

@@ -17,7 +17,9 @@
 // for whatever -march the build targets, so no intrinsics are needed; a plain-array version is
 // the fallback for other compilers (and with -DEDGETUNE_GEMM_PORTABLE, to test it). Tile shapes
 // per ISA follow the register budget; benchmarks/gemm_bench.cc measures them. The write-back
-// applies alpha, beta and an optional row/column bias (GemmBias), so a bias costs no extra pass.
+// applies alpha, beta and an optional row/column bias (GemmBias), so a bias costs no extra pass;
+// on the last K block it also applies the clamp (a fused activation) in registers and the output
+// mask to the tile's rows just stored (still in L1).
 //
 // Determinism: every C element is summed by one micro-kernel call per K block, K blocks in order,
 // and K is blocked by kKC alone; how C is cut into tasks and threads never changes a result.
@@ -67,8 +69,7 @@ struct Gemm {
   float beta;
   float* C;
   int64_t ldc;
-  const float* row_bias;
-  const float* col_bias;
+  GemmBias ep;  // bias, clamp, mask
 };
 
 // dst[k * width + r] = src[r * ld + k] for r < rows, k < kc, and 0 for rows <= r < width: the
@@ -159,12 +160,28 @@ void pack_b(const Gemm& g, int64_t k0, int64_t kc, int64_t j0, int64_t nc, float
 #endif
 
 // How a tile's sums land in C: C = alpha * sum + beta * C (+ bias on the first K block, where
-// rb/cb point at the tile's first row / column of the biases, or are null).
+// rb/cb point at the tile's first row / column of the biases, or are null); on the last K block
+// clamped to [lo, hi] when `clamp`, then masked when `mask` is set (mask_index: the masked
+// tensor's index of the tile's element (0, 0)).
 struct Epilogue {
   float alpha, beta;
   const float* rb;
   const float* cb;
+  bool clamp = false;
+  float lo = 0.0f, hi = 0.0f;
+  const OutputMask* mask = nullptr;
+  int64_t mask_index = 0;
 };
+
+// max then min, written as compares so NaN passes through (np.clip keeps NaN too)
+inline float clamp_scalar(float r, float lo, float hi) {
+  r = r < lo ? lo : r;
+  return r > hi ? hi : r;
+}
+
+inline void mask_tile(float* c, int64_t ldc, int rows, int cols, const Epilogue& e) {
+  for (int i = 0; i < rows; ++i) e.mask->apply(c + i * ldc, e.mask_index + i * ldc, cols);
+}
 
 // Writes rows x cols of one kMR x kNR tile (row-major in `t`, row stride kNR) into C.
 // beta == 0: C is not read.
@@ -177,9 +194,11 @@ inline void store_tile_clipped(const float* t, float* c, int64_t ldc, int rows, 
       float r = e.alpha * ti[j];
       if (e.beta != 0.0f) r += e.beta * ci[j];
       if (e.cb) r += e.cb[j];
-      ci[j] = r + rbi;
+      r += rbi;
+      ci[j] = e.clamp ? clamp_scalar(r, e.lo, e.hi) : r;
     }
   }
+  if (e.mask) mask_tile(c, ldc, rows, cols, e);
 }
 
 #if (defined(__GNUC__) || defined(__clang__)) && !defined(EDGETUNE_GEMM_PORTABLE)
@@ -189,6 +208,12 @@ typedef float VecFU __attribute__((vector_size(kVec * sizeof(float)), aligned(al
 
 inline VecF vload(const float* p) { return *reinterpret_cast<const VecFU*>(p); }
 inline void vstore(float* p, VecF v) { *reinterpret_cast<VecFU*>(p) = v; }
+
+// clamp_scalar lane by lane (vector compares + selects: maxps/minps-like, NaN kept)
+inline VecF clamp_vec(VecF r, VecF lo, VecF hi) {
+  r = r < lo ? lo : r;
+  return r > hi ? hi : r;
+}
 
 // kc steps of: kNV vector loads of B, kMR broadcasts of A, kMR*kNV fused multiply-adds.
 ET_NOINLINE void micro_kernel(int64_t kc, const float* __restrict a, const float* __restrict b, float* c, int64_t ldc,
@@ -226,6 +251,7 @@ ET_NOINLINE void micro_kernel(int64_t kc, const float* __restrict a, const float
     b += kNR;
   }
   if (rows == kMR && cols == kNR) {
+    const VecF lo = VecF{} + e.lo, hi = VecF{} + e.hi;
 #pragma GCC unroll 16
     for (int i = 0; i < kMR; ++i) {
 #pragma GCC unroll 4
@@ -235,9 +261,11 @@ ET_NOINLINE void micro_kernel(int64_t kc, const float* __restrict a, const float
         if (e.beta != 0.0f) r += e.beta == 1.0f ? vload(p) : e.beta * vload(p);
         if (e.cb) r += vload(e.cb + j * kVec);
         if (e.rb) r += e.rb[i];
+        if (e.clamp) r = clamp_vec(r, lo, hi);
         vstore(p, r);
       }
     }
+    if (e.mask) mask_tile(c, ldc, kMR, kNR, e);
     return;
   }
   alignas(64) float tile[kMR * kNR];
@@ -268,6 +296,9 @@ void gemm_task(const Gemm& g, int64_t i_begin, int64_t i_end, int64_t j0, int64_
   for (int64_t k0 = 0; k0 < g.K; k0 += kKC) {
     const int64_t kc = std::min(kKC, g.K - k0);
     const bool first = k0 == 0;  // later K blocks accumulate onto the first, which adds the bias
+    const bool last = k0 + kc >= g.K;  // C is final here: clamp and mask
+    const bool clamp = last && g.ep.clamps();
+    const OutputMask* mask = last && g.ep.mask.active() ? &g.ep.mask : nullptr;
     pack_b(g, k0, kc, j0, nc, pb);
     for (int64_t i0 = i_begin; i0 < i_end; i0 += kMC) {
       const int64_t mc = std::min(kMC, i_end - i0);
@@ -276,8 +307,15 @@ void gemm_task(const Gemm& g, int64_t i_begin, int64_t i_end, int64_t j0, int64_
         const int cols = static_cast<int>(std::min<int64_t>(kNR, nc - jr));
         for (int64_t ir = 0; ir < mc; ir += kMR) {
           const int rows = static_cast<int>(std::min<int64_t>(kMR, mc - ir));
-          const Epilogue e{g.alpha, first ? g.beta : 1.0f, first && g.row_bias ? g.row_bias + i0 + ir : nullptr,
-                           first && g.col_bias ? g.col_bias + j0 + jr : nullptr};
+          const Epilogue e{g.alpha,
+                           first ? g.beta : 1.0f,
+                           first && g.ep.row ? g.ep.row + i0 + ir : nullptr,
+                           first && g.ep.col ? g.ep.col + j0 + jr : nullptr,
+                           clamp,
+                           g.ep.clamp_lo,
+                           g.ep.clamp_hi,
+                           mask,
+                           g.ep.mask_index + (i0 + ir) * g.ldc + j0 + jr};
           micro_kernel(kc, pa + ir * kc, pb + jr * kc, g.C + (i0 + ir) * g.ldc + j0 + jr, g.ldc, rows, cols, e);
         }
       }
@@ -285,18 +323,31 @@ void gemm_task(const Gemm& g, int64_t i_begin, int64_t i_end, int64_t j0, int64_
   }
 }
 
-// C rows [i0, i1) x cols [j0, j1) = beta * C + bias: the whole result of a K == 0 / alpha == 0
-// product, and what OpenBLAS tiles start from when there is a bias.
-void scale_c(const Gemm& g, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+// Clamp and mask of C rows [i0, i1) x cols [j0, j1), once they hold their final sums.
+void finish_c(const Gemm& g, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+  const bool clamp = g.ep.clamps();
   for (int64_t i = i0; i < i1; ++i) {
     float* ci = g.C + i * g.ldc;
-    const float rb = g.row_bias ? g.row_bias[i] : 0.0f;
+    if (clamp)
+      for (int64_t j = j0; j < j1; ++j) ci[j] = clamp_scalar(ci[j], g.ep.clamp_lo, g.ep.clamp_hi);
+    if (g.ep.mask.active()) g.ep.mask.apply(ci + j0, g.ep.mask_index + i * g.ldc + j0, j1 - j0);
+  }
+}
+
+// C rows [i0, i1) x cols [j0, j1) = beta * C + bias: with `finish` (then clamped and masked) the
+// whole result of a K == 0 / alpha == 0 product; without, what OpenBLAS tiles start from when
+// there is a bias.
+void scale_c(const Gemm& g, int64_t i0, int64_t i1, int64_t j0, int64_t j1, bool finish) {
+  for (int64_t i = i0; i < i1; ++i) {
+    float* ci = g.C + i * g.ldc;
+    const float rb = g.ep.row ? g.ep.row[i] : 0.0f;
     for (int64_t j = j0; j < j1; ++j) {
       float r = g.beta == 0.0f ? 0.0f : g.beta * ci[j];
-      if (g.col_bias) r += g.col_bias[j];
+      if (g.ep.col) r += g.ep.col[j];
       ci[j] = r + rb;
     }
   }
+  if (finish) finish_c(g, i0, i1, j0, j1);
 }
 
 }  // namespace
@@ -305,9 +356,9 @@ void sgemm_own(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, floa
                int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc, ThreadPool* pool,
                GemmBias bias) {
   if (M <= 0 || N <= 0) return;
-  const Gemm g{trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias.row, bias.col};
+  const Gemm g{trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias};
   if (K <= 0 || alpha == 0.0f) {
-    scale_c(g, 0, M, 0, N);
+    scale_c(g, 0, M, 0, N, /*finish=*/true);
     return;
   }
   // Tasks: every kNC column block, its rows cut into `rg` groups of whole kMR slivers only when
@@ -346,13 +397,14 @@ void blas_call(const Gemm& g, int64_t i0, int64_t m, int64_t j0, int64_t n) {
   const float* a = g.ta ? g.A + i0 : g.A + i0 * g.lda;
   const float* b = g.tb ? g.B + j0 * g.ldb : g.B + j0;
   float beta = g.beta;
-  if (g.row_bias || g.col_bias) {  // cblas has no bias: start the tile from beta * C + bias
-    scale_c(g, i0, i0 + m, j0, j0 + n);
+  if (g.ep.row || g.ep.col) {  // cblas has no bias: start the tile from beta * C + bias
+    scale_c(g, i0, i0 + m, j0, j0 + n, /*finish=*/false);
     beta = 1.0f;
   }
   cblas_sgemm(CblasRowMajor, g.ta ? CblasTrans : CblasNoTrans, g.tb ? CblasTrans : CblasNoTrans, static_cast<int>(m),
               static_cast<int>(n), static_cast<int>(g.K), g.alpha, a, static_cast<int>(g.lda), b,
               static_cast<int>(g.ldb), beta, g.C + i0 * g.ldc + j0, static_cast<int>(g.ldc));
+  if (g.ep.clamps() || g.ep.mask.active()) finish_c(g, i0, i0 + m, j0, j0 + n);  // the tile is still cached
 }
 
 }  // namespace
@@ -370,7 +422,7 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float al
     return true;
   }();
   (void)single_threaded;
-  const Gemm g{trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias.row, bias.col};
+  const Gemm g{trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias};
   // Tiles: halve the longer side (in units of work) until there are enough tiles or they get small.
   int64_t tm = 1, tn = 1;
   const int64_t want = std::min(kBlasMaxTiles, std::max<int64_t>(1, M * N * K / kBlasTileMacs));
@@ -404,5 +456,44 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float al
 
 const char* sgemm_backend() { return "own"; }
 #endif
+
+// ---- epilogue helpers ---------------------------------------------------------------------------
+
+namespace {
+
+// Lane masks of every mask byte: lanes[b][l] = all ones where bit l of b is set, else 0. ANDing
+// 8 floats' bits with one row keeps or zeroes them (a zeroed float is +0, whatever it held) in
+// one vector op, with no branch on the bit pattern (an activation's mask is close to random).
+struct ByteLanes {
+  uint32_t lanes[256][8];
+  constexpr ByteLanes() : lanes() {
+    for (int b = 0; b < 256; ++b)
+      for (int l = 0; l < 8; ++l) lanes[b][l] = (b >> l) & 1 ? 0xFFFFFFFFu : 0u;
+  }
+};
+constexpr ByteLanes kByteLanes;
+
+}  // namespace
+
+void OutputMask::apply(float* out, int64_t index, int64_t n) const {
+  if (kind == kValues) {
+    const float* v = values + index;
+    for (int64_t k = 0; k < n; ++k) out[k] = v[k] > lo && v[k] < hi ? out[k] : 0.0f;
+    return;
+  }
+  if (kind != kBits) return;
+  int64_t k = 0;
+  for (; k < n && ((index + k) & 7); ++k)  // up to the next whole byte
+    if (!((bits[(index + k) >> 3] >> ((index + k) & 7)) & 1)) out[k] = 0.0f;
+  for (; k + 8 <= n; k += 8) {  // a byte at a time
+    const uint32_t* lane = kByteLanes.lanes[bits[(index + k) >> 3]];
+    uint32_t v[8];
+    std::memcpy(v, out + k, sizeof v);
+    for (int l = 0; l < 8; ++l) v[l] &= lane[l];
+    std::memcpy(out + k, v, sizeof v);
+  }
+  for (; k < n; ++k)
+    if (!((bits[(index + k) >> 3] >> ((index + k) & 7)) & 1)) out[k] = 0.0f;
+}
 
 }  // namespace edgetune

@@ -13,20 +13,62 @@
 // Both are allocation-free at call time (OpenBLAS's internal buffer pool is set up on first use)
 // and deterministic: every element of C is summed over K in an order fixed by the shape, never
 // by the thread count, so 1 and N threads give identical results.
+//
+// The epilogue (GemmBias) is what the kernels fuse into the write of C instead of a separate
+// pass over memory: a bias, then a clamp (the forward activations relu / hardtanh of conv2d and
+// linear), then an output mask (the backward of the activation that produced a layer's input,
+// fused into conv2d_grad_input and matmul). Below it: the readers of the attrs/inputs that ask
+// for these, shared by the kernels that use them (conv.cc, matmul.cc).
 #pragma once
 
 #include <cstdint>
+#include <limits>
+#include <string>
 
+#include "core/kernel.h"
 #include "core/thread_pool.h"
 
 namespace edgetune {
 
-// Optional bias added to the product once: row[i] to every element of row i (length M), col[j]
-// to every element of column j (length N); either may be null. Fused into the GEMM's write-back
-// (the own kernel) or written before it (OpenBLAS), so C is not read back for a separate add.
+// Zeroes the elements of an output that an activation's derivative zeroes. Element e (row-major
+// index into the whole masked tensor) is kept where
+//   kBits:   bit e of `bits` is 1 (byte e >> 3, bit e & 7, LSB first: activation_mask's format)
+//   kValues: lo < values[e] < hi (values = the activation's forward output, as relu_backward /
+//            hardtanh_backward test it; hi = +inf when the activation has no upper bound).
+// A zeroed element becomes 0 whatever it held (inf, NaN), as np.where / hardtanh_backward do.
+struct OutputMask {
+  enum Kind : uint8_t { kNone, kBits, kValues };
+  Kind kind = kNone;
+  const uint8_t* bits = nullptr;
+  const float* values = nullptr;
+  float lo = 0.0f, hi = std::numeric_limits<float>::infinity();
+
+  bool active() const { return kind != kNone; }
+  // out[k], k < n, is element `index + k` of the masked tensor: zero those not kept.
+  void apply(float* out, int64_t index, int64_t n) const;
+};
+
+// What the GEMM's write-back does beyond alpha * A @ B + beta * C, in this order:
+//   bias   row[i] to every element of row i (length M), col[j] to every element of column j
+//          (length N); either may be null. Added on the first K block.
+//   clamp  C = min(max(C, clamp_lo), clamp_hi) once C is final (relu: lo = 0, hi = +inf). NaN
+//          stays NaN, as np.maximum / np.clip keep it.
+//   mask   once C is final: element (i, j) of C is element mask_index + i * ldc + j of the
+//          tensor `mask` describes (so a C that is a block of a bigger output says where).
+// Fused into the own kernel's register write-back; with OpenBLAS the bias is written before the
+// product and clamp/mask run over each tile right after it, while the tile is still in cache.
+// Every field has a default, so `GemmBias b; b.row = ...` and `GemmBias{row, col}` keep working.
 struct GemmBias {
   const float* row = nullptr;
   const float* col = nullptr;
+  float clamp_lo = -std::numeric_limits<float>::infinity();
+  float clamp_hi = std::numeric_limits<float>::infinity();
+  OutputMask mask;
+  int64_t mask_index = 0;
+
+  bool clamps() const {
+    return clamp_lo > -std::numeric_limits<float>::infinity() || clamp_hi < std::numeric_limits<float>::infinity();
+  }
 };
 
 // C[M,N] = alpha * op(A)[M,K] @ op(B)[K,N] + beta * C + bias, every matrix row-major with row
@@ -44,5 +86,86 @@ void sgemm_own(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, floa
 
 // "openblas" or "own": what sgemm runs in this build.
 const char* sgemm_backend();
+
+// ---- reading the epilogue attrs and inputs (the kernels' check and run both call these) ------
+// Inline here rather than in gemm.cc, so that gemm.cc needs nothing of the runtime core beyond
+// the thread pool (benchmarks/gemm_bench.cc links it alone).
+
+namespace epilogue_detail {
+
+// A float attr that must be present (an int reads as a float: the IR may write `act_max=6`).
+// Strings are built only on failure, so run() allocates nothing.
+inline Status required_float(const Attrs& attrs, const char* name, const char* kernel, const char* why, float* out) {
+  const Attr* at = attrs.find(name);
+  if (!at || (at->kind != AttrKind::kFloat && at->kind != AttrKind::kInt))
+    return invalid_argument(std::string(kernel) + ": " + why + " needs a float attr '" + name + "'");
+  *out = static_cast<float>(attrs.get_float(name));
+  return Status::Ok();
+}
+
+}  // namespace epilogue_detail
+
+// A forward op's fused activation: attr `activation` = "relu" (lo 0, hi +inf), "hardtanh"
+// (attrs act_min <= act_max: lo, hi), or absent / "none" (no clamp: -inf, +inf). Anything else,
+// or a hardtanh without its bounds, is an error naming `kernel`.
+inline Status read_activation(const Attrs& attrs, const char* kernel, float* lo, float* hi) {
+  *lo = -std::numeric_limits<float>::infinity();
+  *hi = std::numeric_limits<float>::infinity();
+  const Attr* at = attrs.find("activation");
+  if (!at) return Status::Ok();
+  if (at->kind != AttrKind::kString)
+    return invalid_argument(std::string(kernel) + ": attr 'activation' must be a string");
+  if (at->s == "none") return Status::Ok();
+  if (at->s == "relu") {
+    *lo = 0.0f;
+    return Status::Ok();
+  }
+  if (at->s == "hardtanh") {
+    ET_RETURN_IF_ERROR(epilogue_detail::required_float(attrs, "act_min", kernel, "activation 'hardtanh'", lo));
+    ET_RETURN_IF_ERROR(epilogue_detail::required_float(attrs, "act_max", kernel, "activation 'hardtanh'", hi));
+    if (!(*lo <= *hi))
+      return invalid_argument(std::string(kernel) + ": hardtanh act_min " + std::to_string(*lo) +
+                              " is above act_max " + std::to_string(*hi));
+    return Status::Ok();
+  }
+  return invalid_argument(std::string(kernel) + ": unknown activation '" + at->s +
+                          "' (want none, relu or hardtanh)");
+}
+
+// The optional output mask in input slot `slot` of a kernel whose output is `out` (absent: an
+// inactive mask). u8 [(numel(out) + 7) / 8] = bits; f32 shaped like `out` = values, with attrs
+// mask_min (required) and mask_max (optional, +inf). Errors name `kernel` and the problem. In
+// check() the data pointers are null; the kinds and bounds are already what run() gets.
+inline Status read_output_mask(const KernelArgs& a, int slot, const TensorView& out, const char* kernel,
+                               OutputMask* mask) {
+  *mask = OutputMask{};
+  if (a.num_inputs <= slot) return Status::Ok();
+  const TensorView& m = a.in(slot);
+  if (m.dtype == DType::u8) {
+    const int64_t want = (out.numel() + 7) / 8;
+    if (m.rank != 1 || m.shape[0] != want)
+      return invalid_argument(std::string(kernel) + ": bit mask " + m.shape_string() + " does not fit output " +
+                              out.shape_string() + " (want u8[" + std::to_string(want) + "])");
+    mask->kind = OutputMask::kBits;
+    mask->bits = m.as<uint8_t>();
+    return Status::Ok();
+  }
+  if (m.dtype == DType::f32) {
+    bool same = m.rank == out.rank;
+    for (int d = 0; same && d < m.rank; ++d) same = m.shape[d] == out.shape[d];
+    if (!same)
+      return invalid_argument(std::string(kernel) + ": activation mask " + m.shape_string() +
+                              " is not shaped like output " + out.shape_string());
+    const char* why = "an f32 activation mask";
+    ET_RETURN_IF_ERROR(epilogue_detail::required_float(a.attr(), "mask_min", kernel, why, &mask->lo));
+    if (a.attr().has("mask_max"))
+      ET_RETURN_IF_ERROR(epilogue_detail::required_float(a.attr(), "mask_max", kernel, why, &mask->hi));
+    mask->kind = OutputMask::kValues;
+    mask->values = m.as<float>();
+    return Status::Ok();
+  }
+  return invalid_argument(std::string(kernel) + ": mask " + m.shape_string() +
+                          " must be u8 bits or an f32 activation output");
+}
 
 }  // namespace edgetune

@@ -7,6 +7,12 @@
 //           products run in parallel (one thread each), big ones one after another (each threaded).
 //   linear  one GEMM [rows, in] @ W^T with the bias as a per-column GemmBias, added as the
 //           GEMM writes y (no separate pass over y).
+//
+// Epilogues (gemm.h), fused into the GEMM's write of the output:
+//   matmul(a, b[, mask])               an optional 3rd input zeroes output elements: u8 bits or
+//       the f32 activation output with attrs mask_min / mask_max (the backward of the activation
+//       that produced the next layer's input: linear's grad-input product carries it).
+//   linear(x, w[, b], activation=..)   relu / hardtanh(act_min, act_max) applied after the bias.
 #include <algorithm>
 #include <string>
 
@@ -19,8 +25,9 @@ namespace {
 // Below this many multiply-adds per product, batches run in parallel rather than each GEMM threaded.
 constexpr int64_t kSmallGemmMacs = int64_t{1} << 20;
 
-Status expect_all_f32(const KernelArgs& a, const char* op) {
-  for (int i = 0; i < a.num_inputs; ++i)
+// f32 for the first `num_inputs` inputs (the rest, a mask, is checked by read_output_mask) and outputs.
+Status expect_all_f32(const KernelArgs& a, const char* op, int num_inputs) {
+  for (int i = 0; i < num_inputs; ++i)
     ET_RETURN_IF_ERROR(expect_dtype(a, (std::string(op) + " input " + std::to_string(i)).c_str(), a.in(i), DType::f32));
   for (int i = 0; i < a.num_outputs; ++i)
     ET_RETURN_IF_ERROR(
@@ -31,8 +38,8 @@ Status expect_all_f32(const KernelArgs& a, const char* op) {
 // ---- matmul ----------------------------------------------------------------------------------
 
 Status matmul_check(const KernelArgs& a) {
-  ET_RETURN_IF_ERROR(expect_arity(a, "matmul", 2, 2, 1));
-  ET_RETURN_IF_ERROR(expect_all_f32(a, "matmul"));
+  ET_RETURN_IF_ERROR(expect_arity(a, "matmul", 2, 3, 1));
+  ET_RETURN_IF_ERROR(expect_all_f32(a, "matmul", 2));
   const TensorView &x = a.in(0), &y = a.in(1), &out = a.out(0);
   if (x.rank < 2 || y.rank < 2 || x.dim(-1) != y.dim(-2))
     return invalid_argument("matmul: " + x.shape_string() + " @ " + y.shape_string() + " is not a matrix product");
@@ -48,7 +55,8 @@ Status matmul_check(const KernelArgs& a) {
       return invalid_argument("matmul: batch dims of " + x.shape_string() + " and " + y.shape_string() +
                               " do not broadcast to " + out.shape_string());
   }
-  return Status::Ok();
+  OutputMask mask;
+  return read_output_mask(a, 2, out, "matmul", &mask);
 }
 
 Status matmul_run(const KernelArgs& a) {
@@ -62,12 +70,14 @@ Status matmul_run(const KernelArgs& a) {
   for (int d = 0; d < r - 2; ++d) batch *= out.shape[d];
   for (int d = 0; d < y.rank - 2; ++d) y_batch *= y.shape[d];
   if (batch == 0 || M == 0 || N == 0) return Status::Ok();
+  GemmBias ep;  // only the mask: element (i, j) of batch b's product is output element b*M*N + i*N + j
+  ET_RETURN_IF_ERROR(read_output_mask(a, 2, out, "matmul", &ep.mask));
 
   if (y_batch == 1) {  // y is one matrix for every batch element: x's batch folds into M
     int64_t x_batch = 1;
     for (int d = 0; d < x.rank - 2; ++d) x_batch *= x.shape[d];
     if (x_batch == batch) {
-      sgemm(false, false, batch * M, N, K, 1.0f, xp, K, yp, N, 0.0f, op, N, a.pool);
+      sgemm(false, false, batch * M, N, K, 1.0f, xp, K, yp, N, 0.0f, op, N, a.pool, ep);
       return Status::Ok();
     }
   }
@@ -93,7 +103,9 @@ Status matmul_run(const KernelArgs& a) {
       xo += i * xstride[d];
       yo += i * ystride[d];
     }
-    sgemm(false, false, M, N, K, 1.0f, xp + xo, K, yp + yo, N, 0.0f, op + b * M * N, N, pool);
+    GemmBias eb = ep;
+    eb.mask_index = b * M * N;
+    sgemm(false, false, M, N, K, 1.0f, xp + xo, K, yp + yo, N, 0.0f, op + b * M * N, N, pool, eb);
   };
   if (M * N * K < kSmallGemmMacs && a.pool && a.pool->num_threads() > 1) {
     a.pool->parallel_for(batch, 1, [&](int64_t b0, int64_t b1) {
@@ -109,7 +121,9 @@ Status matmul_run(const KernelArgs& a) {
 
 Status linear_check(const KernelArgs& a) {
   ET_RETURN_IF_ERROR(expect_arity(a, "linear", 2, 3, 1));
-  ET_RETURN_IF_ERROR(expect_all_f32(a, "linear"));
+  ET_RETURN_IF_ERROR(expect_all_f32(a, "linear", a.num_inputs));
+  float lo, hi;
+  ET_RETURN_IF_ERROR(read_activation(a.attr(), "linear", &lo, &hi));
   const TensorView &x = a.in(0), &w = a.in(1), &out = a.out(0);
   if (w.rank != 2 || x.rank < 1 || x.dim(-1) != w.shape[1])
     return invalid_argument("linear: input " + x.shape_string() + " does not fit weight " + w.shape_string());
@@ -129,6 +143,7 @@ Status linear_run(const KernelArgs& a) {
   if (rows == 0 || outf == 0) return Status::Ok();
   GemmBias bias;
   if (a.num_inputs == 3) bias.col = a.in(2).as<float>();  // added in the GEMM's write-back
+  ET_RETURN_IF_ERROR(read_activation(a.attr(), "linear", &bias.clamp_lo, &bias.clamp_hi));  // then clamped there
   sgemm(false, true, rows, outf, in, 1.0f, x.as<float>(), in, w.as<float>(), in, 0.0f, y, outf, a.pool, bias);
   return Status::Ok();
 }

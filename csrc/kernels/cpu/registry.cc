@@ -17,6 +17,9 @@ void register_embedding_kernels(KernelRegistry& r);
 void register_dropout_kernels(KernelRegistry& r);
 void register_loss_kernels(KernelRegistry& r);
 void register_optim_kernels(KernelRegistry& r);
+void register_fused_kernels(KernelRegistry& r);
+void register_mask_kernels(KernelRegistry& r);
+void register_winograd_kernels(KernelRegistry& r);
 
 void register_cpu_kernels(KernelRegistry& r) {
   register_elementwise_kernels(r);
@@ -31,6 +34,9 @@ void register_cpu_kernels(KernelRegistry& r) {
   register_dropout_kernels(r);
   register_loss_kernels(r);
   register_optim_kernels(r);
+  register_fused_kernels(r);
+  register_mask_kernels(r);
+  register_winograd_kernels(r);
 }
 
 }  // namespace edgetune

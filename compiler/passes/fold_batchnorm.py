@@ -1,0 +1,59 @@
+"""BatchNorm folding: inference-mode BatchNorm after a convolution (or a 2-d linear) becomes part of
+that layer's weights and bias.
+
+    z = conv2d(x, W, cb);  y = batch_norm_infer(z, gamma, beta, mean, var)
+ => y = conv2d(x, W * s[:, None, None, None], beta + (cb - mean) * s)     s = gamma / sqrt(var + eps)
+
+One pass over the activation instead of two, and z is never stored. Conditions: W, gamma and the
+running statistics are frozen (no gradient, no assignment — eval-mode BN; train-mode BN normalises
+with batch statistics and cannot fold), z has no reader but the BatchNorm. beta and the conv bias
+may be trainable: the folded bias is then computed each step from them (an [O] vector), and their
+gradients, which autodiff already wrote as sums over dy, are untouched — the rewrite changes only
+how y is computed, never dy. The frozen arithmetic (s, W*s, mean*s) is left as IR ops for
+fold_constants to evaluate at compile time.
+
+Assumes: runs after autodiff (backward nodes read dy, not z, when gamma is frozen).
+"""
+
+from __future__ import annotations
+
+from ..ir import Graph, NameGen
+from .rewrite import EmitBefore, is_frozen, is_pinned, remove_node, replace_uses
+
+FOLDABLE_PRODUCERS = ("conv2d", "linear")
+
+
+def run(g: Graph, ctx=None) -> str:
+    users = g.users()
+    names = NameGen(g)
+    folded = 0
+    for bn in [n for n in g.nodes if n.op == "batch_norm_infer"]:
+        z, gamma, beta, mean, var = bn.inputs
+        layer = z.producer
+        if layer is None or layer.op not in FOLDABLE_PRODUCERS or layer.attrs.get("activation"):
+            continue
+        if len(users.get(id(z), [])) != 1 or is_pinned(g, z):
+            continue
+        w = layer.inputs[1]
+        if not all(is_frozen(g, v) for v in (w, gamma, mean, var)):
+            continue
+        if layer.op == "linear" and z.rank != 2:
+            continue  # BatchNorm1d normalises dim 1; a 3-d linear output has features last
+        y = bn.outputs[0]
+        out_channels = w.shape[0]
+        view = [out_channels] + [1] * (w.rank - 1)
+        with EmitBefore(g, bn, names) as b:
+            eps = b.const(float(bn.attrs.get("eps", 1e-5)), var.dtype)
+            scale = b.emit1("mul", [gamma, b.emit1("rsqrt", [b.emit1("add", [var, eps])])])
+            w_folded = b.emit1("mul", [w, b.emit1("reshape", [scale], {"shape": view})])
+            if len(layer.inputs) == 3:  # beta + (cb - mean) * s
+                shift = b.emit1("add", [beta, b.emit1("mul", [b.emit1("sub", [layer.inputs[2], mean]), scale])])
+            else:  # beta - mean * s
+                shift = b.emit1("sub", [beta, b.emit1("mul", [mean, scale])])
+            new_y = b.emit1(layer.op, [layer.inputs[0], w_folded, shift], dict(layer.attrs), source=layer.source)
+        replace_uses(g, y, new_y)
+        remove_node(g, bn)
+        new_y.name = y.name
+        folded += 1
+        users = g.users()
+    return f"{folded} BatchNorms folded" if folded else "no foldable inference-mode BatchNorm"

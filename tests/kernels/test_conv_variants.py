@@ -1,0 +1,187 @@
+"""Every conv kernel variant ("conv2d.im2col", "conv2d_grad_input.depthwise", ... any registered
+name "op.variant" whose op is a conv op) against the op's reference and against the others.
+
+The compiler times the variants of a node against each other and pins the fastest, so each one
+must compute the op exactly where its check accepts the shapes, and refuse (a NativeError from
+its check, naming itself) where it cannot run them:
+  * every sample of the op's sweep that the variant accepts matches the numpy reference, and
+    every variant accepts at least one sample;
+  * layer-sized shapes (batch 2, 32 channels, 28x28: pointwise, depthwise stride 1/2, 3x3
+    stride 1/2) on exact values, where every accepting variant equals the auto kernel, fused
+    epilogues (activation, masks) included: bit for bit for the direct algorithms (im2col,
+    pointwise, depthwise: exact sums in any order), and within APPROX_TOL of the output's
+    magnitude for the others (Winograd's transforms round);
+  * .im2col accepts every geometry; .pointwise / .depthwise refuse the ones they cannot run,
+    and report their own workspace (none for these two).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgetune.compiler.ir import TensorType, dtype_of_numpy
+from edgetune.compiler.ops import REGISTRY
+from edgetune.runtime.native import native
+
+from ops.test_op_sweep import CASES  # same samples, same seeds as the op sweep
+
+CONV_OPS = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight")
+RTOL, ATOL = 1e-5, 1e-6  # as test_cpu_kernels.py
+DIRECT_PATHS = {"im2col", "pointwise", "depthwise"}  # products and sums of the inputs, nothing else
+APPROX_TOL = 2e-4  # of max |output|: the other algorithms (Winograd) round in their transforms
+VARIANTS = sorted(k for k in native().kernel_names("cpu") if "." in k and k.split(".")[0] in CONV_OPS)
+
+
+def _specs(op, inputs, attrs):
+    types = [TensorType(np.shape(x), dtype_of_numpy(np.asarray(x).dtype)) for x in inputs]
+    return [(t.dtype, list(t.shape)) for t in REGISTRY[op].infer(types, attrs)]
+
+
+def run(kernel, inputs, attrs, threads=1):
+    inputs = [np.asarray(x) for x in inputs]
+    return native().run_kernel("cpu", kernel, inputs, _specs(kernel.split(".")[0], inputs, attrs), attrs,
+                               threads)[0]
+
+
+def assert_close(kernel, got, expected, msg):
+    if kernel.split(".", 1)[-1] in DIRECT_PATHS or "." not in kernel:
+        np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL, err_msg=msg)
+    else:
+        scale = max(float(np.abs(expected).max()), 1e-30)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=APPROX_TOL * scale, err_msg=msg)
+
+
+def accepts(kernel, inputs, attrs) -> bool:
+    specs = [(dtype_of_numpy(np.asarray(x).dtype), list(np.shape(x))) for x in inputs]
+    try:
+        native().workspace_bytes("cpu", kernel, specs, _specs(kernel.split(".")[0], inputs, attrs), attrs)
+    except native().NativeError:
+        return False
+    return True
+
+
+def test_the_nine_variants_are_registered():
+    for op in CONV_OPS:
+        for path in ("im2col", "pointwise", "depthwise"):
+            assert f"{op}.{path}" in VARIANTS, f"{op}.{path} is not registered"
+
+
+@pytest.mark.parametrize("kernel", VARIANTS)
+def test_variant_matches_reference_on_the_samples_it_accepts(kernel):
+    op = kernel.split(".")[0]
+    accepted = []
+    for name, index, sample in (c.values for c in CASES):
+        if name != op:
+            continue
+        try:
+            got = run(kernel, sample.inputs, sample.attrs)
+        except native().NativeError:
+            continue  # refused by its check: not a shape this variant runs
+        expected = REGISTRY[op].reference([np.asarray(x) for x in sample.inputs], sample.attrs)[0]
+        assert_close(kernel, got, expected, f"{kernel} on sample {index}")
+        np.testing.assert_array_equal(run(kernel, sample.inputs, sample.attrs, threads=2), got,
+                                      err_msg=f"{kernel} on sample {index}: 2 threads vs 1")
+        accepted.append(index)
+    assert accepted, f"{kernel} accepts none of the {op} samples"
+    if kernel.endswith(".im2col"):  # the fallback runs every geometry
+        every = [i for n, i, _ in (c.values for c in CASES) if n == op]
+        assert accepted == every, f"{kernel} refused samples {sorted(set(every) - set(accepted))}"
+
+
+# ---- layer-sized geometries ------------------------------------------------------------------------
+def _attrs(stride=1, padding=0, groups=1):
+    return {"stride": [stride] * 2, "padding": [padding] * 2, "dilation": [1, 1], "groups": groups}
+
+
+LAYERS = {  # batch 2, 32 channels, 28x28
+    "pointwise": ((32, 32, 1, 1), _attrs()),
+    "depthwise-s1": ((32, 1, 3, 3), _attrs(padding=1, groups=32)),
+    "depthwise-s2": ((32, 1, 3, 3), _attrs(stride=2, padding=1, groups=32)),
+    "3x3-s1": ((32, 32, 3, 3), _attrs(padding=1)),
+    "3x3-s2": ((32, 32, 3, 3), _attrs(stride=2, padding=1)),
+}
+APPLICABLE = {  # the built-in variants that must accept each layer
+    "pointwise": {"im2col", "pointwise"},
+    "depthwise-s1": {"im2col", "depthwise"},
+    "depthwise-s2": {"im2col", "depthwise"},
+    "3x3-s1": {"im2col"},
+    "3x3-s2": {"im2col"},
+}
+
+
+def _exact(rng, *shape):
+    """Multiples of 1/8 in [-1, 1]: every sum here stays exact in float32 (at most 1568 terms of
+    multiples of 1/64), so any summation order gives the same bits."""
+    return (rng.integers(-8, 9, size=shape) / 8).astype(np.float32)
+
+
+def _layer_cases(layer):
+    """(op, inputs, attrs) for the three ops of one layer, with and without fused epilogues."""
+    rng = np.random.default_rng(len(layer))
+    ws, attrs = LAYERS[layer]
+    x, w, b = _exact(rng, 2, 32, 28, 28), _exact(rng, *ws), _exact(rng, ws[0])
+    y = REGISTRY["conv2d"].reference([x, w, b], attrs)[0]
+    dy = _exact(rng, *y.shape)
+    gi = {**attrs, "input_shape": list(x.shape)}
+    act_out = rng.uniform(-2, 8, size=x.shape).astype(np.float32)
+    bits = np.packbits((rng.random(x.shape) < 0.5).ravel(), bitorder="little")
+    return [
+        ("conv2d", [x, w, b], attrs),
+        ("conv2d", [x, w, b], {**attrs, "activation": "relu"}),
+        ("conv2d", [x, w], {**attrs, "activation": "hardtanh", "act_min": 0.0, "act_max": 6.0}),
+        ("conv2d_grad_input", [dy, w], gi),
+        ("conv2d_grad_input", [dy, w, act_out], {**gi, "mask_min": 0.0, "mask_max": 6.0}),
+        ("conv2d_grad_input", [dy, w, bits], gi),
+        ("conv2d_grad_weight", [dy, x], {**attrs, "weight_shape": list(w.shape)}),
+    ]
+
+
+@pytest.mark.parametrize("layer", sorted(LAYERS))
+def test_variants_agree_on_layer_sized_shapes(layer):
+    for op, inputs, attrs in _layer_cases(layer):
+        auto = run(op, inputs, attrs)
+        expected = REGISTRY[op].reference(inputs, attrs)[0]
+        np.testing.assert_allclose(auto, expected, rtol=RTOL, atol=ATOL, err_msg=f"{op} {layer}")
+        ran = set()
+        for kernel in (k for k in VARIANTS if k.split(".")[0] == op):
+            path = kernel.split(".", 1)[1]
+            if not accepts(kernel, inputs, attrs):
+                assert path not in APPLICABLE[layer], f"{kernel} refuses {layer}"
+                continue
+            got, msg = run(kernel, inputs, attrs), f"{kernel} vs {op} on {layer}"
+            if path in DIRECT_PATHS:
+                np.testing.assert_array_equal(got, auto, err_msg=msg)
+            else:
+                assert_close(kernel, got, expected, msg)
+            ran.add(path)
+        assert APPLICABLE[layer] <= ran, f"{op} {layer}: ran {sorted(ran)}"
+
+
+def test_refusals_name_the_variant_and_the_reason():
+    x, w = np.zeros((1, 4, 9, 9), np.float32), np.zeros((6, 4, 3, 3), np.float32)
+    specs = [("f32", [1, 4, 9, 9]), ("f32", [6, 4, 3, 3])]
+    err = native().NativeError
+    with pytest.raises(err, match=r"conv2d\.pointwise needs a 1x1 stride-1 unpadded kernel, got 3x3 stride 2"):
+        native().workspace_bytes("cpu", "conv2d.pointwise", specs, [("f32", [1, 6, 4, 4])], _attrs(stride=2))
+    with pytest.raises(err, match=r"conv2d\.depthwise needs one input channel per group"):
+        native().workspace_bytes("cpu", "conv2d.depthwise", specs, [("f32", [1, 6, 7, 7])], _attrs())
+    with pytest.raises(err, match=r"conv2d_grad_weight\.pointwise needs a 1x1"):
+        native().workspace_bytes("cpu", "conv2d_grad_weight.pointwise", [("f32", [1, 6, 7, 7]), specs[0]],
+                                 [("f32", [6, 4, 3, 3])], {**_attrs(), "weight_shape": [6, 4, 3, 3]})
+    assert accepts("conv2d.im2col", [x, w], _attrs())
+
+
+def test_variants_report_their_own_workspace():
+    ws = lambda kernel, ins, out, attrs: native().workspace_bytes("cpu", kernel, ins, [("f32", out)], attrs)  # noqa: E731
+    pw = [("f32", [2, 32, 28, 28]), ("f32", [32, 32, 1, 1])]
+    dw = [("f32", [2, 32, 28, 28]), ("f32", [32, 1, 3, 3])]
+    dwa = _attrs(padding=1, groups=32)
+    assert ws("conv2d.pointwise", pw, [2, 32, 28, 28], _attrs()) == 0
+    assert ws("conv2d", pw, [2, 32, 28, 28], _attrs()) == 0
+    assert ws("conv2d.im2col", pw, [2, 32, 28, 28], _attrs()) == 32 * 28 * 28 * 4  # one image's columns
+    assert ws("conv2d.depthwise", dw, [2, 32, 28, 28], dwa) == 0
+    assert ws("conv2d.im2col", dw, [2, 32, 28, 28], dwa) == 9 * 28 * 28 * 4
+    gi = {**dwa, "input_shape": [2, 32, 28, 28]}
+    assert ws("conv2d_grad_input.im2col", [("f32", [2, 32, 28, 28]), ("f32", [32, 1, 3, 3])], [2, 32, 28, 28],
+              gi) == 9 * 28 * 28 * 4

@@ -1,0 +1,311 @@
+"""The optimisation passes (compiler/passes/), each on a hand-written program: the text IR before and
+the node list expected after, plus the training it must not change (one SGD step on the numpy
+reference executor, before vs after, and on the C++ runtime for the fused kernels)."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+
+import edgetune as et
+from edgetune.compiler.errors import SpecError
+from edgetune.compiler.passes.dce import dead_code_elimination
+from edgetune.compiler.passes.pipeline import PassContext, passes_for
+from edgetune.compiler.plan_file import native_workspace
+from edgetune.compiler.program import Program
+from edgetune.compiler.verify import verify
+from edgetune.runtime.reference import ReferenceExecutor
+from passes.programs import (CONV_BN_RELU6, CONV_RELU_CHAIN, conv_bn_relu6_data, conv_bn_relu6_feeds,
+                             conv_relu_chain_data, conv_relu_chain_feeds, load, nodes_text)
+
+CTX = PassContext(opt_level=2, workspace_bytes=native_workspace("cpu"))
+
+
+def run_pass(name, g):
+    note = importlib.import_module(f"edgetune.compiler.passes.{name}").run(g, CTX)
+    dead_code_elimination(g)
+    verify(g)
+    return note
+
+
+def one_step(g, data, feeds):
+    state = {k: v for k, v in data.items()}
+    outputs, new_state = ReferenceExecutor(g).run(feeds, state)
+    return outputs["loss"], new_state
+
+
+def assert_same_step(before, after, data, feeds):
+    l0, s0 = one_step(before, data, feeds)
+    l1, s1 = one_step(after, data, feeds)
+    np.testing.assert_allclose(l1, l0, rtol=1e-6)
+    for k in s0:
+        np.testing.assert_allclose(s1[k], s0[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+# ---- fold_batchnorm + fold_constants ------------------------------------------------------------
+FOLDED_BN = '''  forward:
+    %t0: f32[4] = add(%bn.running_var, %c0)
+    %t1: f32[4] = rsqrt(%t0)
+    %t2: f32[4] = mul(%bn.weight, %t1)
+    %t3: f32[4,1,1,1] = reshape(%t2) {shape=[4, 1, 1, 1]}
+    %t4: f32[4,3,1,1] = mul(%conv.weight, %t3)
+    %t5: f32[4] = mul(%bn.running_mean, %t2)
+    %t6: f32[4] = sub(%bn.bias, %t5)
+    %b: f32[2,4,8,8] = conv2d(%x, %t4, %t6) {dilation=[1, 1], groups=1, padding=[0, 0], stride=[1, 1]}
+    %a: f32[2,4,8,8] = hardtanh(%b) {max=6.0, min=0.0}
+'''
+
+CONSTANT_FOLDED = '''  forward:
+    %t6: f32[4] = sub(%bn.bias, %folded.t5)
+    %b: f32[2,4,8,8] = conv2d(%x, %folded.t4, %t6) {dilation=[1, 1], groups=1, padding=[0, 0], stride=[1, 1]}
+    %a: f32[2,4,8,8] = hardtanh(%b) {max=6.0, min=0.0}
+'''
+
+
+def test_fold_batchnorm_then_constants():
+    data = conv_bn_relu6_data()
+    before = load(CONV_BN_RELU6, data)
+    g = load(CONV_BN_RELU6, data)
+    assert "1 BatchNorms folded" in run_pass("fold_batchnorm", g)
+    assert nodes_text(g).startswith(FOLDED_BN)
+    assert_same_step(before, g, data, conv_bn_relu6_feeds())
+    run_pass("fold_constants", g)
+    # the frozen arithmetic is gone; the trainable shift is still computed each step from bn.bias
+    assert nodes_text(g).startswith(CONSTANT_FOLDED)
+    scale = data["bn.weight"] / np.sqrt(data["bn.running_var"] + 1e-5)
+    np.testing.assert_allclose(g.initial["folded.t4"], data["conv.weight"] * scale[:, None, None, None], rtol=1e-6)
+    np.testing.assert_allclose(g.initial["folded.t5"], data["bn.running_mean"] * scale, rtol=1e-6)
+    assert_same_step(before, g, data, conv_bn_relu6_feeds())
+
+
+def test_fold_batchnorm_leaves_trainable_scale_and_train_mode_alone():
+    text = CONV_BN_RELU6.replace("param %bn.weight: f32[4]", "param %bn.weight: f32[4] trainable")
+    g = load(text, conv_bn_relu6_data())
+    assert "no foldable" in run_pass("fold_batchnorm", g)
+    assert any(n.op == "batch_norm_infer" for n in g.nodes)
+
+
+def test_fold_constants_never_folds_trainable_or_assigned_values():
+    g = load(CONV_BN_RELU6, conv_bn_relu6_data())
+    assert run_pass("fold_constants", g) == "nothing to fold"  # everything reads x or a trainable bias
+
+
+# ---- compress_activations ------------------------------------------------------------------------
+COMPRESSED = '''  forward:
+    %t0: f32[2,4,6,6] = conv2d(%x, %c1.weight, %c1.bias) {dilation=[1, 1], groups=1, padding=[0, 0], stride=[1, 1]}
+    %t1: f32[2,4,6,6] = relu(%t0)
+    %t17: u8[36] = activation_mask(%t1) {min=0.0}
+    %t2: f32[2,4,6,6] = conv2d(%t1, %c2.weight, %c2.bias) {dilation=[1, 1], groups=1, padding=[1, 1], stride=[1, 1]}
+    %t3: f32[2,4,6,6] = relu(%t2)
+    %t15: u8[36] = activation_mask(%t3) {min=0.0}
+    %t4: f32[2,4] = mean(%t3) {dims=[2, 3], keepdim=false}
+'''
+
+
+def test_compress_activations_keeps_bits_instead_of_floats():
+    data = conv_relu_chain_data()
+    before = load(CONV_RELU_CHAIN, data)
+    g = load(CONV_RELU_CHAIN, data)
+    note = run_pass("compress_activations", g)
+    assert note.startswith("2 activations kept as bit masks")
+    assert nodes_text(g).startswith(COMPRESSED)
+    assert [n.op for n in g.nodes if n.section == "backward"].count("mask_grad") == 2
+    assert not any(n.op == "relu_backward" for n in g.nodes)
+    # no backward node reads a float activation any more
+    assert all(v.dtype == "u8" or v.producer is None or v.producer.section != "forward"
+               for n in g.nodes if n.section == "backward" for v in n.inputs if v.name.startswith("t1"))
+    assert_same_step(before, g, data, conv_relu_chain_feeds())
+
+
+def test_compress_activations_skips_values_a_weight_gradient_reads():
+    text = CONV_BN_RELU6  # y of hardtanh is read by hardtanh_backward only: compressible
+    g = load(text, conv_bn_relu6_data())
+    assert "1 activations" in run_pass("compress_activations", g)
+    # now make the mean's input read by another backward node: compression must stop
+    text2 = CONV_BN_RELU6.replace("%dbn: f32[4] = sum(%da)", "%dbn: f32[4] = sum(%a)")
+    g2 = load(text2, conv_bn_relu6_data())
+    assert "no activation" in run_pass("compress_activations", g2)
+
+
+# ---- fuse_epilogue -------------------------------------------------------------------------------
+EPILOGUE = '''  forward:
+    %t1: f32[2,4,6,6] = conv2d(%x, %c1.weight, %c1.bias) {activation="relu", dilation=[1, 1], groups=1, padding=[0, 0], stride=[1, 1]}
+    %t3: f32[2,4,6,6] = conv2d(%t1, %c2.weight, %c2.bias) {activation="relu", dilation=[1, 1], groups=1, padding=[1, 1], stride=[1, 1]}
+    %t4: f32[2,4] = mean(%t3) {dims=[2, 3], keepdim=false}
+'''
+EPILOGUE_BACKWARD = ('    %t13: f32[2,4,6,6] = conv2d_grad_input(%t10, %c2.weight, %t1) {dilation=[1, 1], groups=1, '
+                     'input_shape=[2, 4, 6, 6], mask_min=0.0, padding=[1, 1], stride=[1, 1]}\n')
+EPILOGUE_BACKWARD_BITS = ('    %t13: f32[2,4,6,6] = conv2d_grad_input(%t10, %c2.weight, %t17) {dilation=[1, 1], '
+                          'groups=1, input_shape=[2, 4, 6, 6], padding=[1, 1], stride=[1, 1]}\n')
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_fuse_epilogue_forward_and_backward(compressed):
+    data = conv_relu_chain_data()
+    before = load(CONV_RELU_CHAIN, data)
+    g = load(CONV_RELU_CHAIN, data)
+    if compressed:
+        run_pass("compress_activations", g)
+    assert "2 activations fused into conv/linear, 1 derivatives" in run_pass("fuse_epilogue", g)
+    text = nodes_text(g)
+    if not compressed:
+        assert text.startswith(EPILOGUE)
+    assert (EPILOGUE_BACKWARD_BITS if compressed else EPILOGUE_BACKWARD) in text
+    assert_same_step(before, g, data, conv_relu_chain_feeds())
+    # and the C++ kernels run the fused nodes to the same step
+    prog = Program(g, "ir", None, None, ["x"], "target", True)
+    sess = et.Session(prog, backend="cpu")
+    sess.load_state_dict({k: v for k, v in data.items() if not k.startswith("optim.")})
+    feeds = conv_relu_chain_feeds()
+    loss = sess.step(feeds["x"], feeds["target"])
+    l0, s0 = one_step(before, data, feeds)
+    np.testing.assert_allclose(loss, l0, rtol=1e-5)
+    for k in ("c1.bias", "c2.bias"):
+        np.testing.assert_allclose(sess.state_dict()[k], s0[k], rtol=1e-5, atol=1e-6)
+
+
+# ---- reorder_updates / schedule_memory -----------------------------------------------------------
+REORDERED_BACKWARD = '''  backward:
+    %do: f32[2,5] = cross_entropy_backward(%l, %o, %y)
+    %dfc: f32[5] = sum(%do) {dims=[0], keepdim=false}
+  update:
+    %fc.bias.next: f32[5] = sgd_update(%fc.bias, %dfc, %optim.lr) {dampening=0.0, maximize=false, momentum=0.0, nesterov=false, weight_decay=0.0}
+  backward:
+    %dp: f32[2,4] = matmul(%do, %fc.weight)
+'''
+
+
+def test_reorder_updates_runs_each_update_right_after_its_gradient():
+    data = conv_bn_relu6_data()
+    before = load(CONV_BN_RELU6, data)
+    g = load(CONV_BN_RELU6, data)
+    run_pass("reorder_updates", g)
+    assert REORDERED_BACKWARD in nodes_text(g)
+    assert_same_step(before, g, data, conv_bn_relu6_feeds())
+    # the text round-trips with interleaved sections
+    assert et.print_graph(et.parse_graph(et.print_graph(g), initial=g.initial)) == et.print_graph(g)
+
+
+def test_reorder_waits_for_readers_of_the_old_weight():
+    """A trainable conv weight is read by conv2d_grad_input: its in-place update must come after."""
+    import torch
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3),
+                                torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 4, 3))
+    x, y = torch.randn(2, 3, 8, 8), torch.tensor([0, 2])
+    prog = et.compile(model, (x,), y, peft=et.peft.Full(), passes=["reorder_updates"])
+    nodes = prog.graph.nodes
+    pos = {id(n): i for i, n in enumerate(nodes)}
+    for name, new in prog.graph.assigns.items():
+        src = prog.graph.sources[name]
+        readers = [pos[id(n)] for n in nodes if src in n.inputs and n is not new.producer]
+        assert all(r < pos[id(new.producer)] for r in readers), name
+    assert prog.memory_plan("cpu").inplace  # updates still go in place
+    plan0 = et.compile(model, (x,), y, peft=et.peft.Full(), opt_level=0).memory
+    assert prog.memory.arena_bytes < plan0.arena_bytes  # gradients die at their update
+
+
+def test_schedule_memory_never_raises_the_peak():
+    import torch
+    from edgetune import models
+    torch.manual_seed(0)
+    model = models.ResNet18(num_classes=5, width=4)
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 3])
+    prog0 = et.compile(model, (x,), y, peft=et.peft.LastK(3), opt_level=0)
+    prog = et.optimize(prog0, passes=["schedule_memory"])
+    assert prog.memory.arena_bytes <= prog0.memory.arena_bytes
+    rec = prog.pass_report[-1]
+    assert rec.arena_after <= rec.arena_before
+
+
+# ---- select_kernels ------------------------------------------------------------------------------
+def test_select_kernels_cost_model_picks_the_specialised_kernels():
+    import torch
+    model = torch.nn.Sequential(torch.nn.Conv2d(8, 64, 1), torch.nn.Conv2d(64, 64, 3, padding=1, groups=64),
+                                torch.nn.Conv2d(64, 64, 3, padding=1), torch.nn.Conv2d(64, 8, 3, stride=2),
+                                torch.nn.Flatten(), torch.nn.LazyLinear(3))
+    x = torch.randn(2, 8, 28, 28)
+    model(x)
+    prog = et.compile(model, (x,), torch.tensor([0, 1]), peft=et.peft.Full(), passes=["select_kernels"])
+    kernels = [n.kernel for n in prog.graph.nodes if n.op == "conv2d"]
+    # Winograd wins on time for the 3x3 stride-1 layer; its workspace raises this small model's
+    # peak, so memory-first selection keeps the incoming kernel there and says so
+    assert kernels == ["conv2d.pointwise", "conv2d.depthwise", None, "conv2d.im2col"], kernels
+    assert "dropped to keep the planned peak" in prog.pass_report[-1].note
+    # the plan records the choice, and the runtime runs it
+    sess = et.Session(prog, backend="cpu")
+    ran = set(sess.profile(1, x.numpy(), np.array([0, 1]))["kernels"])
+    assert {"conv2d.pointwise", "conv2d.depthwise", "conv2d.im2col"} <= ran
+
+
+def test_cost_model_ranks_winograd_where_it_measured_faster():
+    from edgetune.compiler.ir import Graph, TensorType
+    from edgetune.compiler.ops.registry import Builder
+    from edgetune.compiler.passes.select_kernels import TARGETS, estimated_seconds
+
+    def conv(channels, size):
+        g = Graph()
+        x = g.add_input("x", TensorType((8, channels, size, size)))
+        w = g.add_input("w", TensorType((channels, channels, 3, 3)))
+        attrs = {"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "groups": 1}
+        return Builder(g).emit1("conv2d", [x, w], attrs).producer
+
+    rates = TARGETS["x86_64"]
+    mid, deep = conv(128, 28), conv(512, 7)  # ResNet-18 stages 2 and 4 (see benchmarks/winograd_bench.py)
+    assert estimated_seconds(mid, "conv2d.winograd", rates) < estimated_seconds(mid, "conv2d.im2col", rates)
+    assert estimated_seconds(deep, "conv2d.winograd", rates) > estimated_seconds(deep, "conv2d.im2col", rates)
+
+
+def test_select_kernels_measures_and_caches(tmp_path, monkeypatch):
+    import json
+    import torch
+    monkeypatch.setenv("EDGETUNE_CACHE_DIR", str(tmp_path))
+    model = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.Flatten(), torch.nn.LazyLinear(3))
+    x = torch.randn(2, 8, 12, 12)
+    model(x)
+    prog0 = et.compile(model, (x,), torch.tensor([0, 1]), peft=et.peft.BiasOnly(), opt_level=0)
+    prog = et.optimize(prog0, passes=["select_kernels"], kernel_selection="measure")
+    assert "measured" in prog.pass_report[-1].note
+    cache = json.loads((tmp_path / "kernel_times.json").read_text())
+    assert len(cache) >= 2 and all(t > 0 for t in cache.values())
+    conv = next(n for n in prog.graph.nodes if n.op == "conv2d")
+    assert conv.kernel.startswith("conv2d")
+
+
+def test_cross_compiling_uses_the_cost_model():
+    import torch
+    model = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.Flatten(), torch.nn.LazyLinear(3))
+    x = torch.randn(2, 8, 12, 12)
+    model(x)
+    prog = et.compile(model, (x,), torch.tensor([0, 1]), opt_level=3, target="aarch64")
+    assert "cost model (aarch64)" in prog.pass_report[-1].note
+
+
+# ---- the pipeline -------------------------------------------------------------------------------
+def test_levels_disable_and_unknown_names():
+    assert passes_for(0) == []
+    assert passes_for(1) == ["fold_batchnorm", "fold_constants", "reorder_updates"]
+    assert "recompute" not in passes_for(2) and "recompute" in passes_for(3)
+    assert "fuse_elementwise" not in passes_for(2, disable=["fuse_elementwise"])
+    assert passes_for(0, passes=["schedule_memory", "fold_constants"]) == ["fold_constants", "schedule_memory"]
+    with pytest.raises(SpecError, match="unknown pass"):
+        passes_for(2, disable=["fuse_everything"])
+    with pytest.raises(SpecError, match="opt_level"):
+        passes_for(5)
+
+
+def test_summary_reports_every_pass_with_ops_and_planned_peak():
+    import torch
+    from edgetune import models
+    torch.manual_seed(0)
+    model = models.MobileNetV2(num_classes=5, width_mult=0.25).eval()
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 3])
+    prog = et.compile(model, (x,), y, peft=et.peft.BiasOnly())
+    summary = prog.summary()
+    assert [r.name for r in summary.passes] == passes_for(2)
+    text = str(summary)
+    assert "optimisation passes (-O2)" in text and "fold_batchnorm" in text and "select_kernels" in text
+    first, last = summary.passes[0], summary.passes[-1]
+    assert first.arena_before > 0 and last.arena_after < first.arena_before  # masks + fusion lower the peak
+    assert summary.as_dict()["passes"][0]["name"] == "fold_batchnorm"
