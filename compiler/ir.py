@@ -153,6 +153,8 @@ class Graph:
     assigns: dict[str, Value] = field(default_factory=dict)  # source name -> new value
     initial: dict[str, np.ndarray] = field(default_factory=dict)  # source name -> data
     aliases: dict[str, str] = field(default_factory=dict)  # extra state_dict name -> source name
+    # frozen params/buffers whose values were folded into consts at compile time (fold_constants)
+    baked: set[str] = field(default_factory=set)
 
     # ---- construction -------------------------------------------------------------------
     def _taken(self, name: str) -> bool:

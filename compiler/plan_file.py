@@ -235,6 +235,8 @@ def build_plan(program, backend: str = "cpu", memory: MemoryPlan | None = None) 
     weights += [(alias, index[id(g.sources[target])]) for alias, target in g.aliases.items()]
     weights_vec = w.bindings(weights)
     trainable_vec = w.strings(program.trainable_names)
+    baked_names = sorted(g.baked | {a for a, t in g.aliases.items() if t in g.baked})
+    baked_vec = w.strings(baked_names)
     state_vec = w.bindings([(n, index[id(v)]) for n, v in g.sources.items() if v.kind == "state"])
     copy_offs = []
     for new, state in memory.copies:
@@ -257,6 +259,7 @@ def build_plan(program, backend: str = "cpu", memory: MemoryPlan | None = None) 
     fb_plan.PlanAddOutputs(b, outputs_vec)
     fb_plan.PlanAddWeights(b, weights_vec)
     fb_plan.PlanAddTrainable(b, trainable_vec)
+    fb_plan.PlanAddBaked(b, baked_vec)
     fb_plan.PlanAddOptimizerState(b, state_vec)
     fb_plan.PlanAddAssigns(b, copies_vec)
     fb_plan.PlanAddPersistentBytes(b, memory.persistent_bytes)
@@ -314,6 +317,7 @@ def read_plan_header(data: bytes) -> dict:
         "outputs": bindings(p.OutputsLength(), p.Outputs),
         "weights": bindings(p.WeightsLength(), p.Weights),
         "trainable": [p.Trainable(i).decode() for i in range(p.TrainableLength())],
+        "baked": [p.Baked(i).decode() for i in range(p.BakedLength())],
         "persistent_bytes": p.PersistentBytes(),
         "arena_bytes": p.ArenaBytes(),
         "input_bytes": p.InputBytes(),

@@ -103,7 +103,8 @@ class Session:
             if tuple(arr.shape) != current[name].shape:
                 raise InputError(f"load_state_dict: '{name}' has shape {list(arr.shape)}, "
                                  f"expected {list(current[name].shape)}")
-            self._impl.set_weight(name, np.ascontiguousarray(arr.astype(current[name].dtype)))
+            # np.array, not ascontiguousarray: the latter turns a 0-d array (num_batches_tracked) 1-d
+            self._impl.set_weight(name, np.array(arr.astype(current[name].dtype), order="C"))
 
     def optimizer_state(self) -> dict[str, np.ndarray]:
         return self._impl.optimizer_state()
@@ -205,7 +206,13 @@ class _ReferenceBackend:
         return out
 
     def set_weight(self, name: str, arr: np.ndarray) -> None:
-        self.state[self.program.graph.aliases.get(name, name)] = arr
+        g = self.program.graph
+        canonical = g.aliases.get(name, name)
+        if canonical in g.baked and not np.array_equal(self.state[canonical], arr):
+            raise InputError(f"weight '{name}' is frozen and its value was folded into constants at compile "
+                             "time; loading a different value would train with stale constants. Recompile with "
+                             "these weights (or with --disable-pass fold_constants)")
+        self.state[canonical] = arr
 
     def optimizer_state(self) -> dict[str, np.ndarray]:
         return {n: self.state[n].copy() for n, v in self.program.graph.sources.items() if v.kind == "state"}

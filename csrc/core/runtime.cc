@@ -263,6 +263,11 @@ Result<std::unique_ptr<Runtime>> PlanLoader::load(const uint8_t* data, size_t si
       if (placed[b->tensor()].region != 2) return invalid_plan("input '" + b->name()->str() + "' is not in the input region");
   if (plan->num_model_inputs() > rt->inputs_.size()) return invalid_plan("num_model_inputs exceeds the inputs");
   rt->num_model_inputs_ = static_cast<int>(plan->num_model_inputs());
+  if (plan->baked())
+    for (const auto* s : *plan->baked()) {
+      if (!rt->weight(s->str())) return invalid_plan("baked '" + s->str() + "' is not a weight");
+      rt->baked_.push_back(s->str());
+    }
   if (plan->trainable())
     for (const auto* s : *plan->trainable()) {
       if (!rt->weight(s->str())) return invalid_plan("trainable '" + s->str() + "' is not a weight");
@@ -363,6 +368,12 @@ const Binding* Runtime::weight(const std::string& name) const {
   for (const Binding& b : weights_)
     if (b.name == name) return &b;
   return nullptr;
+}
+
+bool Runtime::is_baked(const std::string& name) const {
+  for (const std::string& t : baked_)
+    if (t == name) return true;
+  return false;
 }
 
 bool Runtime::is_trainable(const std::string& name) const {

@@ -64,6 +64,8 @@ class Runtime {
   const std::vector<Binding>& weights() const { return weights_; }
   const Binding* weight(const std::string& name) const;
   bool is_trainable(const std::string& name) const;
+  // A frozen weight whose value the compiler folded into constants: changing it would leave them stale.
+  bool is_baked(const std::string& name) const;
   const std::vector<Binding>& optimizer_state() const { return optimizer_state_; }
 
   MemoryStats memory() const { return memory_; }
@@ -116,6 +118,7 @@ class Runtime {
   std::vector<Copy> copies_;
   std::vector<Binding> inputs_, outputs_, weights_, optimizer_state_;
   std::vector<std::string> trainable_;
+  std::vector<std::string> baked_;
   int num_model_inputs_ = 0;
   const float* loss_value_ = nullptr;  // the 'loss' output, checked after its node runs
   int64_t steps_ = 0;

@@ -319,6 +319,16 @@ class PyRuntime {
   void set_weight(const std::string& name, const py::array& arr) {
     const Binding* b = rt_->weight(name);
     if (!b) throw NativeError{not_found("the plan has no weight '" + name + "'")};
+    if (rt_->is_baked(name)) {  // allowed only when nothing changes (e.g. a full state_dict reload)
+      py::array c = py::array::ensure(arr, py::array::c_style);
+      if (!c || static_cast<size_t>(c.nbytes()) != b->view.nbytes() ||
+          std::memcmp(c.data(), b->view.data, b->view.nbytes()) != 0)
+        throw NativeError{invalid_argument(
+            "weight '" + name + "' is frozen and its value was folded into constants at compile time; loading "
+            "a different value would train with stale constants. Recompile with these weights (or with "
+            "--disable-pass fold_constants)")};
+      return;
+    }
     copy_in(b->view, arr, "weight '" + name + "'");
   }
 

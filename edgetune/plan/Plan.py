@@ -306,7 +306,27 @@ class Plan(object):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(36))
         return o == 0
 
-def PlanStart(builder): builder.StartObject(17)
+    # Plan
+    def Baked(self, j):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(38))
+        if o != 0:
+            a = self._tab.Vector(o)
+            return self._tab.String(a + flatbuffers.number_types.UOffsetTFlags.py_type(j * 4))
+        return ""
+
+    # Plan
+    def BakedLength(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(38))
+        if o != 0:
+            return self._tab.VectorLen(o)
+        return 0
+
+    # Plan
+    def BakedIsNone(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(38))
+        return o == 0
+
+def PlanStart(builder): builder.StartObject(18)
 def Start(builder):
     return PlanStart(builder)
 def PlanAddFormatVersion(builder, formatVersion): builder.PrependUint32Slot(0, formatVersion, 0)
@@ -387,6 +407,12 @@ def AddPersistentInit(builder, persistentInit):
 def PlanStartPersistentInitVector(builder, numElems): return builder.StartVector(1, numElems, 1)
 def StartPersistentInitVector(builder, numElems):
     return PlanStartPersistentInitVector(builder, numElems)
+def PlanAddBaked(builder, baked): builder.PrependUOffsetTRelativeSlot(17, flatbuffers.number_types.UOffsetTFlags.py_type(baked), 0)
+def AddBaked(builder, baked):
+    return PlanAddBaked(builder, baked)
+def PlanStartBakedVector(builder, numElems): return builder.StartVector(4, numElems, 4)
+def StartBakedVector(builder, numElems):
+    return PlanStartBakedVector(builder, numElems)
 def PlanEnd(builder): return builder.EndObject()
 def End(builder):
     return PlanEnd(builder)
