@@ -335,3 +335,35 @@ def test_loading_a_different_value_into_a_baked_weight_is_refused(backend, tmp_p
     prog0 = et.compile(model, (x,), y, peft=et.peft.BiasOnly(), disable_passes=["fold_constants"])
     assert not prog0.graph.baked
     et.Session(prog0, backend=backend).load_state_dict(state)
+
+
+def test_recompute_drops_a_cheap_kept_value_when_the_peak_falls():
+    """h = x * 2 feeds a trainable linear, whose weight gradient reads h at the end of backward:
+    recomputing h there from the (always resident) input beats keeping it across the step."""
+    import torch
+
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = torch.nn.Linear(64, 1024), torch.nn.Linear(1024, 10)
+
+        def forward(self, x):
+            return self.fc2(torch.relu(self.fc1(x * 2.0)))
+
+    torch.manual_seed(0)
+    model = Scaled()
+    x, y = torch.randn(512, 64), torch.randint(0, 10, (512,))  # wide hidden layer: peak mid-backward
+    spec = et.peft.Select(include=["fc1.weight"])
+    prog0 = et.compile(model, (x,), y, peft=spec, opt_level=0)
+    prog = et.optimize(prog0, passes=["recompute"])
+    rec = prog.pass_report[-1]
+    assert rec.note.startswith("1 values recomputed"), rec.note
+    assert rec.arena_after < rec.arena_before
+    clone = next(n for n in prog.graph.nodes if n.section == "backward" and n.op == "mul" and
+                 any(v.kind == "input" for v in n.inputs))
+    assert ".recomputed." in clone.outputs[0].name
+    for backend in ("reference", "cpu"):
+        s0, s1 = et.Session(prog0, backend=backend), et.Session(prog, backend=backend)
+        for _ in range(2):
+            np.testing.assert_allclose(s1.step(x.numpy(), y.numpy()), s0.step(x.numpy(), y.numpy()), rtol=1e-6)
+        np.testing.assert_allclose(s1.state_dict()["fc1.weight"], s0.state_dict()["fc1.weight"], rtol=1e-6)
