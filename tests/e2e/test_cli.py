@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from edgetune.cli import main
 from edgetune.compiler.ir_text import parse_graph
@@ -79,3 +80,20 @@ def test_user_mistakes_exit_2_and_write_nothing(tmp_path, capsys):
 def test_python_dash_m_entry_point_reports_bad_arguments():
     result = subprocess.run([sys.executable, "-m", "edgetune", "demo", "--peft", "last-k:x"], capture_output=True, text=True)
     assert result.returncode == 2 and "last-k needs an integer" in result.stderr
+
+
+def test_compile_opt_levels_and_disable_pass(tmp_path, capsys):
+    out0, out2 = tmp_path / "o0.etir", tmp_path / "o2.etir"
+    assert main(["compile", "--model", "small_cnn", "--eval", "--peft", "bias", "-O0", "-o", str(out0)]) == 0
+    assert "optimisation passes" not in capsys.readouterr().out
+    assert main(["compile", "--model", "small_cnn", "--eval", "--peft", "bias", "-O2",
+                 "--disable-pass", "fuse_elementwise", "-o", str(out2)]) == 0
+    report = capsys.readouterr().out
+    assert "optimisation passes (-O2)" in report and "fold_batchnorm" in report
+    assert "fuse_elementwise" not in report  # disabled: not run, not listed
+    text0, text2 = out0.read_text(), out2.read_text()
+    assert "batch_norm_infer" in text0 and "batch_norm_infer" not in text2  # folded at -O2
+    assert "activation_mask" in text2 and "activation_mask" not in text0
+    with pytest.raises(SystemExit) as e:  # argparse: an unknown pass name is a usage error
+        main(["compile", "--disable-pass", "fuse_everything"])
+    assert e.value.code == 2

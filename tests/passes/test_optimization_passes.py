@@ -367,3 +367,39 @@ def test_recompute_drops_a_cheap_kept_value_when_the_peak_falls():
         for _ in range(2):
             np.testing.assert_allclose(s1.step(x.numpy(), y.numpy()), s0.step(x.numpy(), y.numpy()), rtol=1e-6)
         np.testing.assert_allclose(s1.state_dict()["fc1.weight"], s0.state_dict()["fc1.weight"], rtol=1e-6)
+
+
+# ---- fuse_elementwise ----------------------------------------------------------------------------
+CHAIN = '''program p {
+  input %x: f32[2,4,3,3]
+  param %b: f32[1,4,1,1]
+  const %c: f32[] = 0.5
+
+  forward:
+    %a: f32[2,4,3,3] = add(%x, %b)
+    %h: f32[2,4,3,3] = hardtanh(%a) {max=6.0, min=0.0}
+    %m: f32[2,4,3,3] = mul(%h, %c)
+    %s: f32[2,4] = mean(%m) {dims=[2, 3], keepdim=false}
+
+  output out = %s
+  output act = %h
+}
+'''
+FUSED_CHAIN = '''  forward:
+    %h: f32[2,4,3,3], %m: f32[2,4,3,3] = fused_elementwise(%x, %b) {program="t0=add(x0,x1); t1=hardtanh(t0,min=0.0,max=6.0); t2=mul(t1,0.5); y0=t1; y1=t2", shape=[2, 4, 3, 3]}
+    %s: f32[2,4] = mean(%m) {dims=[2, 3], keepdim=false}
+'''
+
+
+def test_fuse_elementwise_chain_with_a_broadcast_input_and_an_outside_reader():
+    """bias add (broadcast) -> ReLU6 -> scale by a 0-d const (inlined): one node; %h is also a
+    graph output, so the fused node produces it as a second output."""
+    data = {"b": np.linspace(-1, 1, 4, dtype=np.float32).reshape(1, 4, 1, 1)}
+    before, g = load(CHAIN, data), load(CHAIN, data)
+    assert run_pass("fuse_elementwise", g) == "3 element-wise nodes fused into 1 kernels"
+    assert nodes_text(g) == FUSED_CHAIN
+    feeds = {"x": np.random.default_rng(0).uniform(-8, 8, (2, 4, 3, 3)).astype(np.float32)}
+    want, _ = ReferenceExecutor(before).run(feeds, data)
+    got, _ = ReferenceExecutor(g).run(feeds, data)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
