@@ -9,10 +9,6 @@ from ..ir import Graph, NameGen, Node, Value
 from ..ops.registry import Builder
 
 
-def readers(g: Graph) -> dict[int, list[Node]]:
-    return g.users()
-
-
 def is_pinned(g: Graph, v: Value) -> bool:
     """A graph output or an assigned state value: its name and lifetime are part of the contract."""
     return any(o is v for o in g.outputs.values()) or any(a is v for a in g.assigns.values())
