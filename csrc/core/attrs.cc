@@ -38,4 +38,25 @@ const std::string& Attrs::get_string(const char* name) const {
   return a && a->kind == AttrKind::kString ? a->s : kEmpty;
 }
 
+bool Attrs::get_pair(const char* name, int64_t dflt, int64_t* a, int64_t* b) const {
+  const std::vector<int64_t>& v = get_ints(name);
+  if (v.size() == 2) {
+    *a = v[0];
+    *b = v[1];
+    return true;
+  }
+  if (v.size() == 1) {
+    *a = *b = v[0];
+    return true;
+  }
+  const Attr* at = find(name);
+  if (!at || (at->kind == AttrKind::kInts && at->ints.empty())) {
+    *a = *b = dflt;
+    return true;
+  }
+  if (at->kind != AttrKind::kInt) return false;
+  *a = *b = at->i;
+  return true;
+}
+
 }  // namespace edgetune

@@ -34,6 +34,9 @@ class Attrs {
   // Empty when absent or not a list (an attr that may be either is read with find()).
   const std::vector<int64_t>& get_ints(const char* name) const;
   const std::string& get_string(const char* name) const;  // "" when absent
+  // A pair attr (conv/pool "stride": [h, w]): a scalar int or a one-element list means both, absent
+  // or [] (PyTorch's "use the default") gives dflt. False for any other kind or length.
+  bool get_pair(const char* name, int64_t dflt, int64_t* a, int64_t* b) const;
 
   const std::vector<Attr>& all() const { return attrs_; }
   void add(Attr a) { attrs_.push_back(std::move(a)); }

@@ -189,3 +189,32 @@ TEST(CoreAttrs, LookupByNonLiteralName) {
 
 }  // namespace
 }  // namespace edgetune
+
+namespace edgetune {
+namespace {
+
+TEST(CoreAttrs, PairGetter) {
+  Attrs a({make_ints("stride", {2, 3}), make_ints("one", {4}), make_int("scalar", 5), make_ints("empty", {}),
+           make_ints("three", {1, 2, 3}), make_float("float", 1.5)});
+  int64_t h = -1, w = -1;
+  ASSERT_TRUE(a.get_pair("stride", 1, &h, &w));
+  EXPECT_EQ(h, 2);
+  EXPECT_EQ(w, 3);
+  ASSERT_TRUE(a.get_pair("one", 1, &h, &w));
+  EXPECT_EQ(h, 4);
+  EXPECT_EQ(w, 4);
+  ASSERT_TRUE(a.get_pair("scalar", 1, &h, &w));
+  EXPECT_EQ(h, 5);
+  EXPECT_EQ(w, 5);
+  ASSERT_TRUE(a.get_pair("empty", 7, &h, &w));  // [] is PyTorch's "use the default"
+  EXPECT_EQ(h, 7);
+  EXPECT_EQ(w, 7);
+  ASSERT_TRUE(a.get_pair("absent", 9, &h, &w));
+  EXPECT_EQ(h, 9);
+  EXPECT_EQ(w, 9);
+  EXPECT_FALSE(a.get_pair("three", 1, &h, &w));
+  EXPECT_FALSE(a.get_pair("float", 1, &h, &w));
+}
+
+}  // namespace
+}  // namespace edgetune

@@ -97,28 +97,6 @@ Status path_fits(const char* kernel, const Conv& c, Path p) {
   return Status::Ok();
 }
 
-// A pair attr ("stride": [sh, sw]); a scalar int means both.
-bool read_pair(const Attrs& attrs, const char* name, int64_t dflt, int64_t* a, int64_t* b) {
-  const std::vector<int64_t>& v = attrs.get_ints(name);
-  if (v.size() == 2) {
-    *a = v[0];
-    *b = v[1];
-    return true;
-  }
-  if (v.size() == 1) {
-    *a = *b = v[0];
-    return true;
-  }
-  if (!attrs.has(name)) {
-    *a = *b = dflt;
-    return true;
-  }
-  const Attr* at = attrs.find(name);
-  if (at->kind != AttrKind::kInt) return false;
-  *a = *b = at->i;
-  return true;
-}
-
 int64_t conv_out(int64_t size, int64_t k, int64_t s, int64_t p, int64_t d) { return (size + 2 * p - d * (k - 1) - 1) / s + 1; }
 
 // f32 for the first `num_inputs` inputs (a trailing mask is checked by read_output_mask) and outputs.
@@ -142,8 +120,8 @@ Status make_conv(const char* op, const Attrs& attrs, const int64_t* xs, const in
   Conv& c = *cv;
   c.N = xs[0], c.C = xs[1], c.H = xs[2], c.W = xs[3];
   c.O = ws[0], c.Cg = ws[1], c.KH = ws[2], c.KW = ws[3];
-  if (!read_pair(attrs, "stride", 1, &c.SH, &c.SW) || !read_pair(attrs, "padding", 0, &c.PH, &c.PW) ||
-      !read_pair(attrs, "dilation", 1, &c.DH, &c.DW))
+  if (!attrs.get_pair("stride", 1, &c.SH, &c.SW) || !attrs.get_pair("padding", 0, &c.PH, &c.PW) ||
+      !attrs.get_pair("dilation", 1, &c.DH, &c.DW))
     return invalid_argument(std::string(op) + ": stride/padding/dilation must be int pairs");
   c.G = attrs.get_int("groups", 1);
   if (c.SH < 1 || c.SW < 1 || c.DH < 1 || c.DW < 1 || c.PH < 0 || c.PW < 0)

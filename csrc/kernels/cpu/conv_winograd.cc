@@ -147,28 +147,6 @@ inline void copy_lanes(float* __restrict dst, const float* __restrict src, int n
 
 // ---- geometry ------------------------------------------------------------------------------
 
-// A pair attr ("stride": [sh, sw]); a scalar int means both (as conv.cc reads them).
-bool read_pair(const Attrs& attrs, const char* name, int64_t dflt, int64_t* a, int64_t* b) {
-  const std::vector<int64_t>& v = attrs.get_ints(name);
-  if (v.size() == 2) {
-    *a = v[0];
-    *b = v[1];
-    return true;
-  }
-  if (v.size() == 1) {
-    *a = *b = v[0];
-    return true;
-  }
-  if (!attrs.has(name)) {
-    *a = *b = dflt;
-    return true;
-  }
-  const Attr* at = attrs.find(name);
-  if (at->kind != AttrKind::kInt) return false;
-  *a = *b = at->i;
-  return true;
-}
-
 std::string dims(int64_t a, int64_t b, int64_t c, int64_t d) {
   return "[" + std::to_string(a) + "," + std::to_string(b) + "," + std::to_string(c) + "," + std::to_string(d) + "]";
 }
@@ -206,8 +184,8 @@ struct Geometry {
 Status check_geometry(const char* what, const Attrs& attrs, const TensorView& w, int64_t in_channels,
                       int64_t* PH, int64_t* PW) {
   int64_t SH, SW, DH, DW;
-  if (!read_pair(attrs, "stride", 1, &SH, &SW) || !read_pair(attrs, "padding", 0, PH, PW) ||
-      !read_pair(attrs, "dilation", 1, &DH, &DW))
+  if (!attrs.get_pair("stride", 1, &SH, &SW) || !attrs.get_pair("padding", 0, PH, PW) ||
+      !attrs.get_pair("dilation", 1, &DH, &DW))
     return invalid_argument(std::string(what) + ": stride/padding/dilation must be int pairs");
   const int64_t groups = attrs.get_int("groups", 1);
   if (w.rank != 4 || w.shape[2] != 3 || w.shape[3] != 3)

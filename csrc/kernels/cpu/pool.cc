@@ -21,27 +21,6 @@ struct Pool {
   bool ceil_mode;
 };
 
-bool read_pair(const Attrs& attrs, const char* name, int64_t dflt, int64_t* a, int64_t* b) {
-  const std::vector<int64_t>& v = attrs.get_ints(name);
-  if (v.size() == 2) {
-    *a = v[0];
-    *b = v[1];
-    return true;
-  }
-  if (v.size() == 1) {
-    *a = *b = v[0];
-    return true;
-  }
-  const Attr* at = attrs.find(name);
-  if (!at || (at->kind == AttrKind::kInts && v.empty())) {  // absent, or [] (PyTorch: the default)
-    *a = *b = dflt;
-    return true;
-  }
-  if (at->kind != AttrKind::kInt) return false;
-  *a = *b = at->i;
-  return true;
-}
-
 int64_t pool_out(int64_t size, int64_t k, int64_t s, int64_t p, int64_t d, bool ceil_mode) {
   const int64_t span = size + 2 * p - d * (k - 1) - 1;
   if (span < 0) return 0;
@@ -54,8 +33,8 @@ int64_t pool_out(int64_t size, int64_t k, int64_t s, int64_t p, int64_t d, bool 
 Status make_pool(const char* op, const Attrs& attrs, const int64_t* xs, bool dilated, Pool* pl) {
   Pool& p = *pl;
   p.N = xs[0], p.C = xs[1], p.H = xs[2], p.W = xs[3];
-  if (!read_pair(attrs, "kernel", 0, &p.KH, &p.KW) || !read_pair(attrs, "stride", 0, &p.SH, &p.SW) ||
-      !read_pair(attrs, "padding", 0, &p.PH, &p.PW) || !read_pair(attrs, "dilation", 1, &p.DH, &p.DW))
+  if (!attrs.get_pair("kernel", 0, &p.KH, &p.KW) || !attrs.get_pair("stride", 0, &p.SH, &p.SW) ||
+      !attrs.get_pair("padding", 0, &p.PH, &p.PW) || !attrs.get_pair("dilation", 1, &p.DH, &p.DW))
     return invalid_argument(std::string(op) + ": kernel/stride/padding/dilation must be int pairs");
   if (p.SH == 0 && p.SW == 0) p.SH = p.KH, p.SW = p.KW;  // stride absent or []: PyTorch's default
   p.ceil_mode = attrs.get_int("ceil_mode", 0) != 0;
