@@ -1,7 +1,7 @@
 """The plan file (.etp): a compiled program, memory-planned for a backend, as FlatBuffers.
 
-Schema: csrc/schema/plan.fbs (Python builders in edgetune/plan/ are generated from it by
-csrc/schema/generate_python.sh). File layout:
+Schema: csrc/schema/plan.fbs (the Python builders in compiler/generated/plan_schema/ are
+generated from it by csrc/schema/generate.py). File layout:
 
     [FlatBuffer, file identifier "ETPL"] [u32 LE CRC-32 of the FlatBuffer] [b"ETCK"]
 
@@ -22,18 +22,18 @@ import flatbuffers
 import numpy as np
 
 from .. import __version__
-from ..plan import Attr as fb_attr
-from ..plan import Binding as fb_binding
-from ..plan import Copy as fb_copy
-from ..plan import Node as fb_node
-from ..plan import Plan as fb_plan
-from ..plan import Tensor as fb_tensor
-from ..plan.AttrKind import AttrKind
-from ..plan.Region import Region
-from ..plan.Section import Section
+from .generated.plan_schema import Attr as fb_attr
+from .generated.plan_schema import Binding as fb_binding
+from .generated.plan_schema import Copy as fb_copy
+from .generated.plan_schema import Node as fb_node
+from .generated.plan_schema import Plan as fb_plan
+from .generated.plan_schema import Tensor as fb_tensor
+from .generated.plan_schema.AttrKind import AttrKind
+from .generated.plan_schema.Region import Region
+from .generated.plan_schema.Section import Section
 from .errors import PlanError
 from .ir import DTYPES, Value
-from .passes.memory_plan import ALIGNMENT, MemoryPlan, check_plan, plan_memory
+from .analysis.memory_plan import ALIGNMENT, MemoryPlan, check_plan, plan_memory
 
 FORMAT_VERSION = 1
 FILE_IDENTIFIER = b"ETPL"

@@ -18,7 +18,7 @@ Assumes: runs after autodiff; bounds come from the backward op's attrs (relu: mi
 from __future__ import annotations
 
 from ..ir import Graph, NameGen
-from .rewrite import EmitBefore, is_pinned, remove_node, replace_uses
+from ..rewrite import EmitBefore, is_pinned, remove_node, replace_uses
 
 MASKABLE_BACKWARD = ("relu_backward", "hardtanh_backward")
 

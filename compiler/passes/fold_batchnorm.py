@@ -18,7 +18,7 @@ Assumes: runs after autodiff (backward nodes read dy, not z, when gamma is froze
 from __future__ import annotations
 
 from ..ir import Graph, NameGen
-from .rewrite import EmitBefore, is_frozen, is_pinned, remove_node, replace_uses
+from ..rewrite import EmitBefore, is_frozen, is_pinned, remove_node, replace_uses
 
 FOLDABLE_PRODUCERS = ("conv2d", "linear")
 

@@ -43,7 +43,7 @@ def run(g: Graph, ctx=None) -> str:
         return fold(g, bake_weights=False)
     import copy
     from .dce import dead_code_elimination
-    from .memory_plan import plan_memory
+    from ..analysis.memory_plan import plan_memory
     trials = []
     for bake in (True, False):
         trial = copy.deepcopy(g)

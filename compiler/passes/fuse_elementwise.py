@@ -22,7 +22,7 @@ from __future__ import annotations
 from ..ir import Graph, NameGen, Node, Value
 from ..ops import fused
 from ..ops.registry import infer_types
-from .rewrite import is_pinned, replace_uses
+from ..rewrite import is_pinned, replace_uses
 
 
 def _groups(g: Graph) -> list[list[Node]]:

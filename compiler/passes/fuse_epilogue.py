@@ -20,7 +20,7 @@ were made). The fused forward op keeps y (the activation's output) as its output
 from __future__ import annotations
 
 from ..ir import Graph, NameGen
-from .rewrite import EmitBefore, is_pinned, remove_node, replace_uses
+from ..rewrite import EmitBefore, is_pinned, remove_node, replace_uses
 
 FORWARD_KERNELS = ("conv2d", "linear")
 GRAD_INPUT_KERNELS = ("conv2d_grad_input", "matmul")

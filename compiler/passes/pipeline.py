@@ -94,7 +94,7 @@ def passes_for(opt_level: int, disable=(), passes=None) -> list[str]:
 
 
 def _measure(g: Graph, workspace_bytes) -> tuple[int, int]:
-    from .memory_plan import plan_memory
+    from ..analysis.memory_plan import plan_memory
     try:
         plan = plan_memory(g, workspace_bytes)
     except Exception:  # noqa: BLE001  a graph with sources lacking data (hand-written tests)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from ..ir import Graph, NameGen, Node, Value
 from ..ops.registry import infer_types
-from .memory_plan import plan_memory
+from ..analysis.memory_plan import plan_memory
 
 CHEAP_OPS = frozenset({
     "add", "sub", "mul", "div", "neg", "relu", "hardtanh", "hardsigmoid", "hardswish", "sigmoid", "tanh",

@@ -18,8 +18,8 @@ Assumes: forward and loss nodes form a prefix (left alone). Changes only the nod
 from __future__ import annotations
 
 from ..ir import Graph
-from .memory_plan import plan_memory
-from .schedule_util import list_schedule, region_predecessors, split_region
+from ..analysis.memory_plan import plan_memory
+from ..analysis.schedule import list_schedule, region_predecessors, split_region
 
 
 def weight_grad_chain(region) -> set[int]:

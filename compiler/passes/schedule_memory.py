@@ -16,8 +16,8 @@ Changes only the node order.
 from __future__ import annotations
 
 from ..ir import Graph
-from .memory_plan import plan_memory
-from .schedule_util import list_schedule, region_predecessors, split_region
+from ..analysis.memory_plan import plan_memory
+from ..analysis.schedule import list_schedule, region_predecessors, split_region
 
 
 def _arena_bytes(v, state_outputs) -> int:

@@ -192,7 +192,7 @@ def run(g: Graph, ctx) -> str:
     cache = _load_cache(cache_path) if mode == "measure" else {}
     cached_before = len(cache)
     machine = _machine_key(mod) if mode == "measure" else ""
-    from .memory_plan import plan_memory
+    from ..analysis.memory_plan import plan_memory
     arena_before = plan_memory(g, ctx.workspace_bytes).arena_bytes if ctx.workspace_bytes else None
     extra_workspace: list[tuple[int, Node, str | None]] = []  # (bytes over the incoming kernel's, node, old)
     for node in g.nodes:

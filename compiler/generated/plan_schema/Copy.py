@@ -6,51 +6,62 @@ import flatbuffers
 from flatbuffers.compat import import_numpy
 np = import_numpy()
 
-class Binding(object):
+class Copy(object):
     __slots__ = ['_tab']
 
     @classmethod
     def GetRootAs(cls, buf, offset=0):
         n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
-        x = Binding()
+        x = Copy()
         x.Init(buf, n + offset)
         return x
 
     @classmethod
-    def GetRootAsBinding(cls, buf, offset=0):
+    def GetRootAsCopy(cls, buf, offset=0):
         """This method is deprecated. Please switch to GetRootAs."""
         return cls.GetRootAs(buf, offset)
     @classmethod
-    def BindingBufferHasIdentifier(cls, buf, offset, size_prefixed=False):
+    def CopyBufferHasIdentifier(cls, buf, offset, size_prefixed=False):
         return flatbuffers.util.BufferHasIdentifier(buf, offset, b"\x45\x54\x50\x4C", size_prefixed=size_prefixed)
 
-    # Binding
+    # Copy
     def Init(self, buf, pos):
         self._tab = flatbuffers.table.Table(buf, pos)
 
-    # Binding
-    def Name(self):
+    # Copy
+    def Src(self):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
         if o != 0:
-            return self._tab.String(o + self._tab.Pos)
-        return None
+            return self._tab.Get(flatbuffers.number_types.Uint32Flags, o + self._tab.Pos)
+        return 0
 
-    # Binding
-    def Tensor(self):
+    # Copy
+    def Dst(self):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
         if o != 0:
             return self._tab.Get(flatbuffers.number_types.Uint32Flags, o + self._tab.Pos)
         return 0
 
-def BindingStart(builder): builder.StartObject(2)
+def CopyStart(builder):
+    builder.StartObject(2)
+
 def Start(builder):
-    return BindingStart(builder)
-def BindingAddName(builder, name): builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(name), 0)
-def AddName(builder, name):
-    return BindingAddName(builder, name)
-def BindingAddTensor(builder, tensor): builder.PrependUint32Slot(1, tensor, 0)
-def AddTensor(builder, tensor):
-    return BindingAddTensor(builder, tensor)
-def BindingEnd(builder): return builder.EndObject()
+    CopyStart(builder)
+
+def CopyAddSrc(builder, src):
+    builder.PrependUint32Slot(0, src, 0)
+
+def AddSrc(builder, src):
+    CopyAddSrc(builder, src)
+
+def CopyAddDst(builder, dst):
+    builder.PrependUint32Slot(1, dst, 0)
+
+def AddDst(builder, dst):
+    CopyAddDst(builder, dst)
+
+def CopyEnd(builder):
+    return builder.EndObject()
+
 def End(builder):
-    return BindingEnd(builder)
+    return CopyEnd(builder)

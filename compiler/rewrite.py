@@ -5,8 +5,8 @@ follow)."""
 
 from __future__ import annotations
 
-from ..ir import Graph, NameGen, Node, Value
-from ..ops.registry import Builder
+from .ir import Graph, NameGen, Node, Value
+from .ops.registry import Builder
 
 
 def is_pinned(g: Graph, v: Value) -> bool:

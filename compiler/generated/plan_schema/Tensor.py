@@ -90,30 +90,56 @@ class Tensor(object):
             return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
         return 0
 
-def TensorStart(builder): builder.StartObject(6)
+def TensorStart(builder):
+    builder.StartObject(6)
+
 def Start(builder):
-    return TensorStart(builder)
-def TensorAddName(builder, name): builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(name), 0)
+    TensorStart(builder)
+
+def TensorAddName(builder, name):
+    builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(name), 0)
+
 def AddName(builder, name):
-    return TensorAddName(builder, name)
-def TensorAddDtype(builder, dtype): builder.PrependInt8Slot(1, dtype, 0)
+    TensorAddName(builder, name)
+
+def TensorAddDtype(builder, dtype):
+    builder.PrependInt8Slot(1, dtype, 0)
+
 def AddDtype(builder, dtype):
-    return TensorAddDtype(builder, dtype)
-def TensorAddShape(builder, shape): builder.PrependUOffsetTRelativeSlot(2, flatbuffers.number_types.UOffsetTFlags.py_type(shape), 0)
+    TensorAddDtype(builder, dtype)
+
+def TensorAddShape(builder, shape):
+    builder.PrependUOffsetTRelativeSlot(2, flatbuffers.number_types.UOffsetTFlags.py_type(shape), 0)
+
 def AddShape(builder, shape):
-    return TensorAddShape(builder, shape)
-def TensorStartShapeVector(builder, numElems): return builder.StartVector(8, numElems, 8)
+    TensorAddShape(builder, shape)
+
+def TensorStartShapeVector(builder, numElems):
+    return builder.StartVector(8, numElems, 8)
+
 def StartShapeVector(builder, numElems):
     return TensorStartShapeVector(builder, numElems)
-def TensorAddRegion(builder, region): builder.PrependInt8Slot(3, region, 0)
+
+def TensorAddRegion(builder, region):
+    builder.PrependInt8Slot(3, region, 0)
+
 def AddRegion(builder, region):
-    return TensorAddRegion(builder, region)
-def TensorAddOffset(builder, offset): builder.PrependUint64Slot(4, offset, 0)
+    TensorAddRegion(builder, region)
+
+def TensorAddOffset(builder, offset):
+    builder.PrependUint64Slot(4, offset, 0)
+
 def AddOffset(builder, offset):
-    return TensorAddOffset(builder, offset)
-def TensorAddNbytes(builder, nbytes): builder.PrependUint64Slot(5, nbytes, 0)
+    TensorAddOffset(builder, offset)
+
+def TensorAddNbytes(builder, nbytes):
+    builder.PrependUint64Slot(5, nbytes, 0)
+
 def AddNbytes(builder, nbytes):
-    return TensorAddNbytes(builder, nbytes)
-def TensorEnd(builder): return builder.EndObject()
+    TensorAddNbytes(builder, nbytes)
+
+def TensorEnd(builder):
+    return builder.EndObject()
+
 def End(builder):
     return TensorEnd(builder)

@@ -6,51 +6,62 @@ import flatbuffers
 from flatbuffers.compat import import_numpy
 np = import_numpy()
 
-class Copy(object):
+class Binding(object):
     __slots__ = ['_tab']
 
     @classmethod
     def GetRootAs(cls, buf, offset=0):
         n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
-        x = Copy()
+        x = Binding()
         x.Init(buf, n + offset)
         return x
 
     @classmethod
-    def GetRootAsCopy(cls, buf, offset=0):
+    def GetRootAsBinding(cls, buf, offset=0):
         """This method is deprecated. Please switch to GetRootAs."""
         return cls.GetRootAs(buf, offset)
     @classmethod
-    def CopyBufferHasIdentifier(cls, buf, offset, size_prefixed=False):
+    def BindingBufferHasIdentifier(cls, buf, offset, size_prefixed=False):
         return flatbuffers.util.BufferHasIdentifier(buf, offset, b"\x45\x54\x50\x4C", size_prefixed=size_prefixed)
 
-    # Copy
+    # Binding
     def Init(self, buf, pos):
         self._tab = flatbuffers.table.Table(buf, pos)
 
-    # Copy
-    def Src(self):
+    # Binding
+    def Name(self):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
         if o != 0:
-            return self._tab.Get(flatbuffers.number_types.Uint32Flags, o + self._tab.Pos)
-        return 0
+            return self._tab.String(o + self._tab.Pos)
+        return None
 
-    # Copy
-    def Dst(self):
+    # Binding
+    def Tensor(self):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
         if o != 0:
             return self._tab.Get(flatbuffers.number_types.Uint32Flags, o + self._tab.Pos)
         return 0
 
-def CopyStart(builder): builder.StartObject(2)
+def BindingStart(builder):
+    builder.StartObject(2)
+
 def Start(builder):
-    return CopyStart(builder)
-def CopyAddSrc(builder, src): builder.PrependUint32Slot(0, src, 0)
-def AddSrc(builder, src):
-    return CopyAddSrc(builder, src)
-def CopyAddDst(builder, dst): builder.PrependUint32Slot(1, dst, 0)
-def AddDst(builder, dst):
-    return CopyAddDst(builder, dst)
-def CopyEnd(builder): return builder.EndObject()
+    BindingStart(builder)
+
+def BindingAddName(builder, name):
+    builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(name), 0)
+
+def AddName(builder, name):
+    BindingAddName(builder, name)
+
+def BindingAddTensor(builder, tensor):
+    builder.PrependUint32Slot(1, tensor, 0)
+
+def AddTensor(builder, tensor):
+    BindingAddTensor(builder, tensor)
+
+def BindingEnd(builder):
+    return builder.EndObject()
+
 def End(builder):
-    return CopyEnd(builder)
+    return BindingEnd(builder)

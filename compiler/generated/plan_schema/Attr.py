@@ -117,36 +117,68 @@ class Attr(object):
             return self._tab.String(o + self._tab.Pos)
         return None
 
-def AttrStart(builder): builder.StartObject(7)
+def AttrStart(builder):
+    builder.StartObject(7)
+
 def Start(builder):
-    return AttrStart(builder)
-def AttrAddName(builder, name): builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(name), 0)
+    AttrStart(builder)
+
+def AttrAddName(builder, name):
+    builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(name), 0)
+
 def AddName(builder, name):
-    return AttrAddName(builder, name)
-def AttrAddKind(builder, kind): builder.PrependInt8Slot(1, kind, 0)
+    AttrAddName(builder, name)
+
+def AttrAddKind(builder, kind):
+    builder.PrependInt8Slot(1, kind, 0)
+
 def AddKind(builder, kind):
-    return AttrAddKind(builder, kind)
-def AttrAddI(builder, i): builder.PrependInt64Slot(2, i, 0)
+    AttrAddKind(builder, kind)
+
+def AttrAddI(builder, i):
+    builder.PrependInt64Slot(2, i, 0)
+
 def AddI(builder, i):
-    return AttrAddI(builder, i)
-def AttrAddF(builder, f): builder.PrependFloat64Slot(3, f, 0.0)
+    AttrAddI(builder, i)
+
+def AttrAddF(builder, f):
+    builder.PrependFloat64Slot(3, f, 0.0)
+
 def AddF(builder, f):
-    return AttrAddF(builder, f)
-def AttrAddInts(builder, ints): builder.PrependUOffsetTRelativeSlot(4, flatbuffers.number_types.UOffsetTFlags.py_type(ints), 0)
+    AttrAddF(builder, f)
+
+def AttrAddInts(builder, ints):
+    builder.PrependUOffsetTRelativeSlot(4, flatbuffers.number_types.UOffsetTFlags.py_type(ints), 0)
+
 def AddInts(builder, ints):
-    return AttrAddInts(builder, ints)
-def AttrStartIntsVector(builder, numElems): return builder.StartVector(8, numElems, 8)
+    AttrAddInts(builder, ints)
+
+def AttrStartIntsVector(builder, numElems):
+    return builder.StartVector(8, numElems, 8)
+
 def StartIntsVector(builder, numElems):
     return AttrStartIntsVector(builder, numElems)
-def AttrAddFloats(builder, floats): builder.PrependUOffsetTRelativeSlot(5, flatbuffers.number_types.UOffsetTFlags.py_type(floats), 0)
+
+def AttrAddFloats(builder, floats):
+    builder.PrependUOffsetTRelativeSlot(5, flatbuffers.number_types.UOffsetTFlags.py_type(floats), 0)
+
 def AddFloats(builder, floats):
-    return AttrAddFloats(builder, floats)
-def AttrStartFloatsVector(builder, numElems): return builder.StartVector(8, numElems, 8)
+    AttrAddFloats(builder, floats)
+
+def AttrStartFloatsVector(builder, numElems):
+    return builder.StartVector(8, numElems, 8)
+
 def StartFloatsVector(builder, numElems):
     return AttrStartFloatsVector(builder, numElems)
-def AttrAddS(builder, s): builder.PrependUOffsetTRelativeSlot(6, flatbuffers.number_types.UOffsetTFlags.py_type(s), 0)
+
+def AttrAddS(builder, s):
+    builder.PrependUOffsetTRelativeSlot(6, flatbuffers.number_types.UOffsetTFlags.py_type(s), 0)
+
 def AddS(builder, s):
-    return AttrAddS(builder, s)
-def AttrEnd(builder): return builder.EndObject()
+    AttrAddS(builder, s)
+
+def AttrEnd(builder):
+    return builder.EndObject()
+
 def End(builder):
     return AttrEnd(builder)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from edgetune.compiler.ir_text import parse_graph
-from edgetune.compiler.passes.memory_plan import ALIGNMENT, _greedy_by_size, check_plan, plan_memory
+from edgetune.compiler.analysis.memory_plan import ALIGNMENT, _greedy_by_size, check_plan, plan_memory
 
 CHAIN = """
 program chain {

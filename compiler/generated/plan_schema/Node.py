@@ -103,7 +103,7 @@ class Node(object):
             x = self._tab.Vector(o)
             x += flatbuffers.number_types.UOffsetTFlags.py_type(j) * 4
             x = self._tab.Indirect(x)
-            from edgetune.plan.Attr import Attr
+            from edgetune.compiler.generated.plan_schema.Attr import Attr
             obj = Attr()
             obj.Init(self._tab.Bytes, x)
             return obj
@@ -149,45 +149,86 @@ class Node(object):
             return self._tab.String(o + self._tab.Pos)
         return None
 
-def NodeStart(builder): builder.StartObject(9)
+def NodeStart(builder):
+    builder.StartObject(9)
+
 def Start(builder):
-    return NodeStart(builder)
-def NodeAddOp(builder, op): builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(op), 0)
+    NodeStart(builder)
+
+def NodeAddOp(builder, op):
+    builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(op), 0)
+
 def AddOp(builder, op):
-    return NodeAddOp(builder, op)
-def NodeAddKernel(builder, kernel): builder.PrependUOffsetTRelativeSlot(1, flatbuffers.number_types.UOffsetTFlags.py_type(kernel), 0)
+    NodeAddOp(builder, op)
+
+def NodeAddKernel(builder, kernel):
+    builder.PrependUOffsetTRelativeSlot(1, flatbuffers.number_types.UOffsetTFlags.py_type(kernel), 0)
+
 def AddKernel(builder, kernel):
-    return NodeAddKernel(builder, kernel)
-def NodeAddInputs(builder, inputs): builder.PrependUOffsetTRelativeSlot(2, flatbuffers.number_types.UOffsetTFlags.py_type(inputs), 0)
+    NodeAddKernel(builder, kernel)
+
+def NodeAddInputs(builder, inputs):
+    builder.PrependUOffsetTRelativeSlot(2, flatbuffers.number_types.UOffsetTFlags.py_type(inputs), 0)
+
 def AddInputs(builder, inputs):
-    return NodeAddInputs(builder, inputs)
-def NodeStartInputsVector(builder, numElems): return builder.StartVector(4, numElems, 4)
+    NodeAddInputs(builder, inputs)
+
+def NodeStartInputsVector(builder, numElems):
+    return builder.StartVector(4, numElems, 4)
+
 def StartInputsVector(builder, numElems):
     return NodeStartInputsVector(builder, numElems)
-def NodeAddOutputs(builder, outputs): builder.PrependUOffsetTRelativeSlot(3, flatbuffers.number_types.UOffsetTFlags.py_type(outputs), 0)
+
+def NodeAddOutputs(builder, outputs):
+    builder.PrependUOffsetTRelativeSlot(3, flatbuffers.number_types.UOffsetTFlags.py_type(outputs), 0)
+
 def AddOutputs(builder, outputs):
-    return NodeAddOutputs(builder, outputs)
-def NodeStartOutputsVector(builder, numElems): return builder.StartVector(4, numElems, 4)
+    NodeAddOutputs(builder, outputs)
+
+def NodeStartOutputsVector(builder, numElems):
+    return builder.StartVector(4, numElems, 4)
+
 def StartOutputsVector(builder, numElems):
     return NodeStartOutputsVector(builder, numElems)
-def NodeAddAttrs(builder, attrs): builder.PrependUOffsetTRelativeSlot(4, flatbuffers.number_types.UOffsetTFlags.py_type(attrs), 0)
+
+def NodeAddAttrs(builder, attrs):
+    builder.PrependUOffsetTRelativeSlot(4, flatbuffers.number_types.UOffsetTFlags.py_type(attrs), 0)
+
 def AddAttrs(builder, attrs):
-    return NodeAddAttrs(builder, attrs)
-def NodeStartAttrsVector(builder, numElems): return builder.StartVector(4, numElems, 4)
+    NodeAddAttrs(builder, attrs)
+
+def NodeStartAttrsVector(builder, numElems):
+    return builder.StartVector(4, numElems, 4)
+
 def StartAttrsVector(builder, numElems):
     return NodeStartAttrsVector(builder, numElems)
-def NodeAddSection(builder, section): builder.PrependInt8Slot(5, section, 0)
+
+def NodeAddSection(builder, section):
+    builder.PrependInt8Slot(5, section, 0)
+
 def AddSection(builder, section):
-    return NodeAddSection(builder, section)
-def NodeAddWorkspaceOffset(builder, workspaceOffset): builder.PrependUint64Slot(6, workspaceOffset, 0)
+    NodeAddSection(builder, section)
+
+def NodeAddWorkspaceOffset(builder, workspaceOffset):
+    builder.PrependUint64Slot(6, workspaceOffset, 0)
+
 def AddWorkspaceOffset(builder, workspaceOffset):
-    return NodeAddWorkspaceOffset(builder, workspaceOffset)
-def NodeAddWorkspaceBytes(builder, workspaceBytes): builder.PrependUint64Slot(7, workspaceBytes, 0)
+    NodeAddWorkspaceOffset(builder, workspaceOffset)
+
+def NodeAddWorkspaceBytes(builder, workspaceBytes):
+    builder.PrependUint64Slot(7, workspaceBytes, 0)
+
 def AddWorkspaceBytes(builder, workspaceBytes):
-    return NodeAddWorkspaceBytes(builder, workspaceBytes)
-def NodeAddSource(builder, source): builder.PrependUOffsetTRelativeSlot(8, flatbuffers.number_types.UOffsetTFlags.py_type(source), 0)
+    NodeAddWorkspaceBytes(builder, workspaceBytes)
+
+def NodeAddSource(builder, source):
+    builder.PrependUOffsetTRelativeSlot(8, flatbuffers.number_types.UOffsetTFlags.py_type(source), 0)
+
 def AddSource(builder, source):
-    return NodeAddSource(builder, source)
-def NodeEnd(builder): return builder.EndObject()
+    NodeAddSource(builder, source)
+
+def NodeEnd(builder):
+    return builder.EndObject()
+
 def End(builder):
     return NodeEnd(builder)

@@ -56,7 +56,7 @@ class Plan(object):
             x = self._tab.Vector(o)
             x += flatbuffers.number_types.UOffsetTFlags.py_type(j) * 4
             x = self._tab.Indirect(x)
-            from edgetune.plan.Tensor import Tensor
+            from edgetune.compiler.generated.plan_schema.Tensor import Tensor
             obj = Tensor()
             obj.Init(self._tab.Bytes, x)
             return obj
@@ -81,7 +81,7 @@ class Plan(object):
             x = self._tab.Vector(o)
             x += flatbuffers.number_types.UOffsetTFlags.py_type(j) * 4
             x = self._tab.Indirect(x)
-            from edgetune.plan.Node import Node
+            from edgetune.compiler.generated.plan_schema.Node import Node
             obj = Node()
             obj.Init(self._tab.Bytes, x)
             return obj
@@ -106,7 +106,7 @@ class Plan(object):
             x = self._tab.Vector(o)
             x += flatbuffers.number_types.UOffsetTFlags.py_type(j) * 4
             x = self._tab.Indirect(x)
-            from edgetune.plan.Binding import Binding
+            from edgetune.compiler.generated.plan_schema.Binding import Binding
             obj = Binding()
             obj.Init(self._tab.Bytes, x)
             return obj
@@ -138,7 +138,7 @@ class Plan(object):
             x = self._tab.Vector(o)
             x += flatbuffers.number_types.UOffsetTFlags.py_type(j) * 4
             x = self._tab.Indirect(x)
-            from edgetune.plan.Binding import Binding
+            from edgetune.compiler.generated.plan_schema.Binding import Binding
             obj = Binding()
             obj.Init(self._tab.Bytes, x)
             return obj
@@ -163,7 +163,7 @@ class Plan(object):
             x = self._tab.Vector(o)
             x += flatbuffers.number_types.UOffsetTFlags.py_type(j) * 4
             x = self._tab.Indirect(x)
-            from edgetune.plan.Binding import Binding
+            from edgetune.compiler.generated.plan_schema.Binding import Binding
             obj = Binding()
             obj.Init(self._tab.Bytes, x)
             return obj
@@ -208,7 +208,7 @@ class Plan(object):
             x = self._tab.Vector(o)
             x += flatbuffers.number_types.UOffsetTFlags.py_type(j) * 4
             x = self._tab.Indirect(x)
-            from edgetune.plan.Binding import Binding
+            from edgetune.compiler.generated.plan_schema.Binding import Binding
             obj = Binding()
             obj.Init(self._tab.Bytes, x)
             return obj
@@ -233,7 +233,7 @@ class Plan(object):
             x = self._tab.Vector(o)
             x += flatbuffers.number_types.UOffsetTFlags.py_type(j) * 4
             x = self._tab.Indirect(x)
-            from edgetune.plan.Copy import Copy
+            from edgetune.compiler.generated.plan_schema.Copy import Copy
             obj = Copy()
             obj.Init(self._tab.Bytes, x)
             return obj
@@ -326,93 +326,182 @@ class Plan(object):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(38))
         return o == 0
 
-def PlanStart(builder): builder.StartObject(18)
+def PlanStart(builder):
+    builder.StartObject(18)
+
 def Start(builder):
-    return PlanStart(builder)
-def PlanAddFormatVersion(builder, formatVersion): builder.PrependUint32Slot(0, formatVersion, 0)
+    PlanStart(builder)
+
+def PlanAddFormatVersion(builder, formatVersion):
+    builder.PrependUint32Slot(0, formatVersion, 0)
+
 def AddFormatVersion(builder, formatVersion):
-    return PlanAddFormatVersion(builder, formatVersion)
-def PlanAddProducer(builder, producer): builder.PrependUOffsetTRelativeSlot(1, flatbuffers.number_types.UOffsetTFlags.py_type(producer), 0)
+    PlanAddFormatVersion(builder, formatVersion)
+
+def PlanAddProducer(builder, producer):
+    builder.PrependUOffsetTRelativeSlot(1, flatbuffers.number_types.UOffsetTFlags.py_type(producer), 0)
+
 def AddProducer(builder, producer):
-    return PlanAddProducer(builder, producer)
-def PlanAddModel(builder, model): builder.PrependUOffsetTRelativeSlot(2, flatbuffers.number_types.UOffsetTFlags.py_type(model), 0)
+    PlanAddProducer(builder, producer)
+
+def PlanAddModel(builder, model):
+    builder.PrependUOffsetTRelativeSlot(2, flatbuffers.number_types.UOffsetTFlags.py_type(model), 0)
+
 def AddModel(builder, model):
-    return PlanAddModel(builder, model)
-def PlanAddTensors(builder, tensors): builder.PrependUOffsetTRelativeSlot(3, flatbuffers.number_types.UOffsetTFlags.py_type(tensors), 0)
+    PlanAddModel(builder, model)
+
+def PlanAddTensors(builder, tensors):
+    builder.PrependUOffsetTRelativeSlot(3, flatbuffers.number_types.UOffsetTFlags.py_type(tensors), 0)
+
 def AddTensors(builder, tensors):
-    return PlanAddTensors(builder, tensors)
-def PlanStartTensorsVector(builder, numElems): return builder.StartVector(4, numElems, 4)
+    PlanAddTensors(builder, tensors)
+
+def PlanStartTensorsVector(builder, numElems):
+    return builder.StartVector(4, numElems, 4)
+
 def StartTensorsVector(builder, numElems):
     return PlanStartTensorsVector(builder, numElems)
-def PlanAddNodes(builder, nodes): builder.PrependUOffsetTRelativeSlot(4, flatbuffers.number_types.UOffsetTFlags.py_type(nodes), 0)
+
+def PlanAddNodes(builder, nodes):
+    builder.PrependUOffsetTRelativeSlot(4, flatbuffers.number_types.UOffsetTFlags.py_type(nodes), 0)
+
 def AddNodes(builder, nodes):
-    return PlanAddNodes(builder, nodes)
-def PlanStartNodesVector(builder, numElems): return builder.StartVector(4, numElems, 4)
+    PlanAddNodes(builder, nodes)
+
+def PlanStartNodesVector(builder, numElems):
+    return builder.StartVector(4, numElems, 4)
+
 def StartNodesVector(builder, numElems):
     return PlanStartNodesVector(builder, numElems)
-def PlanAddInputs(builder, inputs): builder.PrependUOffsetTRelativeSlot(5, flatbuffers.number_types.UOffsetTFlags.py_type(inputs), 0)
+
+def PlanAddInputs(builder, inputs):
+    builder.PrependUOffsetTRelativeSlot(5, flatbuffers.number_types.UOffsetTFlags.py_type(inputs), 0)
+
 def AddInputs(builder, inputs):
-    return PlanAddInputs(builder, inputs)
-def PlanStartInputsVector(builder, numElems): return builder.StartVector(4, numElems, 4)
+    PlanAddInputs(builder, inputs)
+
+def PlanStartInputsVector(builder, numElems):
+    return builder.StartVector(4, numElems, 4)
+
 def StartInputsVector(builder, numElems):
     return PlanStartInputsVector(builder, numElems)
-def PlanAddNumModelInputs(builder, numModelInputs): builder.PrependUint32Slot(6, numModelInputs, 0)
+
+def PlanAddNumModelInputs(builder, numModelInputs):
+    builder.PrependUint32Slot(6, numModelInputs, 0)
+
 def AddNumModelInputs(builder, numModelInputs):
-    return PlanAddNumModelInputs(builder, numModelInputs)
-def PlanAddOutputs(builder, outputs): builder.PrependUOffsetTRelativeSlot(7, flatbuffers.number_types.UOffsetTFlags.py_type(outputs), 0)
+    PlanAddNumModelInputs(builder, numModelInputs)
+
+def PlanAddOutputs(builder, outputs):
+    builder.PrependUOffsetTRelativeSlot(7, flatbuffers.number_types.UOffsetTFlags.py_type(outputs), 0)
+
 def AddOutputs(builder, outputs):
-    return PlanAddOutputs(builder, outputs)
-def PlanStartOutputsVector(builder, numElems): return builder.StartVector(4, numElems, 4)
+    PlanAddOutputs(builder, outputs)
+
+def PlanStartOutputsVector(builder, numElems):
+    return builder.StartVector(4, numElems, 4)
+
 def StartOutputsVector(builder, numElems):
     return PlanStartOutputsVector(builder, numElems)
-def PlanAddWeights(builder, weights): builder.PrependUOffsetTRelativeSlot(8, flatbuffers.number_types.UOffsetTFlags.py_type(weights), 0)
+
+def PlanAddWeights(builder, weights):
+    builder.PrependUOffsetTRelativeSlot(8, flatbuffers.number_types.UOffsetTFlags.py_type(weights), 0)
+
 def AddWeights(builder, weights):
-    return PlanAddWeights(builder, weights)
-def PlanStartWeightsVector(builder, numElems): return builder.StartVector(4, numElems, 4)
+    PlanAddWeights(builder, weights)
+
+def PlanStartWeightsVector(builder, numElems):
+    return builder.StartVector(4, numElems, 4)
+
 def StartWeightsVector(builder, numElems):
     return PlanStartWeightsVector(builder, numElems)
-def PlanAddTrainable(builder, trainable): builder.PrependUOffsetTRelativeSlot(9, flatbuffers.number_types.UOffsetTFlags.py_type(trainable), 0)
+
+def PlanAddTrainable(builder, trainable):
+    builder.PrependUOffsetTRelativeSlot(9, flatbuffers.number_types.UOffsetTFlags.py_type(trainable), 0)
+
 def AddTrainable(builder, trainable):
-    return PlanAddTrainable(builder, trainable)
-def PlanStartTrainableVector(builder, numElems): return builder.StartVector(4, numElems, 4)
+    PlanAddTrainable(builder, trainable)
+
+def PlanStartTrainableVector(builder, numElems):
+    return builder.StartVector(4, numElems, 4)
+
 def StartTrainableVector(builder, numElems):
     return PlanStartTrainableVector(builder, numElems)
-def PlanAddOptimizerState(builder, optimizerState): builder.PrependUOffsetTRelativeSlot(10, flatbuffers.number_types.UOffsetTFlags.py_type(optimizerState), 0)
+
+def PlanAddOptimizerState(builder, optimizerState):
+    builder.PrependUOffsetTRelativeSlot(10, flatbuffers.number_types.UOffsetTFlags.py_type(optimizerState), 0)
+
 def AddOptimizerState(builder, optimizerState):
-    return PlanAddOptimizerState(builder, optimizerState)
-def PlanStartOptimizerStateVector(builder, numElems): return builder.StartVector(4, numElems, 4)
+    PlanAddOptimizerState(builder, optimizerState)
+
+def PlanStartOptimizerStateVector(builder, numElems):
+    return builder.StartVector(4, numElems, 4)
+
 def StartOptimizerStateVector(builder, numElems):
     return PlanStartOptimizerStateVector(builder, numElems)
-def PlanAddAssigns(builder, assigns): builder.PrependUOffsetTRelativeSlot(11, flatbuffers.number_types.UOffsetTFlags.py_type(assigns), 0)
+
+def PlanAddAssigns(builder, assigns):
+    builder.PrependUOffsetTRelativeSlot(11, flatbuffers.number_types.UOffsetTFlags.py_type(assigns), 0)
+
 def AddAssigns(builder, assigns):
-    return PlanAddAssigns(builder, assigns)
-def PlanStartAssignsVector(builder, numElems): return builder.StartVector(4, numElems, 4)
+    PlanAddAssigns(builder, assigns)
+
+def PlanStartAssignsVector(builder, numElems):
+    return builder.StartVector(4, numElems, 4)
+
 def StartAssignsVector(builder, numElems):
     return PlanStartAssignsVector(builder, numElems)
-def PlanAddPersistentBytes(builder, persistentBytes): builder.PrependUint64Slot(12, persistentBytes, 0)
+
+def PlanAddPersistentBytes(builder, persistentBytes):
+    builder.PrependUint64Slot(12, persistentBytes, 0)
+
 def AddPersistentBytes(builder, persistentBytes):
-    return PlanAddPersistentBytes(builder, persistentBytes)
-def PlanAddArenaBytes(builder, arenaBytes): builder.PrependUint64Slot(13, arenaBytes, 0)
+    PlanAddPersistentBytes(builder, persistentBytes)
+
+def PlanAddArenaBytes(builder, arenaBytes):
+    builder.PrependUint64Slot(13, arenaBytes, 0)
+
 def AddArenaBytes(builder, arenaBytes):
-    return PlanAddArenaBytes(builder, arenaBytes)
-def PlanAddInputBytes(builder, inputBytes): builder.PrependUint64Slot(14, inputBytes, 0)
+    PlanAddArenaBytes(builder, arenaBytes)
+
+def PlanAddInputBytes(builder, inputBytes):
+    builder.PrependUint64Slot(14, inputBytes, 0)
+
 def AddInputBytes(builder, inputBytes):
-    return PlanAddInputBytes(builder, inputBytes)
-def PlanAddAlignment(builder, alignment): builder.PrependUint32Slot(15, alignment, 0)
+    PlanAddInputBytes(builder, inputBytes)
+
+def PlanAddAlignment(builder, alignment):
+    builder.PrependUint32Slot(15, alignment, 0)
+
 def AddAlignment(builder, alignment):
-    return PlanAddAlignment(builder, alignment)
-def PlanAddPersistentInit(builder, persistentInit): builder.PrependUOffsetTRelativeSlot(16, flatbuffers.number_types.UOffsetTFlags.py_type(persistentInit), 0)
+    PlanAddAlignment(builder, alignment)
+
+def PlanAddPersistentInit(builder, persistentInit):
+    builder.PrependUOffsetTRelativeSlot(16, flatbuffers.number_types.UOffsetTFlags.py_type(persistentInit), 0)
+
 def AddPersistentInit(builder, persistentInit):
-    return PlanAddPersistentInit(builder, persistentInit)
-def PlanStartPersistentInitVector(builder, numElems): return builder.StartVector(1, numElems, 1)
+    PlanAddPersistentInit(builder, persistentInit)
+
+def PlanStartPersistentInitVector(builder, numElems):
+    return builder.StartVector(1, numElems, 1)
+
 def StartPersistentInitVector(builder, numElems):
     return PlanStartPersistentInitVector(builder, numElems)
-def PlanAddBaked(builder, baked): builder.PrependUOffsetTRelativeSlot(17, flatbuffers.number_types.UOffsetTFlags.py_type(baked), 0)
+
+def PlanAddBaked(builder, baked):
+    builder.PrependUOffsetTRelativeSlot(17, flatbuffers.number_types.UOffsetTFlags.py_type(baked), 0)
+
 def AddBaked(builder, baked):
-    return PlanAddBaked(builder, baked)
-def PlanStartBakedVector(builder, numElems): return builder.StartVector(4, numElems, 4)
+    PlanAddBaked(builder, baked)
+
+def PlanStartBakedVector(builder, numElems):
+    return builder.StartVector(4, numElems, 4)
+
 def StartBakedVector(builder, numElems):
     return PlanStartBakedVector(builder, numElems)
-def PlanEnd(builder): return builder.EndObject()
+
+def PlanEnd(builder):
+    return builder.EndObject()
+
 def End(builder):
     return PlanEnd(builder)
