@@ -79,7 +79,13 @@ def _fmt_const_data(arr: np.ndarray) -> str:
     return fmt_value(flat[0]) if arr.ndim == 0 else fmt_value(flat)
 
 
-def print_graph(g: Graph) -> str:
+_SOURCE_LINE = re.compile(r"^([^\s:]+):\d+")
+
+
+def print_graph(g: Graph, source_lines: bool = True) -> str:
+    """The text form. `source_lines=False` drops the line numbers from node sources
+    ("models.py:78 layers.0" prints as "models.py layers.0"), so text compared across edits of
+    the model's file (the golden programs) does not change when its lines move."""
     lines = [f"program {g.name} {{"]
     for v in g.inputs:
         lines.append(f"  input {fmt_name(v.name)}: {v.type}")
@@ -107,7 +113,8 @@ def print_graph(g: Graph) -> str:
         outs = ", ".join(f"{fmt_name(v.name)}: {v.type}" for v in n.outputs)
         ins = ", ".join(fmt_name(v.name) for v in n.inputs)
         kernel = f" kernel {json.dumps(n.kernel)}" if n.kernel else ""
-        src = f" @{json.dumps(n.source)}" if n.source else ""
+        source = n.source if source_lines or not n.source else _SOURCE_LINE.sub(r"\1", n.source)
+        src = f" @{json.dumps(source)}" if source else ""
         lines.append(f"    {outs} = {n.op}({ins}){fmt_attrs(n.attrs)}{kernel}{src}")
     lines.append("")
     for key, v in g.outputs.items():

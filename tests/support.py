@@ -71,3 +71,96 @@ def assert_training_matches_torch(model, prog, batches, loss="cross_entropy", rt
     np.testing.assert_allclose(ours, theirs, rtol=1e-5)
     for k in their_state:
         np.testing.assert_allclose(ours_state[k], their_state[k], rtol=rtol, atol=atol, err_msg=k)
+
+
+# ---- structural graph comparison ------------------------------------------------------------------
+def _graph_of(g):
+    return getattr(g, "graph", g)  # a Program or a Graph
+
+
+def _attrs_equal(x, y) -> bool:
+    if isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)):
+        return len(x) == len(y) and all(_attrs_equal(p, q) for p, q in zip(x, y))
+    if isinstance(x, float) and isinstance(y, float) and x != x and y != y:
+        return True  # nan
+    return isinstance(x, bool) == isinstance(y, bool) and x == y  # True is not 1
+
+
+def assert_graph_equal(a, b, sources: bool = False, const_data: bool = True) -> None:
+    """Assert that graphs (or Programs) `a` and `b` are the same program up to value names.
+
+    Values are matched by definition, not by name: model inputs by position, consts in their
+    order of definition, node outputs by (node position, output position). Params, buffers and
+    optimizer states are matched by name (their state_dict / state names are part of the
+    program), as are aliases, output keys and assignment targets. Compared: the graph name, every
+    source's kind, type and trainable flag (and const data unless const_data=False), each node's
+    op, section, attrs, kernel, output types and input wiring, the outputs and the assignments;
+    node sources ("models.py:12 conv1") only with sources=True. The first difference is reported
+    with both sides' names, e.g. "node 3 (conv2d -> %t4 vs %b): input 1 is %w vs %c0".
+    """
+    a, b = _graph_of(a), _graph_of(b)
+    where = f"graph {a.name!r} vs {b.name!r}"
+    assert a.name == b.name, f"{where}: names differ"
+    mapping: dict[int, object] = {}  # id(value in a) -> value in b
+
+    def same_type(va, vb, what):
+        assert va.type == vb.type, f"{what}: %{va.name}: {va.type} vs %{vb.name}: {vb.type}"
+
+    assert len(a.inputs) == len(b.inputs), f"inputs: {[v.name for v in a.inputs]} vs {[v.name for v in b.inputs]}"
+    for i, (va, vb) in enumerate(zip(a.inputs, b.inputs)):
+        same_type(va, vb, f"input {i}")
+        mapping[id(va)] = vb
+
+    named_a = {k: v for k, v in a.sources.items() if v.kind != "const"}
+    named_b = {k: v for k, v in b.sources.items() if v.kind != "const"}
+    assert sorted(named_a) == sorted(named_b), (
+        f"params/buffers/states: only in a {sorted(set(named_a) - set(named_b))}, "
+        f"only in b {sorted(set(named_b) - set(named_a))}")
+    for name, va in named_a.items():
+        vb = named_b[name]
+        assert (va.kind, va.trainable) == (vb.kind, vb.trainable), \
+            f"%{name}: {va.kind}{' trainable' * va.trainable} vs {vb.kind}{' trainable' * vb.trainable}"
+        same_type(va, vb, va.kind)
+        mapping[id(va)] = vb
+    consts_a = [v for v in a.sources.values() if v.kind == "const"]
+    consts_b = [v for v in b.sources.values() if v.kind == "const"]
+    assert len(consts_a) == len(consts_b), \
+        f"consts: {[v.name for v in consts_a]} vs {[v.name for v in consts_b]}"
+    for i, (va, vb) in enumerate(zip(consts_a, consts_b)):
+        same_type(va, vb, f"const {i}")
+        if const_data and va.name in a.initial and vb.name in b.initial:
+            assert np.array_equal(a.initial[va.name], b.initial[vb.name], equal_nan=True), \
+                f"const {i}: data of %{va.name} vs %{vb.name} differ"
+        mapping[id(va)] = vb
+    assert a.aliases == b.aliases, f"aliases: {a.aliases} vs {b.aliases}"
+
+    def wired(va, vb) -> bool:
+        return mapping.get(id(va)) is vb
+
+    assert len(a.nodes) == len(b.nodes), (
+        f"{len(a.nodes)} vs {len(b.nodes)} nodes: {[n.op for n in a.nodes]} vs {[n.op for n in b.nodes]}")
+    for i, (na, nb) in enumerate(zip(a.nodes, b.nodes)):
+        what = f"node {i} ({na.op} -> %{na.outputs[0].name if na.outputs else '?'} vs " \
+               f"{nb.op} -> %{nb.outputs[0].name if nb.outputs else '?'})"
+        assert (na.op, na.section, na.kernel) == (nb.op, nb.section, nb.kernel), \
+            f"{what}: op/section/kernel {na.op}/{na.section}/{na.kernel} vs {nb.op}/{nb.section}/{nb.kernel}"
+        assert sorted(na.attrs) == sorted(nb.attrs) and all(_attrs_equal(na.attrs[k], nb.attrs[k]) for k in na.attrs), \
+            f"{what}: attrs {na.attrs} vs {nb.attrs}"
+        if sources:
+            assert na.source == nb.source, f"{what}: source {na.source!r} vs {nb.source!r}"
+        assert len(na.inputs) == len(nb.inputs), f"{what}: {len(na.inputs)} vs {len(nb.inputs)} inputs"
+        for j, (va, vb) in enumerate(zip(na.inputs, nb.inputs)):
+            assert wired(va, vb), f"{what}: input {j} is %{va.name} vs %{vb.name}"
+        assert len(na.outputs) == len(nb.outputs), f"{what}: {len(na.outputs)} vs {len(nb.outputs)} outputs"
+        for j, (va, vb) in enumerate(zip(na.outputs, nb.outputs)):
+            same_type(va, vb, f"{what}: output {j}")
+            mapping[id(va)] = vb
+
+    assert list(a.outputs) == list(b.outputs), f"output keys: {list(a.outputs)} vs {list(b.outputs)}"
+    for key in a.outputs:
+        assert wired(a.outputs[key], b.outputs[key]), \
+            f"output {key} = %{a.outputs[key].name} vs %{b.outputs[key].name}"
+    assert sorted(a.assigns) == sorted(b.assigns), f"assigns: {sorted(a.assigns)} vs {sorted(b.assigns)}"
+    for name in a.assigns:
+        assert wired(a.assigns[name], b.assigns[name]), \
+            f"assign %{name} <- %{a.assigns[name].name} vs %{b.assigns[name].name}"
