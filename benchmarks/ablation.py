@@ -39,13 +39,8 @@ import shutil
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-RUNNERS = os.path.join(HERE, "runners")
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
-
-from benchmarks import bench  # noqa: E402  (CASES, the fresh-process runner, table helpers)
+from . import bench  # CASES, the fresh-process runner, table helpers
+from .locations import RUNNERS, results_dir, work_root
 
 SCHEMES = ["bias-only", "sparse"]
 DEFAULT_MODELS = ["mobilenet_v2", "resnet18", "bert"]
@@ -280,9 +275,9 @@ def parse_args(argv):
         ap.error("need at least one step (the first-step loss is the correctness guard)")
     args.models = args.models or list(DEFAULT_MODELS)
     args.schemes = args.schemes or list(SCHEMES)
-    args.out = args.out or (os.path.join(REPO, "build", "ablation", "smoke") if args.smoke
-                            else os.path.join(HERE, "results"))
-    args.work = args.work or os.path.join(REPO, "build", "ablation", "cells-smoke" if args.smoke else "cells")
+    args.out = args.out or (os.path.join(work_root(), "ablation", "smoke") if args.smoke
+                            else results_dir())
+    args.work = args.work or os.path.join(work_root(), "ablation", "cells-smoke" if args.smoke else "cells")
     return args
 
 

@@ -39,13 +39,8 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-RUNNERS = os.path.join(HERE, "runners")
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
-
-from benchmarks import peers_env  # noqa: E402
+from . import peers_env
+from .locations import RUNNERS, results_dir, work_root
 
 RUNTIMES = ["edgetune", "pytorch", "ort", "tvm"]
 LABELS = {"edgetune": "edgetune", "pytorch": "PyTorch", "ort": "ORT", "tvm": "TVM"}
@@ -80,7 +75,7 @@ def _run(cmd, cell, timeout, env=None) -> tuple[int, str]:
     log = os.path.join(cell, f"{tag}.log")
     with open(log, "w") as f:
         try:
-            p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout, env=env, cwd=REPO)
+            p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout, env=env, cwd=work_root())
             rc = p.returncode
         except subprocess.TimeoutExpired:
             rc = 124
@@ -345,9 +340,9 @@ def parse_args(argv):
     args.steps = 5 if args.steps is None else args.steps
     args.schemes = args.schemes or list(SCHEMES)
     args.runtimes = [r for r in RUNTIMES if r in args.runtimes]  # table columns in a fixed order
-    args.out = args.out or (os.path.join(REPO, "build", "bench", "smoke") if args.smoke
-                            else os.path.join(HERE, "results"))
-    args.work = args.work or os.path.join(REPO, "build", "bench", "cells-smoke" if args.smoke else "cells")
+    args.out = args.out or (os.path.join(work_root(), "bench", "smoke") if args.smoke
+                            else results_dir())
+    args.work = args.work or os.path.join(work_root(), "bench", "cells-smoke" if args.smoke else "cells")
     return args
 
 

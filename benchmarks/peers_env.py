@@ -1,6 +1,7 @@
-"""The peers' virtual environments, made on first use and cached under build/peers/.
+"""The peers' virtual environments, made on first use and cached under build/peers/ (see
+locations.py for an installed package).
 
-    python -m benchmarks.peers_env            # make (or check) both
+    python -m edgetune.benchmarks.peers_env           # make (or check) both
     ensure_venv("ort") -> (python, None) | (None, reason)
 
 Each peer gets its own venv (`python -m venv` + pip, by package name), so nothing it installs can
@@ -19,8 +20,9 @@ import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_ROOT = os.path.join(REPO, "build", "peers")
+from .locations import work_root
+
+DEFAULT_ROOT = os.path.join(work_root(), "peers")
 
 PEERS = {
     "ort": {"dir": "ort-venv",

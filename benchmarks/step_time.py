@@ -21,7 +21,6 @@ import torch
 
 import edgetune as et
 from edgetune import models
-from edgetune.cli import make_optimizer, parse_peft
 
 CASES = {
     "mobilenet_v2": (lambda: models.MobileNetV2(num_classes=1000), {"resolution": 224}),
@@ -64,7 +63,7 @@ def timed(fn, warmup: int, steps: int) -> list[float]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="mobilenet_v2", choices=sorted(CASES))
-    ap.add_argument("--peft", default="bias-only", type=parse_peft)
+    ap.add_argument("--peft", default="bias-only", help="full, bias-only, last-k:N or select:GLOBS")
     ap.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--batch", type=int, default=8)
@@ -82,8 +81,8 @@ def main(argv=None) -> int:
     model = ctor().train(not args.eval)
     (x,), y = models.example_inputs(args.model, model, batch=args.batch, **kw)
     t0 = time.perf_counter()
-    prog = et.compile(model, (x,), y, peft=args.peft,
-                      optimizer=make_optimizer(args.optimizer, args.lr, 0.9, 0.0))
+    prog = et.compile(model, (x,), y, peft=et.peft.parse_spec(args.peft),
+                      optimizer=et.optim.make_optimizer(args.optimizer, args.lr, 0.9, 0.0))
     compile_s = time.perf_counter() - t0
     plan = prog.memory_plan("cpu")
     sess = et.Session(prog, backend="cpu", threads=args.threads)

@@ -1,75 +1,53 @@
-"""`et.compile`: model + fine-tuning spec -> one static training program.
+"""Compiling an imported forward graph into one static training program.
 
-    frontend (torch.export | onnx) -> forward IR -> + loss -> PEFT spec marks trainable params
+    ImportedModel (a frontend's forward IR) -> + loss -> PEFT spec marks trainable params
       -> sparse autodiff -> optimizer updates -> dce -> verify -> optimisation passes (-O0..-O3,
       compiler/passes/pipeline.py) -> Program
 
 Every stage leaves a verifiable graph; `verify` runs at the end (and tests run it after each
-pass). Nothing here depends on the backend that will run the program.
+pass). Frontends are not called from here (edgetune/api.py runs them and hands over the
+ImportedModel); backends are known only through their target description (target.py).
 """
 
 from __future__ import annotations
 
-import os
 import warnings
 
-import numpy as np
-
 from .autodiff import differentiate
-from .errors import CaptureError, LossError, SpecError
+from .errors import LossError, SpecError
 from .ir import NameGen
-from .loss import append_loss
+from .loss import LossBuilder, append_loss
 from .optim import SGD, Optimizer
 from .passes.dce import dead_code_elimination
 from .passes.pipeline import DEFAULT_OPT_LEVEL, optimize, passes_for
 from .peft import Full, Spec
-from .program import Program
+from .program import ImportedModel, Program
 from .verify import verify
 
 
-def _is_onnx(model) -> bool:
-    if isinstance(model, (str, os.PathLike)):
-        return True
-    return type(model).__name__ == "ModelProto"
-
-
-def import_model(model, example_inputs):
-    """Run the right frontend; returns an ImportedModel."""
-    if _is_onnx(model):
-        from ..frontends.from_onnx import import_onnx
-        return import_onnx(model, example_inputs)
-    import torch
-    if isinstance(model, torch.nn.Module):
-        from ..frontends.from_torch import import_module
-        inputs = tuple(torch.as_tensor(x) if isinstance(x, np.ndarray) else x for x in example_inputs)
-        return import_module(model, inputs)
-    raise CaptureError(f"cannot compile a {type(model).__name__}: pass a torch.nn.Module, an onnx.ModelProto "
-                       "or the path of an .onnx file")
-
-
-def compile(model, example_inputs, example_target, loss="cross_entropy", peft: Spec | None = None,
-            optimizer: Optimizer | None = None, name: str | None = None, opt_level: int = DEFAULT_OPT_LEVEL,
-            disable_passes=(), passes=None, target: str | None = None) -> Program:
-    """Compile `model` into a training program (see the README for a walk-through).
-
-    example_inputs: a tuple of example tensors (their shapes and dtypes become the program's);
-    example_target: an example target (class indices for cross_entropy);
-    loss: "cross_entropy", "mse", or a torch callable (output, target) -> scalar;
-    peft: an `et.peft` spec (default Full()); optimizer: `et.optim.SGD(...)` / `AdamW(...)`;
-    opt_level: 0..3 (compiler/passes/pipeline.py says which passes each runs; default 2);
-    disable_passes: pass names to skip; passes: the exact pass set instead of a level's;
-    target: "x86_64" / "aarch64" when the plan is for another machine (kernel choice by cost model)."""
-    passes_for(opt_level, disable_passes, passes)  # reject bad names before the slow capture
+def check_options(peft: Spec | None, optimizer: Optimizer | None, opt_level: int, disable_passes=(), passes=None):
+    """The spec and optimizer to use (defaults filled in), or the error a bad option deserves;
+    cheap, so callers run it before a slow model capture."""
+    passes_for(opt_level, disable_passes, passes)
     peft = Full() if peft is None else peft
     optimizer = SGD() if optimizer is None else optimizer
     if not isinstance(peft, Spec):
         raise SpecError(f"peft must be an edgetune.peft spec (Full, BiasOnly, LastK, Select), got {peft!r}")
     if not isinstance(optimizer, Optimizer):
         raise SpecError(f"optimizer must be edgetune.optim.SGD or AdamW, got {optimizer!r}")
-    if not isinstance(example_inputs, (tuple, list)):
-        example_inputs = (example_inputs,)
+    return peft, optimizer
 
-    imported = import_model(model, tuple(example_inputs))
+
+def compile_imported(imported: ImportedModel, example_target, loss: str | LossBuilder = "cross_entropy",
+                     peft: Spec | None = None, optimizer: Optimizer | None = None, name: str | None = None,
+                     opt_level: int = DEFAULT_OPT_LEVEL, disable_passes=(), passes=None, backend="cpu",
+                     arch: str | None = None) -> Program:
+    """The training program for a frontend's forward graph (`imported` is consumed).
+
+    example_target: an example target array (class indices for cross_entropy);
+    loss: "cross_entropy", "mse", or a LossBuilder (compiler/loss.py) that emits the loss in IR;
+    the other options as in `et.compile` (edgetune/api.py)."""
+    peft, optimizer = check_options(peft, optimizer, opt_level, disable_passes, passes)
     g = imported.graph
     if name:
         g.name = name
@@ -97,4 +75,4 @@ def compile(model, example_inputs, example_target, loss="cross_entropy", peft: S
     dead_code_elimination(g)
     verify(g)
     program = Program(g, imported.frontend, peft, optimizer, imported.input_names, target_name, imported.train_mode)
-    return optimize(program, opt_level, disable_passes, passes, target=target)
+    return optimize(program, opt_level, disable_passes, passes, backend=backend, arch=arch)

@@ -1,8 +1,9 @@
 """Appending the loss: the model's output + a new `target` input -> a scalar loss (section "loss").
 
-`loss` is "cross_entropy" (class indices), "mse", or a torch callable (output, target) ->
-scalar, which is traced with torch.export and inlined like the model. A mismatch between the
-model output and the target raises LossError naming both shapes — never a silent broadcast.
+`loss` is "cross_entropy" (class indices), "mse", or a LossBuilder: a function that emits the
+loss into the graph (the API layer makes one from a torch callable by tracing it with the torch
+frontend, edgetune/api.py). A mismatch between the model output and the target raises LossError
+naming both shapes — never a silent broadcast.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from .ir import Graph, NameGen, TensorType, Value, dtype_of_numpy
 from .ops.registry import Builder
 
 BUILTIN_LOSSES = ("cross_entropy", "mse")
+
+# (graph, model output, target input, example target array, names) -> the scalar loss value
+LossBuilder = Callable[[Graph, Value, Value, np.ndarray, NameGen], Value]
 
 
 def class_index_layout(b: Builder, x: Value, target: Value, source: str | None = None, class_dim: int | None = 1):
@@ -72,7 +76,7 @@ def append_loss(graph: Graph, output: Value, example_target, loss, names: NameGe
             raise LossError(f"mse: target dtype {target.dtype} differs from model output {output.dtype}")
         out = b.emit1("mse_loss", [output, target], {"reduction": "mean"})
     elif callable(loss):
-        out = _traced_loss(graph, output, target, target_arr, loss, names)
+        out = loss(graph, output, target, target_arr, names)
     else:
         raise LossError(f"unknown loss {loss!r}: use one of {list(BUILTIN_LOSSES)} or a callable (output, target)")
     if out.shape != ():
@@ -80,15 +84,3 @@ def append_loss(graph: Graph, output: Value, example_target, loss, names: NameGe
     if not out.type.is_float:
         raise LossError(f"the loss must be floating point, got {out.type}")
     return out
-
-
-def _traced_loss(graph, output: Value, target: Value, target_arr, fn: Callable, names) -> Value:
-    import torch
-    from ..frontends.from_torch import import_function_into
-    from .ir import numpy_dtype
-    example_out = torch.zeros(output.shape, dtype=torch.from_numpy(np.zeros((), numpy_dtype(output.dtype))).dtype)
-    outs = import_function_into(graph, fn, [output, target], (example_out, torch.from_numpy(target_arr.copy())),
-                                "loss", names)
-    if len(outs) != 1:
-        raise LossError(f"the loss function must return one tensor, got {len(outs)}")
-    return outs[0]

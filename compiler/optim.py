@@ -104,3 +104,12 @@ class AdamW(Optimizer):
 def Adam(lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8) -> AdamW:
     """Adam without weight decay is AdamW with weight_decay=0."""
     return AdamW(lr=lr, betas=betas, eps=eps, weight_decay=0.0)
+
+
+def make_optimizer(name: str, lr: float, momentum: float = 0.0, weight_decay: float = 0.0) -> Optimizer:
+    """'sgd' or 'adamw' with these hyper-parameters (the command line's --optimizer)."""
+    if name == "sgd":
+        return SGD(lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adamw":
+        return AdamW(lr=lr, weight_decay=weight_decay)
+    raise EdgetuneError(f"unknown optimizer {name!r}: use sgd or adamw")

@@ -184,3 +184,26 @@ class Union(Spec):
 
     def __repr__(self):
         return " + ".join(repr(s) for s in self.specs)
+
+
+def parse_spec(text: str) -> Spec:
+    """A spec from its command-line form: 'full', 'bias-only', 'last-k:N', 'select:GLOB[,GLOB]'
+    (prefix a glob with ! to exclude)."""
+    kind, _, arg = text.partition(":")
+    kind = kind.replace("_", "-").lower()
+    if kind == "full":
+        return Full()
+    if kind in ("bias-only", "bias"):
+        return BiasOnly()
+    if kind in ("last-k", "lastk", "last"):
+        try:
+            return LastK(int(arg or 1))
+        except ValueError:
+            raise SpecError(f"last-k needs an integer, got {arg!r}") from None
+    if kind == "select":
+        globs = [g for g in arg.split(",") if g]
+        if not globs:
+            raise SpecError("select needs patterns, e.g. select:classifier.*,!*.bias")
+        include = [g for g in globs if not g.startswith("!")] or ["*"]
+        return Select(include=include, exclude=[g[1:] for g in globs if g.startswith("!")])
+    raise SpecError(f"unknown spec {text!r}: use full, bias-only, last-k:N or select:GLOBS")

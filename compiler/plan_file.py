@@ -8,7 +8,8 @@ generated from it by csrc/schema/generate.py). File layout:
 The CRC footer lets the loader tell a damaged file (a flipped bit in the weights is valid
 FlatBuffers) from a good one before trusting any byte of it.
 
-`build_plan(program, backend)` plans memory (asking the runtime for kernel workspaces) and
+`build_plan(program, backend)` plans memory (asking the backend's target description for kernel
+workspaces, compiler/target.py) and
 returns the bytes; `write_plan` writes them atomically. `read_plan_header` is a pure-Python
 reader of the high-level fields, for tools and tests.
 """
@@ -21,7 +22,7 @@ import zlib
 import flatbuffers
 import numpy as np
 
-from .. import __version__
+from . import __version__
 from .generated.plan_schema import Attr as fb_attr
 from .generated.plan_schema import Binding as fb_binding
 from .generated.plan_schema import Copy as fb_copy
@@ -32,7 +33,9 @@ from .generated.plan_schema.AttrKind import AttrKind
 from .generated.plan_schema.Region import Region
 from .generated.plan_schema.Section import Section
 from .errors import PlanError
+from .files import write_bytes_atomic as write_file_atomic
 from .ir import DTYPES, Value
+from .target import target_for
 from .analysis.memory_plan import ALIGNMENT, MemoryPlan, check_plan, plan_memory
 
 FORMAT_VERSION = 1
@@ -45,31 +48,11 @@ _REGION = {"persistent": Region.persistent, "arena": Region.arena, "input": Regi
 _SECTION = {"forward": Section.forward, "loss": Section.loss, "backward": Section.backward, "update": Section.update}
 
 
-def kernel_for(node, backend: str) -> str:
-    """The kernel that runs `node`: the one compiler/passes/select_kernels.py chose, else the
-    op's default kernel, registered under the op's own name."""
-    return node.kernel or node.op
-
-
-def native_workspace(backend: str):
-    """workspace_bytes(node) asking the C++ kernels themselves, so planner and runtime agree."""
-    from ..runtime.native import native, native_error
-    mod = native()
-
-    def workspace_bytes(node) -> int:
-        ins = [(v.dtype, list(v.shape)) for v in node.inputs]
-        outs = [(v.dtype, list(v.shape)) for v in node.outputs]
-        try:
-            return mod.workspace_bytes(backend, kernel_for(node, backend), ins, outs, node.attrs)
-        except mod.NativeError as e:
-            where = f" at {node.source}" if node.source else ""
-            raise PlanError(f"{backend} backend cannot run {node.op} -> %{node.outputs[0].name}{where}: "
-                            f"{native_error(e)}") from None
-    return workspace_bytes
-
-
-def plan_program(program, backend: str = "cpu") -> MemoryPlan:
-    plan = plan_memory(program.graph, native_workspace(backend))
+def plan_program(program, backend="cpu") -> MemoryPlan:
+    """The memory plan of `program` for `backend` (a name or a compiler.target.Target), with the
+    backend's own kernel workspace sizes, so that planner and runtime agree to the byte."""
+    target = target_for(backend, exact=True)
+    plan = plan_memory(program.graph, target.node_workspace())
     check_plan(program.graph, plan)
     return plan
 
@@ -209,7 +192,7 @@ def build_plan(program, backend: str = "cpu", memory: MemoryPlan | None = None) 
             attr_offs.append(fb_attr.AttrEnd(b))
         attrs_vec = w.offsets(attr_offs)
         op = b.CreateString(n.op)
-        kernel = b.CreateString(kernel_for(n, backend))
+        kernel = b.CreateString(n.kernel or n.op)  # the chosen variant, else the op's default kernel
         source = b.CreateString(n.source or "")
         ins = w.uints([index[id(v)] for v in n.inputs])
         outs = w.uints([index[id(v)] for v in n.outputs])
@@ -274,8 +257,7 @@ def build_plan(program, backend: str = "cpu", memory: MemoryPlan | None = None) 
 
 
 def write_bytes_atomic(path, data: bytes) -> None:
-    from ..files import write_bytes_atomic as write
-    write(path, data, error=PlanError)
+    write_file_atomic(path, data, error=PlanError)
 
 
 def write_plan(program, path, backend: str = "cpu", memory: MemoryPlan | None = None) -> int:

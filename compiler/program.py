@@ -1,5 +1,6 @@
-"""`Program`: a compiled training step (the IR graph) plus what a Session needs to run it, and
-`summary()`, which puts the sparsity of the backward graph into numbers."""
+"""`ImportedModel`: what every frontend hands the compiler (a forward graph). `Program`: a
+compiled training step (the IR graph) plus what a Session needs to run it, and `summary()`,
+which puts the sparsity of the backward graph into numbers."""
 
 from __future__ import annotations
 
@@ -8,9 +9,23 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .autodiff import requires_grad_set
-from .ir import SECTIONS, Graph
+from .ir import SECTIONS, Graph, Value
 from .ir_text import print_graph
 from .ops.registry import op_flops
+
+
+@dataclass
+class ImportedModel:
+    """A frontend's result: a `Graph` holding only forward nodes, its data inputs, params (all
+    frozen — the PEFT spec decides later), buffers (with assignments for buffers the model
+    updates, e.g. BatchNorm running stats) and consts, plus its outputs. Nothing else crosses
+    the boundary between frontends and the compiler."""
+
+    graph: Graph
+    frontend: str  # "torch" or "onnx"
+    input_names: list[str] = field(default_factory=list)
+    output_values: list[Value] = field(default_factory=list)
+    train_mode: bool = False
 
 
 @dataclass

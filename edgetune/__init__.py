@@ -7,8 +7,8 @@
     loss = sess.step(x, y)
 """
 
-from .compiler import optim, peft
-from .compiler.compile import compile
+from .api import compile
+from .compiler import __version__, optim, peft
 from .compiler.passes.pipeline import PASS_NAMES, optimize
 from .compiler.errors import (CaptureError, EdgetuneError, InputError, IRError, LossError, PlanError, ShapeError,
                               SpecError, UnsupportedOpError)
@@ -17,7 +17,6 @@ from .compiler.program import Program
 from .compiler.verify import verify
 from .runtime.session import Session
 
-__version__ = "0.1.0"
 __all__ = ["compile", "optimize", "PASS_NAMES", "Session", "Program", "peft", "optim", "verify", "print_graph", "parse_graph",
            "EdgetuneError", "CaptureError", "UnsupportedOpError", "SpecError", "LossError", "IRError", "ShapeError",
            "InputError", "PlanError"]

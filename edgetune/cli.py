@@ -1,7 +1,9 @@
 """The `edgetune` command line (also `python -m edgetune`).
 
-    edgetune           the main job: fine-tune pretrained EfficientNet-Lite0 and MiniLM on real data
-                       under five schemes on the C++ runtime (edgetune/finetune.py; --long, --quick)
+    edgetune           this help
+    edgetune finetune  the main job: fine-tune pretrained EfficientNet-Lite0 and MiniLM on real data
+                       under five schemes on the C++ runtime (edgetune/finetune.py; --long, --quick;
+                       needs the `examples` extra); `python -m edgetune` with no arguments runs it
     edgetune demo      compile a zoo model with a sparse spec and train it a few steps
     edgetune bench     time and memory per step against PyTorch, ONNX Runtime and TVM
     edgetune compile   compile a zoo model or an ONNX file: summary, memory plan, and the plan
@@ -29,62 +31,13 @@ console = Console(soft_wrap=True)  # long summary lines stay whole in logs and p
 
 
 def parse_peft(text: str):
-    """'full', 'bias-only', 'last-k:N', 'select:GLOB[,GLOB]' (prefix a glob with ! to exclude)."""
-    from . import peft
-    kind, _, arg = text.partition(":")
-    kind = kind.replace("_", "-").lower()
-    if kind == "full":
-        return peft.Full()
-    if kind in ("bias-only", "bias"):
-        return peft.BiasOnly()
-    if kind in ("last-k", "lastk", "last"):
-        try:
-            return peft.LastK(int(arg or 1))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"last-k needs an integer, got {arg!r}") from None
-    if kind == "select":
-        globs = [g for g in arg.split(",") if g]
-        if not globs:
-            raise argparse.ArgumentTypeError("select needs patterns, e.g. select:classifier.*,!*.bias")
-        include = [g for g in globs if not g.startswith("!")] or ["*"]
-        return peft.Select(include=include, exclude=[g[1:] for g in globs if g.startswith("!")])
-    raise argparse.ArgumentTypeError(f"unknown spec {text!r}: use full, bias-only, last-k:N or select:GLOBS")
-
-
-def make_optimizer(name: str, lr: float, momentum: float, weight_decay: float):
-    from . import optim
-    if name == "sgd":
-        return optim.SGD(lr=lr, momentum=momentum, weight_decay=weight_decay)
-    return optim.AdamW(lr=lr, weight_decay=weight_decay)
-
-
-def synthetic_task(model_name: str, model, batch: int, resolution: int, seed: int):
-    """A small learnable dataset made on the spot (no downloads). Images: class k < 3 brightens
-    colour channel k, class 3 darkens all three, over Gaussian noise — position-independent, so
-    it suits global-pooling CNNs. GPT learns to count; BERT classifies by the first token; the
-    MLP gets the zoo's example data."""
-    import torch
-    from . import models
-    g = torch.Generator().manual_seed(seed)
-    if model_name in ("small_cnn", "mobilenet_v2", "resnet18"):
-        labels = torch.randint(0, 4, (batch,), generator=g)
-        x = torch.randn(batch, 3, resolution, resolution, generator=g)
-        for i, label in enumerate(labels.tolist()):
-            if label < 3:
-                x[i, label] += 1.0
-            else:
-                x[i] -= 1.0
-        return (x,), labels
-    if model_name == "gpt":  # counting sequences: the next token is always the current one + 1
-        seq = 16
-        start = torch.randint(0, model.vocab_size, (batch, 1), generator=g)
-        tokens = (start + torch.arange(seq + 1)) % model.vocab_size
-        return (tokens[:, :-1],), tokens[:, 1:]
-    if model_name == "bert":  # the label is whether the first token is in the upper half of the vocabulary
-        ids = torch.randint(0, model.vocab_size, (batch, 16), generator=g)
-        return (ids,), (ids[:, 0] >= model.vocab_size // 2).long() % getattr(model, "num_classes", 2)
-    inputs, target = models.example_inputs(model_name, model, batch=batch, seed=seed)
-    return tuple(inputs), target
+    """An argparse type for peft.parse_spec."""
+    from .compiler.errors import SpecError
+    from .compiler.peft import parse_spec
+    try:
+        return parse_spec(text)
+    except SpecError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def build_model(name: str, num_classes: int):
@@ -104,13 +57,14 @@ def build_model(name: str, num_classes: int):
 def cmd_demo(args) -> int:
     import torch
     import edgetune as et
+    from . import models as zoo
     torch.manual_seed(args.seed)
     model = build_model(args.model, 4).train(not args.eval)
-    inputs, target = synthetic_task(args.model, model, args.batch, args.resolution, args.seed)
+    inputs, target = zoo.synthetic_task(args.model, model, args.batch, args.resolution, args.seed)
     started = time.perf_counter()
     prog = et.compile(model, inputs, target, loss="cross_entropy", peft=args.peft,
-                      optimizer=make_optimizer(args.optimizer, args.lr, args.momentum, args.weight_decay),
-                      opt_level=args.opt_level, disable_passes=args.disable_pass, target=args.target)
+                      optimizer=et.optim.make_optimizer(args.optimizer, args.lr, args.momentum, args.weight_decay),
+                      opt_level=args.opt_level, disable_passes=args.disable_pass, arch=args.arch)
     console.print(f"[bold]compiled[/bold] {args.model} in {time.perf_counter() - started:.2f} s")
     console.print(str(prog.summary()))
     sess = et.Session(prog, backend=args.backend, threads=args.threads)
@@ -129,7 +83,7 @@ def cmd_demo(args) -> int:
         task = progress.add_task("training", total=args.steps)
         for step in range(args.steps):
             batch_inputs, batch_target = (inputs, target) if step == 0 else \
-                synthetic_task(args.model, model, args.batch, args.resolution, args.seed + step)
+                zoo.synthetic_task(args.model, model, args.batch, args.resolution, args.seed + step)
             t0 = time.perf_counter()
             loss = sess.step(*batch_inputs, batch_target)
             losses.append(loss)
@@ -166,6 +120,7 @@ def write_atomically(path: str, write) -> None:
 def cmd_compile(args) -> int:
     import torch
     import edgetune as et
+    from . import models as zoo
     from .compiler.errors import InputError
     if args.source and args.onnx:
         raise InputError("give the ONNX file either as the argument or with --onnx, not both")
@@ -188,10 +143,10 @@ def cmd_compile(args) -> int:
     else:
         torch.manual_seed(args.seed)
         model = build_model(args.model, 10).train(not args.eval)
-        inputs, target = synthetic_task(args.model, model, args.batch, args.resolution, args.seed)
+        inputs, target = zoo.synthetic_task(args.model, model, args.batch, args.resolution, args.seed)
     prog = et.compile(model, inputs, target, peft=args.peft,
-                      optimizer=make_optimizer(args.optimizer, args.lr, args.momentum, args.weight_decay),
-                      opt_level=args.opt_level, disable_passes=args.disable_pass, target=args.target)
+                      optimizer=et.optim.make_optimizer(args.optimizer, args.lr, args.momentum, args.weight_decay),
+                      opt_level=args.opt_level, disable_passes=args.disable_pass, arch=args.arch)
     console.print(str(prog.summary()))
     if not args.out:
         return 0
@@ -225,15 +180,8 @@ def cmd_compile(args) -> int:
 
 
 def cmd_bench(argv: list[str]) -> int:
-    """`edgetune bench ...`: the benchmark harness in the repository's benchmarks/ folder."""
-    import pathlib
-    root = pathlib.Path(__file__).resolve().parent.parent
-    if not (root / "benchmarks" / "bench.py").exists():
-        from .compiler.errors import EdgetuneError
-        raise EdgetuneError(f"edgetune bench runs from a source checkout; no benchmarks/ next to {root}")
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    from benchmarks.bench import main as bench_main
+    """`edgetune bench ...`: the benchmark harness (benchmarks/bench.py, edgetune.benchmarks)."""
+    from .benchmarks.bench import main as bench_main
     return bench_main(argv)
 
 
@@ -261,10 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="LEVEL", help="optimisation level -O0..-O3 (default -O2; -O3 times kernels here)")
         sp.add_argument("--disable-pass", action="append", default=[], choices=PASS_NAMES, metavar="NAME",
                         help=f"skip one optimisation pass (repeatable): {', '.join(PASS_NAMES)}")
-        sp.add_argument("--target", choices=["x86_64", "aarch64"], default=None,
+        sp.add_argument("--arch", "--target", dest="arch", choices=["x86_64", "aarch64"], default=None,
                         help="compile for another machine: kernels chosen by the cost model (default: this one)")
 
-    sub.add_parser("finetune", help="the main job (default): real pretrained models, real data, five schemes "
+    sub.add_parser("finetune", help="the main job (`python -m edgetune`): real pretrained models, real data, five schemes "
                    "(`edgetune finetune --help`)")
     demo = sub.add_parser("demo", help="compile a zoo model with a sparse spec and train it on synthetic data")
     common(demo)
@@ -292,10 +240,14 @@ def main(argv: list[str] | None = None) -> int:
         except EdgetuneError as e:
             console.print(f"[bold red]error:[/bold red] {e}", markup=True, highlight=False)
             return 2
-    if not argv or argv[0] == "finetune" or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+    if argv and argv[0] == "finetune":  # the main job parses its own flags
         from .finetune import main as finetune_main
-        return finetune_main(argv[1:] if argv and argv[0] == "finetune" else argv)
-    args = build_parser().parse_args(argv)
+        return finetune_main(argv[1:])
+    parser = build_parser()
+    if not argv:
+        parser.print_help()
+        return 0
+    args = parser.parse_args(argv)
     from .compiler.errors import EdgetuneError
     try:
         return {"demo": cmd_demo, "compile": cmd_compile}[args.command](args)

@@ -926,3 +926,31 @@ def example_inputs(
         x = torch.randint(model.vocab_size, (batch, min(seq_len, model.max_len)), generator=generator)
     target = torch.randint(model.num_classes, (batch,), generator=generator)
     return (x,), target
+
+
+def synthetic_task(model_name: str, model, batch: int, resolution: int, seed: int):
+    """A small learnable dataset made on the spot (no downloads). Images: class k < 3 brightens
+    colour channel k, class 3 darkens all three, over Gaussian noise — position-independent, so
+    it suits global-pooling CNNs. GPT learns to count; BERT classifies by the first token; the
+    MLP gets the zoo's example data."""
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    if model_name in ("small_cnn", "mobilenet_v2", "resnet18"):
+        labels = torch.randint(0, 4, (batch,), generator=g)
+        x = torch.randn(batch, 3, resolution, resolution, generator=g)
+        for i, label in enumerate(labels.tolist()):
+            if label < 3:
+                x[i, label] += 1.0
+            else:
+                x[i] -= 1.0
+        return (x,), labels
+    if model_name == "gpt":  # counting sequences: the next token is always the current one + 1
+        seq = 16
+        start = torch.randint(0, model.vocab_size, (batch, 1), generator=g)
+        tokens = (start + torch.arange(seq + 1)) % model.vocab_size
+        return (tokens[:, :-1],), tokens[:, 1:]
+    if model_name == "bert":  # the label is whether the first token is in the upper half of the vocabulary
+        ids = torch.randint(0, model.vocab_size, (batch, 16), generator=g)
+        return (ids,), (ids[:, 0] >= model.vocab_size // 2).long() % getattr(model, "num_classes", 2)
+    inputs, target = example_inputs(model_name, model, batch=batch, seed=seed)
+    return tuple(inputs), target

@@ -1,25 +1,10 @@
-"""What every frontend hands the compiler, and helpers they share.
-
-A frontend turns a foreign model into an `ImportedModel`: a `Graph` holding only forward
-nodes, its data inputs, params (all frozen — the PEFT spec decides later), buffers (with
-assignments for buffers the model updates, e.g. BatchNorm running stats) and consts, plus
-`outputs` ("output" or "output0", "output1", ...). Nothing else crosses the boundary.
+"""Helpers the frontends share. A frontend turns a foreign model into the compiler's
+`ImportedModel` (compiler/program.py): forward IR, nothing else crosses the boundary.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-from ..compiler.ir import Graph, Value
-
-
-@dataclass
-class ImportedModel:
-    graph: Graph
-    frontend: str  # "torch" or "onnx"
-    input_names: list[str] = field(default_factory=list)
-    output_values: list[Value] = field(default_factory=list)
-    train_mode: bool = False
+from ..compiler.program import ImportedModel  # noqa: F401  (re-exported for the frontends)
 
 
 def resolve_shape(shape, numel: int, where: str) -> list[int]:

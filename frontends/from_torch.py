@@ -739,3 +739,20 @@ def import_function_into(graph: Graph, fn, bound: list[Value], example_tensors: 
     if importer.unsupported:
         raise UnsupportedOpError(importer.unsupported, "PyTorch loss function")
     return [o if isinstance(o, Value) else importer.value(o) for o in outputs]
+
+
+def loss_builder(fn):
+    """A compiler LossBuilder (compiler/loss.py) that traces the torch callable `fn(output,
+    target) -> scalar` with torch.export and inlines it into the loss section."""
+    from ..compiler.errors import LossError
+    from ..compiler.ir import numpy_dtype
+
+    def build(graph: Graph, output: Value, target: Value, target_arr: np.ndarray, names: NameGen) -> Value:
+        torch = _torch()
+        example_out = torch.zeros(output.shape, dtype=torch.from_numpy(np.zeros((), numpy_dtype(output.dtype))).dtype)
+        outs = import_function_into(graph, fn, [output, target], (example_out, torch.from_numpy(target_arr.copy())),
+                                    "loss", names)
+        if len(outs) != 1:
+            raise LossError(f"the loss function must return one tensor, got {len(outs)}")
+        return outs[0]
+    return build

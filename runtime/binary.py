@@ -24,7 +24,7 @@ import struct
 from pathlib import Path
 
 from ..compiler.errors import EdgetuneError, PlanError
-from ..files import write_bytes_atomic
+from ..compiler.files import write_bytes_atomic
 
 MAGIC = b"ETPLEMB1"
 TRAILER = struct.Struct("<Q8s")  # plan size, magic
@@ -43,8 +43,7 @@ def _package_binaries() -> list[Path]:
     compiled `_native` module for an editable one, whose Python files stay in the source tree."""
     import importlib.util
 
-    import edgetune
-    dirs = [Path(edgetune.__file__).resolve().parent]
+    dirs = [Path(importlib.util.find_spec("edgetune").origin).resolve().parent]
     try:
         spec = importlib.util.find_spec("edgetune._native")
         if spec is not None and spec.origin:

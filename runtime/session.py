@@ -158,7 +158,7 @@ class Session:
         """All weights (params and buffers, under the model's state_dict names) as safetensors,
         written atomically: an existing file is replaced only by a complete new one."""
         from safetensors.numpy import save
-        from ..files import write_bytes_atomic
+        from ..compiler.files import write_bytes_atomic
         tensors = {k: np.ascontiguousarray(v) for k, v in self.state_dict().items()}
         meta = {"producer": "edgetune", "steps": str(self.steps), "backend": self.backend}
         write_bytes_atomic(path, save(tensors, metadata=meta), error=InputError)

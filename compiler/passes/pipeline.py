@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
-from ..errors import SpecError
+from ..errors import PlanError, SpecError
 from ..ir import Graph
+from ..target import BuiltinTarget, Target, target_for
 from ..verify import verify
+from ..analysis.memory_plan import plan_memory
 from .dce import dead_code_elimination
 
 # name -> (lowest level that runs it, one-line description)
@@ -52,12 +54,16 @@ class PassContext:
     """What a pass may need beyond the graph."""
 
     opt_level: int
-    backend: str = "cpu"
-    # "cost" (cost model, works for any target) or "measure" (time candidates on this machine)
+    # the backend's description (compiler/target.py): its kernels, their workspaces and costs
+    target: Target = field(default_factory=BuiltinTarget)
+    # "cost" (the target's cost model) or "measure" (time candidates on this machine)
     kernel_selection: str = "cost"
-    workspace_bytes: Callable | None = None  # node -> bytes, for passes that plan memory
-    target: str | None = None  # "x86_64" | "aarch64"; None = this machine
     threads: int = 0  # threads the plan will run with (kernel timing); 0 = all cores
+
+    @property
+    def workspace_bytes(self) -> Callable:
+        """node -> kernel workspace bytes, for passes that plan memory (0 on the built-in target)."""
+        return self.target.node_workspace()
 
 
 @dataclass
@@ -106,7 +112,7 @@ def run_pipeline(g: Graph, names: list[str], ctx: PassContext, measure: bool = T
     """Run the named passes in order on `g` (in place). Returns one record per pass."""
     records = []
     ws = ctx.workspace_bytes
-    before = _measure(g, ws) if measure and ws else (-1, -1)
+    before = _measure(g, ws) if measure else (-1, -1)
     for name in names:
         ops_before = len(g.nodes)
         t0 = time.perf_counter()
@@ -114,31 +120,33 @@ def run_pipeline(g: Graph, names: list[str], ctx: PassContext, measure: bool = T
         dead_code_elimination(g)
         verify(g)
         seconds = time.perf_counter() - t0
-        after = _measure(g, ws) if measure and ws else (-1, -1)
+        after = _measure(g, ws) if measure else (-1, -1)
         records.append(PassRecord(name, ops_before, len(g.nodes), before[0], after[0], before[1], after[1],
                                   seconds, note))
         before = after
     return records
 
 
-def optimize(program, opt_level: int = DEFAULT_OPT_LEVEL, disable=(), passes=None, backend: str = "cpu",
-             kernel_selection: str | None = None, target: str | None = None, threads: int = 0):
+def optimize(program, opt_level: int = DEFAULT_OPT_LEVEL, disable=(), passes=None, backend="cpu",
+             kernel_selection: str | None = None, arch: str | None = None, threads: int = 0):
     """A new Program: `program` (left untouched) optimised at `opt_level` (see the module docstring).
+    backend: the backend name ("cpu", "reference", ...) or a compiler.target.Target; a backend that
+    cannot describe itself in this install leaves every op on its default kernel (target.py);
     kernel_selection: "cost" or "measure" (default: measure at -O3, cost model otherwise);
-    target: "x86_64" or "aarch64" when compiling for another machine (kernels then chosen by the
+    arch: "x86_64" or "aarch64" when compiling for another machine (kernels then chosen by the
     cost model); threads: the thread count the plan will run with (for kernel timing)."""
-    from .select_kernels import TARGETS
-    if target is not None and target not in TARGETS:
-        raise SpecError(f"unknown target {target!r}; targets are: {', '.join(TARGETS)}")
-    from ..plan_file import native_workspace
     from ..program import Program
     names = passes_for(opt_level, disable, passes)
     if kernel_selection is None:
         kernel_selection = "measure" if opt_level >= 3 and passes is None else "cost"
     if kernel_selection not in ("cost", "measure"):
         raise SpecError(f"kernel_selection must be 'cost' or 'measure', got {kernel_selection!r}")
+    try:
+        target = target_for(backend, arch)
+    except PlanError as e:
+        raise SpecError(str(e)) from None
     g = copy.deepcopy(program.graph)
-    ctx = PassContext(opt_level, backend, kernel_selection, native_workspace(backend), target, threads)
+    ctx = PassContext(opt_level, target, kernel_selection, threads)
     records = run_pipeline(g, names, ctx)
     out = Program(g, program.frontend, program.spec, program.optimizer, program.model_inputs,
                   program.target_input, program.train_mode)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-from .compiler.errors import EdgetuneError
+from .errors import EdgetuneError
 
 
 def write_bytes_atomic(path, data: bytes, mode: int = 0o644, error=EdgetuneError) -> None:

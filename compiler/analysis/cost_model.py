@@ -1,0 +1,78 @@
+"""Cost model: a roofline estimate of how long a kernel variant takes on a node, used by targets
+to rank an op's kernels when they cannot (or are not asked to) measure them.
+
+Multiply-adds at a per-variant efficiency of the target's GEMM rate, plus the bytes each variant
+moves at the target's bandwidth. The rates were measured on the development machine (x86-64
+AVX-512, own GEMM) and scaled for aarch64 (NEON) from its GEMM peak; they rank candidates, they do
+not predict absolute time. Only convolutions have several kernels today; every other op costs 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..ir import Node
+
+
+@dataclass(frozen=True)
+class TargetRates:
+    gemm_gflops: float  # sustained own-GEMM rate on large products, all threads
+    direct_gflops: float  # direct (depthwise) loops
+    bandwidth_gbs: float  # streaming memory bandwidth
+
+
+RATES_BY_ARCH = {
+    "x86_64": TargetRates(gemm_gflops=300.0, direct_gflops=25.0, bandwidth_gbs=12.0),
+    "aarch64": TargetRates(gemm_gflops=40.0, direct_gflops=6.0, bandwidth_gbs=4.0),
+}
+
+# Fraction of the GEMM rate each GEMM-based variant reaches, and the multiply count it saves.
+WINOGRAD_MULTIPLY_SAVING = 4.0  # F(4x4, 3x3): 36 products per 16 outputs instead of 144
+WINOGRAD_EFFICIENCY = 0.5  # its GEMMs are batched 36 ways with K = channels: smaller, less efficient
+IM2COL_EFFICIENCY = 0.8
+POINTWISE_EFFICIENCY = 0.85
+
+
+def _conv_geometry(node: Node):
+    """(N, C, O, KH, KW, HO, WO, groups) of any conv op, from its forward shapes."""
+    a = node.attrs
+    if node.op == "conv2d":
+        x, w, y = node.inputs[0].shape, node.inputs[1].shape, node.outputs[0].shape
+    elif node.op == "conv2d_grad_input":
+        y, w, x = node.inputs[0].shape, node.inputs[1].shape, tuple(a["input_shape"])
+    else:  # conv2d_grad_weight(dy, x)
+        y, x, w = node.inputs[0].shape, node.inputs[1].shape, tuple(a["weight_shape"])
+    return x[0], x[1], w[0], w[2], w[3], y[2], y[3], int(a.get("groups", 1))
+
+
+def estimated_seconds(node: Node, kernel: str, rates: TargetRates) -> float:
+    variant = kernel.split(".", 1)[1] if "." in kernel else None
+    if not node.op.startswith("conv2d"):
+        return 0.0  # one implementation per op outside convolution today
+    n, c, o, kh, kw, ho, wo, groups = _conv_geometry(node)
+    macs = n * o * ho * wo * (c // groups) * kh * kw
+    out_bytes = 4 * n * o * ho * wo
+    in_bytes = 4 * n * c * ho * wo
+    depthwise = groups == c and c > 1
+    pointwise = kh == kw == 1
+    if variant is None:  # the shape-dispatching default behaves like the variant it picks
+        variant = "depthwise" if depthwise else "pointwise" if pointwise and \
+            node.attrs.get("stride", 1) in (1, [1, 1]) and node.attrs.get("padding", 0) in (0, [0, 0]) else "im2col"
+    gemm = rates.gemm_gflops * 1e9
+    bw = rates.bandwidth_gbs * 1e9
+    if variant == "depthwise":
+        return 2 * macs / (rates.direct_gflops * 1e9) + (in_bytes + out_bytes) / bw
+    if variant == "pointwise":
+        return 2 * macs / (gemm * POINTWISE_EFFICIENCY) + (in_bytes + out_bytes) / bw
+    if variant == "im2col":
+        col_bytes = 4 * n * (c // groups) * kh * kw * ho * wo * groups
+        eff = IM2COL_EFFICIENCY if not depthwise else 0.05  # a K=9 GEMM is all packing
+        return 2 * macs / (gemm * eff) + (2 * col_bytes + in_bytes + out_bytes) / bw
+    if variant == "winograd":
+        # V and M hold 36 values per 16 outputs (4x4 tiles of 6x6 inputs); the transformed weights
+        # U (36 per 3x3 filter) are rebuilt every run since weights may train
+        transform_bytes = 4 * 36 / 16 * (n * c * ho * wo + n * o * ho * wo)
+        weight_bytes = 4 * 36 * o * c
+        return 2 * macs / WINOGRAD_MULTIPLY_SAVING / (gemm * WINOGRAD_EFFICIENCY) + \
+            (2 * transform_bytes + 2 * weight_bytes + in_bytes + out_bytes) / bw
+    return float("inf")  # a variant the model does not know is never chosen by it
