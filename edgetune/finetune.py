@@ -458,7 +458,7 @@ def run_task(task: str, settings: Settings, workdir: Path, log) -> tuple[list[di
     import torch
 
     from .compiler import optim
-    from .compiler.compile import compile as et_compile
+    from .api import compile as et_compile
     st = getattr(settings, task)
     t_load = time.perf_counter()
     model0, data, info = load_task(task, st, settings.seed)
