@@ -1,8 +1,8 @@
 """What each optimisation pass buys: step time and planned memory of -O0, -O0 + one pass, -O2, -O3.
 
-    python benchmarks/ablation.py                   # mobilenet_v2, resnet18, bert x bias-only, sparse (~15 min)
-    python benchmarks/ablation.py --smoke           # tiny MLP, 2 steps, O0 / each pass alone / O2 (CI)
-    python benchmarks/ablation.py --models mobilenet_v2 --schemes bias-only --steps 2 --resolution 64
+    python -m edgetune.benchmarks.ablation                   # mobilenet_v2, resnet18, bert x bias-only, sparse (~15 min)
+    python -m edgetune.benchmarks.ablation --smoke           # tiny MLP, 2 steps, O0 / each pass alone / O2 (CI)
+    python -m edgetune.benchmarks.ablation --models mobilenet_v2 --schemes bias-only --steps 2 --resolution 64
 
 Per (model, scheme) one process (runners/ablation_prepare.py) builds the model (seed 0), compiles it
 ONCE at -O0 and derives every configuration with `et.optimize` — "O0", "O0 + <pass>" for each pass in

@@ -1,10 +1,10 @@
 """edgetune against PyTorch eager, ONNX Runtime training and TVM Relax training, per model and scheme.
 
-    python benchmarks/bench.py                      # the full grid (not a test: tens of minutes)
-    python benchmarks/bench.py --smoke              # tiny MLP, 2 steps, every runtime (CI: tests/benchmarks)
-    python benchmarks/bench.py --models mobilenet_v2 --schemes bias-only,sparse
-    python -m benchmarks.bench --help               # `edgetune bench` calls main(argv) here
-    python benchmarks/ablation.py                   # what each optimisation pass buys (O0 / O0 + pass / O2 / O3)
+    python -m edgetune.benchmarks.bench                      # the full grid (not a test: tens of minutes)
+    python -m edgetune.benchmarks.bench --smoke              # tiny MLP, 2 steps, every runtime (CI: tests/benchmarks)
+    python -m edgetune.benchmarks.bench --models mobilenet_v2 --schemes bias-only,sparse
+    edgetune bench --help                             # `edgetune bench` calls main(argv) here
+    python -m edgetune.benchmarks.ablation                   # what each optimisation pass buys (O0 / O0 + pass / O2 / O3)
 
 Every (model, scheme, runtime) cell runs in a fresh process (benchmarks/runners/): `prepare.py`
 compiles the model with edgetune for the scheme and writes the batch, the plan file, an ONNX
