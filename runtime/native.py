@@ -59,4 +59,8 @@ def native_error(e: Exception) -> EdgetuneError:
         return InputError(msg)
     if code == "not found":
         return PlanError(msg) if "kernel" in msg or "backend" in msg else InputError(msg)
+    if code == "out of memory":
+        # the plan's memory (or a buffer) could not be allocated on this machine: not a bad plan
+        # or bad input, so the base class, with the code in the message
+        return EdgetuneError(f"out of memory: {msg}")
     return EdgetuneError(f"{code}: {msg}" if code else msg)

@@ -1,7 +1,7 @@
 // Runtime: one loaded, verified plan with its memory, ready to train.
 //
-// load() verifies the plan (plan_loader.h) and then allocates exactly three blocks, once: the
-// persistent region (initialised from the plan), the arena and the input region. step() copies
+// load() verifies the plan (core/plan_loader.h) and then allocates exactly three blocks, once:
+// the persistent region (initialised from the plan), the arena and the input region. step() copies
 // nothing and allocates nothing: it runs every node in order with views the loader resolved,
 // then applies the plan's state copies. forward() runs the forward-section nodes only.
 //
@@ -42,7 +42,9 @@ struct MemoryStats {
 
 class Runtime {
  public:
-  // `data` is copied; the caller may free it afterwards.
+  // `data` is read during the call only; the caller may free it afterwards. Errors: kInvalidPlan
+  // (the plan failed verification), kOutOfMemory (its memory could not be allocated),
+  // kUnimplemented (backend not built); load_file also kNotFound / kIoError for the file.
   static Result<std::unique_ptr<Runtime>> load(const uint8_t* data, size_t size, const RuntimeOptions& options);
   static Result<std::unique_ptr<Runtime>> load_file(const std::string& path, const RuntimeOptions& options);
   ~Runtime();
@@ -78,7 +80,7 @@ class Runtime {
     const std::string* op;
     const std::string* kernel;  // the registered kernel that ran it ("conv2d.winograd")
     const std::string* source;
-    int section;
+    int section;  // a plan::Section value (csrc/schema/plan.fbs)
     double seconds;
     int64_t calls;
   };
@@ -108,7 +110,6 @@ class Runtime {
   Status run_node(Node& n);
   friend class PlanLoader;
 
-  std::vector<uint8_t> plan_bytes_;
   uint8_t* persistent_ = nullptr;
   uint8_t* arena_ = nullptr;
   uint8_t* input_ = nullptr;

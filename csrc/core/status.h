@@ -4,6 +4,11 @@
 // Status (ok or a code + message naming what and where) or a Result<T> holding a value or the
 // Status that explains its absence. The pybind11 module turns a failed Status into a Python
 // exception at the boundary; the CLI prints it and exits non-zero.
+//
+// A Result cannot be ok without a value: one built from an ok Status holds an kInternal error
+// instead (that construction is a bug in the caller). value() on a Result that holds an error is
+// a bug too: it prints the caller's file:line and the Status to stderr and calls std::abort(),
+// like ExecuTorch's Result::get(); it never throws.
 #pragma once
 
 #include <string>
@@ -18,6 +23,7 @@ enum class StatusCode {
   kInvalidPlan,      // a plan file failed verification
   kNotFound,         // a file, kernel or name that does not exist
   kIoError,          // reading or writing a file failed
+  kOutOfMemory,      // an allocation failed (the plan's memory, a data buffer)
   kUnimplemented,    // valid request the runtime cannot serve (dtype/backend not built)
   kNumericError,     // NaN/Inf where training cannot go on
   kInternal,         // a broken invariant: a bug in edgetune
@@ -52,28 +58,62 @@ inline Status invalid_argument(std::string m) { return Status(StatusCode::kInval
 inline Status invalid_plan(std::string m) { return Status(StatusCode::kInvalidPlan, std::move(m)); }
 inline Status not_found(std::string m) { return Status(StatusCode::kNotFound, std::move(m)); }
 inline Status io_error(std::string m) { return Status(StatusCode::kIoError, std::move(m)); }
+inline Status out_of_memory(std::string m) { return Status(StatusCode::kOutOfMemory, std::move(m)); }
 inline Status unimplemented(std::string m) { return Status(StatusCode::kUnimplemented, std::move(m)); }
 inline Status numeric_error(std::string m) { return Status(StatusCode::kNumericError, std::move(m)); }
 inline Status internal_error(std::string m) { return Status(StatusCode::kInternal, std::move(m)); }
+
+namespace detail {
+// Result::value() on an error: "edgetune: FILE:LINE: Result::value() on an error: <status>" on
+// stderr, then std::abort(). Out of line so the message code is not inlined at every call.
+[[noreturn]] void result_value_on_error(const Status& status, const char* file, int line);
+// The message a Result built from an ok Status carries instead.
+Status ok_status_without_value();
+}  // namespace detail
+
+// Where value() was called, for its abort message (GCC and Clang; elsewhere: unknown).
+#if defined(__GNUC__) || defined(__clang__)
+#define ET_CALLER_FILE __builtin_FILE()
+#define ET_CALLER_LINE __builtin_LINE()
+#else
+#define ET_CALLER_FILE "?"
+#define ET_CALLER_LINE 0
+#endif
 
 template <typename T>
 class [[nodiscard]] Result {
  public:
   Result(T value) : v_(std::move(value)) {}  // NOLINT: implicit on purpose, like absl::StatusOr
-  Result(Status status) : v_(std::move(status)) {}  // NOLINT
+  // An ok Status has no value to go with it: the Result holds kInternal instead.
+  Result(Status status)  // NOLINT
+      : v_(status.ok() ? detail::ok_status_without_value() : std::move(status)) {}
 
   bool ok() const { return std::holds_alternative<T>(v_); }
   const Status& status() const {
     static const Status kOk;
-    return ok() ? kOk : std::get<Status>(v_);
+    return ok() ? kOk : *std::get_if<Status>(&v_);
   }
-  T& value() & { return std::get<T>(v_); }
-  T&& value() && { return std::get<T>(std::move(v_)); }
-  const T& value() const& { return std::get<T>(v_); }
-  T* operator->() { return &value(); }
-  T& operator*() { return value(); }
+  // The value; on an error: a message naming the caller's file:line and the Status, then abort.
+  T& value(const char* file = ET_CALLER_FILE, int line = ET_CALLER_LINE) & { return *checked(file, line); }
+  T&& value(const char* file = ET_CALLER_FILE, int line = ET_CALLER_LINE) && {
+    return std::move(*checked(file, line));
+  }
+  const T& value(const char* file = ET_CALLER_FILE, int line = ET_CALLER_LINE) const& {
+    return *checked(file, line);
+  }
+  T* operator->() { return checked(__FILE__, __LINE__); }
+  T& operator*() { return *checked(__FILE__, __LINE__); }
 
  private:
+  T* checked(const char* file, int line) {
+    if (T* v = std::get_if<T>(&v_)) return v;
+    detail::result_value_on_error(*std::get_if<Status>(&v_), file, line);
+  }
+  const T* checked(const char* file, int line) const {
+    if (const T* v = std::get_if<T>(&v_)) return v;
+    detail::result_value_on_error(*std::get_if<Status>(&v_), file, line);
+  }
+
   std::variant<T, Status> v_;
 };
 

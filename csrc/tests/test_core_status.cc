@@ -1,5 +1,6 @@
 // GoogleTest tests of core/status.h: Status, Result<T>, the error factories, with_context and
-// the ET_RETURN_IF_ERROR / ET_ASSIGN_OR_RETURN macros. Suites: CoreStatus, CoreResult.
+// the ET_RETURN_IF_ERROR / ET_ASSIGN_OR_RETURN macros. Suites: CoreStatus, CoreResult,
+// CoreResultDeathTest (value() on an error aborts with the caller's file:line and the Status).
 #include <gtest/gtest.h>
 
 #include <memory>
@@ -34,6 +35,7 @@ TEST(CoreStatus, FactoriesSetCodeAndMessage) {
       {invalid_plan("m"), StatusCode::kInvalidPlan, "invalid plan"},
       {not_found("m"), StatusCode::kNotFound, "not found"},
       {io_error("m"), StatusCode::kIoError, "I/O error"},
+      {out_of_memory("m"), StatusCode::kOutOfMemory, "out of memory"},
       {unimplemented("m"), StatusCode::kUnimplemented, "unimplemented"},
       {numeric_error("m"), StatusCode::kNumericError, "numeric error"},
       {internal_error("m"), StatusCode::kInternal, "internal error"},
@@ -146,6 +148,51 @@ TEST(CoreResult, HoldsStatus) {
   EXPECT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), StatusCode::kNotFound);
   EXPECT_EQ(r.status().message(), "tensor 'w'");
+}
+
+TEST(CoreResult, OkStatusWithoutValueIsInternalError) {
+  // Ok without a value cannot exist: the Result holds an internal error that says why.
+  Result<int> r = Status::Ok();
+  EXPECT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kInternal);
+  EXPECT_NE(r.status().message().find("ok Status without a value"), std::string::npos) << r.status().message();
+  Result<std::string> s{Status()};
+  EXPECT_FALSE(s.ok());
+  EXPECT_EQ(s.status().code(), StatusCode::kInternal);
+  // an error Status is kept as it is
+  Result<int> e = io_error("disk");
+  EXPECT_EQ(e.status().code(), StatusCode::kIoError);
+  EXPECT_EQ(e.status().message(), "disk");
+}
+
+TEST(CoreResult, OkStatusThroughAssignOrReturn) {
+  // a function that "returns ok" from a Result<T> function reports an internal error upward
+  auto make = []() -> Result<int> { return Status::Ok(); };
+  auto use = [&]() -> Status {
+    ET_ASSIGN_OR_RETURN(int v, make());
+    (void)v;
+    return Status::Ok();
+  };
+  Status st = use();
+  EXPECT_EQ(st.code(), StatusCode::kInternal);
+}
+
+// value() on an error is a bug in the caller: it aborts (no exception) naming where it was
+// called and what the error was.
+TEST(CoreResultDeathTest, ValueOnErrorAborts) {
+  Result<int> r = not_found("tensor 'w'");
+  EXPECT_DEATH((void)r.value(), "test_core_status\\.cc:[0-9]+: Result::value\\(\\) on an error: not found: tensor 'w'");
+  const Result<int>& cr = r;
+  EXPECT_DEATH((void)cr.value(), "test_core_status\\.cc:[0-9]+: .*not found: tensor 'w'");
+  EXPECT_DEATH((void)std::move(r).value(), "test_core_status\\.cc:[0-9]+: .*not found: tensor 'w'");
+  EXPECT_DEATH((void)*r, "Result::value\\(\\) on an error: not found: tensor 'w'");
+  Result<std::string> s = invalid_plan("bad");
+  EXPECT_DEATH((void)s->size(), "on an error: invalid plan: bad");
+}
+
+TEST(CoreResultDeathTest, ValueOfOkStatusResultAborts) {
+  Result<int> r = Status::Ok();
+  EXPECT_DEATH((void)r.value(), "internal error: Result constructed from an ok Status without a value");
 }
 
 TEST(CoreResult, ArrowAndMoveOut) {

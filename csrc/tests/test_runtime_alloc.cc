@@ -1,7 +1,8 @@
 // "No heap allocation inside a training step": this test binary interposes malloc & co. (glibc's
 // __libc_* entry points do the real work) and counts calls made while Runtime::step() runs.
 // Everything in the process goes through these — our kernels, the thread pool, libstdc++,
-// OpenBLAS. Skipped under AddressSanitizer, which owns malloc itself.
+// OpenBLAS. Skipped under AddressSanitizer, which owns malloc itself. The same interposition
+// makes aligned_alloc fail on request, to see the loader report kOutOfMemory.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -32,6 +33,7 @@
 namespace {
 std::atomic<bool> g_counting{false};
 std::atomic<long> g_allocations{0};
+std::atomic<bool> g_fail_aligned_alloc{false};  // aligned_alloc returns null (the loader's regions)
 }  // namespace
 
 extern "C" {
@@ -54,6 +56,7 @@ void* realloc(void* p, size_t n) {
   return __libc_realloc(p, n);
 }
 void* aligned_alloc(size_t alignment, size_t n) {
+  if (g_fail_aligned_alloc.load(std::memory_order_relaxed)) return nullptr;
   if (g_counting.load(std::memory_order_relaxed)) g_allocations.fetch_add(1);
   return __libc_memalign(alignment, n);
 }
@@ -110,6 +113,24 @@ TEST(RuntimeAlloc, TrainingStepAllocatesNothing) {
       EXPECT_EQ(g_allocations.load(), 0) << stem << " with " << threads << " threads";
     }
   }
+#endif
+}
+
+TEST(RuntimeAlloc, FailedRegionAllocationIsOutOfMemory) {
+#if !EDGETUNE_COUNT_MALLOC
+  GTEST_SKIP() << "malloc is owned by the sanitizer in this build";
+#else
+  auto plan = read_file("mlp_sgd.etp");
+  ASSERT_FALSE(plan.empty());
+  g_fail_aligned_alloc = true;
+  auto r = Runtime::load(plan.data(), plan.size(), RuntimeOptions());
+  g_fail_aligned_alloc = false;
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kOutOfMemory);
+  EXPECT_NE(r.status().to_string().find("out of memory: cannot allocate"), std::string::npos)
+      << r.status().to_string();
+  // and the same plan loads once memory is there again
+  EXPECT_TRUE(Runtime::load(plan.data(), plan.size(), RuntimeOptions()).ok());
 #endif
 }
 

@@ -207,6 +207,22 @@ TEST(ToolsNpy, ConvertsWithinAKind) {
   EXPECT_EQ(values<int64_t>(wide.value()), (std::vector<int64_t>{3, 250}));
 }
 
+// A converted copy too large to allocate is kOutOfMemory (not an I/O error, not an exception).
+// Skipped under AddressSanitizer, which aborts on an impossible allocation instead of failing it.
+TEST(ToolsNpy, ConversionThatCannotBeAllocatedIsOutOfMemory) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "AddressSanitizer aborts on impossible allocations";
+#else
+  NpyArray huge;
+  huge.dtype = DType::f64;
+  huge.shape = {int64_t{1} << 50};  // 4 PiB as f32: more than any address space; data is never read
+  auto r = convert_dtype(huge, DType::f32, "x.npy", "plan input 'x'");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kOutOfMemory);
+  EXPECT_NE(r.status().message().find("x.npy: cannot allocate"), std::string::npos) << r.status().message();
+#endif
+}
+
 TEST(ToolsNpy, RefusesCrossKindAndOutOfRangeConversions) {
   auto f = parse(npy_bytes(dict("<f4", "(1,)"), raw(std::vector<float>{1})));
   ASSERT_TRUE(f.ok());

@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstring>
 #include <limits>
+#include <new>
 #include <type_traits>
 
 namespace edgetune {
@@ -348,6 +349,7 @@ Result<NpyArray> read_npy(const std::string& path) {
   ::close(fd);  // the mapping keeps the file
   if (map->addr == MAP_FAILED) {
     map->addr = nullptr;
+    if (e == ENOMEM) return out_of_memory(path + ": cannot map " + std::to_string(size) + " bytes: " + errno_text(e));
     return io_error(path + ": cannot map: " + errno_text(e));
   }
   map->size = size;
@@ -423,8 +425,13 @@ Result<NpyArray> convert_dtype(const NpyArray& a, DType to, const std::string& w
                             "before saving it)");
   }
   const int64_t n = a.numel();
-  auto buf = std::make_shared<std::vector<uint8_t>>(static_cast<size_t>(n) * dtype_size(to));
-  uint8_t* dst = buf->data();
+  const size_t nbytes = static_cast<size_t>(n) * dtype_size(to);
+  uint8_t* dst = new (std::nothrow) uint8_t[nbytes > 0 ? nbytes : 1];
+  if (dst == nullptr) {
+    return out_of_memory(where + ": cannot allocate " + std::to_string(nbytes) + " bytes to convert its " +
+                         dtype_name(a.dtype) + " data to " + dtype_name(to) + " for " + what);
+  }
+  std::shared_ptr<const void> buf(dst, std::default_delete<uint8_t[]>());
   if (floats) {
     if (a.dtype == DType::f64) {
       cast_all<double, float>(a.data, dst, n);
@@ -449,7 +456,7 @@ Result<NpyArray> convert_dtype(const NpyArray& a, DType to, const std::string& w
   out.dtype = to;
   out.shape = a.shape;
   out.data = dst;
-  out.nbytes = buf->size();
+  out.nbytes = nbytes;
   out.storage = std::move(buf);
   return out;
 }

@@ -1,0 +1,338 @@
+// PlanLoader: the plan file verified step by step (see plan_loader.h for the order).
+#include "core/plan_loader.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <set>
+#include <string>
+
+#include "core/crc32.h"
+#include "plan_generated.h"
+
+namespace edgetune {
+
+namespace fb = ::edgetune::plan;
+
+namespace {
+
+constexpr uint32_t kFormatVersion = 1;
+constexpr char kFooterMagic[4] = {'E', 'T', 'C', 'K'};
+constexpr size_t kFooterSize = 8;                        // CRC-32 (little-endian) + "ETCK"
+constexpr uint64_t kMaxRegionBytes = uint64_t{1} << 40;  // 1 TiB: anything larger is corrupt
+
+bool region_known(fb::Region r) { return !flatbuffers::IsOutRange(r, fb::Region::MIN, fb::Region::MAX); }
+
+const char* region_name(fb::Region r) { return fb::EnumNameRegion(r); }
+
+// The runtime's dtype of a plan dtype; false for a code this runtime does not know.
+bool runtime_dtype(fb::DType in, DType* out) {
+  switch (in) {
+    case fb::DType::f32: *out = DType::f32; return true;
+    case fb::DType::f64: *out = DType::f64; return true;
+    case fb::DType::f16: *out = DType::f16; return true;
+    case fb::DType::bf16: *out = DType::bf16; return true;
+    case fb::DType::i64: *out = DType::i64; return true;
+    case fb::DType::i32: *out = DType::i32; return true;
+    case fb::DType::i8: *out = DType::i8; return true;
+    case fb::DType::u8: *out = DType::u8; return true;
+    case fb::DType::bool_: *out = DType::boolean; return true;
+  }
+  return false;
+}
+
+bool runtime_attr_kind(fb::AttrKind in, AttrKind* out) {
+  switch (in) {
+    case fb::AttrKind::int_: *out = AttrKind::kInt; return true;
+    case fb::AttrKind::float_: *out = AttrKind::kFloat; return true;
+    case fb::AttrKind::ints: *out = AttrKind::kInts; return true;
+    case fb::AttrKind::floats: *out = AttrKind::kFloats; return true;
+    case fb::AttrKind::string_: *out = AttrKind::kString; return true;
+  }
+  return false;
+}
+
+// A zeroed block of `bytes` (at least one alignment unit), or null when the allocation fails.
+uint8_t* alloc_region(size_t bytes, size_t alignment) {
+  size_t rounded = (bytes + alignment - 1) / alignment * alignment;
+  if (rounded == 0) rounded = alignment;
+  void* p = std::aligned_alloc(alignment, rounded);
+  if (p) std::memset(p, 0, rounded);
+  return static_cast<uint8_t*>(p);
+}
+
+std::string node_where(size_t i, const fb::Node* n) {
+  std::string s = "node " + std::to_string(i) + " (" + (n->op() ? n->op()->str() : "?") + ")";
+  if (n->source() && n->source()->size()) s += " at " + n->source()->str();
+  return s;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Runtime>> PlanLoader::load(const uint8_t* data, size_t size, const RuntimeOptions& options) {
+  PlanLoader loader(options);
+  ET_RETURN_IF_ERROR(loader.load_container(data, size));
+  ET_RETURN_IF_ERROR(loader.load_regions());
+  ET_RETURN_IF_ERROR(loader.load_tensors());
+  ET_RETURN_IF_ERROR(loader.allocate_memory());
+  ET_RETURN_IF_ERROR(loader.load_nodes());
+  ET_RETURN_IF_ERROR(loader.load_bindings());
+  return std::move(loader.rt_);
+}
+
+uint64_t PlanLoader::region_size(fb::Region r) const {
+  switch (r) {
+    case fb::Region::persistent: return plan_->persistent_bytes();
+    case fb::Region::arena: return plan_->arena_bytes();
+    case fb::Region::input: return plan_->input_bytes();
+  }
+  return 0;
+}
+
+// ---- 1. container: identifier, footer, checksum, FlatBuffers verifier, version ------------------
+Status PlanLoader::load_container(const uint8_t* data, size_t size) {
+  if (size < 8 + kFooterSize) return invalid_plan("plan file is truncated: " + std::to_string(size) + " bytes");
+  if (std::memcmp(data + 4, fb::PlanIdentifier(), 4) != 0) {
+    std::string got(reinterpret_cast<const char*>(data + 4), 4);
+    for (char& c : got)
+      if (c < 32 || c > 126) c = '?';
+    return invalid_plan("not an edgetune plan: file identifier '" + got + "', expected '" + fb::PlanIdentifier() + "'");
+  }
+  if (std::memcmp(data + size - 4, kFooterMagic, 4) != 0)
+    return invalid_plan("plan file is truncated or damaged: its checksum footer is missing (" + std::to_string(size) +
+                        " bytes)");
+  const size_t body_size = size - kFooterSize;
+  uint32_t stored = 0;
+  for (int i = 0; i < 4; ++i) stored |= uint32_t{data[body_size + i]} << (8 * i);
+  const uint32_t computed = crc32(data, body_size);
+  if (stored != computed) {
+    char msg[160];
+    std::snprintf(msg, sizeof msg, "plan file is corrupt: checksum mismatch (stored %08x, computed %08x)", stored,
+                  computed);
+    return invalid_plan(msg);
+  }
+
+  // An owned copy (operator new's alignment) for the verifier and the reads below; freed after load.
+  body_.reset(new (std::nothrow) uint8_t[body_size]);
+  if (!body_) return out_of_memory("cannot allocate " + std::to_string(body_size) + " bytes to read the plan");
+  std::memcpy(body_.get(), data, body_size);
+  flatbuffers::Verifier verifier(body_.get(), body_size, /*max_depth=*/64, /*max_tables=*/50'000'000);
+  if (!fb::VerifyPlanBuffer(verifier)) return invalid_plan("plan file failed FlatBuffers verification");
+  plan_ = fb::GetPlan(body_.get());
+  if (plan_->format_version() != kFormatVersion)
+    return invalid_plan("plan format version " + std::to_string(plan_->format_version()) +
+                        "; this runtime reads version " + std::to_string(kFormatVersion) +
+                        " (recompile the plan with this edgetune)");
+  return Status::Ok();
+}
+
+// ---- 1b. regions: alignment, sizes, the persistent region's initial bytes -------------------------
+Status PlanLoader::load_regions() {
+  alignment_ = plan_->alignment();
+  if (alignment_ < 16 || alignment_ > 4096 || (alignment_ & (alignment_ - 1)))
+    return invalid_plan("alignment " + std::to_string(alignment_) + " is not a power of two in [16, 4096]");
+  for (fb::Region r : fb::EnumValuesRegion())
+    if (region_size(r) > kMaxRegionBytes)
+      return invalid_plan(std::string(region_name(r)) + " region of " + std::to_string(region_size(r)) + " bytes");
+  const auto* init = plan_->persistent_init();
+  if ((init ? init->size() : 0) != plan_->persistent_bytes())
+    return invalid_plan("persistent_init has " + std::to_string(init ? init->size() : 0) +
+                        " bytes, the plan declares " + std::to_string(plan_->persistent_bytes()));
+  return Status::Ok();
+}
+
+// ---- 2. tensors ----------------------------------------------------------------------------------
+Status PlanLoader::load_tensors() {
+  const auto* tensors = plan_->tensors();
+  const size_t num_tensors = tensors ? tensors->size() : 0;
+  placed_.resize(num_tensors);
+  for (size_t i = 0; i < num_tensors; ++i) {
+    const fb::Tensor* t = tensors->Get(i);
+    const std::string where = "tensor " + std::to_string(i) + " '" + t->name()->str() + "'";
+    Placed& p = placed_[i];
+    if (!runtime_dtype(t->dtype(), &p.view.dtype))
+      return invalid_plan(where + ": unknown dtype code " + std::to_string(static_cast<int>(t->dtype())));
+    const size_t rank = t->shape() ? t->shape()->size() : 0;
+    if (rank > static_cast<size_t>(kMaxRank))
+      return invalid_plan(where + ": rank " + std::to_string(rank) + " > " + std::to_string(kMaxRank));
+    p.view.rank = static_cast<int>(rank);
+    uint64_t numel = 1;
+    for (size_t d = 0; d < rank; ++d) {
+      const int64_t dim = t->shape()->Get(d);
+      if (dim < 0 || (dim > 0 && numel > kMaxRegionBytes / static_cast<uint64_t>(dim)))
+        return invalid_plan(where + ": bad dimension " + std::to_string(dim));
+      p.view.shape[d] = dim;
+      numel *= static_cast<uint64_t>(dim);
+    }
+    if (numel * dtype_size(p.view.dtype) != t->nbytes())
+      return invalid_plan(where + ": " + std::to_string(t->nbytes()) + " bytes for " + p.view.shape_string());
+    const fb::Region region = t->region();
+    if (!region_known(region))
+      return invalid_plan(where + ": unknown region " + std::to_string(static_cast<int>(region)));
+    if (t->offset() % alignment_)
+      return invalid_plan(where + ": offset " + std::to_string(t->offset()) + " not aligned");
+    const uint64_t size = region_size(region);
+    if (t->offset() > size || t->nbytes() > size - t->offset())
+      return invalid_plan(where + ": bytes [" + std::to_string(t->offset()) + ", " +
+                          std::to_string(t->offset() + t->nbytes()) + ") outside the " + region_name(region) +
+                          " region of " + std::to_string(size) + " bytes");
+    p.region = region;
+    p.offset = t->offset();
+  }
+  return Status::Ok();
+}
+
+// ---- 3. memory: the only allocations the runtime makes ------------------------------------------
+Status PlanLoader::allocate_memory() {
+  rt_.reset(new (std::nothrow) Runtime());
+  if (!rt_) return out_of_memory("cannot allocate the runtime");
+  const uint64_t persistent = region_size(fb::Region::persistent);
+  const uint64_t arena = region_size(fb::Region::arena);
+  const uint64_t input = region_size(fb::Region::input);
+  rt_->persistent_ = alloc_region(persistent, alignment_);
+  rt_->arena_ = alloc_region(arena, alignment_);
+  rt_->input_ = alloc_region(input, alignment_);
+  if (!rt_->persistent_ || !rt_->arena_ || !rt_->input_)
+    return out_of_memory("cannot allocate " + std::to_string(persistent + arena + input) +
+                         " bytes for the plan's memory (persistent " + std::to_string(persistent) + ", arena " +
+                         std::to_string(arena) + ", input " + std::to_string(input) + ")");
+  if (persistent) std::memcpy(rt_->persistent_, plan_->persistent_init()->data(), persistent);
+  for (Placed& p : placed_) {
+    uint8_t* base = p.region == fb::Region::persistent ? rt_->persistent_
+                    : p.region == fb::Region::arena    ? rt_->arena_
+                                                       : rt_->input_;
+    p.view.data = base + p.offset;
+  }
+  rt_->memory_ = {persistent, arena, input};
+  return Status::Ok();
+}
+
+// ---- 4. nodes: kernels, sections, tensors, attributes, check() and workspace ----------------------
+Status PlanLoader::load_nodes() {
+  const KernelRegistry* registry = KernelRegistry::for_backend(options_.backend);
+  if (!registry) return unimplemented("backend '" + options_.backend + "' is not built into this runtime");
+  rt_->pool_.reset(new ThreadPool(options_.num_threads));
+  const uint64_t arena_bytes = region_size(fb::Region::arena);
+  const auto* nodes = plan_->nodes();
+  const size_t num_nodes = nodes ? nodes->size() : 0;
+  rt_->nodes_.resize(num_nodes);
+  for (size_t i = 0; i < num_nodes; ++i) {
+    const fb::Node* n = nodes->Get(i);
+    const std::string where = node_where(i, n);
+    Runtime::Node& node = rt_->nodes_[i];
+    node.op = n->op()->str();
+    node.source = n->source() ? n->source()->str() : "";
+    node.kernel = registry->find(n->kernel()->str());
+    if (!node.kernel)
+      return invalid_plan(where + ": kernel '" + n->kernel()->str() + "' is not registered for backend '" +
+                          options_.backend + "'");
+    const fb::Section section = n->section();
+    if (flatbuffers::IsOutRange(section, fb::Section::MIN, fb::Section::MAX))
+      return invalid_plan(where + ": unknown section " + std::to_string(static_cast<int>(section)));
+    node.section = static_cast<int>(section);
+    if (n->inputs())
+      for (uint32_t idx : *n->inputs()) {
+        if (!tensor_index_ok(idx))
+          return invalid_plan(where + ": input tensor index " + std::to_string(idx) + " out of range");
+        node.inputs.push_back(placed_[idx].view);
+      }
+    if (n->outputs())
+      for (uint32_t idx : *n->outputs()) {
+        if (!tensor_index_ok(idx))
+          return invalid_plan(where + ": output tensor index " + std::to_string(idx) + " out of range");
+        if (placed_[idx].region == fb::Region::input) return invalid_plan(where + ": writes into the input region");
+        node.outputs.push_back(placed_[idx].view);
+      }
+    if (n->attrs())
+      for (const fb::Attr* a : *n->attrs()) {
+        Attr attr;
+        attr.name = a->name()->str();
+        if (!runtime_attr_kind(a->kind(), &attr.kind))
+          return invalid_plan(where + ": attribute '" + attr.name + "' has unknown kind");
+        attr.i = a->i();
+        attr.f = a->f();
+        if (a->ints()) attr.ints.assign(a->ints()->begin(), a->ints()->end());
+        if (a->floats()) attr.floats.assign(a->floats()->begin(), a->floats()->end());
+        if (a->s()) attr.s = a->s()->str();
+        node.attrs.add(std::move(attr));
+      }
+    if (n->workspace_offset() % alignment_ || n->workspace_offset() > arena_bytes ||
+        n->workspace_bytes() > arena_bytes - n->workspace_offset())
+      return invalid_plan(where + ": workspace outside the arena");
+    node.workspace = n->workspace_bytes() ? rt_->arena_ + n->workspace_offset() : nullptr;
+    node.workspace_bytes = n->workspace_bytes();
+
+    KernelArgs args{node.inputs.data(),  static_cast<int>(node.inputs.size()),
+                    node.outputs.data(), static_cast<int>(node.outputs.size()),
+                    &node.attrs,         node.workspace,
+                    node.workspace_bytes, rt_->pool_.get()};
+    if (node.kernel->check) {
+      Status st = node.kernel->check(args);
+      if (!st.ok()) return invalid_plan(where + ": " + st.message());
+    }
+    const size_t need = node.kernel->workspace ? node.kernel->workspace(args) : 0;
+    if (need > node.workspace_bytes)
+      return invalid_plan(where + ": kernel '" + node.kernel->name + "' needs " + std::to_string(need) +
+                          " workspace bytes, the plan reserves " + std::to_string(node.workspace_bytes));
+  }
+  return Status::Ok();
+}
+
+// ---- 5. bindings: names, the loss, state copies ---------------------------------------------------
+Status PlanLoader::load_bindings() {
+  auto read_bindings = [&](const flatbuffers::Vector<flatbuffers::Offset<fb::Binding>>* v, const char* what,
+                           std::vector<Binding>* out) -> Status {
+    std::set<std::string> seen;
+    if (!v) return Status::Ok();
+    for (const fb::Binding* b : *v) {
+      if (!tensor_index_ok(b->tensor()))
+        return invalid_plan(std::string(what) + " '" + b->name()->str() + "': tensor index out of range");
+      if (!seen.insert(b->name()->str()).second)
+        return invalid_plan(std::string(what) + " '" + b->name()->str() + "' is bound twice");
+      out->push_back({b->name()->str(), placed_[b->tensor()].view});
+    }
+    return Status::Ok();
+  };
+  ET_RETURN_IF_ERROR(read_bindings(plan_->inputs(), "input", &rt_->inputs_));
+  ET_RETURN_IF_ERROR(read_bindings(plan_->outputs(), "output", &rt_->outputs_));
+  ET_RETURN_IF_ERROR(read_bindings(plan_->weights(), "weight", &rt_->weights_));
+  ET_RETURN_IF_ERROR(read_bindings(plan_->optimizer_state(), "optimizer state", &rt_->optimizer_state_));
+  if (plan_->inputs())
+    for (const fb::Binding* b : *plan_->inputs())
+      if (placed_[b->tensor()].region != fb::Region::input)
+        return invalid_plan("input '" + b->name()->str() + "' is not in the input region");
+  if (plan_->num_model_inputs() > rt_->inputs_.size()) return invalid_plan("num_model_inputs exceeds the inputs");
+  rt_->num_model_inputs_ = static_cast<int>(plan_->num_model_inputs());
+  if (plan_->baked())
+    for (const auto* s : *plan_->baked()) {
+      if (!rt_->weight(s->str())) return invalid_plan("baked '" + s->str() + "' is not a weight");
+      rt_->baked_.push_back(s->str());
+    }
+  if (plan_->trainable())
+    for (const auto* s : *plan_->trainable()) {
+      if (!rt_->weight(s->str())) return invalid_plan("trainable '" + s->str() + "' is not a weight");
+      rt_->trainable_.push_back(s->str());
+    }
+  const Binding* loss = rt_->output("loss");
+  if (!loss || loss->view.dtype != DType::f32 || loss->view.numel() != 1)
+    return invalid_plan("the plan has no scalar f32 output 'loss'");
+  rt_->loss_value_ = static_cast<const float*>(loss->view.data);
+  for (Runtime::Node& node : rt_->nodes_)
+    for (const TensorView& o : node.outputs)
+      if (o.data == loss->view.data) node.produces_loss = true;
+  if (plan_->assigns())
+    for (const fb::Copy* c : *plan_->assigns()) {
+      if (!tensor_index_ok(c->src()) || !tensor_index_ok(c->dst()))
+        return invalid_plan("state copy: tensor index out of range");
+      const Placed& s = placed_[c->src()];
+      const Placed& d = placed_[c->dst()];
+      if (d.region != fb::Region::persistent || s.view.nbytes() != d.view.nbytes())
+        return invalid_plan("state copy into '" + plan_->tensors()->Get(c->dst())->name()->str() + "' is malformed");
+      rt_->copies_.push_back({s.view, d.view});
+    }
+  rt_->model_label_ = plan_->model() ? plan_->model()->str() : "";
+  return Status::Ok();
+}
+
+}  // namespace edgetune
