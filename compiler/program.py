@@ -130,6 +130,11 @@ class Program:
     def __str__(self) -> str:
         return print_graph(self.graph)
 
+    def with_graph(self, graph: Graph) -> "Program":
+        """The same program (spec, optimizer, inputs) around another graph, e.g. an optimised copy."""
+        return Program(graph, self.frontend, self.spec, self.optimizer, self.model_inputs, self.target_input,
+                       self.train_mode)
+
     def __repr__(self) -> str:
         return f"<edgetune.Program '{self.graph.name}' {len(self.graph.nodes)} nodes, spec={self.spec!r}>"
 

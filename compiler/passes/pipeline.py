@@ -135,7 +135,6 @@ def optimize(program, opt_level: int = DEFAULT_OPT_LEVEL, disable=(), passes=Non
     kernel_selection: "cost" or "measure" (default: measure at -O3, cost model otherwise);
     arch: "x86_64" or "aarch64" when compiling for another machine (kernels then chosen by the
     cost model); threads: the thread count the plan will run with (for kernel timing)."""
-    from ..program import Program
     names = passes_for(opt_level, disable, passes)
     if kernel_selection is None:
         kernel_selection = "measure" if opt_level >= 3 and passes is None else "cost"
@@ -148,8 +147,7 @@ def optimize(program, opt_level: int = DEFAULT_OPT_LEVEL, disable=(), passes=Non
     g = copy.deepcopy(program.graph)
     ctx = PassContext(opt_level, target, kernel_selection, threads)
     records = run_pipeline(g, names, ctx)
-    out = Program(g, program.frontend, program.spec, program.optimizer, program.model_inputs,
-                  program.target_input, program.train_mode)
+    out = program.with_graph(g)
     out.opt_level = opt_level
     out.pass_report = list(getattr(program, "pass_report", [])) + records
     return out

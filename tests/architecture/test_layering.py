@@ -93,6 +93,57 @@ def test_imports_point_down_the_layers():
     assert not wrong, "imports against the layering:\n" + "\n".join(wrong)
 
 
+def _import_graph() -> dict[str, set[str]]:
+    """module -> the project modules it imports (function-level imports included)."""
+    modules = {_module_name(p): p for p in _python_files()}
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for _, target in _imports(path):
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                targets.add(target)
+        graph[name] = targets
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of `graph`, or None (depth-first search, colours white/grey/black)."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(v):
+        state[v] = 1
+        stack.append(v)
+        for w in sorted(graph.get(v, ())):
+            if state.get(w) == 1:
+                return stack[stack.index(w):] + [w]
+            if w not in state:
+                found = visit(w)
+                if found:
+                    return found
+        stack.pop()
+        state[v] = 2
+        return None
+
+    for v in sorted(graph):
+        if v not in state:
+            found = visit(v)
+            if found:
+                return found
+    return None
+
+
+def test_no_import_cycles():
+    """Not even hidden in function-level imports (a package __init__ re-exporting its modules
+    does not count: importing edgetune.x runs edgetune/__init__ anyway)."""
+    graph = {m: {t for t in ts if not m.startswith(t + ".")} for m, ts in _import_graph().items()}
+    cycle = _cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
 def test_the_layer_check_sees_a_violation():
     """The check itself: a compiler module importing the runtime is caught."""
     assert _layer_of("edgetune.runtime.native") not in ALLOWED["compiler"]
