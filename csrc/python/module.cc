@@ -21,6 +21,7 @@
 #include "core/kernel.h"
 #include "core/runtime.h"
 #include "core/status.h"
+#include "plan_generated.h"  // the section names of the plan schema (csrc/schema/plan.fbs)
 
 namespace py = pybind11;
 using namespace edgetune;
@@ -125,6 +126,12 @@ const KernelDef& find_kernel(const std::string& backend, const std::string& name
   return *k;
 }
 
+// The kernel's check() (a failure names the kernel), then the scratch bytes it asks for.
+size_t checked_workspace(const KernelDef& k, const KernelArgs& a, const std::string& kernel) {
+  if (k.check) throw_if_error(k.check(a).with_context(kernel));
+  return k.workspace ? k.workspace(a) : 0;
+}
+
 size_t py_workspace_bytes(const std::string& backend, const std::string& kernel, const std::vector<py::tuple>& ins,
                           const std::vector<py::tuple>& outs, const py::dict& attrs_py) {
   const KernelDef& k = find_kernel(backend, kernel);
@@ -134,8 +141,7 @@ size_t py_workspace_bytes(const std::string& backend, const std::string& kernel,
   Attrs attrs = attrs_from_py(attrs_py);
   KernelArgs a{in_views.data(), static_cast<int>(in_views.size()), out_views.data(),
                static_cast<int>(out_views.size()), &attrs, nullptr, 0, nullptr};
-  if (k.check) throw_if_error(k.check(a).with_context(kernel));
-  return k.workspace ? k.workspace(a) : 0;
+  return checked_workspace(k, a, kernel);
 }
 
 std::vector<py::array> py_run_kernel(const std::string& backend, const std::string& kernel,
@@ -169,8 +175,7 @@ std::vector<py::array> py_run_kernel(const std::string& backend, const std::stri
   ThreadPool pool(threads);
   KernelArgs a{in_views.data(), static_cast<int>(in_views.size()), out_views.data(),
                static_cast<int>(out_views.size()), &attrs, nullptr, 0, &pool};
-  if (k.check) throw_if_error(k.check(a).with_context(kernel));
-  size_t ws = k.workspace ? k.workspace(a) : 0;
+  const size_t ws = checked_workspace(k, a, kernel);
   std::vector<unsigned char> workspace(ws + 64);
   a.workspace = ws ? workspace.data() : nullptr;
   a.workspace_bytes = ws;
@@ -209,8 +214,7 @@ double py_time_kernel(const std::string& backend, const std::string& kernel, con
   ThreadPool pool(threads);
   KernelArgs a{in_views.data(), static_cast<int>(in_views.size()), out_views.data(),
                static_cast<int>(out_views.size()), &attrs, nullptr, 0, &pool};
-  if (k.check) throw_if_error(k.check(a).with_context(kernel));
-  size_t ws = k.workspace ? k.workspace(a) : 0;
+  const size_t ws = checked_workspace(k, a, kernel);
   storage.emplace_back(ws + 64, 0);
   a.workspace = ws ? storage.back().data() : nullptr;
   a.workspace_bytes = ws;
@@ -405,10 +409,11 @@ PYBIND11_MODULE(_native, m) {
       .def("reset_profile", [](PyRuntime& r) { r.rt().reset_profile(); })
       .def("profile",
            [](PyRuntime& r) {
-             static const char* kSections[] = {"forward", "loss", "backward", "update"};
              py::list out;
              for (const auto& p : r.rt().profile())
-               out.append(py::make_tuple(*p.op, *p.kernel, *p.source, kSections[p.section], p.seconds, p.calls));
+               out.append(py::make_tuple(*p.op, *p.kernel, *p.source,
+                                         plan::EnumNameSection(static_cast<plan::Section>(p.section)), p.seconds,
+                                         p.calls));
              return out;
            },
            "per node: (op, kernel, source, section, seconds, calls)")

@@ -5,17 +5,17 @@
 //   ./train --inputs x.npy --targets y.npy ...      (a binary from --emit-binary: plan inside)
 //   edgetune-train PLAN.etp --info                  (what the plan takes, holds and needs)
 //
-// Flow: find an embedded plan (embedded_plan.h) or load PLAN.etp through the runtime API
-// (core/runtime.h); bind each .npy file to a plan input (npy.h: shape check, same-kind dtype
-// conversion); check --out can be written *before* training; then for each step gather B
-// shuffled rows (shuffle.h) into the inputs and call Runtime::step(). Progress lines show the
-// mean loss over the steps since the previous line. At the end every weight is written under its
-// state_dict name (safetensors.h, atomically: atomic_file.h).
+// Flow, in run()'s four steps: load: find an embedded plan (embedded_plan.h) or load PLAN.etp
+// through the runtime API (core/runtime.h); bind: each .npy file to a plan input (npy.h: shape
+// check, same-kind dtype conversion), and check --out can be written *before* training; train:
+// for each step gather B shuffled rows (shuffle.h) into the inputs and call Runtime::step(),
+// with progress lines showing the mean loss over the steps since the previous line; write: every
+// weight under its state_dict name (safetensors.h, atomically: atomic_file.h).
 //
 // Errors are one "edgetune-train: error: ..." line on stderr. Exit status: 0 ok; 1 plan or
-// runtime failure (the loader's message, a failed write of the result); 2 usage or input error
-// (flags, data files, shapes, an unwritable --out); 3 the loss became NaN/Inf — nothing is
-// written then, and an existing --out file is left as it was.
+// runtime failure (the loader's message, a failed write of the result, memory that could not be
+// allocated); 2 usage or input error (flags, data files, shapes, an unwritable --out); 3 the loss
+// became NaN/Inf — nothing is written then, and an existing --out file is left as it was.
 #include <unistd.h>
 
 #include <sys/stat.h>
@@ -30,6 +30,7 @@
 #include <memory>
 #include <new>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "core/runtime.h"
@@ -93,31 +94,28 @@ const Binding* find_state(const Runtime& rt, const std::string& name) {
   return nullptr;
 }
 
-// A scalar (0-d or one-element) float state such as optim.lr.
-bool read_scalar(const TensorView& v, double* out) {
+// A scalar (0-d or one-element) float state such as optim.lr: fn(float*) or fn(double*); false
+// when the view is not one f32/f64 value.
+template <typename Fn>
+bool visit_scalar(const TensorView& v, Fn&& fn) {
   if (v.numel() != 1 || v.data == nullptr) return false;
   if (v.dtype == DType::f32) {
-    *out = *v.as<float>();
+    fn(v.as<float>());
     return true;
   }
   if (v.dtype == DType::f64) {
-    *out = *v.as<double>();
+    fn(v.as<double>());
     return true;
   }
   return false;
 }
 
+bool read_scalar(const TensorView& v, double* out) {
+  return visit_scalar(v, [&](auto* p) { *out = static_cast<double>(*p); });
+}
+
 bool write_scalar(const TensorView& v, double value) {
-  if (v.numel() != 1 || v.data == nullptr) return false;
-  if (v.dtype == DType::f32) {
-    *v.as<float>() = static_cast<float>(value);
-    return true;
-  }
-  if (v.dtype == DType::f64) {
-    *v.as<double>() = value;
-    return true;
-  }
-  return false;
+  return visit_scalar(v, [&](auto* p) { *p = static_cast<std::remove_pointer_t<decltype(p)>>(value); });
 }
 
 int print_info(const Runtime& rt, const std::string& source) {
@@ -207,6 +205,22 @@ class Progress {
   bool quiet_, tty_, open_ = false;
 };
 
+// ---- the steps of a run -------------------------------------------------------------------------
+// run() is load -> bind -> train -> write. Each step either goes on (kContinue) or has already
+// printed its one error line through fail() and returns the exit status.
+constexpr int kContinue = -1;
+
+// An allocation that failed is the machine's limit, not a mistake in the command: exit 1, not 2.
+int exit_code_for(const Status& s, int code) { return s.code() == StatusCode::kOutOfMemory ? kExitRuntime : code; }
+
+// The plan and where it came from.
+struct LoadedPlan {
+  EmbeddedPlan embedded;       // found: the plan is inside this executable
+  std::string source;          // "embedded in ./train" or the PLAN path, for the header and --info
+  std::unique_ptr<Runtime> rt;
+};
+
+// One data file bound to a plan input.
 struct BoundData {
   std::string path;
   int input = 0;
@@ -214,67 +228,91 @@ struct BoundData {
   std::vector<uint8_t> staging;  // one batch, handed to Runtime::set_input
 };
 
-int run(int argc, char** argv) {
-  // ---- the plan: inside this executable, or the PLAN argument ---------------------------------
-  EmbeddedPlan embedded;
-  {
-    std::string self = self_executable(argc > 0 ? argv[0] : nullptr);
-    if (!self.empty()) {
-      auto r = read_embedded_plan(self);
-      if (r.ok()) {
-        embedded = std::move(r.value());
-      } else if (r.status().code() == StatusCode::kInvalidPlan) {
-        return fail(kExitRuntime, r.status().message());
-      }  // an unreadable executable just means: no embedded plan
-    }
+// The data and the step counts derived from it and the arguments.
+struct Schedule {
+  std::vector<BoundData> data;
+  int64_t batch = 0;  // the plan's batch size
+  int64_t rows = 0;   // samples in every data file
+  int64_t steps_per_epoch = 0, dropped = 0, total_steps = 0, log_every = 0;
+  double plan_lr = 0;  // the plan's optim.lr, when have_plan_lr
+  bool have_plan_lr = false;
+};
+
+struct TrainResult {
+  double first_loss = 0, last_loss = 0, seconds = 0;
+};
+
+// ---- load: the arguments and the plan ------------------------------------------------------------
+
+// A plan appended to this executable (an --emit-binary build). Only a damaged one is an error:
+// an unreadable executable just means no embedded plan.
+int find_embedded_plan(int argc, char** argv, EmbeddedPlan* embedded) {
+  std::string self = self_executable(argc > 0 ? argv[0] : nullptr);
+  if (self.empty()) return kContinue;
+  auto r = read_embedded_plan(self);
+  if (r.ok()) {
+    *embedded = std::move(r.value());
+  } else if (r.status().code() == StatusCode::kInvalidPlan) {
+    return fail(kExitRuntime, r.status().message());
   }
-  auto parsed = parse_args(argc, argv, embedded.found);
+  return kContinue;
+}
+
+// The command line; --help and --version answer here (kExitOk).
+int parse_command_line(int argc, char** argv, bool embedded, TrainArgs* args) {
+  auto parsed = parse_args(argc, argv, embedded);
   if (!parsed.ok()) {
     std::string message = parsed.status().message();
     if (message.find("--help") == std::string::npos) message += " (see --help)";
     return fail(kExitUsage, message);
   }
-  TrainArgs args = std::move(parsed.value());
-  if (args.help) {
-    std::fputs(usage_text(embedded.found).c_str(), stdout);
+  *args = std::move(parsed.value());
+  if (args->help) {
+    std::fputs(usage_text(embedded).c_str(), stdout);
     return kExitOk;
   }
-  if (args.version) {
+  if (args->version) {
     std::printf("edgetune-train %s\n", EDGETUNE_VERSION);
     return kExitOk;
   }
+  return kContinue;
+}
 
+// The embedded plan or PLAN, loaded and verified by the runtime.
+int load_plan(const TrainArgs& args, const char* argv0, LoadedPlan* plan) {
   RuntimeOptions options;
   options.num_threads = args.threads;
-  std::string plan_source;
-  std::unique_ptr<Runtime> rt;
-  if (embedded.found) {
-    plan_source = "embedded in " + (argc > 0 ? std::string(argv[0]) : embedded.source);
-    auto r = Runtime::load(embedded.bytes.data(), embedded.bytes.size(), options);
+  if (plan->embedded.found) {
+    plan->source = "embedded in " + (argv0 ? std::string(argv0) : plan->embedded.source);
+    auto r = Runtime::load(plan->embedded.bytes.data(), plan->embedded.bytes.size(), options);
     if (!r.ok()) return fail(kExitRuntime, "loading the embedded plan: " + r.status().to_string());
-    rt = std::move(r.value());
-    embedded.bytes = {};  // the runtime keeps its own copy
-  } else {
-    plan_source = args.plan;
-    struct stat st;
-    if (::stat(args.plan.c_str(), &st) != 0) {
-      const int e = errno;
-      return fail(kExitUsage, args.plan + ": " + (e == ENOENT ? "no such plan file" : std::strerror(e)));
-    }
-    if (S_ISDIR(st.st_mode)) return fail(kExitUsage, args.plan + ": is a directory, not a plan file");
-    auto r = Runtime::load_file(args.plan, options);
-    if (!r.ok()) {
-      std::string message = r.status().to_string();  // the loader names the file itself
-      if (message.find(args.plan) == std::string::npos) message = args.plan + ": " + message;
-      return fail(kExitRuntime, message);
-    }
-    rt = std::move(r.value());
+    plan->rt = std::move(r.value());
+    plan->embedded.bytes = {};  // the runtime keeps what it needs
+    return kContinue;
   }
-  if (args.info) return print_info(*rt, plan_source);
+  plan->source = args.plan;
+  struct stat st;
+  if (::stat(args.plan.c_str(), &st) != 0) {
+    const int e = errno;
+    return fail(kExitUsage, args.plan + ": " + (e == ENOENT ? "no such plan file" : std::strerror(e)));
+  }
+  if (S_ISDIR(st.st_mode)) return fail(kExitUsage, args.plan + ": is a directory, not a plan file");
+  auto r = Runtime::load_file(args.plan, options);
+  if (!r.ok()) {
+    std::string message = r.status().to_string();  // the loader names the file itself
+    if (message.find(args.plan) == std::string::npos) message = args.plan + ": " + message;
+    return fail(kExitRuntime, message);
+  }
+  plan->rt = std::move(r.value());
+  return kContinue;
+}
 
-  // ---- what the plan takes ---------------------------------------------------------------------
-  const auto& ins = rt->inputs();
-  const int n_model = rt->num_model_inputs();
+// ---- bind: the plan's inputs, the output path, the data files, the learning rate -----------------
+
+// As many --inputs / --targets as the plan takes, one batch size for all its inputs (*batch).
+int check_plan_inputs(const TrainArgs& args, const Runtime& rt, int64_t* batch_out) {
+  const auto& ins = rt.inputs();
+  const int n_model = rt.num_model_inputs();
   const int n_target = static_cast<int>(ins.size()) - n_model;
   auto names = [&](int from, int to) {
     std::string s;
@@ -308,38 +346,51 @@ int run(int argc, char** argv) {
                                 std::to_string(batch) + " (batch sizes are fixed at compile time: recompile for " +
                                 std::to_string(args.batch) + ", or drop --batch)");
   }
+  *batch_out = batch;
+  return kContinue;
+}
 
-  // ---- check the output can be written before spending a training run on it --------------------
-  if (!args.out.empty()) {
-    Status s = check_writable(args.out);
-    if (!s.ok()) return fail(kExitUsage, "--out: " + s.message());
-    // `--out y.npy` (a slip of the keyboard) would replace the training data with weights.
-    std::vector<std::string> sources = args.inputs;
-    sources.insert(sources.end(), args.targets.begin(), args.targets.end());
-    if (!embedded.found) sources.push_back(args.plan);
-    for (const auto& src : sources) {
-      if (same_file(args.out, src)) {
-        return fail(kExitUsage, "--out " + args.out + " is the same file as " + src + ", which this run reads");
-      }
+// --out can be written, and is none of the files this run reads: checked before training.
+int check_output_path(const TrainArgs& args, bool embedded) {
+  if (args.out.empty()) return kContinue;
+  Status s = check_writable(args.out);
+  if (!s.ok()) return fail(kExitUsage, "--out: " + s.message());
+  // `--out y.npy` (a slip of the keyboard) would replace the training data with weights.
+  std::vector<std::string> sources = args.inputs;
+  sources.insert(sources.end(), args.targets.begin(), args.targets.end());
+  if (!embedded) sources.push_back(args.plan);
+  for (const auto& src : sources) {
+    if (same_file(args.out, src)) {
+      return fail(kExitUsage, "--out " + args.out + " is the same file as " + src + ", which this run reads");
     }
   }
+  return kContinue;
+}
 
-  // ---- bind the data files ---------------------------------------------------------------------
-  std::vector<BoundData> data;
+// Each .npy file read and bound to its plan input (shape checked, dtype converted); the number
+// of samples, steps per epoch and total steps.
+int bind_data(const TrainArgs& args, const Runtime& rt, int64_t batch, Schedule* sched) {
+  const auto& ins = rt.inputs();
+  const int n_model = rt.num_model_inputs();
+  sched->batch = batch;
   for (size_t i = 0; i < ins.size(); ++i) {
     const bool is_model = static_cast<int>(i) < n_model;
     const std::string& path = is_model ? args.inputs[i] : args.targets[i - static_cast<size_t>(n_model)];
     auto arr = read_npy(path);
-    if (!arr.ok()) return fail(kExitUsage, (is_model ? "--inputs " : "--targets ") + arr.status().message());
+    if (!arr.ok()) {
+      return fail(exit_code_for(arr.status(), kExitUsage),
+                  (is_model ? "--inputs " : "--targets ") + arr.status().message());
+    }
     auto bound = bind_to_input(arr.value(), path, ins[i].name, ins[i].view);
-    if (!bound.ok()) return fail(kExitUsage, bound.status().message());
+    if (!bound.ok()) return fail(exit_code_for(bound.status(), kExitUsage), bound.status().message());
     BoundData d;
     d.path = path;
     d.input = static_cast<int>(i);
     d.array = std::move(bound.value());
     d.staging.resize(ins[i].view.nbytes());
-    data.push_back(std::move(d));
+    sched->data.push_back(std::move(d));
   }
+  const auto& data = sched->data;
   const int64_t rows = data[0].array.rows();
   for (const auto& d : data) {
     if (d.array.rows() != rows) {
@@ -351,84 +402,94 @@ int run(int argc, char** argv) {
     return fail(kExitUsage, data[0].path + " has " + std::to_string(rows) + " samples, fewer than one batch of " +
                                 std::to_string(batch) + " (the plan's batch size)");
   }
-  const int64_t steps_per_epoch = rows / batch;
-  const int64_t dropped = rows % batch;
-  const int64_t total_steps = args.steps ? args.steps : (args.epochs ? args.epochs : 1) * steps_per_epoch;
-  const int64_t log_every = args.log_every ? args.log_every : std::max<int64_t>(1, (total_steps + 19) / 20);
+  sched->rows = rows;
+  sched->steps_per_epoch = rows / batch;
+  sched->dropped = rows % batch;
+  sched->total_steps = args.steps ? args.steps : (args.epochs ? args.epochs : 1) * sched->steps_per_epoch;
+  sched->log_every = args.log_every ? args.log_every : std::max<int64_t>(1, (sched->total_steps + 19) / 20);
+  return kContinue;
+}
 
-  // ---- learning rate -----------------------------------------------------------------------------
-  double plan_lr = 0;
-  const Binding* lr_state = find_state(*rt, "optim.lr");
-  bool have_plan_lr = lr_state && read_scalar(lr_state->view, &plan_lr);
+// --lr into the plan's optim.lr state; the plan's own rate is kept for the header.
+int set_learning_rate(const TrainArgs& args, Runtime& rt, Schedule* sched) {
+  const Binding* lr_state = find_state(rt, "optim.lr");
+  sched->have_plan_lr = lr_state && read_scalar(lr_state->view, &sched->plan_lr);
+  if (!args.has_lr) return kContinue;
+  if (!lr_state) {
+    return fail(kExitUsage, "--lr: this plan has no 'optim.lr' state to set (its learning rate is fixed; "
+                            "recompile with the rate you want)");
+  }
+  if (!write_scalar(lr_state->view, args.lr)) {
+    return fail(kExitRuntime, "--lr: the plan's 'optim.lr' is " + lr_state->view.shape_string() +
+                                  ", not a scalar float");
+  }
+  return kContinue;
+}
+
+// ---- train ------------------------------------------------------------------------------------------
+
+void print_header(const TrainArgs& args, const LoadedPlan& plan, const Schedule& sched) {
+  if (args.quiet) return;
+  const Runtime& rt = *plan.rt;
+  std::printf("edgetune-train %s: %s\n", EDGETUNE_VERSION, plan.source.c_str());
+  if (!rt.model_label().empty()) std::printf("model: %s\n", rt.model_label().c_str());
+  std::string files;
+  for (const auto& d : sched.data) {
+    files += (files.empty() ? "" : ", ") + d.path + " -> " + rt.inputs()[static_cast<size_t>(d.input)].name;
+  }
+  std::printf("data: %lld samples (%s)\n", static_cast<long long>(sched.rows), files.c_str());
+  std::string lr_text;
   if (args.has_lr) {
-    if (!lr_state) {
-      return fail(kExitUsage, "--lr: this plan has no 'optim.lr' state to set (its learning rate is fixed; "
-                              "recompile with the rate you want)");
-    }
-    if (!write_scalar(lr_state->view, args.lr)) {
-      return fail(kExitRuntime, "--lr: the plan's 'optim.lr' is " + lr_state->view.shape_string() +
-                                    ", not a scalar float");
-    }
+    lr_text = ", lr " + fmt("%g", args.lr) + (sched.have_plan_lr ? " (plan: " + fmt("%g", sched.plan_lr) + ")" : "");
+  } else if (sched.have_plan_lr) {
+    lr_text = ", lr " + fmt("%g", sched.plan_lr);
   }
-
-  // ---- header ------------------------------------------------------------------------------------
-  if (!args.quiet) {
-    std::printf("edgetune-train %s: %s\n", EDGETUNE_VERSION, plan_source.c_str());
-    if (!rt->model_label().empty()) std::printf("model: %s\n", rt->model_label().c_str());
-    std::string files;
-    for (const auto& d : data) {
-      files += (files.empty() ? "" : ", ") + d.path + " -> " + ins[static_cast<size_t>(d.input)].name;
-    }
-    std::printf("data: %lld samples (%s)\n", static_cast<long long>(rows), files.c_str());
-    std::string lr_text;
-    if (args.has_lr) {
-      lr_text = ", lr " + fmt("%g", args.lr) + (have_plan_lr ? " (plan: " + fmt("%g", plan_lr) + ")" : "");
-    } else if (have_plan_lr) {
-      lr_text = ", lr " + fmt("%g", plan_lr);
-    }
-    std::printf("training: %lld steps of batch %lld (%lld per epoch, %s epochs), seed %llu%s, %d threads%s\n",
-                static_cast<long long>(total_steps), static_cast<long long>(batch),
-                static_cast<long long>(steps_per_epoch),
-                fmt(total_steps % steps_per_epoch ? "%.2f" : "%.0f",
-                    static_cast<double>(total_steps) / static_cast<double>(steps_per_epoch))
-                    .c_str(),
-                static_cast<unsigned long long>(args.seed), args.shuffle ? "" : " (no shuffle)", rt->num_threads(),
-                lr_text.c_str());
-    if (dropped) {
-      std::printf("note: %lld samples are not a multiple of batch %lld: the last %lld of each epoch's %s are dropped\n",
-                  static_cast<long long>(rows), static_cast<long long>(batch), static_cast<long long>(dropped),
-                  args.shuffle ? "shuffled order (different ones each epoch)" : "file order (never used)");
-    }
-    if (args.out.empty()) std::printf("note: no --out given: the tuned weights will not be saved\n");
-    std::fflush(stdout);
+  std::printf("training: %lld steps of batch %lld (%lld per epoch, %s epochs), seed %llu%s, %d threads%s\n",
+              static_cast<long long>(sched.total_steps), static_cast<long long>(sched.batch),
+              static_cast<long long>(sched.steps_per_epoch),
+              fmt(sched.total_steps % sched.steps_per_epoch ? "%.2f" : "%.0f",
+                  static_cast<double>(sched.total_steps) / static_cast<double>(sched.steps_per_epoch))
+                  .c_str(),
+              static_cast<unsigned long long>(args.seed), args.shuffle ? "" : " (no shuffle)", rt.num_threads(),
+              lr_text.c_str());
+  if (sched.dropped) {
+    std::printf("note: %lld samples are not a multiple of batch %lld: the last %lld of each epoch's %s are dropped\n",
+                static_cast<long long>(sched.rows), static_cast<long long>(sched.batch),
+                static_cast<long long>(sched.dropped),
+                args.shuffle ? "shuffled order (different ones each epoch)" : "file order (never used)");
   }
+  if (args.out.empty()) std::printf("note: no --out given: the tuned weights will not be saved\n");
+  std::fflush(stdout);
+}
 
-  // ---- train ---------------------------------------------------------------------------------------
+// total_steps steps of B shuffled rows each; progress lines show the mean loss since the last.
+int train(const TrainArgs& args, Runtime& rt, Schedule& sched, TrainResult* result) {
+  const int64_t rows = sched.rows, batch = sched.batch, total_steps = sched.total_steps;
   Progress progress(args.quiet);
   std::vector<int64_t> order;
-  double first_loss = 0, last_loss = 0, interval_loss = 0;
+  double interval_loss = 0;
   int64_t interval_steps = 0;
   using Clock = std::chrono::steady_clock;
   const auto t_start = Clock::now();
   auto t_interval = t_start;
   for (int64_t step = 0; step < total_steps; ++step) {
-    const int64_t epoch = step / steps_per_epoch;
-    const int64_t in_epoch = step % steps_per_epoch;
+    const int64_t epoch = step / sched.steps_per_epoch;
+    const int64_t in_epoch = step % sched.steps_per_epoch;
     if (order.empty()) {
       order.resize(static_cast<size_t>(rows));
       for (int64_t i = 0; i < rows; ++i) order[static_cast<size_t>(i)] = i;  // --no-shuffle: file order
     }
     if (in_epoch == 0 && args.shuffle) order = epoch_order(rows, args.seed, epoch);
     const int64_t* idx = order.data() + in_epoch * batch;
-    for (auto& d : data) {
+    for (auto& d : sched.data) {
       gather_rows(d.array, idx, batch, d.staging.data());
-      Status s = rt->set_input(d.input, d.staging.data(), d.staging.size());
+      Status s = rt.set_input(d.input, d.staging.data(), d.staging.size());
       if (!s.ok()) {
         progress.end();
         return fail(kExitRuntime, "step " + std::to_string(step + 1) + ": " + s.to_string());
       }
     }
-    Result<float> r = rt->step();
+    Result<float> r = rt.step();
     const std::string where = "step " + std::to_string(step + 1) + " (epoch " + std::to_string(epoch + 1) + ")";
     if (!r.ok() || !std::isfinite(r.value())) {
       progress.end();
@@ -441,12 +502,12 @@ int run(int argc, char** argv) {
                                     " (try a lower --lr, or check the data for NaN/Inf)" + keep);
     }
     const double loss = r.value();
-    if (step == 0) first_loss = loss;
-    last_loss = loss;
+    if (step == 0) result->first_loss = loss;
+    result->last_loss = loss;
     interval_loss += loss;
     ++interval_steps;
     const bool last = step + 1 == total_steps;
-    if (step == 0 || (step + 1) % log_every == 0 || last) {
+    if (step == 0 || (step + 1) % sched.log_every == 0 || last) {
       const auto now = Clock::now();
       const double ms = std::chrono::duration<double, std::milli>(now - t_interval).count() /
                         static_cast<double>(interval_steps);
@@ -459,54 +520,91 @@ int run(int argc, char** argv) {
     }
   }
   progress.end();
-  const double seconds = std::chrono::duration<double>(Clock::now() - t_start).count();
+  result->seconds = std::chrono::duration<double>(Clock::now() - t_start).count();
+  return kContinue;
+}
 
-  // ---- write the weights -----------------------------------------------------------------------------
-  size_t written_bytes = 0;
+// ---- write: the tuned weights, the summary -----------------------------------------------------------
+
+// Every weight under its state_dict name, atomically; *written_bytes: their data bytes.
+int write_weights(const TrainArgs& args, const LoadedPlan& plan, const Schedule& sched, const TrainResult& result,
+                  size_t* written_bytes) {
+  *written_bytes = 0;
+  if (args.out.empty()) return kContinue;
+  const Runtime& rt = *plan.rt;
+  std::vector<SafetensorsEntry> entries;
+  for (const auto& b : rt.weights()) {
+    SafetensorsEntry e;
+    e.name = b.name;
+    e.dtype = b.view.dtype;
+    e.shape = view_shape(b.view);
+    e.data = b.view.data;
+    e.nbytes = b.view.nbytes();
+    *written_bytes += e.nbytes;
+    entries.push_back(std::move(e));
+  }
+  Metadata meta = {{"format", "pt"},  // what transformers' loaders look for
+                   {"producer", std::string("edgetune-train ") + EDGETUNE_VERSION},
+                   {"model", rt.model_label()},
+                   {"plan", plan.embedded.found ? "embedded" : args.plan},
+                   {"steps", std::to_string(sched.total_steps)},
+                   {"seed", std::to_string(args.seed)},
+                   {"first_loss", fmt("%.9g", result.first_loss)},
+                   {"final_loss", fmt("%.9g", result.last_loss)}};
+  if (args.has_lr) meta.emplace_back("lr", fmt("%.9g", args.lr));
+  Status s = write_safetensors(args.out, entries, meta);
+  if (!s.ok()) return fail(exit_code_for(s, kExitRuntime), "writing the tuned weights: " + s.message());
+  return kContinue;
+}
+
+void print_summary(const TrainArgs& args, const Runtime& rt, const Schedule& sched, const TrainResult& result,
+                   size_t written_bytes) {
+  if (args.quiet) return;
+  MemoryStats m = rt.memory();
+  size_t data_bytes = 0;
+  for (const auto& d : sched.data) data_bytes += d.array.nbytes;
+  std::printf("done: %lld steps in %.1f s, %s ms/step\n", static_cast<long long>(sched.total_steps), result.seconds,
+              fmt_ms(1000.0 * result.seconds / static_cast<double>(sched.total_steps)).c_str());
+  std::printf("loss: first %s, last %s\n", fmt_loss(result.first_loss).c_str(), fmt_loss(result.last_loss).c_str());
+  std::printf("memory: runtime %s (persistent %s + arena %s + inputs %s); data %s\n",
+              human_bytes(static_cast<double>(m.total())).c_str(),
+              human_bytes(static_cast<double>(m.persistent_bytes)).c_str(),
+              human_bytes(static_cast<double>(m.arena_bytes)).c_str(),
+              human_bytes(static_cast<double>(m.input_bytes)).c_str(),
+              human_bytes(static_cast<double>(data_bytes)).c_str());
   if (!args.out.empty()) {
-    std::vector<SafetensorsEntry> entries;
-    for (const auto& b : rt->weights()) {
-      SafetensorsEntry e;
-      e.name = b.name;
-      e.dtype = b.view.dtype;
-      e.shape = view_shape(b.view);
-      e.data = b.view.data;
-      e.nbytes = b.view.nbytes();
-      written_bytes += e.nbytes;
-      entries.push_back(std::move(e));
-    }
-    Metadata meta = {{"format", "pt"},  // what transformers' loaders look for
-                     {"producer", std::string("edgetune-train ") + EDGETUNE_VERSION},
-                     {"model", rt->model_label()},
-                     {"plan", embedded.found ? "embedded" : args.plan},
-                     {"steps", std::to_string(total_steps)},
-                     {"seed", std::to_string(args.seed)},
-                     {"first_loss", fmt("%.9g", first_loss)},
-                     {"final_loss", fmt("%.9g", last_loss)}};
-    if (args.has_lr) meta.emplace_back("lr", fmt("%.9g", args.lr));
-    Status s = write_safetensors(args.out, entries, meta);
-    if (!s.ok()) return fail(kExitRuntime, "writing the tuned weights: " + s.message());
+    std::printf("wrote %s: %zu tensors, %s\n", args.out.c_str(), rt.weights().size(),
+                human_bytes(static_cast<double>(written_bytes)).c_str());
   }
+}
 
-  // ---- summary ---------------------------------------------------------------------------------------
-  if (!args.quiet) {
-    MemoryStats m = rt->memory();
-    size_t data_bytes = 0;
-    for (const auto& d : data) data_bytes += d.array.nbytes;
-    std::printf("done: %lld steps in %.1f s, %s ms/step\n", static_cast<long long>(total_steps), seconds,
-                fmt_ms(1000.0 * seconds / static_cast<double>(total_steps)).c_str());
-    std::printf("loss: first %s, last %s\n", fmt_loss(first_loss).c_str(), fmt_loss(last_loss).c_str());
-    std::printf("memory: runtime %s (persistent %s + arena %s + inputs %s); data %s\n",
-                human_bytes(static_cast<double>(m.total())).c_str(),
-                human_bytes(static_cast<double>(m.persistent_bytes)).c_str(),
-                human_bytes(static_cast<double>(m.arena_bytes)).c_str(),
-                human_bytes(static_cast<double>(m.input_bytes)).c_str(),
-                human_bytes(static_cast<double>(data_bytes)).c_str());
-    if (!args.out.empty()) {
-      std::printf("wrote %s: %zu tensors, %s\n", args.out.c_str(), rt->weights().size(),
-                  human_bytes(static_cast<double>(written_bytes)).c_str());
-    }
-  }
+int run(int argc, char** argv) {
+  // load
+  LoadedPlan plan;
+  int rc = find_embedded_plan(argc, argv, &plan.embedded);
+  if (rc != kContinue) return rc;
+  TrainArgs args;
+  if ((rc = parse_command_line(argc, argv, plan.embedded.found, &args)) != kContinue) return rc;
+  if ((rc = load_plan(args, argc > 0 ? argv[0] : nullptr, &plan)) != kContinue) return rc;
+  if (args.info) return print_info(*plan.rt, plan.source);
+
+  // bind
+  int64_t batch = 0;
+  Schedule sched;
+  if ((rc = check_plan_inputs(args, *plan.rt, &batch)) != kContinue) return rc;
+  if ((rc = check_output_path(args, plan.embedded.found)) != kContinue) return rc;
+  if ((rc = bind_data(args, *plan.rt, batch, &sched)) != kContinue) return rc;
+  if ((rc = set_learning_rate(args, *plan.rt, &sched)) != kContinue) return rc;
+
+  // train
+  print_header(args, plan, sched);
+  TrainResult result;
+  if ((rc = train(args, *plan.rt, sched, &result)) != kContinue) return rc;
+
+  // write
+  size_t written_bytes = 0;
+  if ((rc = write_weights(args, plan, sched, result, &written_bytes)) != kContinue) return rc;
+  print_summary(args, *plan.rt, sched, result, written_bytes);
   return kExitOk;
 }
 

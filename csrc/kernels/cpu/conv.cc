@@ -35,6 +35,7 @@
 #include <string>
 
 #include "core/kernel.h"
+#include "kernels/cpu/cpu_util.h"
 #include "kernels/cpu/gemm.h"
 
 namespace edgetune {
@@ -97,22 +98,6 @@ Status path_fits(const char* kernel, const Conv& c, Path p) {
   return Status::Ok();
 }
 
-int64_t conv_out(int64_t size, int64_t k, int64_t s, int64_t p, int64_t d) { return (size + 2 * p - d * (k - 1) - 1) / s + 1; }
-
-// f32 for the first `num_inputs` inputs (a trailing mask is checked by read_output_mask) and outputs.
-Status expect_all_f32(const KernelArgs& a, const char* op, int num_inputs) {
-  for (int i = 0; i < num_inputs; ++i)
-    ET_RETURN_IF_ERROR(expect_dtype(a, (std::string(op) + " input " + std::to_string(i)).c_str(), a.in(i), DType::f32));
-  for (int i = 0; i < a.num_outputs; ++i)
-    ET_RETURN_IF_ERROR(
-        expect_dtype(a, (std::string(op) + " output " + std::to_string(i)).c_str(), a.out(i), DType::f32));
-  return Status::Ok();
-}
-
-bool is_shape(const TensorView& t, int64_t a, int64_t b, int64_t c, int64_t d) {
-  return t.rank == 4 && t.shape[0] == a && t.shape[1] == b && t.shape[2] == c && t.shape[3] == d;
-}
-
 // Geometry from the input shape x[N,C,H,W], the weight shape w[O,Cg,KH,KW] and the attrs; checks
 // that dy/y has shape [N,O,HO,WO]. Used by check (full validation) and run (already validated).
 Status make_conv(const char* op, const Attrs& attrs, const int64_t* xs, const int64_t* ws, const TensorView& y,
@@ -120,32 +105,21 @@ Status make_conv(const char* op, const Attrs& attrs, const int64_t* xs, const in
   Conv& c = *cv;
   c.N = xs[0], c.C = xs[1], c.H = xs[2], c.W = xs[3];
   c.O = ws[0], c.Cg = ws[1], c.KH = ws[2], c.KW = ws[3];
-  if (!attrs.get_pair("stride", 1, &c.SH, &c.SW) || !attrs.get_pair("padding", 0, &c.PH, &c.PW) ||
-      !attrs.get_pair("dilation", 1, &c.DH, &c.DW))
-    return invalid_argument(std::string(op) + ": stride/padding/dilation must be int pairs");
-  c.G = attrs.get_int("groups", 1);
+  cpu::ConvParams cp;
+  ET_RETURN_IF_ERROR(cpu::read_conv_params(op, attrs, &cp));
+  c.SH = cp.SH, c.SW = cp.SW, c.PH = cp.PH, c.PW = cp.PW, c.DH = cp.DH, c.DW = cp.DW, c.G = cp.G;
   if (c.SH < 1 || c.SW < 1 || c.DH < 1 || c.DW < 1 || c.PH < 0 || c.PW < 0)
     return invalid_argument(std::string(op) + ": stride and dilation must be >= 1, padding >= 0");
   if (c.G < 1 || c.C % c.G || c.O % c.G || c.C / c.G != c.Cg || c.KH < 1 || c.KW < 1)
     return invalid_argument(std::string(op) + ": input channels " + std::to_string(c.C) + " / groups " +
-                            std::to_string(c.G) + " do not fit weight [" + std::to_string(c.O) + "," +
-                            std::to_string(c.Cg) + "," + std::to_string(c.KH) + "," + std::to_string(c.KW) + "]");
-  c.HO = conv_out(c.H, c.KH, c.SH, c.PH, c.DH);
-  c.WO = conv_out(c.W, c.KW, c.SW, c.PW, c.DW);
+                            std::to_string(c.G) + " do not fit weight " + cpu::dims_string(c.O, c.Cg, c.KH, c.KW));
+  c.HO = cpu::conv_out_size(c.H, c.KH, c.SH, c.PH, c.DH);
+  c.WO = cpu::conv_out_size(c.W, c.KW, c.SW, c.PW, c.DW);
   if (c.HO <= 0 || c.WO <= 0) return invalid_argument(std::string(op) + ": output would be empty");
-  if (!is_shape(y, c.N, c.O, c.HO, c.WO))
-    return invalid_argument(std::string(op) + ": output/gradient " + y.shape_string() + " is not [" +
-                            std::to_string(c.N) + "," + std::to_string(c.O) + "," + std::to_string(c.HO) + "," +
-                            std::to_string(c.WO) + "]");
+  if (!cpu::is_shape(y, c.N, c.O, c.HO, c.WO))
+    return invalid_argument(std::string(op) + ": output/gradient " + y.shape_string() + " is not " +
+                            cpu::dims_string(c.N, c.O, c.HO, c.WO));
   return Status::Ok();
-}
-
-// Four sizes from an ints attr ("input_shape", "weight_shape").
-bool read_shape4(const Attrs& attrs, const char* name, int64_t* out) {
-  const std::vector<int64_t>& v = attrs.get_ints(name);
-  if (v.size() != 4) return false;
-  for (int i = 0; i < 4; ++i) out[i] = v[i];
-  return true;
 }
 
 // Output positions o in [lo, hi) whose input coordinate o*s - p + k*d lies inside [0, size).
@@ -258,7 +232,7 @@ int64_t plane_grain(int64_t plane) { return std::max<int64_t>(1, 16384 / std::ma
 Status conv_check(const KernelArgs& a, Path p) {
   const char* kernel = kernel_name(kForward, p);
   ET_RETURN_IF_ERROR(expect_arity(a, kernel, 2, 3, 1));
-  ET_RETURN_IF_ERROR(expect_all_f32(a, kernel, a.num_inputs));
+  ET_RETURN_IF_ERROR(cpu::expect_all_f32(a, kernel, a.num_inputs));
   const TensorView &x = a.in(0), &w = a.in(1);
   if (x.rank != 4 || w.rank != 4)
     return invalid_argument(std::string(kernel) + ": wants 4-d input and weight, got " + x.shape_string() + " and " +
@@ -345,27 +319,6 @@ bool stageable(const Conv& c) {
          c.KH * c.KW <= kMaxTaps;
 }
 
-// ph[r * np + q] = row[q * S + r - P] where that lies in [0, W), else 0.
-void stage_row(const float* row, int64_t W, int64_t P, int64_t S, int64_t np, float* ph) {
-  for (int64_t r = 0; r < S; ++r) {
-    float* d = ph + r * np;
-    // q with 0 <= q*S + r - P < W
-    const int64_t q0 = std::min(np, P - r > 0 ? (P - r + S - 1) / S : 0);
-    const int64_t q1 = std::max(q0, std::min(np, W + P - r > 0 ? (W + P - r + S - 1) / S : 0));
-    std::fill(d, d + q0, 0.0f);
-    const float* src = row + q0 * S + r - P;
-    const int64_t n = q1 - q0;
-    if (S == 1) {
-      std::memcpy(d + q0, src, sizeof(float) * n);
-    } else if (S == 2) {  // constant stride: vectorizes as a deinterleave
-      for (int64_t k = 0; k < n; ++k) d[q0 + k] = src[2 * k];
-    } else {
-      for (int64_t k = 0; k < n; ++k) d[q0 + k] = src[k * S];
-    }
-    std::fill(d + q1, d + np, 0.0f);
-  }
-}
-
 // dst[k] += w * src[k]
 inline void axpy(float* __restrict dst, const float* __restrict src, float w, int64_t n) {
   for (int64_t k = 0; k < n; ++k) dst[k] += w * src[k];
@@ -434,7 +387,7 @@ void conv_depthwise(const Conv& c, const float* x, const float* w, const float* 
           const int64_t ih = oh * c.SH - c.PH + i * c.DH;
           if (ih < 0 || ih >= c.H) continue;  // a padding row adds nothing
           float* phi = ph + i * c.SW * np;
-          stage_row(xc + ih * c.W, c.W, c.PW, c.SW, np, phi);
+          cpu::stage_row(xc + ih * c.W, c.W, c.PW, c.SW, np, 0.0f, phi);
           for (int64_t j = 0; j < c.KW; ++j, ++taps) {
             const int64_t t = j * c.DW;
             src[taps] = phi + (t % c.SW) * np + t / c.SW;
@@ -492,7 +445,7 @@ Status conv_run(const KernelArgs& a, Path p) {
 
 Status grad_input_geometry(const KernelArgs& a, const char* kernel, Conv* c) {
   int64_t xs[4];
-  if (!read_shape4(a.attr(), "input_shape", xs))
+  if (!cpu::read_shape4(a.attr(), "input_shape", xs))
     return invalid_argument(std::string(kernel) + ": attr input_shape must be 4 ints");
   return make_conv(kernel, a.attr(), xs, a.in(1).shape, a.in(0), c);
 }
@@ -500,13 +453,13 @@ Status grad_input_geometry(const KernelArgs& a, const char* kernel, Conv* c) {
 Status grad_input_check(const KernelArgs& a, Path p) {
   const char* kernel = kernel_name(kGradInput, p);
   ET_RETURN_IF_ERROR(expect_arity(a, kernel, 2, 3, 1));
-  ET_RETURN_IF_ERROR(expect_all_f32(a, kernel, 2));
+  ET_RETURN_IF_ERROR(cpu::expect_all_f32(a, kernel, 2));
   if (a.in(0).rank != 4 || a.in(1).rank != 4)
     return invalid_argument(std::string(kernel) + ": wants 4-d dy and weight, got " + a.in(0).shape_string() +
                             " and " + a.in(1).shape_string());
   Conv c;
   ET_RETURN_IF_ERROR(grad_input_geometry(a, kernel, &c));
-  if (!is_shape(a.out(0), c.N, c.C, c.H, c.W))
+  if (!cpu::is_shape(a.out(0), c.N, c.C, c.H, c.W))
     return invalid_argument(std::string(kernel) + ": output " + a.out(0).shape_string() + " is not input_shape");
   OutputMask mask;
   ET_RETURN_IF_ERROR(read_output_mask(a, 2, a.out(0), kernel, &mask));
@@ -660,7 +613,7 @@ Status grad_input_run(const KernelArgs& a, Path p) {
 
 Status grad_weight_geometry(const KernelArgs& a, const char* kernel, Conv* c) {
   int64_t ws[4];
-  if (!read_shape4(a.attr(), "weight_shape", ws))
+  if (!cpu::read_shape4(a.attr(), "weight_shape", ws))
     return invalid_argument(std::string(kernel) + ": attr weight_shape must be 4 ints");
   return make_conv(kernel, a.attr(), a.in(1).shape, ws, a.in(0), c);
 }
@@ -668,13 +621,13 @@ Status grad_weight_geometry(const KernelArgs& a, const char* kernel, Conv* c) {
 Status grad_weight_check(const KernelArgs& a, Path p) {
   const char* kernel = kernel_name(kGradWeight, p);
   ET_RETURN_IF_ERROR(expect_arity(a, kernel, 2, 2, 1));
-  ET_RETURN_IF_ERROR(expect_all_f32(a, kernel, 2));
+  ET_RETURN_IF_ERROR(cpu::expect_all_f32(a, kernel, 2));
   if (a.in(0).rank != 4 || a.in(1).rank != 4)
     return invalid_argument(std::string(kernel) + ": wants 4-d dy and input, got " + a.in(0).shape_string() +
                             " and " + a.in(1).shape_string());
   Conv c;
   ET_RETURN_IF_ERROR(grad_weight_geometry(a, kernel, &c));
-  if (!is_shape(a.out(0), c.O, c.Cg, c.KH, c.KW))
+  if (!cpu::is_shape(a.out(0), c.O, c.Cg, c.KH, c.KW))
     return invalid_argument(std::string(kernel) + ": output " + a.out(0).shape_string() + " is not weight_shape");
   return path_fits(kernel, c, p);
 }
@@ -751,7 +704,7 @@ void grad_weight_depthwise(const Conv& c, const float* dy, const float* x, float
             for (int64_t i = 0; i < c.KH; ++i) {
               const int64_t ih = oh * c.SH - c.PH + i * c.DH;
               if (ih < 0 || ih >= c.H) continue;
-              stage_row(xc + ih * c.W, c.W, c.PW, c.SW, np, ph);
+              cpu::stage_row(xc + ih * c.W, c.W, c.PW, c.SW, np, 0.0f, ph);
               for (int64_t j = 0; j < c.KW; ++j) {
                 const int64_t t = j * c.DW;
                 const float* src = ph + (t % c.SW) * np + t / c.SW;

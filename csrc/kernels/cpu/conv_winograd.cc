@@ -41,6 +41,7 @@
 #include <string>
 
 #include "core/kernel.h"
+#include "kernels/cpu/cpu_util.h"
 #include "kernels/cpu/gemm.h"
 
 namespace edgetune {
@@ -147,14 +148,6 @@ inline void copy_lanes(float* __restrict dst, const float* __restrict src, int n
 
 // ---- geometry ------------------------------------------------------------------------------
 
-std::string dims(int64_t a, int64_t b, int64_t c, int64_t d) {
-  return "[" + std::to_string(a) + "," + std::to_string(b) + "," + std::to_string(c) + "," + std::to_string(d) + "]";
-}
-
-bool is_shape(const TensorView& t, int64_t a, int64_t b, int64_t c, int64_t d) {
-  return t.rank == 4 && t.shape[0] == a && t.shape[1] == b && t.shape[2] == c && t.shape[3] == d;
-}
-
 // The conv the engine computes: a 3x3, stride-1 conv of `in` [N, Cin, H, W] with padding (PH, PW)
 // into `out` [N, Cout, HO, WO]. For grad_input, in = dy, out = dx and the padding is 2 - p.
 struct Geometry {
@@ -183,11 +176,10 @@ struct Geometry {
 // Stride, dilation, groups and kernel size the Winograd kernels can run; `what` names the kernel.
 Status check_geometry(const char* what, const Attrs& attrs, const TensorView& w, int64_t in_channels,
                       int64_t* PH, int64_t* PW) {
-  int64_t SH, SW, DH, DW;
-  if (!attrs.get_pair("stride", 1, &SH, &SW) || !attrs.get_pair("padding", 0, PH, PW) ||
-      !attrs.get_pair("dilation", 1, &DH, &DW))
-    return invalid_argument(std::string(what) + ": stride/padding/dilation must be int pairs");
-  const int64_t groups = attrs.get_int("groups", 1);
+  cpu::ConvParams cp;
+  ET_RETURN_IF_ERROR(cpu::read_conv_params(what, attrs, &cp));
+  const int64_t SH = cp.SH, SW = cp.SW, DH = cp.DH, DW = cp.DW, groups = cp.G;
+  *PH = cp.PH, *PW = cp.PW;
   if (w.rank != 4 || w.shape[2] != 3 || w.shape[3] != 3)
     return invalid_argument(std::string(what) + ": only 3x3 kernels, got weight " + w.shape_string());
   if (SH != 1 || SW != 1)
@@ -204,12 +196,6 @@ Status check_geometry(const char* what, const Attrs& attrs, const TensorView& w,
     return invalid_argument(std::string(what) + ": weight " + w.shape_string() + " does not fit " +
                             std::to_string(in_channels) + " input channels");
   return Status::Ok();
-}
-
-Status expect_all_f32(const KernelArgs& a, const char* what, int num_inputs) {
-  for (int i = 0; i < num_inputs; ++i)
-    ET_RETURN_IF_ERROR(expect_dtype(a, (std::string(what) + " input " + std::to_string(i)).c_str(), a.in(i), DType::f32));
-  return expect_dtype(a, (std::string(what) + " output").c_str(), a.out(0), DType::f32);
 }
 
 // ---- epilogue ------------------------------------------------------------------------------
@@ -443,12 +429,12 @@ Status conv_geometry(const KernelArgs& a, Geometry* g) {
                             " and " + w.shape_string());
   ET_RETURN_IF_ERROR(check_geometry(kConvName, a.attr(), w, x.shape[1], &g->PH, &g->PW));
   g->N = x.shape[0], g->Cin = x.shape[1], g->H = x.shape[2], g->W = x.shape[3], g->Cout = w.shape[0];
-  g->HO = g->H + 2 * g->PH - 2, g->WO = g->W + 2 * g->PW - 2;
+  g->HO = cpu::conv_out_size(g->H, 3, 1, g->PH, 1), g->WO = cpu::conv_out_size(g->W, 3, 1, g->PW, 1);
   g->flipped = false;
   if (g->HO <= 0 || g->WO <= 0) return invalid_argument(std::string(kConvName) + ": output would be empty");
-  if (!is_shape(a.out(0), g->N, g->Cout, g->HO, g->WO))
+  if (!cpu::is_shape(a.out(0), g->N, g->Cout, g->HO, g->WO))
     return invalid_argument(std::string(kConvName) + ": output " + a.out(0).shape_string() + " is not " +
-                            dims(g->N, g->Cout, g->HO, g->WO));
+                            cpu::dims_string(g->N, g->Cout, g->HO, g->WO));
   if (a.num_inputs == 3 && (a.in(2).rank != 1 || a.in(2).shape[0] != g->Cout))
     return invalid_argument(std::string(kConvName) + ": bias " + a.in(2).shape_string() + " does not fit " +
                             std::to_string(g->Cout) + " output channels");
@@ -457,7 +443,7 @@ Status conv_geometry(const KernelArgs& a, Geometry* g) {
 
 Status conv_check(const KernelArgs& a) {
   ET_RETURN_IF_ERROR(expect_arity(a, kConvName, 2, 3, 1));
-  ET_RETURN_IF_ERROR(expect_all_f32(a, kConvName, a.num_inputs));
+  ET_RETURN_IF_ERROR(cpu::expect_all_f32(a, kConvName, a.num_inputs));
   Geometry g;
   ET_RETURN_IF_ERROR(conv_geometry(a, &g));
   Epilogue ep;
@@ -489,18 +475,19 @@ Status grad_geometry(const KernelArgs& a, Geometry* g) {
   if (dy.rank != 4 || w.rank != 4)
     return invalid_argument(std::string(kGradName) + ": wants 4-d dy and weight, got " + dy.shape_string() + " and " +
                             w.shape_string());
-  const std::vector<int64_t>& xs = a.attr().get_ints("input_shape");
-  if (xs.size() != 4) return invalid_argument(std::string(kGradName) + ": attr input_shape must be 4 ints");
+  int64_t xs[4];
+  if (!cpu::read_shape4(a.attr(), "input_shape", xs))
+    return invalid_argument(std::string(kGradName) + ": attr input_shape must be 4 ints");
   int64_t PH, PW;
   ET_RETURN_IF_ERROR(check_geometry(kGradName, a.attr(), w, xs[1], &PH, &PW));
-  const int64_t HO = xs[2] + 2 * PH - 2, WO = xs[3] + 2 * PW - 2;
+  const int64_t HO = cpu::conv_out_size(xs[2], 3, 1, PH, 1), WO = cpu::conv_out_size(xs[3], 3, 1, PW, 1);
   if (HO <= 0 || WO <= 0) return invalid_argument(std::string(kGradName) + ": forward output would be empty");
-  if (!is_shape(dy, xs[0], w.shape[0], HO, WO))
+  if (!cpu::is_shape(dy, xs[0], w.shape[0], HO, WO))
     return invalid_argument(std::string(kGradName) + ": dy " + dy.shape_string() + " is not " +
-                            dims(xs[0], w.shape[0], HO, WO));
-  if (!is_shape(a.out(0), xs[0], xs[1], xs[2], xs[3]))
+                            cpu::dims_string(xs[0], w.shape[0], HO, WO));
+  if (!cpu::is_shape(a.out(0), xs[0], xs[1], xs[2], xs[3]))
     return invalid_argument(std::string(kGradName) + ": output " + a.out(0).shape_string() + " is not input_shape " +
-                            dims(xs[0], xs[1], xs[2], xs[3]));
+                            cpu::dims_string(xs[0], xs[1], xs[2], xs[3]));
   g->N = xs[0], g->Cin = w.shape[0], g->H = HO, g->W = WO, g->Cout = xs[1];
   g->HO = xs[2], g->WO = xs[3], g->PH = 2 - PH, g->PW = 2 - PW;
   g->flipped = true;
@@ -540,7 +527,7 @@ Status read_grad_mask(const KernelArgs& a, Epilogue* ep) {
 
 Status grad_check(const KernelArgs& a) {
   ET_RETURN_IF_ERROR(expect_arity(a, kGradName, 2, 3, 1));
-  ET_RETURN_IF_ERROR(expect_all_f32(a, kGradName, 2));
+  ET_RETURN_IF_ERROR(cpu::expect_all_f32(a, kGradName, 2));
   Geometry g;
   ET_RETURN_IF_ERROR(grad_geometry(a, &g));
   Epilogue ep;

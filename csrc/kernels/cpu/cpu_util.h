@@ -1,12 +1,15 @@
-// Helpers shared by the CPU kernels: dtype dispatch, check() building blocks, parallel loops,
-// a parallel byte copy, and float exp / tanh / erfc that vectorize (libm's do not).
+// Helpers shared by the CPU kernels: dtype dispatch, check() building blocks (dtypes, shapes, the
+// convolution attributes conv2d and its Winograd variant both read), parallel loops, a parallel
+// byte copy, and float exp / tanh / erfc that vectorize (libm's do not).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include "core/kernel.h"
 
@@ -121,6 +124,82 @@ inline Status want_same_shape(const char* what, const TensorView& t, const Tenso
 inline Status want_scalar(const char* what, const TensorView& t) {
   if (t.numel() == 1) return Status::Ok();
   return invalid_argument(std::string(what) + " must be a scalar, got " + t.shape_string());
+}
+
+// f32 for the first `num_inputs` inputs and every output; `op` starts each message
+// ("conv2d input 1 is f64[...]"). Kernels whose trailing inputs are not f32 (an activation
+// mask, say) pass how many are, and check the rest themselves.
+inline Status expect_all_f32(const KernelArgs& a, const char* op, int num_inputs) {
+  for (int i = 0; i < num_inputs; ++i)
+    ET_RETURN_IF_ERROR(expect_dtype(a, (std::string(op) + " input " + std::to_string(i)).c_str(), a.in(i), DType::f32));
+  for (int i = 0; i < a.num_outputs; ++i)
+    ET_RETURN_IF_ERROR(
+        expect_dtype(a, (std::string(op) + " output " + std::to_string(i)).c_str(), a.out(i), DType::f32));
+  return Status::Ok();
+}
+inline Status expect_all_f32(const KernelArgs& a, const char* op) { return expect_all_f32(a, op, a.num_inputs); }
+
+// Rank 4 with exactly these sizes ([N, C, H, W] images, [O, C, KH, KW] weights).
+inline bool is_shape(const TensorView& t, int64_t a, int64_t b, int64_t c, int64_t d) {
+  return t.rank == 4 && t.shape[0] == a && t.shape[1] == b && t.shape[2] == c && t.shape[3] == d;
+}
+
+// "[2,3,8,8]": four sizes the way messages write shapes.
+inline std::string dims_string(int64_t a, int64_t b, int64_t c, int64_t d) {
+  return "[" + std::to_string(a) + "," + std::to_string(b) + "," + std::to_string(c) + "," + std::to_string(d) + "]";
+}
+
+// Four sizes from an ints attr ("input_shape", "weight_shape"); false unless it has exactly four.
+inline bool read_shape4(const Attrs& attrs, const char* name, int64_t* out) {
+  const std::vector<int64_t>& v = attrs.get_ints(name);
+  if (v.size() != 4) return false;
+  for (int i = 0; i < 4; ++i) out[i] = v[i];
+  return true;
+}
+
+// ---- convolution attributes --------------------------------------------------------------------
+// What compiler/ops/conv.py puts on conv2d and its gradients: stride, padding and dilation as
+// (h, w) pairs (defaults 1, 0, 1) and groups (default 1). Read here, once, for conv2d.* and
+// conv2d*.winograd; each kernel then checks the values it can run.
+struct ConvParams {
+  int64_t SH = 1, SW = 1, PH = 0, PW = 0, DH = 1, DW = 1, G = 1;
+};
+
+inline Status read_conv_params(const char* op, const Attrs& attrs, ConvParams* p) {
+  if (!attrs.get_pair("stride", 1, &p->SH, &p->SW) || !attrs.get_pair("padding", 0, &p->PH, &p->PW) ||
+      !attrs.get_pair("dilation", 1, &p->DH, &p->DW))
+    return invalid_argument(std::string(op) + ": stride/padding/dilation must be int pairs");
+  p->G = attrs.get_int("groups", 1);
+  return Status::Ok();
+}
+
+// Output size of a convolution along one axis (PyTorch's formula; <= 0 when the output is empty).
+inline int64_t conv_out_size(int64_t size, int64_t k, int64_t s, int64_t p, int64_t d) {
+  return (size + 2 * p - d * (k - 1) - 1) / s + 1;
+}
+
+// One input row staged for a window loop (the depthwise conv in conv.cc, max pooling in pool.cc):
+// split into S stride phases, ph[r * np + q] = row[q * S + r - P] where that lies in [0, W), else
+// `pad` (0 for a convolution, -inf for max pooling). Tap j of output column o then reads phase
+// (j * D) % S at position o + (j * D) / S: a contiguous, bounds-free loop whatever the stride.
+inline void stage_row(const float* row, int64_t W, int64_t P, int64_t S, int64_t np, float pad, float* ph) {
+  for (int64_t r = 0; r < S; ++r) {
+    float* d = ph + r * np;
+    // q with 0 <= q*S + r - P < W
+    const int64_t q0 = std::min(np, P - r > 0 ? (P - r + S - 1) / S : 0);
+    const int64_t q1 = std::max(q0, std::min(np, W + P - r > 0 ? (W + P - r + S - 1) / S : 0));
+    std::fill(d, d + q0, pad);
+    const float* src = row + q0 * S + r - P;
+    const int64_t n = q1 - q0;
+    if (S == 1) {
+      std::memcpy(d + q0, src, sizeof(float) * static_cast<size_t>(n));
+    } else if (S == 2) {  // constant stride: vectorizes as a deinterleave
+      for (int64_t k = 0; k < n; ++k) d[q0 + k] = src[2 * k];
+    } else {
+      for (int64_t k = 0; k < n; ++k) d[q0 + k] = src[k * S];
+    }
+    std::fill(d + q1, d + np, pad);
+  }
 }
 
 // ---- threads -----------------------------------------------------------------------------------

@@ -74,6 +74,22 @@ Status bad_target(const TensorView& t, int64_t code, int64_t classes) {
                           " is outside [0, " + std::to_string(classes) + ") and not ignore_index");
 }
 
+// What every class-index loss kernel reads before it runs: ignore_index, the reduction, and the
+// denominator of "mean" (validate_targets). A target outside [0, C) is an error naming its row.
+struct ClassTargets {
+  int64_t ignore = -100;
+  Reduction r = Reduction::kMean;
+  int64_t denom = 1;
+};
+
+Status read_class_targets(const KernelArgs& a, const TensorView& target, int64_t classes, ClassTargets* t) {
+  t->ignore = a.attr().get_int("ignore_index", -100);
+  t->r = reduction_of(a);
+  t->denom = validate_targets(target, classes, t->ignore, t->r);
+  if (t->denom < 0) return bad_target(target, t->denom, classes);
+  return Status::Ok();
+}
+
 Status check_class_inputs(const KernelArgs& a, const TensorView& scores, const TensorView& target) {
   ET_RETURN_IF_ERROR(cpu::want_float("scores", scores));
   ET_RETURN_IF_ERROR(cpu::want_index("targets", target));
@@ -144,11 +160,11 @@ struct RowStats {
 Status run_cross_entropy(const KernelArgs& a) {
   const TensorView &logits = a.in(0), &target = a.in(1), &out = a.out(0);
   const int64_t n = logits.shape[0], c = logits.shape[1];
-  const int64_t ignore = a.attr().get_int("ignore_index", -100);
   const double ls = a.attr().get_float("label_smoothing", 0.0);
-  const Reduction r = reduction_of(a);
-  const int64_t denom = validate_targets(target, c, ignore, r);
-  if (denom < 0) return bad_target(target, denom, c);
+  ClassTargets ct;
+  ET_RETURN_IF_ERROR(read_class_targets(a, target, c, &ct));
+  const int64_t ignore = ct.ignore, denom = ct.denom;
+  const Reduction r = ct.r;
   double* rows = static_cast<double*>(a.workspace);
   bool ok = cpu::visit_float(logits.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -193,11 +209,11 @@ Status check_cross_entropy_backward(const KernelArgs& a) {
 Status run_cross_entropy_backward(const KernelArgs& a) {
   const TensorView &dloss = a.in(0), &logits = a.in(1), &target = a.in(2), &out = a.out(0);
   const int64_t n = logits.shape[0], c = logits.shape[1];
-  const int64_t ignore = a.attr().get_int("ignore_index", -100);
   const double ls = a.attr().get_float("label_smoothing", 0.0);
-  const Reduction r = reduction_of(a);
-  const int64_t denom = validate_targets(target, c, ignore, r);
-  if (denom < 0) return bad_target(target, denom, c);
+  ClassTargets ct;
+  ET_RETURN_IF_ERROR(read_class_targets(a, target, c, &ct));
+  const int64_t ignore = ct.ignore, denom = ct.denom;
+  const Reduction r = ct.r;
   bool ok = cpu::visit_float(logits.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const T* x = logits.as<T>();
@@ -240,10 +256,10 @@ Status check_nll_loss(const KernelArgs& a) {
 Status run_nll_loss(const KernelArgs& a) {
   const TensorView &logp = a.in(0), &target = a.in(1), &out = a.out(0);
   const int64_t n = logp.shape[0], c = logp.shape[1];
-  const int64_t ignore = a.attr().get_int("ignore_index", -100);
-  const Reduction r = reduction_of(a);
-  const int64_t denom = validate_targets(target, c, ignore, r);
-  if (denom < 0) return bad_target(target, denom, c);
+  ClassTargets ct;
+  ET_RETURN_IF_ERROR(read_class_targets(a, target, c, &ct));
+  const int64_t ignore = ct.ignore, denom = ct.denom;
+  const Reduction r = ct.r;
   bool ok = cpu::visit_float(logp.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const T* x = logp.as<T>();
@@ -281,10 +297,10 @@ Status check_nll_loss_backward(const KernelArgs& a) {
 Status run_nll_loss_backward(const KernelArgs& a) {
   const TensorView &dloss = a.in(0), &target = a.in(1), &out = a.out(0);
   const int64_t n = out.shape[0], c = out.shape[1];
-  const int64_t ignore = a.attr().get_int("ignore_index", -100);
-  const Reduction r = reduction_of(a);
-  const int64_t denom = validate_targets(target, c, ignore, r);
-  if (denom < 0) return bad_target(target, denom, c);
+  ClassTargets ct;
+  ET_RETURN_IF_ERROR(read_class_targets(a, target, c, &ct));
+  const int64_t ignore = ct.ignore, denom = ct.denom;
+  const Reduction r = ct.r;
   bool ok = cpu::visit_float(dloss.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const T* dl = dloss.as<T>();

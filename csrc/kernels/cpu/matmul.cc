@@ -17,6 +17,7 @@
 #include <string>
 
 #include "core/kernel.h"
+#include "kernels/cpu/cpu_util.h"
 #include "kernels/cpu/gemm.h"
 
 namespace edgetune {
@@ -25,21 +26,11 @@ namespace {
 // Below this many multiply-adds per product, batches run in parallel rather than each GEMM threaded.
 constexpr int64_t kSmallGemmMacs = int64_t{1} << 20;
 
-// f32 for the first `num_inputs` inputs (the rest, a mask, is checked by read_output_mask) and outputs.
-Status expect_all_f32(const KernelArgs& a, const char* op, int num_inputs) {
-  for (int i = 0; i < num_inputs; ++i)
-    ET_RETURN_IF_ERROR(expect_dtype(a, (std::string(op) + " input " + std::to_string(i)).c_str(), a.in(i), DType::f32));
-  for (int i = 0; i < a.num_outputs; ++i)
-    ET_RETURN_IF_ERROR(
-        expect_dtype(a, (std::string(op) + " output " + std::to_string(i)).c_str(), a.out(i), DType::f32));
-  return Status::Ok();
-}
-
 // ---- matmul ----------------------------------------------------------------------------------
 
 Status matmul_check(const KernelArgs& a) {
   ET_RETURN_IF_ERROR(expect_arity(a, "matmul", 2, 3, 1));
-  ET_RETURN_IF_ERROR(expect_all_f32(a, "matmul", 2));
+  ET_RETURN_IF_ERROR(cpu::expect_all_f32(a, "matmul", 2));
   const TensorView &x = a.in(0), &y = a.in(1), &out = a.out(0);
   if (x.rank < 2 || y.rank < 2 || x.dim(-1) != y.dim(-2))
     return invalid_argument("matmul: " + x.shape_string() + " @ " + y.shape_string() + " is not a matrix product");
@@ -121,7 +112,7 @@ Status matmul_run(const KernelArgs& a) {
 
 Status linear_check(const KernelArgs& a) {
   ET_RETURN_IF_ERROR(expect_arity(a, "linear", 2, 3, 1));
-  ET_RETURN_IF_ERROR(expect_all_f32(a, "linear", a.num_inputs));
+  ET_RETURN_IF_ERROR(cpu::expect_all_f32(a, "linear", a.num_inputs));
   float lo, hi;
   ET_RETURN_IF_ERROR(read_activation(a.attr(), "linear", &lo, &hi));
   const TensorView &x = a.in(0), &w = a.in(1), &out = a.out(0);

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "core/kernel.h"
+#include "kernels/cpu/cpu_util.h"
 
 namespace edgetune {
 namespace {
@@ -88,22 +89,6 @@ void row_dy_sums(const float* dy, const float* x, int64_t n, double m, double* s
   *s_dyx += sb;
 }
 
-Status expect_all_f32(const KernelArgs& a, const char* op) {
-  for (int i = 0; i < a.num_inputs; ++i)
-    ET_RETURN_IF_ERROR(expect_dtype(a, (std::string(op) + " input " + std::to_string(i)).c_str(), a.in(i), DType::f32));
-  for (int i = 0; i < a.num_outputs; ++i)
-    ET_RETURN_IF_ERROR(
-        expect_dtype(a, (std::string(op) + " output " + std::to_string(i)).c_str(), a.out(i), DType::f32));
-  return Status::Ok();
-}
-
-bool same_shape(const TensorView& a, const TensorView& b) {
-  if (a.rank != b.rank) return false;
-  for (int i = 0; i < a.rank; ++i)
-    if (a.shape[i] != b.shape[i]) return false;
-  return true;
-}
-
 bool is_vector(const TensorView& t, int64_t n) { return t.rank == 1 && t.shape[0] == n; }
 
 // output_mask attr ([dx, dw, db] as 0/1): how many outputs, and which output slot each takes (-1 = off)
@@ -139,7 +124,7 @@ Status bn_check_inputs(const KernelArgs& a, const char* op) {
     if (!is_vector(a.in(i), x.shape[1]))
       return invalid_argument(std::string(op) + ": per-channel input " + a.in(i).shape_string() + " does not fit " +
                               std::to_string(x.shape[1]) + " channels");
-  if (!same_shape(a.out(0), x))
+  if (!cpu::same_shape(a.out(0), x))
     return invalid_argument(std::string(op) + ": output " + a.out(0).shape_string() + " is not " + x.shape_string());
   return Status::Ok();
 }
@@ -148,7 +133,7 @@ int64_t channel_grain(const BN& b) { return std::max<int64_t>(1, 32768 / std::ma
 
 Status bn_train_check(const KernelArgs& a) {
   ET_RETURN_IF_ERROR(expect_arity(a, "batch_norm_train", 5, 5, 5));
-  ET_RETURN_IF_ERROR(expect_all_f32(a, "batch_norm_train"));
+  ET_RETURN_IF_ERROR(cpu::expect_all_f32(a, "batch_norm_train"));
   ET_RETURN_IF_ERROR(bn_check_inputs(a, "batch_norm_train"));
   for (int i = 1; i < 5; ++i)
     if (!is_vector(a.out(i), a.in(0).shape[1]))
@@ -197,7 +182,7 @@ Status bn_train_run(const KernelArgs& a) {
 
 Status bn_infer_check(const KernelArgs& a) {
   ET_RETURN_IF_ERROR(expect_arity(a, "batch_norm_infer", 5, 5, 1));
-  ET_RETURN_IF_ERROR(expect_all_f32(a, "batch_norm_infer"));
+  ET_RETURN_IF_ERROR(cpu::expect_all_f32(a, "batch_norm_infer"));
   return bn_check_inputs(a, "batch_norm_infer");
 }
 
@@ -224,18 +209,18 @@ Status bn_infer_run(const KernelArgs& a) {
 
 Status bn_backward_check(const KernelArgs& a) {
   ET_RETURN_IF_ERROR(expect_arity(a, "batch_norm_backward", 5, 5, a.num_outputs));
-  ET_RETURN_IF_ERROR(expect_all_f32(a, "batch_norm_backward"));
+  ET_RETURN_IF_ERROR(cpu::expect_all_f32(a, "batch_norm_backward"));
   int slot[3];
   ET_RETURN_IF_ERROR(read_mask(a, "batch_norm_backward", slot));
   const TensorView &dy = a.in(0), &x = a.in(1);
-  if (x.rank < 2 || !same_shape(dy, x))
+  if (x.rank < 2 || !cpu::same_shape(dy, x))
     return invalid_argument("batch_norm_backward: dy " + dy.shape_string() + " and x " + x.shape_string() +
                             " must be the same [N, C, ...] shape");
   for (int i = 2; i < 5; ++i)
     if (!is_vector(a.in(i), x.shape[1]))
       return invalid_argument("batch_norm_backward: per-channel input " + a.in(i).shape_string() + " does not fit " +
                               std::to_string(x.shape[1]) + " channels");
-  if (slot[0] >= 0 && !same_shape(a.out(slot[0]), x))
+  if (slot[0] >= 0 && !cpu::same_shape(a.out(slot[0]), x))
     return invalid_argument("batch_norm_backward: dx " + a.out(slot[0]).shape_string() + " is not " + x.shape_string());
   for (int i = 1; i < 3; ++i)
     if (slot[i] >= 0 && !is_vector(a.out(slot[i]), x.shape[1]))
@@ -301,13 +286,13 @@ Status ln_geometry(const KernelArgs& a, const char* op, const TensorView& x, int
 
 Status ln_check(const KernelArgs& a) {
   ET_RETURN_IF_ERROR(expect_arity(a, "layer_norm", 3, 3, 3));
-  ET_RETURN_IF_ERROR(expect_all_f32(a, "layer_norm"));
+  ET_RETURN_IF_ERROR(cpu::expect_all_f32(a, "layer_norm"));
   int64_t rows, D;
   ET_RETURN_IF_ERROR(ln_geometry(a, "layer_norm", a.in(0), &rows, &D));
   if (a.in(1).numel() != D || a.in(2).numel() != D)
     return invalid_argument("layer_norm: affine params " + a.in(1).shape_string() + ", " + a.in(2).shape_string() +
                             " do not fit normalized_shape");
-  if (!same_shape(a.out(0), a.in(0)) || a.out(1).numel() != rows || a.out(2).numel() != rows)
+  if (!cpu::same_shape(a.out(0), a.in(0)) || a.out(1).numel() != rows || a.out(2).numel() != rows)
     return invalid_argument("layer_norm: outputs do not fit input " + a.in(0).shape_string());
   return Status::Ok();
 }
@@ -336,17 +321,17 @@ Status ln_run(const KernelArgs& a) {
 
 Status ln_backward_check(const KernelArgs& a) {
   ET_RETURN_IF_ERROR(expect_arity(a, "layer_norm_backward", 5, 5, a.num_outputs));
-  ET_RETURN_IF_ERROR(expect_all_f32(a, "layer_norm_backward"));
+  ET_RETURN_IF_ERROR(cpu::expect_all_f32(a, "layer_norm_backward"));
   int slot[3];
   ET_RETURN_IF_ERROR(read_mask(a, "layer_norm_backward", slot));
   const TensorView &dy = a.in(0), &x = a.in(1);
-  if (!same_shape(dy, x))
+  if (!cpu::same_shape(dy, x))
     return invalid_argument("layer_norm_backward: dy " + dy.shape_string() + " is not x " + x.shape_string());
   int64_t rows, D;
   ET_RETURN_IF_ERROR(ln_geometry(a, "layer_norm_backward", x, &rows, &D));
   if (a.in(2).numel() != D || a.in(3).numel() != rows || a.in(4).numel() != rows)
     return invalid_argument("layer_norm_backward: weight/mean/rstd do not fit x " + x.shape_string());
-  if (slot[0] >= 0 && !same_shape(a.out(slot[0]), x))
+  if (slot[0] >= 0 && !cpu::same_shape(a.out(slot[0]), x))
     return invalid_argument("layer_norm_backward: dx " + a.out(slot[0]).shape_string() + " is not " + x.shape_string());
   for (int i = 1; i < 3; ++i)
     if (slot[i] >= 0 && a.out(slot[i]).numel() != D)

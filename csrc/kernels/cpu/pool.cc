@@ -12,6 +12,7 @@
 #include <string>
 
 #include "core/kernel.h"
+#include "kernels/cpu/cpu_util.h"
 
 namespace edgetune {
 namespace {
@@ -50,14 +51,9 @@ Status make_pool(const char* op, const Attrs& attrs, const int64_t* xs, bool dil
   return Status::Ok();
 }
 
-bool is_shape(const TensorView& t, int64_t a, int64_t b, int64_t c, int64_t d) {
-  return t.rank == 4 && t.shape[0] == a && t.shape[1] == b && t.shape[2] == c && t.shape[3] == d;
-}
-
 Status read_input_shape(const KernelArgs& a, const char* op, int64_t* xs) {
-  const std::vector<int64_t>& v = a.attr().get_ints("input_shape");
-  if (v.size() != 4) return invalid_argument(std::string(op) + ": attr input_shape must be 4 ints");
-  for (int i = 0; i < 4; ++i) xs[i] = v[i];
+  if (!cpu::read_shape4(a.attr(), "input_shape", xs))
+    return invalid_argument(std::string(op) + ": attr input_shape must be 4 ints");
   return Status::Ok();
 }
 
@@ -74,35 +70,16 @@ Status max_check(const KernelArgs& a) {
   Pool p;
   ET_RETURN_IF_ERROR(make_pool("max_pool2d", a.attr(), a.in(0).shape, true, &p));
   for (int i = 0; i < 2; ++i)
-    if (!is_shape(a.out(i), p.N, p.C, p.HO, p.WO))
+    if (!cpu::is_shape(a.out(i), p.N, p.C, p.HO, p.WO))
       return invalid_argument("max_pool2d: output " + a.out(i).shape_string() + " does not fit the pooling geometry");
   return Status::Ok();
 }
 
-// The max-pool rows are staged like the depthwise conv's (conv.cc): each input row a window row
-// reads is copied into a stack buffer padded with -inf and split into SW phases,
+// The max-pool rows are staged like the depthwise conv's (cpu::stage_row, cpu_util.h): each input
+// row a window row reads is copied into a stack buffer padded with -inf and split into SW phases,
 // ph[r * np + q] = xpad[q * SW + r], so tap j of output column ow reads phase (j*DW) % SW at
 // position ow + (j*DW) / SW — a contiguous, bounds-free loop whatever the stride or dilation.
 constexpr int64_t kStageFloats = 8192;  // 32 KiB of stack per thread
-
-void stage_row(const float* row, int64_t W, int64_t P, int64_t S, int64_t np, float pad, float* ph) {
-  for (int64_t r = 0; r < S; ++r) {
-    float* d = ph + r * np;
-    const int64_t q0 = std::min(np, P - r > 0 ? (P - r + S - 1) / S : 0);  // first q inside the row
-    const int64_t q1 = std::max(q0, std::min(np, W + P - r > 0 ? (W + P - r + S - 1) / S : 0));
-    std::fill(d, d + q0, pad);
-    const float* src = row + q0 * S + r - P;
-    const int64_t n = q1 - q0;
-    if (S == 1) {
-      std::copy(src, src + n, d + q0);
-    } else if (S == 2) {
-      for (int64_t k = 0; k < n; ++k) d[q0 + k] = src[2 * k];
-    } else {
-      for (int64_t k = 0; k < n; ++k) d[q0 + k] = src[k * S];
-    }
-    std::fill(d + q1, d + np, pad);
-  }
-}
 
 // One tap over a row of outputs: take it where strictly greater, or the first NaN. Bitwise, not
 // short-circuit, logic and a function of its own keep GCC vectorizing it in every caller.
@@ -167,7 +144,7 @@ Status max_run(const KernelArgs& a) {
         for (int64_t i = 0; i < p.KH; ++i) {
           const int64_t ih = ih0 + i * p.DH;
           if (ih < 0 || ih >= p.H) continue;  // an all-padding row replaces nothing
-          stage_row(xp + ih * p.W, p.W, p.PW, p.SW, np, ninf, ph);
+          cpu::stage_row(xp + ih * p.W, p.W, p.PW, p.SW, np, ninf, ph);
           for (int64_t j = 0; j < p.KW; ++j) {
             const int64_t t = j * p.DW;
             const float* __restrict src = ph + (t % p.SW) * np + t / p.SW;
@@ -200,7 +177,7 @@ Status max_backward_check(const KernelArgs& a) {
     if (ix.shape[i] != dy.shape[i])
       return invalid_argument("max_pool2d_backward: indices " + ix.shape_string() + " are not the shape of dy " +
                               dy.shape_string());
-  if (!is_shape(a.out(0), xs[0], xs[1], xs[2], xs[3]))
+  if (!cpu::is_shape(a.out(0), xs[0], xs[1], xs[2], xs[3]))
     return invalid_argument("max_pool2d_backward: output " + a.out(0).shape_string() + " is not input_shape");
   return Status::Ok();
 }
@@ -235,6 +212,10 @@ Status max_backward_run(const KernelArgs& a) {
 struct AvgDiv {
   bool include_pad;
   int64_t override_div;
+  // The divisor of the window with padded extent ph x pw and in-bounds extent (h1-h0) x (w1-w0).
+  int64_t of(int64_t ph, int64_t pw, int64_t h0, int64_t h1, int64_t w0, int64_t w1) const {
+    return override_div ? override_div : include_pad ? ph * pw : (h1 - h0) * (w1 - w0);
+  }
 };
 
 AvgDiv avg_div_of(const Attrs& attrs) { return {attrs.get_int("count_include_pad", 1) != 0, attrs.get_int("divisor_override", 0)}; }
@@ -255,9 +236,24 @@ Status avg_check(const KernelArgs& a) {
   if (a.attr().get_int("divisor_override", 0) < 0) return invalid_argument("avg_pool2d: divisor_override < 0");
   Pool p;
   ET_RETURN_IF_ERROR(make_pool("avg_pool2d", a.attr(), a.in(0).shape, false, &p));
-  if (!is_shape(a.out(0), p.N, p.C, p.HO, p.WO))
+  if (!cpu::is_shape(a.out(0), p.N, p.C, p.HO, p.WO))
     return invalid_argument("avg_pool2d: output " + a.out(0).shape_string() + " does not fit the pooling geometry");
   return Status::Ok();
+}
+
+// Every averaging window of one [H, W] plane, in output order: fn(o, h0, h1, w0, w1, div) with
+// o = oh * WO + ow, the window's in-bounds rows [h0, h1) and columns [w0, w1), and its divisor.
+template <typename Fn>
+void for_each_avg_window(const Pool& p, const AvgDiv& dv, const Fn& fn) {
+  for (int64_t oh = 0; oh < p.HO; ++oh) {
+    int64_t h0, h1, ph;
+    extent(oh, p.KH, p.SH, p.PH, p.H, &h0, &h1, &ph);
+    for (int64_t ow = 0; ow < p.WO; ++ow) {
+      int64_t w0, w1, pw;
+      extent(ow, p.KW, p.SW, p.PW, p.W, &w0, &w1, &pw);
+      fn(oh * p.WO + ow, h0, h1, w0, w1, dv.of(ph, pw, h0, h1, w0, w1));
+    }
+  }
 }
 
 Status avg_run(const KernelArgs& a) {
@@ -271,19 +267,12 @@ Status avg_run(const KernelArgs& a) {
     for (int64_t q = q0; q < q1; ++q) {
       const float* xp = x + q * plane;
       float* yp = y + q * oplane;
-      for (int64_t oh = 0; oh < p.HO; ++oh) {
-        int64_t h0, h1, ph;
-        extent(oh, p.KH, p.SH, p.PH, p.H, &h0, &h1, &ph);
-        for (int64_t ow = 0; ow < p.WO; ++ow) {
-          int64_t w0, w1, pw;
-          extent(ow, p.KW, p.SW, p.PW, p.W, &w0, &w1, &pw);
-          double s = 0;
-          for (int64_t ih = h0; ih < h1; ++ih)
-            for (int64_t iw = w0; iw < w1; ++iw) s += xp[ih * p.W + iw];
-          const int64_t div = dv.override_div ? dv.override_div : dv.include_pad ? ph * pw : (h1 - h0) * (w1 - w0);
-          yp[oh * p.WO + ow] = static_cast<float>(s / static_cast<double>(div));
-        }
-      }
+      for_each_avg_window(p, dv, [&](int64_t o, int64_t h0, int64_t h1, int64_t w0, int64_t w1, int64_t div) {
+        double s = 0;
+        for (int64_t ih = h0; ih < h1; ++ih)
+          for (int64_t iw = w0; iw < w1; ++iw) s += xp[ih * p.W + iw];
+        yp[o] = static_cast<float>(s / static_cast<double>(div));
+      });
     }
   });
   return Status::Ok();
@@ -298,9 +287,9 @@ Status avg_backward_check(const KernelArgs& a) {
   ET_RETURN_IF_ERROR(read_input_shape(a, "avg_pool2d_backward", xs));
   Pool p;
   ET_RETURN_IF_ERROR(make_pool("avg_pool2d_backward", a.attr(), xs, false, &p));
-  if (!is_shape(a.in(0), p.N, p.C, p.HO, p.WO))
+  if (!cpu::is_shape(a.in(0), p.N, p.C, p.HO, p.WO))
     return invalid_argument("avg_pool2d_backward: dy " + a.in(0).shape_string() + " does not fit the pooling geometry");
-  if (!is_shape(a.out(0), xs[0], xs[1], xs[2], xs[3]))
+  if (!cpu::is_shape(a.out(0), xs[0], xs[1], xs[2], xs[3]))
     return invalid_argument("avg_pool2d_backward: output " + a.out(0).shape_string() + " is not input_shape");
   return Status::Ok();
 }
@@ -319,18 +308,11 @@ Status avg_backward_run(const KernelArgs& a) {
       float* dxp = dx + q * plane;
       std::fill(dxp, dxp + plane, 0.0f);
       const float* dyp = dy + q * oplane;
-      for (int64_t oh = 0; oh < p.HO; ++oh) {
-        int64_t h0, h1, ph;
-        extent(oh, p.KH, p.SH, p.PH, p.H, &h0, &h1, &ph);
-        for (int64_t ow = 0; ow < p.WO; ++ow) {
-          int64_t w0, w1, pw;
-          extent(ow, p.KW, p.SW, p.PW, p.W, &w0, &w1, &pw);
-          const int64_t div = dv.override_div ? dv.override_div : dv.include_pad ? ph * pw : (h1 - h0) * (w1 - w0);
-          const float g = static_cast<float>(dyp[oh * p.WO + ow] / static_cast<double>(div));
-          for (int64_t ih = h0; ih < h1; ++ih)
-            for (int64_t iw = w0; iw < w1; ++iw) dxp[ih * p.W + iw] += g;
-        }
-      }
+      for_each_avg_window(p, dv, [&](int64_t o, int64_t h0, int64_t h1, int64_t w0, int64_t w1, int64_t div) {
+        const float g = static_cast<float>(dyp[o] / static_cast<double>(div));
+        for (int64_t ih = h0; ih < h1; ++ih)
+          for (int64_t iw = w0; iw < w1; ++iw) dxp[ih * p.W + iw] += g;
+      });
     }
   });
   return Status::Ok();
