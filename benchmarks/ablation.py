@@ -40,7 +40,7 @@ import sys
 import time
 
 from . import bench  # CASES, the fresh-process runner, table helpers
-from .locations import RUNNERS, results_dir, work_root
+from .locations import RUNNERS
 
 SCHEMES = ["bias-only", "sparse"]
 DEFAULT_MODELS = ["mobilenet_v2", "resnet18", "bert"]
@@ -251,33 +251,15 @@ def parse_args(argv):
     ap.add_argument("--resolution", type=int, help="image side for the vision models (default 224; for quick checks)")
     ap.add_argument("--seq-len", type=int, help="sequence length for the text models (default 128)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--warmup", type=int, default=None, help="default 2 (smoke 1)")
-    ap.add_argument("--steps", type=int, default=None, help="timed steps per configuration, default 5 (smoke 2)")
-    ap.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
-    ap.add_argument("--lr", type=float, default=0.01)
-    ap.add_argument("--momentum", type=float, default=0.9)
-    ap.add_argument("--out", help="results folder (default benchmarks/results; smoke: build/ablation/smoke)")
-    ap.add_argument("--work", help="per-cell files (default build/ablation/cells[-smoke])")
-    ap.add_argument("--timeout", type=int, default=900, help="seconds per process")
+    bench.add_run_options(ap, "ablation", "configuration")
     ap.add_argument("--keep-plans", action="store_true", help="keep every configuration's plan.etp after timing it")
-    ap.add_argument("--omp-active", action="store_true",
-                    help="leave OMP_WAIT_POLICY alone (default: PASSIVE, robust when the cores are shared)")
-    ap.add_argument("--no-plots", action="store_true")
     args = ap.parse_args(argv)
-    if args.smoke:
-        args.models = args.models or SMOKE["models"]
-        args.schemes = args.schemes or SMOKE["schemes"]
-        args.warmup = SMOKE["warmup"] if args.warmup is None else args.warmup
-        args.steps = SMOKE["steps"] if args.steps is None else args.steps
-    args.warmup = 2 if args.warmup is None else args.warmup
-    args.steps = 5 if args.steps is None else args.steps
+    bench.apply_run_defaults(args, SMOKE)
     if args.warmup < 1 and args.steps < 1:
         ap.error("need at least one step (the first-step loss is the correctness guard)")
     args.models = args.models or list(DEFAULT_MODELS)
     args.schemes = args.schemes or list(SCHEMES)
-    args.out = args.out or (os.path.join(work_root(), "ablation", "smoke") if args.smoke
-                            else results_dir())
-    args.work = args.work or os.path.join(work_root(), "ablation", "cells-smoke" if args.smoke else "cells")
+    bench.set_run_folders(args, "ablation")
     return args
 
 

@@ -308,6 +308,38 @@ def _csv(choices):
     return parse
 
 
+def add_run_options(ap: argparse.ArgumentParser, name: str, unit: str) -> None:
+    """The options every benchmark driver shares (bench.py, ablation.py): steps, optimizer,
+    folders (under `name`), timeouts, plots."""
+    ap.add_argument("--warmup", type=int, default=None, help="default 2 (smoke 1)")
+    ap.add_argument("--steps", type=int, default=None, help=f"timed steps per {unit}, default 5 (smoke 2)")
+    ap.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
+    ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--momentum", type=float, default=0.9)
+    ap.add_argument("--out", help=f"results folder (default benchmarks/results; smoke: build/{name}/smoke)")
+    ap.add_argument("--work", help=f"per-cell files (default build/{name}/cells[-smoke])")
+    ap.add_argument("--timeout", type=int, default=900, help="seconds per process")
+    ap.add_argument("--omp-active", action="store_true",
+                    help="leave OMP_WAIT_POLICY alone (default: PASSIVE, robust when the cores are shared)")
+    ap.add_argument("--no-plots", action="store_true")
+
+
+def apply_run_defaults(args, smoke: dict) -> None:
+    """--smoke's models, schemes and step counts where not given; 2 warm-up + 5 timed steps else."""
+    if args.smoke:
+        args.models = args.models or smoke["models"]
+        args.schemes = args.schemes or smoke["schemes"]
+        args.warmup = smoke["warmup"] if args.warmup is None else args.warmup
+        args.steps = smoke["steps"] if args.steps is None else args.steps
+    args.warmup = 2 if args.warmup is None else args.warmup
+    args.steps = 5 if args.steps is None else args.steps
+
+
+def set_run_folders(args, name: str) -> None:
+    args.out = args.out or (os.path.join(work_root(), name, "smoke") if args.smoke else results_dir())
+    args.work = args.work or os.path.join(work_root(), name, "cells-smoke" if args.smoke else "cells")
+
+
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog="edgetune bench", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -318,31 +350,13 @@ def parse_args(argv):
     ap.add_argument("--runtimes", type=_csv(RUNTIMES), default=list(RUNTIMES), help="default: all four")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--warmup", type=int, default=None, help="default 2 (smoke 1)")
-    ap.add_argument("--steps", type=int, default=None, help="timed steps per cell, default 5 (smoke 2)")
-    ap.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
-    ap.add_argument("--lr", type=float, default=0.01)
-    ap.add_argument("--momentum", type=float, default=0.9)
-    ap.add_argument("--out", help="results folder (default benchmarks/results; smoke: build/bench/smoke)")
-    ap.add_argument("--work", help="per-cell files (default build/bench/cells[-smoke])")
+    add_run_options(ap, "bench", "cell")
     ap.add_argument("--peers-dir", default=peers_env.DEFAULT_ROOT, help="where the peers' venvs live")
-    ap.add_argument("--timeout", type=int, default=900, help="seconds per process")
-    ap.add_argument("--omp-active", action="store_true",
-                    help="leave OMP_WAIT_POLICY alone (default: PASSIVE, robust when the cores are shared)")
-    ap.add_argument("--no-plots", action="store_true")
     args = ap.parse_args(argv)
-    if args.smoke:
-        args.models = args.models or SMOKE["models"]
-        args.schemes = args.schemes or SMOKE["schemes"]
-        args.warmup = SMOKE["warmup"] if args.warmup is None else args.warmup
-        args.steps = SMOKE["steps"] if args.steps is None else args.steps
-    args.warmup = 2 if args.warmup is None else args.warmup
-    args.steps = 5 if args.steps is None else args.steps
+    apply_run_defaults(args, SMOKE)
     args.schemes = args.schemes or list(SCHEMES)
     args.runtimes = [r for r in RUNTIMES if r in args.runtimes]  # table columns in a fixed order
-    args.out = args.out or (os.path.join(work_root(), "bench", "smoke") if args.smoke
-                            else results_dir())
-    args.work = args.work or os.path.join(work_root(), "bench", "cells-smoke" if args.smoke else "cells")
+    set_run_folders(args, "bench")
     return args
 
 

@@ -7,6 +7,28 @@ from __future__ import annotations
 from ..compiler.program import ImportedModel  # noqa: F401  (re-exported for the frontends)
 
 
+class Emitter:
+    """What both importers share: `emit`/`emit1` through `self.b` (a Builder), tagging each new
+    node with the source location of the foreign node being imported (`self.node`), which
+    `source_of` (per frontend) turns into "file.py:LINE" or an ONNX node name."""
+
+    b = None
+    node = None
+
+    def source_of(self, node):
+        raise NotImplementedError
+
+    @property
+    def source(self):
+        return self.source_of(self.node) if self.node is not None else None
+
+    def emit(self, op, inputs, attrs=None):
+        return self.b.emit(op, inputs, attrs, source=self.source)
+
+    def emit1(self, op, inputs, attrs=None):
+        return self.b.emit1(op, inputs, attrs, source=self.source)
+
+
 def resolve_shape(shape, numel: int, where: str) -> list[int]:
     """Resolve one -1 in a reshape target."""
     from ..compiler.errors import ShapeError

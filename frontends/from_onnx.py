@@ -45,7 +45,7 @@ import numpy as np
 from ..compiler.errors import CaptureError, EdgetuneError, InputError, UnsupportedOpError
 from ..compiler.ir import Graph, NameGen, TensorType, Value, dtype_of_numpy, numpy_dtype
 from ..compiler.ops.registry import Builder
-from .common import ImportedModel, handler_table, lower_matmul, lower_reshape, lower_slice, norm_dim, resolve_shape
+from .common import Emitter, ImportedModel, handler_table, lower_matmul, lower_reshape, lower_slice, norm_dim, resolve_shape
 
 MIN_OPSET = 13
 _DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -190,7 +190,7 @@ def _close(v, target, rel=1e-4) -> bool:
 # =============================================================================================
 # The importer
 # =============================================================================================
-class OnnxImporter:
+class OnnxImporter(Emitter):
     def __init__(self, mp, graph: Graph, opset: int, where: str):
         self.mp = mp
         self.g = graph
@@ -429,15 +429,8 @@ class OnnxImporter:
             self._register(m, [sig], "silu", sig.input[0], {})
 
     # ---- helpers used by the op handlers ---------------------------------------------------
-    @property
-    def source(self):
-        return _source_of(self.node) if self.node is not None else None
-
-    def emit(self, op, inputs, attrs=None):
-        return self.b.emit(op, inputs, attrs, source=self.source)
-
-    def emit1(self, op, inputs, attrs=None):
-        return self.b.emit1(op, inputs, attrs, source=self.source)
+    def source_of(self, node):
+        return _source_of(node)
 
     def const(self, arr: np.ndarray) -> Value:
         arr = np.asarray(arr)

@@ -25,7 +25,7 @@ import numpy as np
 from ..compiler.errors import CaptureError, EdgetuneError, UnsupportedOpError
 from ..compiler.ir import Graph, NameGen, TensorType, Value, dtype_of_numpy
 from ..compiler.ops.registry import Builder
-from .common import ImportedModel, handler_table, lower_matmul, lower_reshape, lower_slice, norm_dim, resolve_shape
+from .common import Emitter, ImportedModel, handler_table, lower_matmul, lower_reshape, lower_slice, norm_dim, resolve_shape
 
 _KEEP_COMPOSITE = ("linear", "hardswish", "hardsigmoid", "silu", "scaled_dot_product_attention",
                    "cross_entropy_loss", "nll_loss_nd", "mse_loss")
@@ -89,7 +89,7 @@ def _source_of(node) -> str | None:
     return " ".join(parts) if parts else None
 
 
-class TorchImporter:
+class TorchImporter(Emitter):
     """Maps one exported program into `graph`, binding its user inputs to `bound` Values
     (or creating graph inputs when `bound` is None)."""
 
@@ -105,15 +105,8 @@ class TorchImporter:
         self.node = None
 
     # ---- helpers used by the op handlers ---------------------------------------------------
-    @property
-    def source(self):
-        return _source_of(self.node) if self.node is not None else None
-
-    def emit(self, op, inputs, attrs=None):
-        return self.b.emit(op, inputs, attrs, source=self.source)
-
-    def emit1(self, op, inputs, attrs=None):
-        return self.b.emit1(op, inputs, attrs, source=self.source)
+    def source_of(self, node):
+        return _source_of(node)
 
     def value(self, x, like: Value | None = None) -> Value:
         """A Value for a handler argument: already a Value, or a Python scalar made a const."""

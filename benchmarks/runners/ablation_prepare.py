@@ -143,32 +143,11 @@ def prepare(cell: str) -> int:
 
 
 def pytorch_body(cell: str, meta: dict) -> dict:
-    import numpy as np
     import torch
-    from zoo import load_models
+    from zoo import load_models, time_torch_training
     torch.set_num_threads(int(meta["threads"]))
     model, _, _ = _build(meta, load_models(meta["models_path"]))
-    x = torch.from_numpy(np.load(os.path.join(cell, "x.npy")))
-    y = torch.from_numpy(np.load(os.path.join(cell, "y.npy")))
-    trainable = set(meta["trainable_names"])
-    aliases = meta["aliases"]
-    for name, p in model.named_parameters(remove_duplicate=False):
-        p.requires_grad_(aliases.get(name, name) in trainable)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if meta["optimizer"] == "sgd":
-        opt = torch.optim.SGD(params, lr=meta["lr"], momentum=meta["momentum"])
-    else:
-        opt = torch.optim.AdamW(params, lr=meta["lr"])
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        out = model(x)
-        loss = torch.nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
-        loss.backward()
-        opt.step()
-        return loss.item()
-
-    ms, losses = time_steps(step, meta["warmup"], meta["steps"])
+    ms, losses = time_torch_training(model, cell, meta, time_steps)
     return ok_result(ms, losses, torch_version=torch.__version__, mode="eval" if not model.training else "train")
 
 

@@ -25,3 +25,33 @@ def build_model(cfg: dict, models):
         kw["seq_len"] = cfg["seq_len"]
     (x,), y = models.example_inputs(cfg["model"], model, batch=cfg["batch"], **kw)
     return model, x, y
+
+
+def time_torch_training(model, cell: str, meta: dict, time_steps) -> tuple[list[float], list[float]]:
+    """PyTorch eager training of `model` on the cell's batch with the trainable set and optimizer
+    of the compiled program (meta.json): `time_steps(step, warmup, steps)`'s (ms, losses)."""
+    import os
+
+    import numpy as np
+    import torch
+    x = torch.from_numpy(np.load(os.path.join(cell, "x.npy")))
+    y = torch.from_numpy(np.load(os.path.join(cell, "y.npy")))
+    trainable = set(meta["trainable_names"])
+    aliases = meta["aliases"]
+    for name, p in model.named_parameters(remove_duplicate=False):
+        p.requires_grad_(aliases.get(name, name) in trainable)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if meta["optimizer"] == "sgd":
+        opt = torch.optim.SGD(params, lr=meta["lr"], momentum=meta["momentum"])
+    else:
+        opt = torch.optim.AdamW(params, lr=meta["lr"])
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        out = model(x)
+        loss = torch.nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return time_steps(step, meta["warmup"], meta["steps"])
