@@ -101,7 +101,7 @@ Attrs attrs_from_py(const py::dict& d) {
       }
     } else {
       throw NativeError{invalid_argument("attribute '" + a.name + "' has unsupported type " +
-                                         std::string(py::str(v.get_type())))};
+                                         std::string(py::str(py::type::handle_of(v))))};
     }
     attrs.add(std::move(a));
   }
