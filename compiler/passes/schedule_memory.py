@@ -2,7 +2,7 @@
 lower planned arena peak.
 
 Greedy list scheduling (the classic register-pressure heuristic): at each step, among the nodes
-whose dependences are met (schedule_util: data + old-state readers before in-place updates), run
+whose dependences are met (analysis/schedule.py: data + old-state readers before in-place updates), run
 the one that frees the most arena bytes net of what it allocates — an update (frees its
 gradient, allocates nothing: it writes the parameter in place) first, then consumers that are
 the last reader of a big activation, and producers of big temporaries last. Ties keep the
