@@ -72,7 +72,7 @@ void free(void* p) { __libc_free(p); }
 namespace edgetune {
 namespace {
 
-std::vector<uint8_t> read_file(const std::string& name) {
+[[maybe_unused]] std::vector<uint8_t> read_file(const std::string& name) {  // unused under ASan
   std::ifstream f(std::string(EDGETUNE_TEST_DATA) + "/" + name, std::ios::binary);
   return std::vector<uint8_t>(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
 }

@@ -1,7 +1,8 @@
-// The runtime on real plan files (csrc/tests/data, written by data/make_plans.py): loading,
+// The runtime on real plan files (csrc/tests/data, written by csrc/tests/data/make_plans.py): loading,
 // stepping, state copies, and the verifier's answers to damaged, foreign and future plans.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -108,7 +109,8 @@ TEST(RuntimePlan, RejectsForeignFilesAndFutureVersions) {
   auto plan = read_file("mlp_sgd.etp");
   ASSERT_GT(plan.size(), 16u);
   auto foreign = plan;
-  std::memcpy(foreign.data() + 4, "ONNX", 4);
+  const char onnx[4] = {'O', 'N', 'N', 'X'};
+  std::copy(onnx, onnx + 4, foreign.begin() + 4);  // (memcpy here trips GCC 12's -Warray-bounds)
   Status st = load_status(foreign);
   EXPECT_NE(st.message().find("not an edgetune plan"), std::string::npos) << st.message();
 
