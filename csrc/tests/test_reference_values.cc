@@ -64,7 +64,7 @@ const ReferenceData* data_or_fail() {
       error = e.what();
     }
   }
-  if (!data) ADD_FAILURE() << "reference data unusable: " << error << " (run csrc/tests/data/make_plans.py)";
+  if (!data) ADD_FAILURE() << "reference data unusable: " << error;
   return data.get();
 }
 
