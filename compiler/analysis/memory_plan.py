@@ -1,6 +1,6 @@
 """Memory planning: give every tensor of a program a region and a byte offset.
 
-Regions (DESIGN.md "Memory"):
+Regions (the Region enum of csrc/schema/plan.fbs):
   persistent  params, buffers, optimizer state, constants — live across steps, laid out one
               after another and initialised from the plan file;
   input       the step's user data (model inputs, target), one after another;
