@@ -8,12 +8,14 @@ trains them on the same batches. Tests then compare every parameter and buffer.
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 import edgetune as et
+from edgetune.runtime.reference import ReferenceExecutor
 
 
 def torch_optimizer(opt, params):
@@ -34,9 +36,16 @@ def torch_loss(loss, out, target):
     return loss(out, target)
 
 
-def torch_reference_run(model, prog, batches, loss="cross_entropy"):
-    """Train a deep copy of `model` like `prog` does; returns (losses, state_dict as numpy)."""
+def torch_reference_run(model, prog, batches, loss="cross_entropy", float64=False):
+    """Train a deep copy of `model` like `prog` does; returns (losses, state_dict as numpy).
+    float64=True trains a double copy on double inputs, with the program's float32 learning
+    rate (the program stores lr as an f32 state), for the semantic check against the float64
+    reference executor."""
     model = copy.deepcopy(model)
+    if float64:
+        model = model.double()
+        batches = [(tuple(x.double() if x.is_floating_point() else x for x in inputs), target)
+                   for inputs, target in batches]
     trainable = set(prog.trainable_names)
     aliases = prog.graph.aliases
     params = []
@@ -47,6 +56,9 @@ def torch_reference_run(model, prog, batches, loss="cross_entropy"):
         if p.requires_grad:
             params.append(p)
     opt = torch_optimizer(prog.optimizer, params)
+    if float64:
+        for group in opt.param_groups:
+            group["lr"] = float(np.float32(group["lr"]))
     losses = []
     for inputs, target in batches:
         opt.zero_grad()
@@ -62,6 +74,151 @@ def edgetune_run(prog, batches, compute_dtype=None, backend="reference"):
     sess = et.Session(prog, backend=backend, compute_dtype=compute_dtype)
     losses = [sess.step(*inputs, target) for inputs, target in batches]
     return losses, sess.state_dict(), sess
+
+
+def assert_float64_run_matches_torch(model, prog, batches):
+    """The float64 reference run and PyTorch in float64, for programs with exact binary-fraction
+    hyperparameters and no float32 consts that matter: fixed tight tolerances."""
+    ours_losses, ours, _ = edgetune_run(prog, batches, compute_dtype=np.float64)
+    torch_losses, theirs = torch_reference_run(model, prog, batches, float64=True)
+    np.testing.assert_allclose(ours_losses, torch_losses, rtol=1e-7)
+    for name, expected in theirs.items():
+        np.testing.assert_allclose(ours[name], expected, rtol=1e-6, atol=1e-6, err_msg=name)
+
+
+def assert_spec_respected(model, prog, state):
+    """`state` (a backend's state_dict after training) has every key of the model's state_dict,
+    frozen params are bit-identical to their initial values, and some trainable param moved."""
+    initial = prog.initial_state()
+    trainable = set(prog.trainable_names)
+    missing = sorted(set(model.state_dict()) - set(state))
+    assert not missing, f"missing state_dict keys: {missing}"
+    for name in model.state_dict():
+        canonical = prog.graph.aliases.get(name, name)
+        if prog.graph.sources[canonical].kind == "param" and canonical not in trainable:
+            assert np.array_equal(state[name], initial[canonical]), f"frozen {name} changed"
+    assert any(not np.array_equal(state[n], initial[n]) for n in trainable), "no trainable parameter moved"
+
+
+# ---- float32 results judged against the float64 reference ----------------------------------------
+EPS32 = float(np.finfo(np.float32).eps)
+EPS64 = float(np.finfo(np.float64).eps)
+# How many times the conditioning spread (below) a float32 result may sit from the exact one, and
+# a floor of a few ulps of the tensor's largest value (what rounding the result itself costs).
+# Calibrated on tests/e2e: the worst float32 run (reference or C++, any model/spec/optimizer) sat
+# at about COND_FACTOR / 10 spreads.
+COND_FACTOR = 64.0
+FLOOR_ULPS = 4.0
+
+
+def _numpy(x):
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+
+
+class _RoundingModel(ReferenceExecutor):
+    """The reference executor in float64 with float32's rounding simulated: every float value it
+    takes in or computes (inputs, state, consts, each op's outputs) is multiplied by (1 + eps * s),
+    s = +-1 at random, the standard model fl(x op y) = (x op y)(1 + d), |d| <= eps."""
+
+    def __init__(self, graph, eps, seed):
+        super().__init__(graph, compute_dtype=np.float64)
+        self.eps, self.rng = eps, np.random.default_rng(seed)
+
+    def _cast(self, arr):
+        arr = super()._cast(arr)
+        if not np.issubdtype(arr.dtype, np.floating):
+            return arr
+        return arr * (1 + self.eps * self.rng.choice([-1.0, 1.0], size=arr.shape))
+
+
+def reference_run(prog, batches, compute_dtype=None, rounding=0.0, consts=0.0, seed=0):
+    """`prog` on the numpy reference executor for every (inputs, target) of `batches`, computing in
+    the program's dtypes or in `compute_dtype`. rounding=eps: in float64 with rounding to a
+    relative eps simulated at every value (_RoundingModel); consts=eps: in float64 with only the
+    program's float consts moved by a relative eps (random signs).
+    Returns (losses, {param/buffer name: final value})."""
+    g = prog.graph
+    if consts:
+        rng = np.random.default_rng(seed)
+        moved = {k: g.initial[k].astype(np.float64) * (1 + consts * rng.choice([-1.0, 1.0], size=g.initial[k].shape))
+                 for k, v in g.sources.items() if v.kind == "const" and np.issubdtype(g.initial[k].dtype, np.floating)}
+        g, compute_dtype = dataclasses.replace(g, initial={**g.initial, **moved}), np.float64
+    executor = _RoundingModel(g, rounding, seed) if rounding else ReferenceExecutor(g, compute_dtype=compute_dtype)
+    model_state = {k for k, v in g.sources.items() if v.kind in ("param", "buffer")}
+    state = prog.initial_state()
+    names = list(prog.model_inputs) + [prog.target_input]
+    losses = []
+    for inputs, target in batches:
+        feeds = {n: _numpy(a) for n, a in zip(names, list(inputs) + [target])}
+        outputs, state = executor.run(feeds, state)
+        losses.append(float(outputs["loss"]))
+    return np.array(losses), {k: state[k] for k in model_state}
+
+
+class Float64Oracle:
+    """The exact answer to a training run and how much float32 rounding can move it.
+
+    `exact` is the float64 reference executor's run. Tolerances come from the problem's
+    conditioning, measured rather than assumed: `spread` is how far a float64 run lands when
+    float32's rounding is simulated at every value (each input, state, const and op output times
+    (1 + EPS32 * s), random signs: see _RoundingModel), i.e. ~ conditioning x EPS32 per loss and
+    per tensor, including the parts no input perturbation shows (a gradient that is exactly zero
+    in exact arithmetic but rounding noise in float32, which Adam then normalises to a full-size
+    step). A float32 result passes when, per tensor,
+
+        max|got - exact| <= COND_FACTOR * max|spread| + FLOOR_ULPS * EPS32 * max|exact|
+
+    COND_FACTOR covers one random sample standing for all roundings and kernels that round more
+    than once per value (Winograd's transforms). Well-conditioned steps get a tight bound;
+    train-mode BatchNorm over a few values per channel or Adam on near-zero gradients get the
+    looser bound the problem allows, for every backend alike.
+
+    Semantics (`assert_semantics`, PyTorch in float64): the program holds its consts in float32
+    (1/N scales, BatchNorm folded into conv weights at compile time), so even the float64 run
+    answers a problem whose consts were rounded once. Its distance to PyTorch is bounded by the
+    same formula with the spread of a run that moves only the consts by EPS32 (zero when the
+    program has none) plus the rounding spread scaled to float64 (EPS64 / EPS32)."""
+
+    def __init__(self, prog, batches):
+        self.prog, self.batches = prog, batches
+        self.losses, self.state = reference_run(prog, batches, compute_dtype=np.float64)
+        self.loss_spread, self.spread = self._spread(consts_only=False)
+
+    def _spread(self, consts_only):
+        losses, state = reference_run(self.prog, self.batches, consts=EPS32) if consts_only else \
+            reference_run(self.prog, self.batches, rounding=EPS32)
+        return np.abs(losses - self.losses), {k: np.abs(state[k] - self.state[k]) for k in self.state}
+
+    @staticmethod
+    def _check(got, exact, spread, what, eps):
+        got, exact = np.asarray(got, dtype=np.float64), np.asarray(exact, dtype=np.float64)
+        if got.size == 0:
+            return
+        err = np.abs(got - exact).max()
+        bound = COND_FACTOR * np.max(spread) + FLOOR_ULPS * eps * np.abs(exact).max()
+        assert err <= bound, (f"{what}: max |diff| {err:.3g} from the float64 reference > tolerance {bound:.3g} "
+                              f"({COND_FACTOR:g} x conditioning spread {np.max(spread):.3g} "
+                              f"+ {FLOOR_ULPS:g} ulps of {np.abs(exact).max():.3g})")
+
+    def _assert(self, losses, state, what, loss_spread, spread, eps):
+        self._check(losses, self.losses, loss_spread, f"{what} losses", eps)
+        for name, exact in self.state.items():
+            if np.issubdtype(exact.dtype, np.floating):
+                self._check(state[name], exact, spread[name], f"{what} {name}", eps)
+            else:
+                assert np.array_equal(state[name], exact), f"{what} {name}"
+
+    def assert_close(self, losses, state, what):
+        """`losses` and every param/buffer of `state` (a float32 run; state_dict or source names)
+        within the conditioning-derived tolerance of the exact run."""
+        self._assert(losses, state, what, self.loss_spread, self.spread, EPS32)
+
+    def assert_semantics(self, losses, state, what="PyTorch float64"):
+        """Another float64 implementation of the same training (PyTorch in double)."""
+        const_losses, const_state = self._spread(consts_only=True)
+        scale = EPS64 / EPS32
+        self._assert(losses, state, what, const_losses + scale * self.loss_spread,
+                     {k: const_state[k] + scale * self.spread[k] for k in self.spread}, EPS64)
 
 
 def assert_training_matches_torch(model, prog, batches, loss="cross_entropy", rtol=1e-4, atol=1e-6):
@@ -86,7 +243,7 @@ def _attrs_equal(x, y) -> bool:
     return isinstance(x, bool) == isinstance(y, bool) and x == y  # True is not 1
 
 
-def assert_graph_equal(a, b, sources: bool = False, const_data: bool = True) -> None:
+def assert_graph_equal(a, b, sources: bool = False, const_data: bool = True) -> dict[str, str]:
     """Assert that graphs (or Programs) `a` and `b` are the same program up to value names.
 
     Values are matched by definition, not by name: model inputs by position, consts in their
@@ -97,6 +254,7 @@ def assert_graph_equal(a, b, sources: bool = False, const_data: bool = True) -> 
     op, section, attrs, kernel, output types and input wiring, the outputs and the assignments;
     node sources ("models.py:12 conv1") only with sources=True. The first difference is reported
     with both sides' names, e.g. "node 3 (conv2d -> %t4 vs %b): input 1 is %w vs %c0".
+    Returns the matching as {name in a: name in b}.
     """
     a, b = _graph_of(a), _graph_of(b)
     where = f"graph {a.name!r} vs {b.name!r}"
@@ -164,3 +322,4 @@ def assert_graph_equal(a, b, sources: bool = False, const_data: bool = True) -> 
     for name in a.assigns:
         assert wired(a.assigns[name], b.assigns[name]), \
             f"assign %{name} <- %{a.assigns[name].name} vs %{b.assigns[name].name}"
+    return {v.name: mapping[id(v)].name for v in a.all_values()}

@@ -72,13 +72,14 @@ def load(text: str, data: dict | None = None):
     return verify(parse_graph(text, initial=data))
 
 
-def nodes_text(g) -> str:
-    """Only the node lines of the printed program (sources and consts vary with data)."""
-    from edgetune.compiler.ir_text import print_graph
-    lines = print_graph(g).splitlines()
-    start = next(i for i, line in enumerate(lines) if line.strip() == "forward:")
-    end = next(i for i, line in enumerate(lines) if line.strip().startswith(("output ", "assign ")))
-    return "\n".join(line for line in lines[start:end] if line.strip()) + "\n"
+def edit(text: str, *changes: tuple[str, str]) -> str:
+    """`text` with each (old, new) applied; every `old` must occur exactly once. Expected
+    programs are written as their `before` program plus the lines the pass changes, so a test
+    shows the diff and the unchanged sections are not written twice."""
+    for old, new in changes:
+        assert text.count(old) == 1, f"{old!r} occurs {text.count(old)} times"
+        text = text.replace(old, new)
+    return text
 
 
 # conv 1x1 -> relu -> conv 3x3 -> relu -> mean, bias-only (as the torch frontend + autodiff write
