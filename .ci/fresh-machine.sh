@@ -388,7 +388,7 @@ done
 mkdir -p "$R/root/.cache/pip"; mount --bind "$FRESH_PIP_CACHE" "$R/root/.cache/pip"
 set +e
 timeout --kill-after=30 "$FRESH_TIMEOUT" chroot "$R" /usr/bin/env -i \
-  HOME=/root USER=root LOGNAME=root SHELL=/bin/bash TERM=dumb LANG=C.UTF-8 \
+  HOME=/root USER=root LOGNAME=root SHELL=/bin/bash TERM=dumb LANG=C.UTF-8 PYTHONUNBUFFERED=1 \
   PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
   $FRESH_PIP_ENV /bin/bash /fresh-machine/run.sh 3>&1 > "$FRESH_LOG" 2>&1
 rc=$?
@@ -448,7 +448,7 @@ INNER
   elif [ "$rc" -ne 0 ]; then
     echo "FAILED: the command exited with status $rc"
   else
-    echo "ok: the README's first command ran to the end in a fresh $SUITE $VARIANT chroot"
+    echo "ok: ${FRESH_COMMAND:+FRESH_COMMAND, not }the README's first command ran to the end in a fresh $SUITE $VARIANT chroot${EXTRA_PACKAGES[*]:+ (with FRESH_EXTRA_PACKAGES: ${EXTRA_PACKAGES[*]})}"
   fi
   return "$rc"
 }
