@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Proof that a fresh machine needs no apt step: run the README's first command (set up a venv,
 # pip install -e ".[examples]", python -m edgetune) in a minimal Debian 12 that has only python3
-# (venv, pip), g++ and ca-certificates -- no cmake, no ninja, no flatc, no FlatBuffers headers.
+# (venv, pip, and its headers: python3-dev, which any C extension built from source needs and
+# PyPI cannot supply), g++ and ca-certificates -- no cmake, no ninja, no flatc, no FlatBuffers
+# headers.
 # The CI host cannot show that (earlier runs left apt packages on it), so this builds a
 # `debootstrap --variant=minbase` bookworm chroot from Debian's packages and runs the command there.
 #
@@ -42,7 +44,7 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 
 SUITE=bookworm
 VARIANT=minbase
-PACKAGES=(python3 python3-venv python3-pip g++ ca-certificates)
+PACKAGES=(python3 python3-venv python3-pip python3-dev g++ ca-certificates)
 # FRESH_EXTRA_PACKAGES: more Debian packages for the chroot (experiments only: the stage then no
 # longer shows the machine the README promises; it says so)
 read -r -a EXTRA_PACKAGES <<< "${FRESH_EXTRA_PACKAGES:-}"
