@@ -19,7 +19,8 @@ How a test gets its markers, without decorators where a rule works (pytest_colle
   * a test that requests the `native` fixture, or is parametrized with backend="cpu", is native;
   * a test or module marked native (`pytestmark`, @pytest.mark.native, pytest.param(marks=...))
     never gets `compiler`, whatever its folder;
-  * slow: by folder/file, and SLOW_TESTS lists the few single tests measured over ~20 s.
+  * slow: by folder/file (benchmarks/, e2e/test_finetune.py), and SLOW_TESTS lists any single
+    test measured over ~20 s.
 
 Two guards keep the markers honest:
   * every test NOT marked native runs with the C++ module blocked (`_block_native` below), so a
@@ -61,13 +62,9 @@ FILE_MARKERS = {
     "runtime/test_train_binary.py": ("native",),
     "e2e/test_finetune.py": ("slow",),  # the main job: real data, several models, minutes
 }
-# single tests over ~20 s on a 2-core machine (pytest --durations): node-id prefixes under tests/
-SLOW_TESTS = (
-    "e2e/test_new_models.py::test_efficientnet_lite0_train_mode_batchnorm_in_float64",
-    "e2e/test_new_models.py::test_efficientnet_lite0_drop_connect_compiles_in_train_mode",
-    "e2e/test_opt_levels.py::test_level_trains_like_O0[mobilenet_v2-",
-    "e2e/test_torch_vs_onnx.py::test_torch_and_onnx_frontends_train_identically[mobilenet_v2-",
-)
+# single tests over ~20 s (pytest --durations, -n 2 on this project's 2-core machine), as node-id
+# prefixes under tests/; none today beyond the slow files and folders above
+SLOW_TESTS: tuple[str, ...] = ()
 # a path EDGETUNE_NATIVE points at so that runtime/native.py cannot load the module
 BLOCKED = os.path.join(HERE, "compiler-marked-tests-must-not-load-edgetune._native.so")
 
