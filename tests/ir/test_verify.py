@@ -26,59 +26,42 @@ def test_valid_graph_passes():
     verify(small_graph())
 
 
-def test_out_of_order_nodes_are_rejected():
-    g = small_graph()
-    g.nodes.reverse()
-    with pytest.raises(IRError, match=r"node 0 \(relu .*reads %t0 before it is defined"):
-        verify(g)
-
-
-def test_wrong_recorded_shape_is_rejected():
-    g = small_graph()
+def _retype_relu(g):
     g.nodes[1].outputs[0].type = TensorType((2, 5))
-    with pytest.raises(ShapeError, match=r"relu.*outputs \['f32\[2,5\]'\] but relu infers \['f32\[2,4\]'\]"):
-        verify(g)
 
 
-def test_unknown_op_is_rejected():
-    g = small_graph()
-    g.nodes[1].op = "frobnicate"
-    with pytest.raises(IRError, match="unknown op 'frobnicate'"):
-        verify(g)
-
-
-def test_double_definition_is_rejected():
-    g = small_graph()
+def _rename_relu_output_like_linear(g):
     g.nodes[1].outputs[0].name = g.nodes[0].outputs[0].name
-    with pytest.raises(IRError, match="defined more than once"):
-        verify(g)
 
 
-def test_sections_must_be_in_order():
+def _set(obj_of, key, value_of):
+    return lambda g: obj_of(g).__setitem__(key, value_of(g))
+
+
+# (what breaks, how, the error and its message)
+BROKEN = [
+    ("out_of_order_nodes", lambda g: g.nodes.reverse(), IRError,
+     r"node 0 \(relu .*reads %t0 before it is defined"),
+    ("wrong_recorded_shape", _retype_relu, ShapeError,
+     r"relu.*outputs \['f32\[2,5\]'\] but relu infers \['f32\[2,4\]'\]"),
+    ("unknown_op", lambda g: setattr(g.nodes[1], "op", "frobnicate"), IRError, "unknown op 'frobnicate'"),
+    ("double_definition", _rename_relu_output_like_linear, IRError, "defined more than once"),
+    ("sections_out_of_order", lambda g: setattr(g.nodes[0], "section", "update"), IRError,
+     "section 'forward' after a later section"),
+    ("assignment_type", _set(lambda g: g.assigns, "w", lambda g: g.nodes[1].outputs[0]), ShapeError,
+     r"assign %w: f32\[4,3\] <- %t1: f32\[2,4\]"),
+    ("assignment_to_an_input", _set(lambda g: g.assigns, "x", lambda g: g.nodes[1].outputs[0]), IRError,
+     "not a param, buffer or state"),
+    ("const_data_type", _set(lambda g: g.initial, "w", lambda g: np.ones((4, 3), np.float64)), IRError,
+     r"param %w: data float64\[4, 3\] does not match declared f32\[4,3\]"),
+]
+
+
+@pytest.mark.parametrize("break_it,error,message", [b[1:] for b in BROKEN], ids=[b[0] for b in BROKEN])
+def test_broken_invariant_is_rejected(break_it, error, message):
     g = small_graph()
-    g.nodes[0].section = "update"
-    with pytest.raises(IRError, match="section 'forward' after a later section"):
-        verify(g)
-
-
-def test_assignment_type_must_match():
-    g = small_graph()
-    g.assigns["w"] = g.nodes[1].outputs[0]
-    with pytest.raises(ShapeError, match=r"assign %w: f32\[4,3\] <- %t1: f32\[2,4\]"):
-        verify(g)
-
-
-def test_assignment_to_an_input_is_rejected():
-    g = small_graph()
-    g.assigns["x"] = g.nodes[1].outputs[0]
-    with pytest.raises(IRError, match="not a param, buffer or state"):
-        verify(g)
-
-
-def test_const_data_must_match_its_type():
-    g = small_graph()
-    g.initial["w"] = np.ones((4, 3), np.float64)
-    with pytest.raises(IRError, match=r"param %w: data float64\[4, 3\] does not match declared f32\[4,3\]"):
+    break_it(g)
+    with pytest.raises(error, match=message):
         verify(g)
 
 
