@@ -25,7 +25,7 @@ def test_ablation_smoke(tmp_path):
     out = tmp_path / "results"
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
-    p = subprocess.run([sys.executable, "-m", "benchmarks.ablation", "--smoke", "--out", str(out),
+    p = subprocess.run([sys.executable, "-m", "edgetune.benchmarks.ablation", "--smoke", "--out", str(out),
                         "--work", str(tmp_path / "cells")],
                        check=False, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert p.returncode == 0, f"ablation --smoke exited {p.returncode}:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"

@@ -24,7 +24,7 @@ def test_bench_smoke(tmp_path):
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
     t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, "-m", "benchmarks.bench", "--smoke", "--out", str(out),
+    p = subprocess.run([sys.executable, "-m", "edgetune.benchmarks.bench", "--smoke", "--out", str(out),
                         "--work", str(tmp_path / "cells")],
                        cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
     wall = time.perf_counter() - t0

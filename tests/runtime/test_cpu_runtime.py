@@ -179,7 +179,7 @@ def test_set_lr_reaches_the_runtime(mlp):
 def test_fifty_steps_on_a_learnable_task_lower_the_loss():
     torch.manual_seed(0)
     model = models.SmallCNN(num_classes=4, width=8)
-    from edgetune.cli import synthetic_task
+    from edgetune.models import synthetic_task
     inputs, target = synthetic_task("small_cnn", model, 8, 16, 0)
     prog = et.compile(model, inputs, target, peft=et.peft.LastK(3), optimizer=et.optim.SGD(lr=0.05, momentum=0.9))
     sess = et.Session(prog, backend="cpu", threads=2)
