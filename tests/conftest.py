@@ -11,7 +11,7 @@ Layers (markers, registered in pyproject.toml's [tool.pytest.ini_options], --str
   slow      the benchmark smoke tests, the main job, and anything taking more than ~20 s
 
 How a test gets its markers, without decorators where a rule works (pytest_collection_modifyitems):
-  * by folder (FOLDER_MARKERS): ir/ ops/ passes/ frontends/ golden/ analysis/ -> compiler,
+  * by folder (FOLDER_MARKERS): ir/ ops/ passes/ frontends/ golden/ analysis/ architecture/ -> compiler,
     kernels/ -> native, e2e/ -> e2e + native (the whole stack: plans for the cpu target, the C++
     runtime), benchmarks/ -> e2e + native + slow; by file (FILE_MARKERS) in
     runtime/ (the reference executor and the schema check are compiler, the cpu runtime and the
@@ -48,7 +48,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # first folder under tests/ -> markers every test in it gets
 FOLDER_MARKERS = {
     "ir": ("compiler",), "ops": ("compiler",), "passes": ("compiler",), "frontends": ("compiler",),
-    "golden": ("compiler",), "analysis": ("compiler",),
+    "golden": ("compiler",), "analysis": ("compiler",), "architecture": ("compiler",),
     "kernels": ("native",),
     # end to end: the whole stack, which compiles for the cpu target and runs the C++ runtime
     "e2e": ("e2e", "native"),
