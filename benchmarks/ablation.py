@@ -31,11 +31,9 @@ OMP_WAIT_POLICY=PASSIVE unless --omp-active (see bench.py).
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import math
 import os
-import shutil
 import sys
 import time
 
@@ -339,12 +337,9 @@ def main(argv=None) -> int:
         console.print(f"[red]unknown model(s) {unknown}; edgetune.models has {present}")
         return 2
     confs = configurations(list(PASS_NAMES), args.smoke)
-    os.makedirs(args.out, exist_ok=True)
-    if os.path.exists(args.work):
-        shutil.rmtree(args.work)
-    os.makedirs(args.work)
+    bench.make_run_folders(args)
     t_start = time.perf_counter()
-    report = {"started": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    report = {"started": bench.utc_now(),
               "machine": bench.machine_info(args.threads),
               "config": {"models": args.models, "schemes": args.schemes, "bn": args.bn, "batch": args.batch,
                          "resolution": args.resolution, "seq_len": args.seq_len, "threads": args.threads,

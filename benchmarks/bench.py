@@ -340,6 +340,18 @@ def set_run_folders(args, name: str) -> None:
     args.work = args.work or os.path.join(work_root(), name, "cells-smoke" if args.smoke else "cells")
 
 
+def make_run_folders(args) -> None:
+    """The results folder (kept) and an empty work folder (cells of an earlier run removed)."""
+    os.makedirs(args.out, exist_ok=True)
+    if os.path.exists(args.work):
+        shutil.rmtree(args.work)
+    os.makedirs(args.work)
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog="edgetune bench", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -380,12 +392,9 @@ def main(argv=None) -> int:
         missing = [m for m in DEFAULT_MODELS if m not in present]
         if missing:
             console.print(f"not in edgetune.models yet, skipped: {', '.join(missing)}")
-    os.makedirs(args.out, exist_ok=True)
-    if os.path.exists(args.work):
-        shutil.rmtree(args.work)
-    os.makedirs(args.work)
+    make_run_folders(args)
     t_start = time.perf_counter()
-    report = {"started": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    report = {"started": utc_now(),
               "machine": machine_info(args.threads),
               "config": {"models": model_names, "schemes": args.schemes, "runtimes": args.runtimes,
                          "batch": args.batch, "threads": args.threads, "warmup": args.warmup, "steps": args.steps,
