@@ -75,7 +75,7 @@ def _run(cmd, cell, timeout, env=None) -> tuple[int, str]:
     log = os.path.join(cell, f"{tag}.log")
     with open(log, "w") as f:
         try:
-            p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout, env=env, cwd=work_root())
+            p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout, env=env)
             rc = p.returncode
         except subprocess.TimeoutExpired:
             rc = 124
