@@ -13,8 +13,10 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -259,8 +261,22 @@ py::tuple spec_of(const Binding& b) {
 }
 
 // The Python face of Runtime: numpy in, numpy out (copies, so arrays never dangle).
+// One call at a time: step/forward release the GIL while the runtime runs, so without the mutex a
+// second Python thread could step, read or write weights in the middle of a step (one arena, one
+// set of weights: wrong losses, torn state). Every method that touches rt_ takes `lock()` first.
 class PyRuntime {
  public:
+  // The mutex is waited for with the GIL released (a thread holding the mutex may need the GIL to
+  // finish: waiting with it held would deadlock), and held with the GIL held again.
+  std::unique_lock<std::mutex> lock() {
+    std::unique_lock<std::mutex> lk(mu_, std::try_to_lock);
+    if (!lk.owns_lock()) {
+      py::gil_scoped_release release;
+      lk.lock();
+    }
+    return lk;
+  }
+
   PyRuntime(const py::bytes& plan, const std::string& backend, int threads) {
     std::string_view data = plan;
     RuntimeOptions opt;
@@ -271,7 +287,8 @@ class PyRuntime {
     rt_ = std::move(r).value();
   }
 
-  std::vector<py::tuple> inputs() const {
+  std::vector<py::tuple> inputs() {
+    auto lk = lock();
     std::vector<py::tuple> out;
     for (const Binding& b : rt_->inputs()) out.push_back(spec_of(b));
     return out;
@@ -286,6 +303,7 @@ class PyRuntime {
   }
 
   float step(const std::vector<py::array>& arrays) {
+    auto lk = lock();
     set_inputs(arrays, rt_->inputs().size());
     Result<float> r = [&] {
       py::gil_scoped_release release;
@@ -296,6 +314,7 @@ class PyRuntime {
   }
 
   py::array forward(const std::vector<py::array>& arrays) {
+    auto lk = lock();
     set_inputs(arrays, static_cast<size_t>(rt_->num_model_inputs()));
     Status st;
     {
@@ -308,19 +327,22 @@ class PyRuntime {
     return copy_out(out->view);
   }
 
-  py::dict weights() const {
+  py::dict weights() {
+    auto lk = lock();
     py::dict d;
     for (const Binding& b : rt_->weights()) d[py::str(b.name)] = copy_out(b.view);
     return d;
   }
 
-  py::dict optimizer_state() const {
+  py::dict optimizer_state() {
+    auto lk = lock();
     py::dict d;
     for (const Binding& b : rt_->optimizer_state()) d[py::str(b.name)] = copy_out(b.view);
     return d;
   }
 
   void set_weight(const std::string& name, const py::array& arr) {
+    auto lk = lock();
     const Binding* b = rt_->weight(name);
     if (!b) throw NativeError{not_found("the plan has no weight '" + name + "'")};
     if (rt_->is_baked(name)) {  // allowed only when nothing changes (e.g. a full state_dict reload)
@@ -337,12 +359,48 @@ class PyRuntime {
   }
 
   void set_state(const std::string& name, const py::array& arr) {
+    if (name == "optim.lr") return set_lr_array(arr);
+    auto lk = lock();
+    set_state_locked(name, arr);
+  }
+
+  // A finite learning rate >= 0: an inf one gives a finite loss on the next step (the NaN guard
+  // checks only the loss) and writes inf/NaN into every trainable weight.
+  void set_lr(double lr) {
+    if (!std::isfinite(lr) || lr < 0)
+      throw NativeError{invalid_argument("learning rate must be a finite number >= 0, got " + std::to_string(lr))};
+    auto lk = lock();
+    for (const Binding& b : rt_->optimizer_state())
+      if (b.name == "optim.lr" && b.view.dtype == DType::f32 && b.view.numel() == 1) {
+        *static_cast<float*>(b.view.data) = static_cast<float>(lr);
+        return;
+      }
+    throw NativeError{not_found("the plan has no float32 optimizer state 'optim.lr'")};
+  }
+
+  double lr() {
+    auto lk = lock();
+    for (const Binding& b : rt_->optimizer_state())
+      if (b.name == "optim.lr" && b.view.dtype == DType::f32 && b.view.numel() == 1)
+        return *static_cast<const float*>(b.view.data);
+    throw NativeError{not_found("the plan has no float32 optimizer state 'optim.lr'")};
+  }
+
+  void set_lr_array(const py::array& arr) {
+    py::array c = py::array::ensure(arr, py::array::c_style);
+    if (!c || c.size() != 1 || (c.dtype().kind() != 'f' && c.dtype().kind() != 'i' && c.dtype().kind() != 'u'))
+      throw NativeError{invalid_argument("optimizer state 'optim.lr' expects one number")};
+    set_lr(py::float_(c.attr("item")()).cast<double>());
+  }
+
+  void set_state_locked(const std::string& name, const py::array& arr) {
     for (const Binding& b : rt_->optimizer_state())
       if (b.name == name) return copy_in(b.view, arr, "optimizer state '" + name + "'");
     throw NativeError{not_found("the plan has no optimizer state '" + name + "'")};
   }
 
-  py::dict memory() const {
+  py::dict memory() {
+    auto lk = lock();
     MemoryStats m = rt_->memory();
     py::dict d;
     d["persistent_bytes"] = m.persistent_bytes;
@@ -352,7 +410,8 @@ class PyRuntime {
     return d;
   }
 
-  std::vector<std::string> trainable() const {
+  std::vector<std::string> trainable() {
+    auto lk = lock();
     std::vector<std::string> out;
     for (const Binding& b : rt_->weights())
       if (rt_->is_trainable(b.name)) out.push_back(b.name);
@@ -363,6 +422,7 @@ class PyRuntime {
 
  private:
   std::unique_ptr<Runtime> rt_;
+  std::mutex mu_;  // see lock()
 };
 
 }  // namespace
@@ -396,19 +456,31 @@ PYBIND11_MODULE(_native, m) {
       .def(py::init<const py::bytes&, const std::string&, int>(), py::arg("plan"), py::arg("backend") = "cpu",
            py::arg("threads") = 0)
       .def("inputs", &PyRuntime::inputs)
-      .def_property_readonly("num_model_inputs", [](PyRuntime& r) { return r.rt().num_model_inputs(); })
+      .def_property_readonly("num_model_inputs", [](PyRuntime& r) {
+             auto lk = r.lock();
+             return r.rt().num_model_inputs();
+           })
       .def("step", &PyRuntime::step)
       .def("forward", &PyRuntime::forward)
       .def("weights", &PyRuntime::weights)
       .def("optimizer_state", &PyRuntime::optimizer_state)
       .def("set_weight", &PyRuntime::set_weight)
       .def("set_state", &PyRuntime::set_state)
+      .def("set_lr", &PyRuntime::set_lr, py::arg("lr"), "a finite learning rate >= 0 (else NativeError)")
+      .def_property_readonly("lr", &PyRuntime::lr)
       .def("memory", &PyRuntime::memory)
       .def("trainable", &PyRuntime::trainable)
-      .def("set_profiling", [](PyRuntime& r, bool on) { r.rt().set_profiling(on); })
-      .def("reset_profile", [](PyRuntime& r) { r.rt().reset_profile(); })
+      .def("set_profiling", [](PyRuntime& r, bool on) {
+        auto lk = r.lock();
+        r.rt().set_profiling(on);
+      })
+      .def("reset_profile", [](PyRuntime& r) {
+        auto lk = r.lock();
+        r.rt().reset_profile();
+      })
       .def("profile",
            [](PyRuntime& r) {
+             auto lk = r.lock();
              py::list out;
              for (const auto& p : r.rt().profile())
                out.append(py::make_tuple(*p.op, *p.kernel, *p.source,
@@ -417,7 +489,10 @@ PYBIND11_MODULE(_native, m) {
              return out;
            },
            "per node: (op, kernel, source, section, seconds, calls)")
-      .def_property_readonly("steps", [](PyRuntime& r) { return r.rt().steps_done(); })
+      .def_property_readonly("steps", [](PyRuntime& r) {
+             auto lk = r.lock();
+             return r.rt().steps_done();
+           })
       .def_property_readonly("threads", [](PyRuntime& r) { return r.rt().num_threads(); })
       .def_property_readonly("num_nodes", [](PyRuntime& r) { return r.rt().num_nodes(); })
       .def_property_readonly("model", [](PyRuntime& r) { return r.rt().model_label(); });
