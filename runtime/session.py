@@ -12,7 +12,10 @@ weights under every name), ready for `module.load_state_dict({k: torch.from_nump
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
+import threading
 
 import numpy as np
 
@@ -25,12 +28,33 @@ BACKENDS = ("reference", "cpu")
 
 
 def _as_numpy(x, where: str) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
+    """`x` (a numpy array, a torch tensor, a list, a scalar...) as a numpy array, or an InputError
+    naming `where`. torch is never imported here (a saved-plan run must not load it): tensors are
+    recognised by their methods, and the ones numpy cannot hold (bfloat16, meta, sparse, ...) are
+    refused with a hint instead of torch's own TypeError/NotImplementedError."""
+    if hasattr(x, "detach") and hasattr(x, "numpy"):
+        dtype = getattr(x, "dtype", None)
+        layout = str(getattr(x, "layout", "torch.strided"))
+        device = str(getattr(x, "device", "cpu"))
+        what = f"{type(x).__name__} (dtype {dtype}, layout {layout}, device {device})"
+        if getattr(x, "is_meta", False) or device == "meta":
+            raise InputError(f"{where}: a meta tensor has no data ({what})")
+        if getattr(x, "is_sparse", False) or layout != "torch.strided":
+            raise InputError(f"{where}: sparse/non-strided tensors are not supported ({what}); "
+                             "pass .to_dense()")
+        if str(dtype) == "torch.bfloat16":
+            raise InputError(f"{where}: numpy has no bfloat16 ({what}); pass .float()")
+        try:
+            x = x.detach().cpu().numpy()
+        except Exception as e:
+            raise InputError(f"{where}: cannot convert {what} to an array: {type(e).__name__}: {e}") from None
     try:
-        return np.asarray(x)
+        arr = np.asarray(x)
     except Exception as e:
-        raise InputError(f"{where}: cannot convert {type(x).__name__} to an array: {e}") from None
+        raise InputError(f"{where}: cannot convert {type(x).__name__} to an array: {type(e).__name__}: {e}") from None
+    if arr.dtype == object or arr.dtype.kind in "OUSV":
+        raise InputError(f"{where}: {type(x).__name__} gives an array of dtype {arr.dtype}, not numbers")
+    return arr
 
 
 def _conform(arr: np.ndarray, name: str, shape: tuple, dtype: str) -> np.ndarray:
@@ -50,7 +74,13 @@ def _conform(arr: np.ndarray, name: str, shape: tuple, dtype: str) -> np.ndarray
 
 
 class Session:
+    """Not a parallel object: one call at a time touches its runtime. Calls from several threads
+    are serialised by a lock (the C++ step releases the GIL, and two interleaved steps would share
+    one arena and one set of weights); run several Sessions for parallel work."""
+
     def __init__(self, program, backend: str = "reference", compute_dtype=None, threads: int | None = None):
+        # reentrant: profile() runs step(), load_weights() runs load_state_dict()
+        self._lock = threading.RLock()
         if backend not in BACKENDS:
             raise InputError(f"unknown backend {backend!r}; available: {list(BACKENDS)}")
         self.backend = backend
@@ -70,15 +100,19 @@ class Session:
     # ---- running ------------------------------------------------------------------------------
     def step(self, *args) -> float:
         """One training step on (model inputs..., target); returns the loss before the update."""
-        loss = self._impl.step(self._feeds(args, self._impl.input_specs))
-        self.steps += 1
+        feeds = self._feeds(args, self._impl.input_specs)
+        with self._lock:
+            loss = self._impl.step(feeds)
+            self.steps += 1
         return loss
 
     def forward(self, *inputs) -> np.ndarray:
         """The model output for `inputs` under the current weights; no state changes. Runs the
         forward section as compiled (train-mode BatchNorm uses batch statistics)."""
         specs = self._impl.input_specs[:self._impl.num_model_inputs]
-        return self._impl.forward(self._feeds(inputs, specs))
+        feeds = self._feeds(inputs, specs)
+        with self._lock:
+            return self._impl.forward(feeds)
 
     def _feeds(self, args, specs) -> list[np.ndarray]:
         if len(args) != len(specs):
@@ -88,35 +122,67 @@ class Session:
 
     # ---- state --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:
-        return self._impl.state_dict()
+        with self._lock:
+            return self._impl.state_dict()
 
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
-        current = self._impl.state_dict()
-        unknown = sorted(set(state) - set(current))
-        missing = sorted(set(current) - set(state))
-        if strict and (unknown or missing):
-            raise InputError(f"load_state_dict: unknown keys {unknown[:8]}, missing keys {missing[:8]}")
-        for name, value in state.items():
-            if name not in current:
-                continue
-            arr = _as_numpy(value, f"state '{name}'")
-            if tuple(arr.shape) != current[name].shape:
-                raise InputError(f"load_state_dict: '{name}' has shape {list(arr.shape)}, "
-                                 f"expected {list(current[name].shape)}")
-            # np.array, not ascontiguousarray: the latter turns a 0-d array (num_batches_tracked) 1-d
-            self._impl.set_weight(name, np.array(arr.astype(current[name].dtype), order="C"))
+        """All or nothing: every tensor is converted and checked (name, shape, dtype kind, finite
+        values) before any weight is written, and a write the runtime refuses (e.g. a baked
+        weight) restores the weights already written."""
+        if not hasattr(state, "items"):
+            raise InputError(f"load_state_dict needs a dict of name -> array, got {type(state).__name__}")
+        with self._lock:
+            current = self._impl.state_dict()
+            unknown = sorted(set(state) - set(current))
+            missing = sorted(set(current) - set(state))
+            if strict and (unknown or missing):
+                raise InputError(f"load_state_dict: unknown keys {unknown[:8]}, missing keys {missing[:8]}")
+            staged = []
+            for name, value in state.items():
+                if name not in current:
+                    continue
+                arr = _as_numpy(value, f"load_state_dict: '{name}'")
+                want = current[name]
+                if tuple(arr.shape) != want.shape:
+                    raise InputError(f"load_state_dict: '{name}' has shape {list(arr.shape)}, "
+                                     f"expected {list(want.shape)}")
+                if arr.dtype != want.dtype and not np.can_cast(arr.dtype, want.dtype, casting="same_kind"):
+                    raise InputError(f"load_state_dict: '{name}' has dtype {arr.dtype}, expected {want.dtype}")
+                if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                    raise InputError(f"load_state_dict: '{name}' has non-finite values (inf or NaN)")
+                # np.array, not ascontiguousarray: the latter turns a 0-d array (num_batches_tracked) 1-d
+                staged.append((name, np.array(arr.astype(want.dtype), order="C")))
+            written = []
+            try:
+                for name, arr in staged:
+                    self._impl.set_weight(name, arr)
+                    written.append(name)
+            except BaseException:
+                for name in reversed(written):
+                    self._impl.set_weight(name, current[name])
+                raise
 
     def optimizer_state(self) -> dict[str, np.ndarray]:
-        return self._impl.optimizer_state()
+        with self._lock:
+            return self._impl.optimizer_state()
 
     @property
     def lr(self) -> float:
-        return float(self._impl.optimizer_state()["optim.lr"])
+        with self._lock:
+            return float(self._impl.optimizer_state()["optim.lr"])
 
     def set_lr(self, lr: float) -> None:
-        if not lr >= 0:
-            raise InputError(f"learning rate must be >= 0, got {lr}")
-        self._impl.set_state("optim.lr", np.asarray(lr, dtype=np.float32))
+        """A finite learning rate >= 0 (an inf one would write inf/NaN into every trainable weight
+        on the next step, with a finite loss that the NaN guard lets through)."""
+        is_number = isinstance(lr, numbers.Real) or (isinstance(lr, np.ndarray) and lr.ndim == 0
+                                                      and lr.dtype.kind in "fiu")
+        if not is_number or isinstance(lr, (bool, np.bool_)):
+            raise InputError(f"learning rate must be a number, got {type(lr).__name__}")
+        value = float(lr)
+        if not math.isfinite(value) or value < 0:
+            raise InputError(f"learning rate must be a finite number >= 0, got {lr!r}")
+        with self._lock:
+            self._impl.set_state("optim.lr", np.asarray(value, dtype=np.float32))
 
     @property
     def memory(self) -> dict | None:
@@ -131,19 +197,21 @@ class Session:
         rt = getattr(self._impl, "rt", None)
         if rt is None:
             raise InputError("profile() needs backend='cpu'")
-        rt.reset_profile()
-        rt.set_profiling(True)
-        try:
-            for _ in range(steps or 0):
-                self.step(*args)
-        finally:
-            rt.set_profiling(False)
+        with self._lock:
+            rt.reset_profile()
+            rt.set_profiling(True)
+            try:
+                for _ in range(steps or 0):
+                    self.step(*args)
+            finally:
+                rt.set_profiling(False)
+            records = rt.profile()
         n = max(steps or 1, 1)
         ops: dict[str, float] = {}
         kernels: dict[str, float] = {}
         sections: dict[str, float] = {}
         nodes = []
-        for op, kernel, source, section, seconds, _calls in rt.profile():
+        for op, kernel, source, section, seconds, _calls in records:
             ms = seconds * 1e3 / n
             ops[op] = ops.get(op, 0.0) + ms
             kernels[kernel] = kernels.get(kernel, 0.0) + ms
@@ -159,13 +227,16 @@ class Session:
         written atomically: an existing file is replaced only by a complete new one."""
         from safetensors.numpy import save
         from ..compiler.files import write_bytes_atomic
-        tensors = {k: np.ascontiguousarray(v) for k, v in self.state_dict().items()}
-        meta = {"producer": "edgetune", "steps": str(self.steps), "backend": self.backend}
+        with self._lock:  # the weights and the step count of one moment
+            tensors = {k: np.ascontiguousarray(v) for k, v in self.state_dict().items()}
+            steps = self.steps
+        meta = {"producer": "edgetune", "steps": str(steps), "backend": self.backend}
         write_bytes_atomic(path, save(tensors, metadata=meta), error=InputError)
 
     def load_weights(self, path, strict: bool = True) -> None:
         """Weights from a safetensors file (e.g. one `save_weights` or `edgetune-train` wrote, or
-        `safetensors.torch.save_file(model.state_dict())`)."""
+        `safetensors.torch.save_file(model.state_dict())`). All or nothing, as load_state_dict:
+        a file with one bad tensor leaves every weight as it was."""
         from safetensors.numpy import load_file
         if not os.path.exists(path):
             raise InputError(f"load_weights: {path} does not exist")
