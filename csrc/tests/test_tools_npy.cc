@@ -3,6 +3,7 @@
 // file, dtype conversion and binding to a plan input. Fixtures are built byte by byte here, the
 // way numpy.save writes them, instead of committing binary files. Suite: ToolsNpy.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <cmath>
 #include <cstring>
@@ -182,6 +183,33 @@ TEST(ToolsNpy, ReadsFileAndReportsMissingOnes) {
   tools_test::write_file(dir / "empty.npy", "");
   EXPECT_FALSE(read_npy(dir / "empty.npy").ok());
   EXPECT_FALSE(read_npy(dir.path()).ok());
+}
+
+TEST(ToolsNpy, RejectsDeeplyNestedUnknownKeyWithoutCrashing) {
+  // 100,000 nested lists under a key numpy never writes: a recursive skip overflowed the stack.
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  auto r = parse(npy_bytes("{'descr': '<f4', 'fortran_order': False, 'shape': (1,), 'junk': " + deep + ", }",
+                           std::string(4, '\0'), /*major=*/2));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("x.npy"), std::string::npos) << r.status().message();
+  EXPECT_NE(r.status().message().find("nested deeper than 64"), std::string::npos) << r.status().message();
+  // moderate nesting (a structured descr, an unknown key) is still skipped
+  EXPECT_TRUE(parse(npy_bytes("{'descr': '<f4', 'fortran_order': False, 'shape': (1,), 'junk': " +
+                                  std::string(20, '[') + std::string(20, ']') + ", }",
+                              std::string(4, '\0')))
+                  .ok());
+}
+
+TEST(ToolsNpy, RefusesFifoAndDevicesWithoutBlocking) {
+  ScratchDir dir;
+  ASSERT_EQ(mkfifo((dir / "fifo.npy").c_str(), 0600), 0);
+  auto fifo = read_npy(dir / "fifo.npy");  // would block forever in open() without O_NONBLOCK
+  ASSERT_FALSE(fifo.ok());
+  EXPECT_NE(fifo.status().message().find("not a regular file"), std::string::npos) << fifo.status().message();
+  auto zero = read_npy("/dev/zero");
+  ASSERT_FALSE(zero.ok());
+  EXPECT_EQ(zero.status().code(), StatusCode::kInvalidArgument);
 }
 
 TEST(ToolsNpy, ConvertsWithinAKind) {

@@ -125,19 +125,24 @@ class HeaderParser {
     return Status::Ok();
   }
 
-  // Skips any Python literal (used for keys we do not know and for structured descrs).
-  Status skip_value() {
+  // Skips any Python literal (used for keys we do not know and for structured descrs). Nesting
+  // is bounded: a header of 100,000 '[' must be an error, not a stack overflow.
+  static constexpr int kMaxNesting = 64;
+  Status skip_value(int depth = 0) {
     char c = peek();
     if (c == '\'' || c == '"') {
       std::string tmp;
       return parse_string(&tmp);
     }
     if (c == '(' || c == '[' || c == '{') {
+      if (depth >= kMaxNesting) {
+        return fail("brackets nested deeper than " + std::to_string(kMaxNesting) + " levels");
+      }
       char close = c == '(' ? ')' : c == '[' ? ']' : '}';
       ++pos_;
       skip_ws();
       while (!eat(close)) {
-        ET_RETURN_IF_ERROR(skip_value());
+        ET_RETURN_IF_ERROR(skip_value(depth + 1));
         skip_ws();
         if (eat(':') || eat(',')) skip_ws();
         if (pos_ >= s_.size()) return fail("unterminated bracket");
@@ -322,7 +327,8 @@ Result<NpyArray> parse_npy(const uint8_t* bytes, size_t size, const std::string&
 }
 
 Result<NpyArray> read_npy(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO must not wait for a writer; only regular files are read.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
     int e = errno;
     if (e == ENOENT) return not_found(path + ": no such file");
@@ -337,6 +343,10 @@ Result<NpyArray> read_npy(const std::string& path) {
   if (S_ISDIR(st.st_mode)) {
     ::close(fd);
     return invalid_argument(path + ": is a directory, not a .npy file");
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return invalid_argument(path + ": is not a regular file (a FIFO, device or socket); give a .npy file");
   }
   auto size = static_cast<size_t>(st.st_size);
   if (size < 10) {
