@@ -212,7 +212,12 @@ Status PlanLoader::allocate_memory() {
 Status PlanLoader::load_nodes() {
   const KernelRegistry* registry = KernelRegistry::for_backend(options_.backend);
   if (!registry) return unimplemented("backend '" + options_.backend + "' is not built into this runtime");
+  if (options_.num_threads > ThreadPool::kMaxThreads) {
+    return invalid_argument("threads=" + std::to_string(options_.num_threads) + " is more than the maximum of " +
+                            std::to_string(ThreadPool::kMaxThreads));
+  }
   rt_->pool_.reset(new ThreadPool(options_.num_threads));
+  if (!rt_->pool_->start_status().ok()) return rt_->pool_->start_status();
   const uint64_t arena_bytes = region_size(fb::Region::arena);
   const auto* nodes = plan_->nodes();
   const size_t num_nodes = nodes ? nodes->size() : 0;

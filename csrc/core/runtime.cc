@@ -2,12 +2,17 @@
 // allocations are the loader's (core/plan_loader.h).
 #include "core/runtime.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 
 #include "core/plan_loader.h"
 #include "plan_generated.h"
@@ -25,35 +30,50 @@ Result<std::unique_ptr<Runtime>> Runtime::load(const uint8_t* data, size_t size,
 }
 
 Result<std::unique_ptr<Runtime>> Runtime::load_file(const std::string& path, const RuntimeOptions& options) {
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (!f) return not_found("cannot open plan file '" + path + "': " + std::strerror(errno));
-  // read into a growing malloc'd buffer: works for pipes too, and a failed allocation is a Status
-  uint8_t* bytes = nullptr;
-  size_t size = 0, capacity = 0;
-  bool failed = false, no_memory = false;
-  for (;;) {
-    if (size == capacity) {
-      const size_t grown = capacity ? capacity * 2 : size_t{1} << 16;
-      void* p = std::realloc(bytes, grown);
-      if (!p) {
-        no_memory = true;
-        break;
-      }
-      bytes = static_cast<uint8_t*>(p);
-      capacity = grown;
-    }
-    const size_t got = std::fread(bytes + size, 1, capacity - size, f);
-    size += got;
-    if (got == 0) {
-      failed = std::ferror(f);
-      break;
-    }
+  // O_NONBLOCK: opening a FIFO must not wait for a writer. Only a regular file is read, and only
+  // the size fstat gives (a device such as /dev/zero would otherwise be read until memory ran out).
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) {
+    const int e = errno;
+    if (e == ENOENT) return not_found("cannot open plan file '" + path + "': " + std::strerror(e));
+    return io_error("cannot open plan file '" + path + "': " + std::strerror(e));
   }
-  std::fclose(f);
-  std::unique_ptr<uint8_t, decltype(&std::free)> owned(bytes, &std::free);
-  if (no_memory) return out_of_memory("cannot allocate memory to read plan file '" + path + "' (" +
-                                      std::to_string(size) + " bytes read so far)");
-  if (failed) return io_error("reading plan file '" + path + "' failed");
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    const int e = errno;
+    ::close(fd);
+    return io_error("cannot stat plan file '" + path + "': " + std::strerror(e));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return invalid_argument("plan file '" + path + "' is not a regular file (" +
+                            (S_ISDIR(st.st_mode) ? "a directory" : S_ISFIFO(st.st_mode) ? "a FIFO" : "a device or socket") +
+                            "); give a .etp file");
+  }
+  if (static_cast<uint64_t>(st.st_size) > std::numeric_limits<size_t>::max() / 2) {
+    ::close(fd);
+    return out_of_memory("plan file '" + path + "' is too large (" + std::to_string(st.st_size) + " bytes)");
+  }
+  const size_t expected = static_cast<size_t>(st.st_size);
+  std::unique_ptr<uint8_t, decltype(&std::free)> owned(static_cast<uint8_t*>(std::malloc(expected ? expected : 1)),
+                                                        &std::free);
+  if (!owned) {
+    ::close(fd);
+    return out_of_memory("cannot allocate " + std::to_string(expected) + " bytes to read plan file '" + path + "'");
+  }
+  size_t size = 0;
+  while (size < expected) {
+    const ssize_t got = ::read(fd, owned.get() + size, expected - size);
+    if (got < 0) {
+      if (errno == EINTR || errno == EAGAIN) continue;
+      const int e = errno;
+      ::close(fd);
+      return io_error("reading plan file '" + path + "' failed: " + std::strerror(e));
+    }
+    if (got == 0) break;  // shrank while reading: the loader reports the truncation
+    size += static_cast<size_t>(got);
+  }
+  ::close(fd);
   auto r = PlanLoader::load(owned.get(), size, options);
   if (!r.ok()) return r.status().with_context(path);
   return r;
@@ -139,6 +159,21 @@ bool Runtime::is_baked(const std::string& name) const {
   for (const std::string& t : baked_)
     if (t == name) return true;
   return false;
+}
+
+std::vector<Runtime::ClassTargets> Runtime::class_targets() const {
+  std::vector<ClassTargets> out;
+  for (const Node& n : nodes_) {
+    if ((n.op != "cross_entropy" && n.op != "nll_loss") || n.inputs.size() < 2) continue;
+    const TensorView& scores = n.inputs[0];
+    const TensorView& target = n.inputs[1];
+    if (scores.rank != 2) continue;
+    for (size_t i = 0; i < inputs_.size(); ++i) {
+      if (inputs_[i].view.data != target.data || inputs_[i].view.nbytes() != target.nbytes()) continue;
+      out.push_back({static_cast<int>(i), scores.shape[1], n.attrs.get_int("ignore_index", -100)});
+    }
+  }
+  return out;
 }
 
 bool Runtime::is_trainable(const std::string& name) const {

@@ -66,6 +66,16 @@ class Runtime {
   const std::vector<Binding>& weights() const { return weights_; }
   const Binding* weight(const std::string& name) const;
   bool is_trainable(const std::string& name) const;
+
+  // Inputs that a class-index loss (cross_entropy, nll_loss) reads directly as its targets: each
+  // value must be ignore_index or in [0, classes). Lets a caller check a whole data file up front
+  // instead of failing at the batch that holds a bad label.
+  struct ClassTargets {
+    int input = 0;  // index into inputs()
+    int64_t classes = 0;
+    int64_t ignore_index = -100;
+  };
+  std::vector<ClassTargets> class_targets() const;
   // A frozen weight whose value the compiler folded into constants: changing it would leave them stale.
   bool is_baked(const std::string& name) const;
   const std::vector<Binding>& optimizer_state() const { return optimizer_state_; }

@@ -1,16 +1,43 @@
 // ThreadPool implementation: one job at a time, chunks handed out under a mutex.
 #include "core/thread_pool.h"
 
+#include <exception>
+#include <new>
+#include <string>
+#include <system_error>
+
 namespace edgetune {
 
 ThreadPool::ThreadPool(int num_threads) {
   if (num_threads <= 0) num_threads = static_cast<int>(std::thread::hardware_concurrency());
   if (num_threads <= 0) num_threads = 1;
+  if (num_threads > kMaxThreads) num_threads = kMaxThreads;
   num_threads_ = num_threads;
-  for (int i = 1; i < num_threads_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+  std::string why;
+  try {
+    workers_.reserve(static_cast<size_t>(num_threads_ - 1));
+    for (int i = 1; i < num_threads_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+    return;
+  } catch (const std::system_error& e) {
+    why = e.what();
+  } catch (const std::bad_alloc&) {
+    why = "out of memory";
+  } catch (const std::exception& e) {
+    why = e.what();
+  }
+  // Part-way: the started workers wait on our condition variables, so they must be stopped and
+  // joined before anything else happens (destroying the pool under them hung in cond_destroy).
+  const size_t started = workers_.size();
+  stop_workers();
+  workers_.clear();
+  start_status_ = Status(StatusCode::kOutOfMemory,
+                         "cannot start " + std::to_string(num_threads_) + " threads (" + std::to_string(started + 1) +
+                             " started before the system refused: " + why + "); use fewer threads");
+  num_threads_ = 1;
+  stop_ = false;
 }
 
-ThreadPool::~ThreadPool() {
+void ThreadPool::stop_workers() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
@@ -18,6 +45,8 @@ ThreadPool::~ThreadPool() {
   work_cv_.notify_all();
   for (auto& t : workers_) t.join();
 }
+
+ThreadPool::~ThreadPool() { stop_workers(); }
 
 void ThreadPool::run_chunk(int64_t chunk) {
   int64_t begin = job_n_ * chunk / job_chunks_;

@@ -4,6 +4,10 @@
 // calling thread, and returns when all are done. The callable is passed by reference (no
 // std::function, no allocation), so kernels can call it inside a training step. With one
 // thread, or n too small to split, it runs inline.
+//
+// Starting threads can fail part-way (a memory or process limit): the pool then stops and joins
+// the workers it did start, runs everything on the caller (num_threads() == 1), and says why in
+// start_status(). The runtime's loader turns that into an error; nothing throws.
 #pragma once
 
 #include <condition_variable>
@@ -12,16 +16,23 @@
 #include <thread>
 #include <vector>
 
+#include "core/status.h"
+
 namespace edgetune {
 
 class ThreadPool {
  public:
+  // The most threads a pool starts; a request for more is refused by the runtime's loader.
+  static constexpr int kMaxThreads = 4096;
+
   explicit ThreadPool(int num_threads);  // total threads incl. the caller; <= 0 = hardware
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
 
   int num_threads() const { return num_threads_; }
+  // Ok, or why not all the requested threads could be started (then the pool runs inline).
+  const Status& start_status() const { return start_status_; }
 
   // fn(begin, end) over chunks of [0, n); `grain` = the smallest chunk worth a thread.
   template <typename Fn>
@@ -45,6 +56,7 @@ class ThreadPool {
   void run_chunks(int64_t n, int64_t chunks, Trampoline tramp, const void* fn);
   void worker_loop(int index);
   void run_chunk(int64_t chunk);
+  void stop_workers();
 
   int num_threads_;
   std::vector<std::thread> workers_;
@@ -57,6 +69,7 @@ class ThreadPool {
   const void* job_fn_ = nullptr;
   int64_t next_chunk_ = 0, pending_ = 0;
   bool stop_ = false;
+  Status start_status_;
 };
 
 }  // namespace edgetune

@@ -1,6 +1,9 @@
 // The runtime on real plan files (csrc/tests/data, written by csrc/tests/data/make_plans.py): loading,
 // stepping, state copies, and the verifier's answers to damaged, foreign and future plans.
 #include <gtest/gtest.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstring>
@@ -147,6 +150,38 @@ TEST(RuntimePlan, NanLossStopsBeforeAnyUpdate) {
   EXPECT_NE(r.status().message().find("loss is NaN at step 2"), std::string::npos) << r.status().message();
   EXPECT_EQ(std::memcmp(before.data(), w->view.data, before.size() * sizeof(float)), 0);
   EXPECT_EQ(rt->steps_done(), 1);
+}
+
+TEST(RuntimePlan, LoadFileReadsOnlyRegularFiles) {
+  RuntimeOptions opt;
+  opt.num_threads = 1;
+  auto ok = Runtime::load_file(std::string(EDGETUNE_TEST_DATA) + "/mlp_sgd.etp", opt);
+  EXPECT_TRUE(ok.ok()) << ok.status().to_string();
+  // /dev/zero was read until memory ran out
+  auto zero = Runtime::load_file("/dev/zero", opt);
+  ASSERT_FALSE(zero.ok());
+  EXPECT_NE(zero.status().message().find("not a regular file"), std::string::npos) << zero.status().to_string();
+  // a FIFO with no writer blocked open() forever
+  char dir[] = "/tmp/edgetune-plan-XXXXXX";
+  ASSERT_NE(mkdtemp(dir), nullptr);
+  const std::string fifo = std::string(dir) + "/plan.etp";
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  auto r = Runtime::load_file(fifo, opt);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("a FIFO"), std::string::npos) << r.status().to_string();
+  unlink(fifo.c_str());
+  rmdir(dir);
+  auto d = Runtime::load_file(EDGETUNE_TEST_DATA, opt);
+  EXPECT_FALSE(d.ok());
+}
+
+TEST(RuntimePlan, ThreadCountAboveTheMaximumIsRefused) {
+  RuntimeOptions opt;
+  opt.num_threads = 10000;
+  auto plan = read_file("mlp_sgd.etp");
+  auto r = Runtime::load(plan.data(), plan.size(), opt);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("maximum of 4096"), std::string::npos) << r.status().to_string();
 }
 
 }  // namespace
