@@ -71,6 +71,11 @@ TEST(ToolsCliArgs, RejectsMistakesByName) {
             std::string::npos);
   EXPECT_NE(error_of({"m.etp", "--inputs", "x.npy", "--out", "a", "--out", "b"}).find("twice"), std::string::npos);
   EXPECT_NE(error_of({"m.etp", "--quiet=1", "--inputs", "x.npy"}).find("takes no value"), std::string::npos);
+  // too large is not "expected a non-negative integer": say the maximum
+  EXPECT_EQ(error_of({"m.etp", "--inputs", "x.npy", "--threads", "10000"}),
+            "--threads: 10000 is more than the maximum of 4096");
+  EXPECT_NE(error_of({"m.etp", "--inputs", "x.npy", "--threads", "99999999999999999999999"}).find("maximum of 4096"),
+            std::string::npos);
 }
 
 TEST(ToolsCliArgs, PlanArgument) {

@@ -23,7 +23,11 @@ Status parse_int(const std::string& flag, const std::string& text, int64_t min, 
   errno = 0;
   char* end = nullptr;
   long long v = std::strtoll(text.c_str(), &end, 10);
-  if (errno != 0 || *end != '\0' || v < min || v > max) return bad_value(flag, want, text);
+  if (*end != '\0' || v < min) return bad_value(flag, want, text);
+  if (errno == ERANGE || v > max) {
+    return invalid_argument(flag + ": " + text + " is more than the maximum of " + std::to_string(max));
+  }
+  if (errno != 0) return bad_value(flag, want, text);
   *out = v;
   return Status::Ok();
 }
