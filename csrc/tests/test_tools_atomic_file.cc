@@ -4,7 +4,11 @@
 #include <gtest/gtest.h>
 
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <csignal>
 #include <string>
 #include <vector>
@@ -90,6 +94,75 @@ TEST(ToolsAtomicFile, FailedWriteKeepsDestination) {
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.code(), StatusCode::kIoError);
   EXPECT_FALSE(f.value()->commit().ok());  // a failed writer cannot be committed
+  EXPECT_EQ(tools_test::read_file(dir / "out.bin"), "precious");
+  EXPECT_EQ(dir.entries(), std::vector<std::string>{"out.bin"});
+}
+
+TEST(ToolsAtomicFile, KeepsPermissionsOfAnExistingDestination) {
+  ScratchDir dir;
+  tools_test::write_file(dir / "out.bin", "old");
+  ASSERT_EQ(chmod((dir / "out.bin").c_str(), 0600), 0);
+  auto f = AtomicFile::create(dir / "out.bin");
+  ASSERT_TRUE(f.ok());
+  ASSERT_TRUE(f.value()->write("new", 3).ok());
+  ASSERT_TRUE(f.value()->commit().ok());
+  struct stat st;
+  ASSERT_EQ(stat((dir / "out.bin").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0600u);
+  EXPECT_EQ(tools_test::read_file(dir / "out.bin"), "new");
+}
+
+TEST(ToolsAtomicFile, RemovesStaleTempFilesOfDeadProcessesOnly) {
+  ScratchDir dir;
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) _exit(0);
+  ASSERT_EQ(waitpid(child, nullptr, 0), child);  // reaped: its pid names no process now
+  const std::string dead = std::to_string(static_cast<long>(child));
+  tools_test::write_file(dir / ("out.bin.tmp." + dead), "stale");
+  tools_test::write_file(dir / "out.bin.tmp.1", "pid 1 is alive");
+  tools_test::write_file(dir / ("other.bin.tmp." + dead), "not ours");
+  tools_test::write_file(dir / "out.bin.tmp.x1", "not our pattern");
+  auto f = AtomicFile::create(dir / "out.bin");
+  ASSERT_TRUE(f.ok());
+  auto names = dir.entries();
+  auto has = [&](const std::string& n) { return std::find(names.begin(), names.end(), n) != names.end(); };
+  EXPECT_FALSE(has("out.bin.tmp." + dead));
+  EXPECT_TRUE(has("out.bin.tmp.1"));
+  EXPECT_TRUE(has("other.bin.tmp." + dead));
+  EXPECT_TRUE(has("out.bin.tmp.x1"));
+}
+
+TEST(ToolsAtomicFile, ReserveClaimsSpaceUpFrontAndCommitTrims) {
+  ScratchDir dir;
+  auto f = AtomicFile::create(dir / "out.bin");
+  ASSERT_TRUE(f.ok());
+  ASSERT_TRUE(f.value()->reserve(1 << 16).ok());
+  struct stat st;
+  ASSERT_EQ(stat(f.value()->temp_path().c_str(), &st), 0);
+  EXPECT_EQ(st.st_size, 1 << 16);
+  ASSERT_TRUE(f.value()->write("abc", 3).ok());
+  ASSERT_TRUE(f.value()->commit().ok());
+  EXPECT_EQ(tools_test::read_file(dir / "out.bin"), "abc");
+}
+
+TEST(ToolsAtomicFile, ReserveFailsWhenTheSpaceIsNotThere) {
+  // A file-size limit below the reservation stands in for a full disk (EFBIG instead of ENOSPC).
+  ScratchDir dir;
+  tools_test::write_file(dir / "out.bin", "precious");
+  struct rlimit old;
+  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &old), 0);
+  auto old_handler = std::signal(SIGXFSZ, SIG_IGN);
+  auto f = AtomicFile::create(dir / "out.bin");
+  ASSERT_TRUE(f.ok());
+  struct rlimit lim = old;
+  lim.rlim_cur = 1024;
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &lim), 0);
+  Status s = f.value()->reserve(1 << 20);
+  setrlimit(RLIMIT_FSIZE, &old);
+  std::signal(SIGXFSZ, old_handler);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("not enough space"), std::string::npos) << s.message();
   EXPECT_EQ(tools_test::read_file(dir / "out.bin"), "precious");
   EXPECT_EQ(dir.entries(), std::vector<std::string>{"out.bin"});
 }

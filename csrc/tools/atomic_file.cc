@@ -1,7 +1,9 @@
 // Atomic file writes: temp file + fsync + rename + directory fsync (see atomic_file.h).
 #include "tools/atomic_file.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -22,6 +24,33 @@ std::string parent_dir(const std::string& path) {
   return path.substr(0, slash);
 }
 
+int remove_stale_temp_files(const std::string& path) {
+  const auto slash = path.find_last_of('/');
+  const std::string base = slash == std::string::npos ? path : path.substr(slash + 1);
+  const std::string dir = parent_dir(path);
+  const std::string prefix = base + ".tmp.";
+  if (base.empty()) return 0;
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return 0;
+  int removed = 0;
+  const long self = static_cast<long>(::getpid());
+  while (dirent* e = ::readdir(d)) {
+    const std::string name = e->d_name;
+    if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) continue;
+    const std::string digits = name.substr(prefix.size());
+    if (digits.size() > 9 || digits.find_first_not_of("0123456789") != std::string::npos) continue;
+    const long pid = std::stol(digits);
+    if (pid <= 0 || pid == self) continue;
+    if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;  // alive (or not ours to judge)
+    const std::string full = (dir == "/" ? "" : dir) + "/" + name;
+    struct stat st;
+    if (::lstat(full.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
+    if (::unlink(full.c_str()) == 0) ++removed;
+  }
+  ::closedir(d);
+  return removed;
+}
+
 Result<std::unique_ptr<AtomicFile>> AtomicFile::create(const std::string& path) {
   if (path.empty()) return invalid_argument("the output path is empty");
   if (path.back() == '/') return invalid_argument(path + ": names a directory, not a file");
@@ -30,6 +59,7 @@ Result<std::unique_ptr<AtomicFile>> AtomicFile::create(const std::string& path) 
     return invalid_argument(path + ": is a directory; give a file name, e.g. " + path + "/tuned.safetensors");
   }
   std::string temp = path + ".tmp." + std::to_string(static_cast<long>(::getpid()));
+  remove_stale_temp_files(path);
   // O_EXCL: never clobber (or follow a symlink planted at) a file this process did not create.
   int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
   if (fd < 0) {
@@ -50,6 +80,23 @@ void AtomicFile::abandon() {
   fd_ = -1;
   ::unlink(temp_.c_str());
   done_ = true;
+}
+
+Status AtomicFile::reserve(size_t size) {
+  if (done_ || fd_ < 0) return internal_error("reserve on " + temp_ + " after commit or failure");
+  if (size == 0) return Status::Ok();
+  int rc = ::posix_fallocate(fd_, 0, static_cast<off_t>(size));
+  if (rc != 0) {
+    std::string dir = parent_dir(path_);
+    abandon();
+    if (rc == ENOSPC || rc == EDQUOT || rc == EFBIG) {
+      return io_error("cannot write " + path_ + ": not enough space in " + dir + " for its " + std::to_string(size) +
+                      " bytes (" + why(rc) + ")");
+    }
+    return io_error("cannot reserve " + std::to_string(size) + " bytes for " + path_ + " in " + dir + ": " + why(rc));
+  }
+  reserved_ = size;
+  return Status::Ok();
 }
 
 Status AtomicFile::write(const void* data, size_t size) {
@@ -74,6 +121,14 @@ Status AtomicFile::write(const void* data, size_t size) {
 
 Status AtomicFile::commit() {
   if (done_ || fd_ < 0) return internal_error("commit of " + temp_ + " after commit or failure");
+  if (reserved_ > written_ && ::ftruncate(fd_, static_cast<off_t>(written_)) != 0) {
+    int e = errno;
+    abandon();
+    return io_error("trimming " + temp_ + ": " + why(e));
+  }
+  // An existing destination keeps its permissions (a 0600 file must not become 0644).
+  struct stat old;
+  if (::stat(path_.c_str(), &old) == 0 && S_ISREG(old.st_mode)) (void)::fchmod(fd_, old.st_mode & 07777);
   if (::fsync(fd_) != 0) {
     int e = errno;
     abandon();

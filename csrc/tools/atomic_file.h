@@ -3,6 +3,10 @@
 // `path`, fsync the directory (so the rename itself survives a power cut — edge devices lose
 // power). A writer that is destroyed without commit() removes its temp file, so a failed run
 // leaves the destination exactly as it was.
+//
+// An existing destination keeps its permission bits. create() also removes stale
+// `<name>.tmp.<pid>` files next to `path` whose process is gone (a writer killed mid-write).
+// reserve(n) allocates the disk space up front, so a full disk fails before a long job, not after.
 #pragma once
 
 #include <cstddef>
@@ -23,6 +27,9 @@ class AtomicFile {
   AtomicFile(const AtomicFile&) = delete;
   AtomicFile& operator=(const AtomicFile&) = delete;
 
+  // Allocates `size` bytes of disk for the temp file now (posix_fallocate); ENOSPC is an error
+  // naming the directory. Writes then go into the reserved space; commit() trims any excess.
+  Status reserve(size_t size);
   Status write(const void* data, size_t size);
   // fsync + close + rename over the destination + fsync of the directory.
   Status commit();
@@ -36,7 +43,7 @@ class AtomicFile {
   void abandon();
   std::string path_, temp_;
   int fd_ = -1;
-  size_t written_ = 0;
+  size_t written_ = 0, reserved_ = 0;
   bool done_ = false;
 };
 
@@ -46,6 +53,10 @@ Status check_writable(const std::string& path);
 
 // The directory part of `path` ("." when it has none).
 std::string parent_dir(const std::string& path);
+
+// Removes `<basename of path>.tmp.<pid>` files in path's directory whose pid is not a live
+// process (not this one). Returns how many it removed.
+int remove_stale_temp_files(const std::string& path);
 
 }  // namespace tools
 }  // namespace edgetune

@@ -402,6 +402,33 @@ int bind_data(const TrainArgs& args, const Runtime& rt, int64_t batch, Schedule*
     return fail(kExitUsage, data[0].path + " has " + std::to_string(rows) + " samples, fewer than one batch of " +
                                 std::to_string(batch) + " (the plan's batch size)");
   }
+  // Every class-index target checked now, not when its batch comes up (an epoch of work later).
+  for (const auto& check : rt.class_targets()) {
+    for (const auto& d : data) {
+      if (d.input != check.input) continue;
+      const NpyArray& a = d.array;
+      if (a.dtype != DType::i64 && a.dtype != DType::i32) continue;
+      const int64_t n = a.numel();
+      const int64_t per_row = rows > 0 ? n / rows : 1;
+      for (int64_t i = 0; i < n; ++i) {
+        int64_t c;
+        if (a.dtype == DType::i64) {
+          int64_t v;
+          std::memcpy(&v, a.data + static_cast<size_t>(i) * 8, 8);
+          c = v;
+        } else {
+          int32_t v;
+          std::memcpy(&v, a.data + static_cast<size_t>(i) * 4, 4);
+          c = v;
+        }
+        if (c == check.ignore_index || (c >= 0 && c < check.classes)) continue;
+        return fail(kExitUsage, d.path + ": target " + std::to_string(c) + " at row " +
+                                    std::to_string(per_row > 0 ? i / per_row : i) + " is outside [0, " +
+                                    std::to_string(check.classes) + ") (the plan's class count) and is not ignore_index " +
+                                    std::to_string(check.ignore_index));
+      }
+    }
+  }
   sched->rows = rows;
   sched->steps_per_epoch = rows / batch;
   sched->dropped = rows % batch;
@@ -526,13 +553,11 @@ int train(const TrainArgs& args, Runtime& rt, Schedule& sched, TrainResult* resu
 
 // ---- write: the tuned weights, the summary -----------------------------------------------------------
 
-// Every weight under its state_dict name, atomically; *written_bytes: their data bytes.
-int write_weights(const TrainArgs& args, const LoadedPlan& plan, const Schedule& sched, const TrainResult& result,
-                  size_t* written_bytes) {
-  *written_bytes = 0;
-  if (args.out.empty()) return kContinue;
+// Every weight under its state_dict name, with the run's metadata (losses as given).
+void weight_entries(const TrainArgs& args, const LoadedPlan& plan, const Schedule& sched, double first_loss,
+                    double last_loss, std::vector<SafetensorsEntry>* entries, Metadata* meta, size_t* data_bytes) {
   const Runtime& rt = *plan.rt;
-  std::vector<SafetensorsEntry> entries;
+  *data_bytes = 0;
   for (const auto& b : rt.weights()) {
     SafetensorsEntry e;
     e.name = b.name;
@@ -540,19 +565,50 @@ int write_weights(const TrainArgs& args, const LoadedPlan& plan, const Schedule&
     e.shape = view_shape(b.view);
     e.data = b.view.data;
     e.nbytes = b.view.nbytes();
-    *written_bytes += e.nbytes;
-    entries.push_back(std::move(e));
+    *data_bytes += e.nbytes;
+    entries->push_back(std::move(e));
   }
-  Metadata meta = {{"format", "pt"},  // what transformers' loaders look for
-                   {"producer", std::string("edgetune-train ") + EDGETUNE_VERSION},
-                   {"model", rt.model_label()},
-                   {"plan", plan.embedded.found ? "embedded" : args.plan},
-                   {"steps", std::to_string(sched.total_steps)},
-                   {"seed", std::to_string(args.seed)},
-                   {"first_loss", fmt("%.9g", result.first_loss)},
-                   {"final_loss", fmt("%.9g", result.last_loss)}};
-  if (args.has_lr) meta.emplace_back("lr", fmt("%.9g", args.lr));
-  Status s = write_safetensors(args.out, entries, meta);
+  *meta = {{"format", "pt"},  // what transformers' loaders look for
+           {"producer", std::string("edgetune-train ") + EDGETUNE_VERSION},
+           {"model", rt.model_label()},
+           {"plan", plan.embedded.found ? "embedded" : args.plan},
+           {"steps", std::to_string(sched.total_steps)},
+           {"seed", std::to_string(args.seed)},
+           {"first_loss", fmt("%.9g", first_loss)},
+           {"final_loss", fmt("%.9g", last_loss)}};
+  if (args.has_lr) meta->emplace_back("lr", fmt("%.9g", args.lr));
+}
+
+// Opens the output's temp file and reserves the bytes the final write needs, before training:
+// a full disk fails now (exit 2), not after the run. The loss values are not known yet, so the
+// header is sized with the longest a "%.9g" value can print.
+int reserve_output(const TrainArgs& args, const LoadedPlan& plan, const Schedule& sched,
+                   std::unique_ptr<AtomicFile>* out) {
+  if (args.out.empty()) return kContinue;
+  std::vector<SafetensorsEntry> entries;
+  Metadata meta;
+  size_t data_bytes = 0;
+  weight_entries(args, plan, sched, -1.23456789e-300, -1.23456789e-300, &entries, &meta, &data_bytes);
+  auto header = safetensors_header(entries, meta);
+  if (!header.ok()) return fail(kExitRuntime, "writing the tuned weights: " + header.status().message());
+  auto file = AtomicFile::create(args.out);
+  if (!file.ok()) return fail(kExitUsage, "--out: " + file.status().message());
+  Status s = file.value()->reserve(header.value().size() + data_bytes);
+  if (!s.ok()) return fail(kExitUsage, "--out: " + s.message());
+  *out = std::move(file.value());
+  return kContinue;
+}
+
+// Every weight under its state_dict name, atomically, into the reserved file; *written_bytes:
+// their data bytes.
+int write_weights(const TrainArgs& args, const LoadedPlan& plan, const Schedule& sched, const TrainResult& result,
+                  AtomicFile* file, size_t* written_bytes) {
+  *written_bytes = 0;
+  if (args.out.empty() || file == nullptr) return kContinue;
+  std::vector<SafetensorsEntry> entries;
+  Metadata meta;
+  weight_entries(args, plan, sched, result.first_loss, result.last_loss, &entries, &meta, written_bytes);
+  Status s = write_safetensors(*file, entries, meta);
   if (!s.ok()) return fail(exit_code_for(s, kExitRuntime), "writing the tuned weights: " + s.message());
   return kContinue;
 }
@@ -595,6 +651,8 @@ int run(int argc, char** argv) {
   if ((rc = check_output_path(args, plan.embedded.found)) != kContinue) return rc;
   if ((rc = bind_data(args, *plan.rt, batch, &sched)) != kContinue) return rc;
   if ((rc = set_learning_rate(args, *plan.rt, &sched)) != kContinue) return rc;
+  std::unique_ptr<AtomicFile> out_file;  // removed again unless the run ends with a commit
+  if ((rc = reserve_output(args, plan, sched, &out_file)) != kContinue) return rc;
 
   // train
   print_header(args, plan, sched);
@@ -603,7 +661,7 @@ int run(int argc, char** argv) {
 
   // write
   size_t written_bytes = 0;
-  if ((rc = write_weights(args, plan, sched, result, &written_bytes)) != kContinue) return rc;
+  if ((rc = write_weights(args, plan, sched, result, out_file.get(), &written_bytes)) != kContinue) return rc;
   print_summary(args, *plan.rt, sched, result, written_bytes);
   return kExitOk;
 }

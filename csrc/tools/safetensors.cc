@@ -100,5 +100,14 @@ Status write_safetensors(const std::string& path, const std::vector<SafetensorsE
   return file->commit();
 }
 
+Status write_safetensors(AtomicFile& file, const std::vector<SafetensorsEntry>& entries, const Metadata& metadata) {
+  ET_ASSIGN_OR_RETURN(std::string header, safetensors_header(entries, metadata));
+  ET_RETURN_IF_ERROR(file.write(header.data(), header.size()));
+  for (const auto& e : entries) {
+    if (e.nbytes) ET_RETURN_IF_ERROR(file.write(e.data, e.nbytes));
+  }
+  return file.commit();
+}
+
 }  // namespace tools
 }  // namespace edgetune

@@ -17,6 +17,7 @@
 
 #include "core/status.h"
 #include "core/tensor.h"
+#include "tools/atomic_file.h"
 
 namespace edgetune {
 namespace tools {
@@ -42,6 +43,8 @@ Result<std::string> safetensors_header(const std::vector<SafetensorsEntry>& entr
 // Writes the file atomically (atomic_file.h): on any failure `path` is left as it was.
 Status write_safetensors(const std::string& path, const std::vector<SafetensorsEntry>& entries,
                          const Metadata& metadata);
+// The same into a writer opened (and its space reserved) earlier; commits it.
+Status write_safetensors(AtomicFile& file, const std::vector<SafetensorsEntry>& entries, const Metadata& metadata);
 
 }  // namespace tools
 }  // namespace edgetune

@@ -373,3 +373,92 @@ def test_find_train_binary(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(EdgetuneError, match="not found"):
         binary.find_train_binary()
+
+
+# ---- hostile files and limits (reliability issue) -------------------------------------------------
+def test_fifo_or_device_as_plan_or_data_is_refused_without_blocking(train_exe, mlp, data, tmp_path):
+    _, _, plan = mlp
+    x, y = data
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    # a FIFO with no writer blocked open() forever; /dev/zero was read until memory ran out
+    proc = run(train_exe, plan, "--inputs", fifo, "--targets", y, timeout=30)
+    assert proc.returncode == 2
+    assert_one_error_line(proc, str(fifo), "not a regular file")
+    proc = run(train_exe, plan, "--inputs", x, "--targets", "/dev/zero", timeout=30)
+    assert proc.returncode == 2
+    assert_one_error_line(proc, "/dev/zero", "not a regular file")
+    for bad_plan in (fifo, "/dev/zero"):
+        proc = run(train_exe, bad_plan, "--inputs", x, "--targets", y, timeout=30)
+        assert proc.returncode == 1, proc.stderr
+        assert_one_error_line(proc, str(bad_plan), "not a regular file")
+
+
+def test_failed_thread_start_is_an_error_not_a_hang(train_exe, mlp, data):
+    _, _, plan = mlp
+    x, y = data
+    # 4096 threads with 8 MiB stacks do not fit 1 GB of address space: thread creation fails
+    # part-way. The half-started pool used to hang forever in pthread_cond_destroy.
+    cmd = ['bash', '-c', 'ulimit -v 1000000 && exec "$@"', 'sh', str(train_exe), str(plan), "--inputs", str(x),
+           "--targets", str(y), "--steps", "1", "--threads", "4096"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert_one_error_line(proc, "cannot start 4096 threads")
+    proc = run(train_exe, plan, "--inputs", x, "--targets", y, "--threads", 10000)
+    assert proc.returncode == 2
+    assert_one_error_line(proc, "--threads", "maximum of 4096")
+
+
+def test_bad_label_late_in_the_file_fails_before_training_naming_the_row(train_exe, mlp, tmp_path):
+    _, _, plan = mlp
+    x, y = _task()
+    y[397] = CLASSES  # the last batch of the epoch
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    proc = run(train_exe, plan, "--inputs", tmp_path / "x.npy", "--targets", tmp_path / "y.npy", "--no-shuffle")
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert_one_error_line(proc, "y.npy", f"target {CLASSES} at row 397", f"[0, {CLASSES})")
+    assert "step" not in proc.stdout
+
+
+def test_existing_output_keeps_its_permissions_and_stale_temp_files_go(train_exe, mlp, data, tmp_path):
+    _, _, plan = mlp
+    x, y = data
+    out = tmp_path / "tuned.safetensors"
+    out.write_bytes(b"old")
+    out.chmod(0o600)
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # reaped: its pid names no process
+    stale = tmp_path / f"tuned.safetensors.tmp.{dead.pid}"
+    stale.write_bytes(b"left by a killed run")
+    proc = run(train_exe, plan, "--inputs", x, "--targets", y, "--steps", 2, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert (out.stat().st_mode & 0o777) == 0o600
+    assert not stale.exists()
+
+
+def test_full_disk_fails_before_training(train_exe, mlp, data, tmp_path):
+    _, _, plan = mlp
+    x, y = data
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root, or no permission)")
+    try:
+        filler = mnt / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)  # fill it: an empty file can still be created, data cannot
+        try:
+            while True:
+                os.write(fd, b"\0" * 4096)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        out = mnt / "tuned.safetensors"
+        proc = run(train_exe, plan, "--inputs", x, "--targets", y, "--out", out)
+        assert proc.returncode == 2, (proc.stdout, proc.stderr)
+        assert_one_error_line(proc, "--out", "not enough space")
+        assert "step" not in proc.stdout  # no training run was spent
+        assert sorted(p.name for p in mnt.iterdir()) == ["filler"]
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
