@@ -7,6 +7,7 @@
 #include <new>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "core/crc32.h"
 #include "plan_generated.h"
@@ -21,6 +22,20 @@ constexpr uint32_t kFormatVersion = 1;
 constexpr char kFooterMagic[4] = {'E', 'T', 'C', 'K'};
 constexpr size_t kFooterSize = 8;                        // CRC-32 (little-endian) + "ETCK"
 constexpr uint64_t kMaxRegionBytes = uint64_t{1} << 40;  // 1 TiB: anything larger is corrupt
+
+// The elements of an 8-byte vector ([long], [double]) copied out with memcpy. FlatBuffers' verifier
+// checks the alignment of a vector's 4-byte length, not of its 8-byte elements, so a plan that
+// verifies can still put them at an address that is 4 mod 8 (found by csrc/fuzz/fuzz_plan_loader:
+// reproducers/plan_loader/ubsan_misaligned_*.etp); reading them through a typed pointer is then
+// undefined behaviour. FlatBuffers data are little-endian, as are the targets (x86-64, aarch64).
+template <typename T>
+std::vector<T> copy_vector(const flatbuffers::Vector<T>* v) {
+  static_assert(flatbuffers::is_same<T, int64_t>::value || flatbuffers::is_same<T, double>::value,
+                "for 8-byte scalars");
+  std::vector<T> out(v ? v->size() : 0);
+  if (!out.empty()) std::memcpy(out.data(), v->Data(), out.size() * sizeof(T));
+  return out;
+}
 
 bool region_known(fb::Region r) { return !flatbuffers::IsOutRange(r, fb::Region::MIN, fb::Region::MAX); }
 
@@ -157,9 +172,10 @@ Status PlanLoader::load_tensors() {
     if (rank > static_cast<size_t>(kMaxRank))
       return invalid_plan(where + ": rank " + std::to_string(rank) + " > " + std::to_string(kMaxRank));
     p.view.rank = static_cast<int>(rank);
+    const std::vector<int64_t> shape = copy_vector(t->shape());
     uint64_t numel = 1;
     for (size_t d = 0; d < rank; ++d) {
-      const int64_t dim = t->shape()->Get(d);
+      const int64_t dim = shape[d];
       if (dim < 0 || (dim > 0 && numel > kMaxRegionBytes / static_cast<uint64_t>(dim)))
         return invalid_plan(where + ": bad dimension " + std::to_string(dim));
       p.view.shape[d] = dim;
@@ -257,8 +273,8 @@ Status PlanLoader::load_nodes() {
           return invalid_plan(where + ": attribute '" + attr.name + "' has unknown kind");
         attr.i = a->i();
         attr.f = a->f();
-        if (a->ints()) attr.ints.assign(a->ints()->begin(), a->ints()->end());
-        if (a->floats()) attr.floats.assign(a->floats()->begin(), a->floats()->end());
+        if (a->ints()) attr.ints = copy_vector(a->ints());
+        if (a->floats()) attr.floats = copy_vector(a->floats());
         if (a->s()) attr.s = a->s()->str();
         node.attrs.add(std::move(attr));
       }
