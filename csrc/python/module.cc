@@ -175,6 +175,7 @@ std::vector<py::array> py_run_kernel(const std::string& backend, const std::stri
   }
   Attrs attrs = attrs_from_py(attrs_py);
   ThreadPool pool(threads);
+  throw_if_error(pool.start_status());  // threads the system refused: an error, not one quiet thread
   KernelArgs a{in_views.data(), static_cast<int>(in_views.size()), out_views.data(),
                static_cast<int>(out_views.size()), &attrs, nullptr, 0, &pool};
   const size_t ws = checked_workspace(k, a, kernel);
@@ -214,6 +215,7 @@ double py_time_kernel(const std::string& backend, const std::string& kernel, con
   for (auto& s : outs) out_views.push_back(bind(view_of_spec(s), false));
   Attrs attrs = attrs_from_py(attrs_py);
   ThreadPool pool(threads);
+  throw_if_error(pool.start_status());  // threads the system refused: an error, not one quiet thread
   KernelArgs a{in_views.data(), static_cast<int>(in_views.size()), out_views.data(),
                static_cast<int>(out_views.size()), &attrs, nullptr, 0, &pool};
   const size_t ws = checked_workspace(k, a, kernel);
