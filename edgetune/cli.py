@@ -186,13 +186,17 @@ def cmd_bench(argv: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import models
     from .compiler.passes.pipeline import DEFAULT_OPT_LEVEL, PASS_NAMES
+    try:  # the zoo is plain torch; help and plan-file work must not need torch installed
+        from . import models
+        model_names = sorted(models.MODELS)
+    except ImportError:
+        model_names = None
     p = argparse.ArgumentParser(prog="edgetune", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command")
 
     def common(sp):
-        sp.add_argument("--model", default="small_cnn", choices=sorted(models.MODELS))
+        sp.add_argument("--model", default="small_cnn", choices=model_names)
         sp.add_argument("--peft", default="last-k:3", type=parse_peft,
                         help="full | bias-only | last-k:N | select:GLOB,!GLOB (default: last-k:3)")
         sp.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
