@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <csignal>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
@@ -240,7 +241,35 @@ struct Schedule {
 
 struct TrainResult {
   double first_loss = 0, last_loss = 0, seconds = 0;
+  int64_t steps = 0;     // steps taken (fewer than planned when a signal stopped the run)
+  int stop_signal = 0;   // SIGINT/SIGTERM/SIGHUP that stopped the run, or 0
 };
+
+// ---- signals: SIGINT, SIGTERM, SIGHUP end the run after the current step ---------------------------
+// The first one is noted and the loop stops after the step in flight, so the weights written are
+// those of a whole step (and the process exits 128 + signal, the shell's convention). A second
+// one means "now": the default action runs at once (the atomic write keeps an existing --out).
+volatile std::sig_atomic_t g_stop_signal = 0;
+
+extern "C" void on_stop_signal(int sig) {
+  if (g_stop_signal != 0) {  // async-signal-safe: signal() and raise() only
+    std::signal(sig, SIG_DFL);
+    std::raise(sig);
+    return;
+  }
+  g_stop_signal = sig;
+}
+
+void install_stop_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP}) sigaction(sig, &sa, nullptr);
+}
+
+const char* signal_name(int sig) {
+  return sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : sig == SIGHUP ? "SIGHUP" : "a signal";
+}
 
 // ---- load: the arguments and the plan ------------------------------------------------------------
 
@@ -531,9 +560,11 @@ int train(const TrainArgs& args, Runtime& rt, Schedule& sched, TrainResult* resu
     const double loss = r.value();
     if (step == 0) result->first_loss = loss;
     result->last_loss = loss;
+    result->steps = step + 1;
     interval_loss += loss;
     ++interval_steps;
-    const bool last = step + 1 == total_steps;
+    const int stop = g_stop_signal;
+    const bool last = step + 1 == total_steps || stop != 0;
     if (step == 0 || (step + 1) % sched.log_every == 0 || last) {
       const auto now = Clock::now();
       const double ms = std::chrono::duration<double, std::milli>(now - t_interval).count() /
@@ -544,6 +575,14 @@ int train(const TrainArgs& args, Runtime& rt, Schedule& sched, TrainResult* resu
       t_interval = now;
       interval_loss = 0;
       interval_steps = 0;
+    }
+    if (stop != 0) {
+      result->stop_signal = stop;
+      progress.end();
+      std::fprintf(stderr, "edgetune-train: %s: stopped after step %lld of %lld%s\n", signal_name(stop),
+                   static_cast<long long>(step + 1), static_cast<long long>(total_steps),
+                   args.out.empty() ? "" : ("; writing " + args.out).c_str());
+      break;
     }
   }
   progress.end();
@@ -619,8 +658,9 @@ void print_summary(const TrainArgs& args, const Runtime& rt, const Schedule& sch
   MemoryStats m = rt.memory();
   size_t data_bytes = 0;
   for (const auto& d : sched.data) data_bytes += d.array.nbytes;
-  std::printf("done: %lld steps in %.1f s, %s ms/step\n", static_cast<long long>(sched.total_steps), result.seconds,
-              fmt_ms(1000.0 * result.seconds / static_cast<double>(sched.total_steps)).c_str());
+  const int64_t steps = result.steps > 0 ? result.steps : sched.total_steps;
+  std::printf("done: %lld steps in %.1f s, %s ms/step\n", static_cast<long long>(steps), result.seconds,
+              fmt_ms(1000.0 * result.seconds / static_cast<double>(steps)).c_str());
   std::printf("loss: first %s, last %s\n", fmt_loss(result.first_loss).c_str(), fmt_loss(result.last_loss).c_str());
   std::printf("memory: runtime %s (persistent %s + arena %s + inputs %s); data %s\n",
               human_bytes(static_cast<double>(m.total())).c_str(),
@@ -656,6 +696,7 @@ int run(int argc, char** argv) {
 
   // train
   print_header(args, plan, sched);
+  install_stop_handlers();
   TrainResult result;
   if ((rc = train(args, *plan.rt, sched, &result)) != kContinue) return rc;
 
@@ -663,7 +704,7 @@ int run(int argc, char** argv) {
   size_t written_bytes = 0;
   if ((rc = write_weights(args, plan, sched, result, out_file.get(), &written_bytes)) != kContinue) return rc;
   print_summary(args, *plan.rt, sched, result, written_bytes);
-  return kExitOk;
+  return result.stop_signal ? 128 + result.stop_signal : kExitOk;
 }
 
 }  // namespace

@@ -17,8 +17,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import struct
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -462,3 +464,44 @@ def test_full_disk_fails_before_training(train_exe, mlp, data, tmp_path):
         assert sorted(p.name for p in mnt.iterdir()) == ["filler"]
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+# ---- signals ------------------------------------------------------------------------------------
+def _start_long_run(train_exe, plan, data, out):
+    x, y = data
+    return subprocess.Popen([str(train_exe), str(plan), "--inputs", str(x), "--targets", str(y), "--epochs", "100000",
+                             "--log-every", "1000000", "--threads", "1", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_finishes_the_step_writes_the_weights_and_exits_128_plus_signal(train_exe, mlp, data, tmp_path, sig):
+    from safetensors.numpy import load_file
+    model, _, plan = mlp
+    out = tmp_path / "tuned.safetensors"
+    proc = _start_long_run(train_exe, plan, data, out)
+    time.sleep(1.0)  # well into the 5,000,000-step run
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig, (proc.returncode, stderr)
+    m = re.search(rf"{sig.name}: stopped after step (\d+) of 5000000; writing", stderr)
+    assert m and 0 < int(m.group(1)) < 5_000_000, stderr
+    assert f"done: {m.group(1)} steps" in stdout
+    weights = load_file(out)
+    assert set(weights) == set(model.state_dict()) and all(np.isfinite(w).all() for w in weights.values())
+
+
+def test_a_second_signal_exits_at_once_and_keeps_the_old_output(train_exe, mlp, data, tmp_path):
+    _, _, plan = mlp
+    out = tmp_path / "tuned.safetensors"
+    out.write_bytes(b"the previous run's weights")
+    proc = _start_long_run(train_exe, plan, data, out)
+    time.sleep(1.0)
+    # stopped, both signals are pending together and arrive back to back on SIGCONT
+    proc.send_signal(signal.SIGSTOP)
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGCONT)
+    proc.communicate(timeout=60)
+    assert proc.returncode in (-signal.SIGTERM, -signal.SIGINT), proc.returncode  # killed by the second one
+    assert out.read_bytes() == b"the previous run's weights"
