@@ -74,23 +74,31 @@ TEST(ToolsAtomicFile, CheckWritableLeavesNoLitter) {
   EXPECT_TRUE(dir.entries().empty());
 }
 
+// Runs `fn` with a file-size limit (RLIMIT_FSIZE) of `bytes` and SIGXFSZ ignored, so that writing
+// past it fails with EFBIG for real, as a full disk would (ENOSPC); both are restored after.
+template <typename Fn>
+Status under_file_size_limit(rlim_t bytes, Fn fn) {
+  struct rlimit old;
+  if (getrlimit(RLIMIT_FSIZE, &old) != 0) return io_error("getrlimit failed");
+  auto old_handler = std::signal(SIGXFSZ, SIG_IGN);
+  struct rlimit lim = old;
+  lim.rlim_cur = bytes;
+  if (setrlimit(RLIMIT_FSIZE, &lim) != 0) return io_error("setrlimit failed");
+  Status s = fn();
+  setrlimit(RLIMIT_FSIZE, &old);
+  std::signal(SIGXFSZ, old_handler);
+  return s;
+}
+
 TEST(ToolsAtomicFile, FailedWriteKeepsDestination) {
   // Make the disk refuse the write for real: a file-size limit (RLIMIT_FSIZE) below what is
   // written turns write() into EFBIG once SIGXFSZ is ignored.
   ScratchDir dir;
   tools_test::write_file(dir / "out.bin", "precious");
-  struct rlimit old;
-  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &old), 0);
-  auto old_handler = std::signal(SIGXFSZ, SIG_IGN);
   auto f = AtomicFile::create(dir / "out.bin");
   ASSERT_TRUE(f.ok());
-  struct rlimit lim = old;
-  lim.rlim_cur = 1024;
-  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &lim), 0);
   std::string big(4096, 'x');
-  Status s = f.value()->write(big.data(), big.size());
-  setrlimit(RLIMIT_FSIZE, &old);
-  std::signal(SIGXFSZ, old_handler);
+  Status s = under_file_size_limit(1024, [&] { return f.value()->write(big.data(), big.size()); });
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.code(), StatusCode::kIoError);
   EXPECT_FALSE(f.value()->commit().ok());  // a failed writer cannot be committed
@@ -150,17 +158,9 @@ TEST(ToolsAtomicFile, ReserveFailsWhenTheSpaceIsNotThere) {
   // A file-size limit below the reservation stands in for a full disk (EFBIG instead of ENOSPC).
   ScratchDir dir;
   tools_test::write_file(dir / "out.bin", "precious");
-  struct rlimit old;
-  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &old), 0);
-  auto old_handler = std::signal(SIGXFSZ, SIG_IGN);
   auto f = AtomicFile::create(dir / "out.bin");
   ASSERT_TRUE(f.ok());
-  struct rlimit lim = old;
-  lim.rlim_cur = 1024;
-  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &lim), 0);
-  Status s = f.value()->reserve(1 << 20);
-  setrlimit(RLIMIT_FSIZE, &old);
-  std::signal(SIGXFSZ, old_handler);
+  Status s = under_file_size_limit(1024, [&] { return f.value()->reserve(1 << 20); });
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.message().find("not enough space"), std::string::npos) << s.message();
   EXPECT_EQ(tools_test::read_file(dir / "out.bin"), "precious");
