@@ -124,6 +124,11 @@ class _Writer:
         return self.offsets(offs)
 
 
+def model_label(program) -> str:
+    """The plan's human label: model, spec, optimizer (edgetune-train --info prints it)."""
+    return f"{program.graph.name} | {program.spec!r} | {program.optimizer!r}"
+
+
 def build_plan(program, backend: str = "cpu", memory: MemoryPlan | None = None) -> bytes:
     g = program.graph
     memory = memory or plan_program(program, backend)
@@ -229,7 +234,7 @@ def build_plan(program, backend: str = "cpu", memory: MemoryPlan | None = None) 
         copy_offs.append(fb_copy.CopyEnd(b))
     copies_vec = w.offsets(copy_offs)
     producer = b.CreateString(f"edgetune {__version__}")
-    label = b.CreateString(f"{g.name} | {program.spec!r} | {program.optimizer!r}")
+    label = b.CreateString(model_label(program))
 
     fb_plan.PlanStart(b)
     fb_plan.PlanAddFormatVersion(b, FORMAT_VERSION)

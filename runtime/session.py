@@ -8,10 +8,14 @@ State = params, buffers (e.g. BatchNorm running stats) and optimizer states, key
 `state_dict()` returns the model's tensors under the model's own state_dict names (tied
 weights under every name), ready for `module.load_state_dict({k: torch.from_numpy(v)})`;
 `save_weights(path)` writes them as safetensors (atomically), `load_weights(path)` reads them.
+`save_checkpoint(path)` / `load_checkpoint(path)` / `Session.resume(program, path)` keep and
+restore everything a run needs to continue bit for bit (weights, optimizer state, dropout counter,
+step count) in the format `edgetune-train --checkpoint/--resume` uses (runtime/checkpoint.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import numbers
 import os
@@ -221,6 +225,79 @@ class Session:
         return {"ops": dict(sorted(ops.items(), key=lambda kv: -kv[1])),
                 "kernels": dict(sorted(kernels.items(), key=lambda kv: -kv[1])), "sections": sections, "nodes": nodes}
 
+    # ---- checkpoints ------------------------------------------------------------------------------
+    @property
+    def plan_sha256(self) -> str:
+        """SHA-256 of the plan this session runs (of the .etp file's bytes): a checkpoint's identity."""
+        return self._impl.plan_sha256()
+
+    def save_checkpoint(self, path, metadata: dict | None = None) -> None:
+        """Everything a run needs to continue exactly: weights, optimizer state (moments, step
+        counts, lr, the dropout counter) and the step count, atomically (the previous file stays
+        whole until the new one is complete). `metadata` (str -> str, e.g. your data position)
+        comes back from `load_checkpoint`. `edgetune-train --resume` reads the same file."""
+        from ..compiler.files import write_bytes_atomic
+        from . import checkpoint
+        with self._lock:  # one moment's weights, state and step count
+            weights = self.state_dict()
+            state = self.optimizer_state()
+            steps = self.steps
+            blob = checkpoint.encode(weights, state, plan_sha256=self.plan_sha256, model=self._impl.model_label(),
+                                     steps=steps, metadata=metadata)
+        write_bytes_atomic(path, blob, error=InputError)
+
+    def load_checkpoint(self, path) -> dict:
+        """Restores a checkpoint of this plan (from save_checkpoint or edgetune-train), all or
+        nothing; returns the metadata its writer added. A checkpoint of another plan, or one with
+        a missing, extra, misshapen or non-finite tensor, raises InputError and changes nothing."""
+        from . import checkpoint
+        ckpt = checkpoint.Checkpoint(path)
+        with self._lock:
+            if ckpt.plan_sha256 != self.plan_sha256:
+                raise InputError(f"{ckpt.path} was written by another plan (sha256 {ckpt.plan_sha256[:12]}...; this "
+                                 f"session's plan is {self.plan_sha256[:12]}...): a checkpoint resumes only the plan "
+                                 "that wrote it")
+            old_state = self._impl.optimizer_state()
+            if set(ckpt.state) != set(old_state):
+                extra, missing = sorted(set(ckpt.state) - set(old_state)), sorted(set(old_state) - set(ckpt.state))
+                raise InputError(f"{ckpt.path}: optimizer state differs from the plan's (extra {extra[:5]}, "
+                                 f"missing {missing[:5]})")
+            for name, arr in ckpt.state.items():
+                want = old_state[name]
+                if arr.shape != want.shape or arr.dtype != want.dtype:
+                    raise InputError(f"{ckpt.path}: optimizer state '{name}' is {arr.dtype}{list(arr.shape)}, the "
+                                     f"plan's is {want.dtype}{list(want.shape)}")
+                if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                    raise InputError(f"{ckpt.path}: optimizer state '{name}' holds inf or NaN")
+            if "optim.lr" in ckpt.state and float(ckpt.state["optim.lr"]) < 0:
+                raise InputError(f"{ckpt.path}: learning rate {float(ckpt.state['optim.lr'])} is negative")
+            old_weights = self._impl.state_dict()
+            try:
+                self.load_state_dict(ckpt.weights, strict=True)  # checks everything, then writes; atomic
+            except InputError as e:
+                raise InputError(f"{ckpt.path}: {e}") from None
+            written = []
+            try:
+                for name, arr in ckpt.state.items():
+                    self._impl.set_state(name, arr)
+                    written.append(name)
+            except BaseException:
+                for name in written:
+                    self._impl.set_state(name, old_state[name])
+                self.load_state_dict(old_weights, strict=True)
+                raise
+            self.steps = ckpt.steps
+            self._impl.set_steps(ckpt.steps)
+        return ckpt.user_metadata
+
+    @classmethod
+    def resume(cls, program, path, backend: str = "reference", **kwargs) -> "Session":
+        """A new Session on `program` continued from checkpoint `path`; the metadata its writer
+        added is in `session.checkpoint_metadata`."""
+        sess = cls(program, backend=backend, **kwargs)
+        sess.checkpoint_metadata = sess.load_checkpoint(path)
+        return sess
+
     # ---- weights as files -------------------------------------------------------------------------
     def save_weights(self, path) -> None:
         """All weights (params and buffers, under the model's state_dict names) as safetensors,
@@ -257,13 +334,27 @@ class _ReferenceBackend:
         names = program.model_inputs + [program.target_input]
         self.input_specs = [(n, by_name[n].dtype, by_name[n].shape) for n in names]
         self.num_model_inputs = len(program.model_inputs)
+        self._plan_sha256 = None
 
     def _named(self, arrays, specs):
         return {name: a for a, (name, _, _) in zip(arrays, specs)}
 
     def step(self, arrays) -> float:
-        outputs, self.state = self.executor.run(self._named(arrays, self.input_specs), self.state)
-        return float(outputs["loss"])
+        # The executor is functional: the new state is kept only when it is finite, so a NaN loss
+        # or an update that overflowed leaves every weight and optimizer state as it was (the
+        # cpu runtime stops at the first refusing update; see csrc/core/runtime.h).
+        with np.errstate(over="ignore", invalid="ignore"):  # reported below, as an error
+            outputs, state = self.executor.run(self._named(arrays, self.input_specs), self.state)
+        loss = float(outputs["loss"])
+        if not math.isfinite(loss):
+            raise InputError(f"loss is {'NaN' if math.isnan(loss) else 'Inf'}; the step was stopped before any "
+                             "update, weights keep their last finite values")
+        for name, value in state.items():
+            if value.dtype.kind == "f" and not np.isfinite(value).all():
+                raise InputError(f"the update would write inf or NaN into '{name}' (a gradient holds inf/NaN or "
+                                 "overflowed, or the learning rate is too large); the step was refused")
+        self.state = state
+        return loss
 
     def forward(self, arrays) -> np.ndarray:
         outputs, _ = self.executor.run(self._named(arrays, self.input_specs), self.state, sections=("forward",))
@@ -293,6 +384,19 @@ class _ReferenceBackend:
 
     def memory(self):
         return None
+
+    def plan_sha256(self) -> str:
+        # the plan this program would run as on the cpu backend, so the checkpoints agree
+        if self._plan_sha256 is None:
+            self._plan_sha256 = hashlib.sha256(self.program.plan_bytes("cpu")).hexdigest()
+        return self._plan_sha256
+
+    def model_label(self) -> str:
+        from ..compiler.plan_file import model_label
+        return model_label(self.program)
+
+    def set_steps(self, steps: int) -> None:
+        pass
 
 
 class _NativeBackend:
@@ -346,3 +450,12 @@ class _NativeBackend:
 
     def memory(self):
         return self.rt.memory()
+
+    def plan_sha256(self) -> str:
+        return self.rt.plan_sha256
+
+    def model_label(self) -> str:
+        return self.rt.model
+
+    def set_steps(self, steps: int) -> None:
+        self.rt.steps = steps

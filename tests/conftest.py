@@ -61,6 +61,7 @@ FILE_MARKERS = {
     "runtime/test_cpu_runtime.py": ("native",),
     "runtime/test_train_binary.py": ("native",),
     "runtime/test_session_safety.py": ("native",),
+    "runtime/test_checkpoint.py": ("native",),
     "e2e/test_finetune.py": ("slow",),  # the main job: real data, several models, minutes
 }
 # single tests over ~20 s (pytest --durations, -n 2 on this project's 2-core machine), as node-id

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/crc32.h"
+#include "core/sha256.h"
 #include "plan_generated.h"
 
 namespace edgetune {
@@ -93,6 +94,7 @@ Result<std::unique_ptr<Runtime>> PlanLoader::load(const uint8_t* data, size_t si
   ET_RETURN_IF_ERROR(loader.allocate_memory());
   ET_RETURN_IF_ERROR(loader.load_nodes());
   ET_RETURN_IF_ERROR(loader.load_bindings());
+  loader.rt_->plan_sha256_ = sha256_hex(data, size);  // the whole file, footer included: what a checkpoint names
   return std::move(loader.rt_);
 }
 

@@ -107,9 +107,23 @@ Status Runtime::run_node(Node& n) {
 }
 
 Result<float> Runtime::step() {
+  int updates_done = 0;  // update nodes that ran this step (for the message when one refuses)
   for (size_t i = 0; i < nodes_.size(); ++i) {
     Node& n = nodes_[i];
-    ET_RETURN_IF_ERROR(run_node(n));
+    Status st = run_node(n);
+    if (!st.ok()) {
+      if (st.code() == StatusCode::kNumericError && n.section == static_cast<int>(plan::Section::update)) {
+        // Updates run right after their gradient (reorder_updates), so earlier ones are in place.
+        return numeric_error("step " + std::to_string(steps_ + 1) + " refused: " + st.message() + "; " +
+                             std::to_string(updates_done) +
+                             " earlier parameter update(s) of this step were applied, the rest were not, and no "
+                             "weight or optimizer state holds inf or NaN");
+      }
+      return st;
+    }
+    if (n.section == static_cast<int>(plan::Section::update) &&
+        n.op.size() > 7 && n.op.compare(n.op.size() - 7, 7, "_update") == 0)
+      ++updates_done;
     if (n.produces_loss) {
       float loss = *loss_value_;
       if (!std::isfinite(loss)) {

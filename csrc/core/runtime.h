@@ -6,7 +6,10 @@
 // then applies the plan's state copies. forward() runs the forward-section nodes only.
 //
 // A NaN or Inf loss stops the step right after the node that produced it, before any backward
-// or update node runs, so parameters and optimizer state keep their last good values.
+// or update node runs, so parameters and optimizer state keep their last good values. An update
+// kernel whose result would be inf/NaN (an overflowed gradient, an absurd lr) refuses before it
+// writes its parameter and stops the step there (kNumericError): updates run right after their
+// gradients, so the ones before it have been applied — every weight and state stays finite.
 #pragma once
 
 #include <cstdint>
@@ -96,6 +99,10 @@ class Runtime {
   };
   std::vector<NodeProfile> profile() const;
   int64_t steps_done() const { return steps_; }
+  // A resumed run continues the count (a checkpoint holds it), so messages name the true step.
+  void set_steps_done(int64_t steps) { steps_ = steps; }
+  // SHA-256 of the plan file's bytes (core/sha256.h): the identity a checkpoint records.
+  const std::string& plan_sha256() const { return plan_sha256_; }
   const std::string& model_label() const { return model_label_; }
   int num_threads() const { return pool_->num_threads(); }
   size_t num_nodes() const { return nodes_.size(); }
@@ -135,6 +142,7 @@ class Runtime {
   int64_t steps_ = 0;
   bool profiling_ = false;
   std::string model_label_;
+  std::string plan_sha256_;
 };
 
 }  // namespace edgetune

@@ -491,10 +491,17 @@ PYBIND11_MODULE(_native, m) {
              return out;
            },
            "per node: (op, kernel, source, section, seconds, calls)")
-      .def_property_readonly("steps", [](PyRuntime& r) {
-             auto lk = r.lock();
-             return r.rt().steps_done();
-           })
+      .def_property(
+          "steps",
+          [](PyRuntime& r) {
+            auto lk = r.lock();
+            return r.rt().steps_done();
+          },
+          [](PyRuntime& r, int64_t steps) {  // a resumed session continues the count
+            auto lk = r.lock();
+            r.rt().set_steps_done(steps);
+          })
+      .def_property_readonly("plan_sha256", [](PyRuntime& r) { return r.rt().plan_sha256(); })
       .def_property_readonly("threads", [](PyRuntime& r) { return r.rt().num_threads(); })
       .def_property_readonly("num_nodes", [](PyRuntime& r) { return r.rt().num_nodes(); })
       .def_property_readonly("model", [](PyRuntime& r) { return r.rt().model_label(); });

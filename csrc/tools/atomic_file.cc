@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
 #include <cstring>
 
 namespace edgetune {
@@ -102,6 +103,11 @@ Status AtomicFile::reserve(size_t size) {
 Status AtomicFile::write(const void* data, size_t size) {
   if (done_ || fd_ < 0) return internal_error("write to " + temp_ + " after commit or failure");
   const auto* p = static_cast<const uint8_t*>(data);
+  bool kill_now = false;
+  if (kill_after_ > 0 && written_ + size >= kill_after_) {
+    size = kill_after_ - written_;
+    kill_now = true;
+  }
   while (size > 0) {
     // Linux writes at most ~2 GiB per call; loop for partial writes and signals.
     size_t chunk = size < (size_t{1} << 30) ? size : (size_t{1} << 30);
@@ -116,6 +122,7 @@ Status AtomicFile::write(const void* data, size_t size) {
     size -= static_cast<size_t>(n);
     written_ += static_cast<size_t>(n);
   }
+  if (kill_now) std::raise(SIGKILL);
   return Status::Ok();
 }
 

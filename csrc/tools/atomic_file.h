@@ -34,6 +34,10 @@ class AtomicFile {
   // fsync + close + rename over the destination + fsync of the directory.
   Status commit();
 
+  // Test hook (edgetune-train's EDGETUNE_TEST_KILL): the process kills itself with SIGKILL once
+  // `bytes` bytes are in the temp file, so tests can prove a write cut short loses nothing.
+  void kill_after_bytes(size_t bytes) { kill_after_ = bytes; }
+
   const std::string& path() const { return path_; }
   const std::string& temp_path() const { return temp_; }
   size_t bytes_written() const { return written_; }
@@ -43,7 +47,7 @@ class AtomicFile {
   void abandon();
   std::string path_, temp_;
   int fd_ = -1;
-  size_t written_ = 0, reserved_ = 0;
+  size_t written_ = 0, reserved_ = 0, kill_after_ = 0;
   bool done_ = false;
 };
 

@@ -55,13 +55,30 @@ Status parse_positive_float(const std::string& flag, const std::string& text, do
   return Status::Ok();
 }
 
+// "500" (steps) or "30s", "10m", "2h" (seconds of training time).
+Status parse_interval(const std::string& flag, const std::string& text, int64_t* steps, double* seconds) {
+  const std::string want = "a step count (500) or a time (30s, 10m, 2h)";
+  if (text.empty() || !std::isdigit(static_cast<unsigned char>(text[0]))) return bad_value(flag, want, text);
+  const char unit = text.back();
+  if (std::isdigit(static_cast<unsigned char>(unit))) return parse_int(flag, text, 1, std::numeric_limits<int64_t>::max(), steps);
+  const double scale = unit == 's' ? 1 : unit == 'm' ? 60 : unit == 'h' ? 3600 : 0;
+  if (scale == 0) return bad_value(flag, want, text);
+  errno = 0;
+  char* end = nullptr;
+  const std::string number = text.substr(0, text.size() - 1);
+  const double v = std::strtod(number.c_str(), &end);
+  if (errno != 0 || *end != '\0' || !std::isfinite(v) || v <= 0 || v * scale > 1e9) return bad_value(flag, want, text);
+  *seconds = v * scale;
+  return Status::Ok();
+}
+
 }  // namespace
 
 Result<TrainArgs> parse_args(int argc, const char* const* argv, bool embedded) {
   TrainArgs a;
   std::vector<std::string> positional;
   bool seen_epochs = false, seen_steps = false, seen_batch = false, seen_seed = false, seen_threads = false,
-       seen_out = false, seen_log = false;
+       seen_out = false, seen_log = false, seen_checkpoint = false, seen_every = false, seen_resume = false;
   bool options_done = false;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
@@ -95,7 +112,8 @@ Result<TrainArgs> parse_args(int argc, const char* const* argv, bool embedded) {
       continue;
     }
     static const char* const kValued[] = {"--inputs", "--targets", "--epochs", "--steps",  "--batch",
-                                          "--seed",   "--threads", "--lr",     "--out",    "--log-every"};
+                                          "--seed",   "--threads", "--lr",     "--out",    "--log-every",
+                                          "--checkpoint", "--checkpoint-every", "--resume"};
     bool known = false;
     for (const char* k : kValued) known = known || is(k);
     if (!known) return invalid_argument("unknown option '" + flag + "' (see --help)");
@@ -139,6 +157,17 @@ Result<TrainArgs> parse_args(int argc, const char* const* argv, bool embedded) {
       ET_RETURN_IF_ERROR(once(&seen_out));
       if (value.empty()) return invalid_argument("--out: empty file name");
       a.out = value;
+    } else if (is("--checkpoint")) {
+      ET_RETURN_IF_ERROR(once(&seen_checkpoint));
+      if (value.empty()) return invalid_argument("--checkpoint: empty file name");
+      a.checkpoint = value;
+    } else if (is("--checkpoint-every")) {
+      ET_RETURN_IF_ERROR(once(&seen_every));
+      ET_RETURN_IF_ERROR(parse_interval(flag, value, &a.checkpoint_every_steps, &a.checkpoint_every_seconds));
+    } else if (is("--resume")) {
+      ET_RETURN_IF_ERROR(once(&seen_resume));
+      if (value.empty()) return invalid_argument("--resume: empty file name");
+      a.resume = value;
     } else if (is("--log-every")) {
       ET_RETURN_IF_ERROR(once(&seen_log));
       ET_RETURN_IF_ERROR(parse_int(flag, value, 1, std::numeric_limits<int64_t>::max(), &a.log_every));
@@ -160,6 +189,10 @@ Result<TrainArgs> parse_args(int argc, const char* const* argv, bool embedded) {
   }
   if (a.info) return a;
   if (seen_epochs && seen_steps) return invalid_argument("give --epochs or --steps, not both");
+  if (seen_every && a.checkpoint.empty()) return invalid_argument("--checkpoint-every needs --checkpoint PATH");
+  if (a.resume == "auto" && a.checkpoint.empty())
+    return invalid_argument("--resume auto resumes from --checkpoint PATH when it exists: give --checkpoint too");
+  if (!a.checkpoint.empty() && !seen_every) a.checkpoint_every_seconds = 600;
   if (a.inputs.empty()) return invalid_argument("missing --inputs FILE.npy (the model inputs, samples on the first axis)");
   return a;
 }
@@ -170,6 +203,7 @@ std::string usage_text(bool embedded) {
   s += "usage: edgetune-train" + plan + " --inputs X.npy [--inputs X2.npy ...] --targets Y.npy\n";
   s += "                     [--epochs N | --steps N] [--batch B] [--seed S] [--threads T] [--lr LR]\n";
   s += "                     [--out tuned.safetensors] [--log-every K] [--no-shuffle] [--quiet]\n";
+  s += "                     [--checkpoint CKPT [--checkpoint-every N|30s|10m]] [--resume CKPT|auto]\n";
   s += "       edgetune-train" + plan + " --info\n\n";
   if (embedded) {
     s += "Trains the model whose compiled plan is built into this binary.\n\n";
@@ -188,9 +222,16 @@ std::string usage_text(bool embedded) {
        "  --lr LR          learning rate instead of the one compiled into the plan\n"
        "  --out FILE       write the tuned weights (all of them, state_dict names) as safetensors\n"
        "  --log-every K    a progress line every K steps (default: about 20 lines per run)\n"
+       "  --checkpoint F   keep a checkpoint in F (weights, optimizer state, data position),\n"
+       "                   replaced atomically; written at the end and when a signal stops the run\n"
+       "  --checkpoint-every N|Ts  every N steps or T of training time (30s, 10m, 2h; default 10m)\n"
+       "  --resume F|auto  continue the run checkpoint F holds (same plan, data, batch, seed); the\n"
+       "                   result is bit-identical to a run never stopped. auto: --checkpoint's file\n"
+       "                   if it exists, else start fresh (one command line for every restart)\n"
        "  --quiet          print nothing but errors\n"
        "  --info           print the plan's inputs, outputs, weights and memory, then exit\n\n"
-       "exit status: 0 ok, 1 plan or runtime failure, 2 usage or input error, 3 loss became NaN/Inf\n";
+       "exit status: 0 ok, 1 plan or runtime failure, 2 usage or input error, 3 loss or update became\n"
+       "NaN/Inf, 128+N stopped by signal N after finishing a step (checkpoint and --out written)\n";
   return s;
 }
 

@@ -27,6 +27,10 @@ struct TrainArgs {
   bool has_lr = false;
   std::string out;
   int64_t log_every = 0;            // 0 = about 20 lines per run
+  std::string checkpoint;           // --checkpoint PATH (tools/checkpoint.h)
+  int64_t checkpoint_every_steps = 0;      // --checkpoint-every N
+  double checkpoint_every_seconds = 0;     // --checkpoint-every 30s / 10m / 2h (default 10m)
+  std::string resume;               // --resume PATH, or "auto": --checkpoint's file if it exists
   bool shuffle = true;
   bool quiet = false;
   bool info = false;

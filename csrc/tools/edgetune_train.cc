@@ -9,13 +9,22 @@
 // through the runtime API (core/runtime.h); bind: each .npy file to a plan input (npy.h: shape
 // check, same-kind dtype conversion), and check --out can be written *before* training; train:
 // for each step gather B shuffled rows (shuffle.h) into the inputs and call Runtime::step(),
-// with progress lines showing the mean loss over the steps since the previous line; write: every
-// weight under its state_dict name (safetensors.h, atomically: atomic_file.h).
+// with progress lines showing the mean loss over the steps since the previous line, and a
+// checkpoint (checkpoint.h) every --checkpoint-every; write: every weight under its state_dict
+// name (safetensors.h, atomically: atomic_file.h). --resume restores a checkpoint after bind and
+// continues from its step: same batches, same dropout stream, so the weights end bit-identical
+// to a run that was never stopped.
 //
 // Errors are one "edgetune-train: error: ..." line on stderr. Exit status: 0 ok; 1 plan or
 // runtime failure (the loader's message, a failed write of the result, memory that could not be
-// allocated); 2 usage or input error (flags, data files, shapes, an unwritable --out); 3 the loss
-// became NaN/Inf — nothing is written then, and an existing --out file is left as it was.
+// allocated); 2 usage or input error (flags, data files, shapes, an unwritable --out or
+// --checkpoint, a checkpoint of another plan or run); 3 the loss or an update became NaN/Inf —
+// nothing is written then, and an existing --out file is left as it was; 128+N: signal N
+// stopped the run after a whole step, and the checkpoint and --out were written.
+//
+// Test hook: EDGETUNE_TEST_KILL=after-step:N | checkpoint-write:K | out-write makes the process
+// SIGKILL itself after step N, halfway through writing its K-th checkpoint, or halfway through
+// writing --out (tests/tools/test_edgetune_train_resume.py proves nothing is lost then).
 #include <unistd.h>
 
 #include <sys/stat.h>
@@ -34,8 +43,10 @@
 #include <type_traits>
 #include <vector>
 
+#include "core/crc32.h"
 #include "core/runtime.h"
 #include "tools/atomic_file.h"
+#include "tools/checkpoint.h"
 #include "tools/cli_args.h"
 #include "tools/embedded_plan.h"
 #include "tools/npy.h"
@@ -237,10 +248,13 @@ struct Schedule {
   int64_t steps_per_epoch = 0, dropped = 0, total_steps = 0, log_every = 0;
   double plan_lr = 0;  // the plan's optim.lr, when have_plan_lr
   bool have_plan_lr = false;
+  uint32_t data_crc32 = 0;  // of every data file's rows as bound (a checkpoint names its data)
+  int64_t start_step = 0;   // > 0 when resumed from a checkpoint
+  std::string resumed_from;
 };
 
 struct TrainResult {
-  double first_loss = 0, last_loss = 0, seconds = 0;
+  double first_loss = 0, last_loss = 0, seconds = 0;  // losses of the whole run, resumed or not
   int64_t steps = 0;     // steps taken (fewer than planned when a signal stopped the run)
   int stop_signal = 0;   // SIGINT/SIGTERM/SIGHUP that stopped the run, or 0
 };
@@ -269,6 +283,27 @@ void install_stop_handlers() {
 
 const char* signal_name(int sig) {
   return sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : sig == SIGHUP ? "SIGHUP" : "a signal";
+}
+
+// ---- test hook: EDGETUNE_TEST_KILL (see the top of this file) ---------------------------------------
+struct KillPoint {
+  int64_t after_step = 0;        // SIGKILL once this many steps are done (0: never)
+  int64_t checkpoint_write = 0;  // SIGKILL halfway through this checkpoint write (1-based; 0: never)
+  bool out_write = false;        // SIGKILL halfway through the --out write
+};
+
+KillPoint kill_point_from_env() {
+  KillPoint k;
+  const char* v = std::getenv("EDGETUNE_TEST_KILL");
+  if (!v) return k;
+  const std::string s = v;
+  auto number_after = [&](const char* prefix) -> int64_t {
+    return s.rfind(prefix, 0) == 0 ? std::atoll(s.c_str() + std::strlen(prefix)) : 0;
+  };
+  k.after_step = number_after("after-step:");
+  k.checkpoint_write = number_after("checkpoint-write:");
+  k.out_write = s == "out-write";
+  return k;
 }
 
 // ---- load: the arguments and the plan ------------------------------------------------------------
@@ -379,20 +414,25 @@ int check_plan_inputs(const TrainArgs& args, const Runtime& rt, int64_t* batch_o
   return kContinue;
 }
 
-// --out can be written, and is none of the files this run reads: checked before training.
-int check_output_path(const TrainArgs& args, bool embedded) {
-  if (args.out.empty()) return kContinue;
-  Status s = check_writable(args.out);
-  if (!s.ok()) return fail(kExitUsage, "--out: " + s.message());
+// --out and --checkpoint can be written, and are none of the files this run reads (nor each
+// other): checked before training.
+int check_output_paths(const TrainArgs& args, bool embedded) {
   // `--out y.npy` (a slip of the keyboard) would replace the training data with weights.
   std::vector<std::string> sources = args.inputs;
   sources.insert(sources.end(), args.targets.begin(), args.targets.end());
   if (!embedded) sources.push_back(args.plan);
-  for (const auto& src : sources) {
-    if (same_file(args.out, src)) {
-      return fail(kExitUsage, "--out " + args.out + " is the same file as " + src + ", which this run reads");
+  for (const auto& [flag, path] : {std::make_pair("--out", args.out), std::make_pair("--checkpoint", args.checkpoint)}) {
+    if (path.empty()) continue;
+    Status s = check_writable(path);
+    if (!s.ok()) return fail(kExitUsage, std::string(flag) + ": " + s.message());
+    for (const auto& src : sources) {
+      if (same_file(path, src)) {
+        return fail(kExitUsage, std::string(flag) + " " + path + " is the same file as " + src + ", which this run reads");
+      }
     }
   }
+  if (!args.out.empty() && (args.out == args.checkpoint || same_file(args.out, args.checkpoint)))
+    return fail(kExitUsage, "--out and --checkpoint name the same file " + args.out + "; give them different names");
   return kContinue;
 }
 
@@ -482,6 +522,154 @@ int set_learning_rate(const TrainArgs& args, Runtime& rt, Schedule* sched) {
   return kContinue;
 }
 
+// ---- checkpoints: what a resumed run must match, resuming, writing ---------------------------------
+
+// The run's position beside the runtime's own state: a resumed run must see the same batches.
+Metadata run_metadata(const TrainArgs& args, const Schedule& sched, double first_loss, double last_loss) {
+  char crc[16];
+  std::snprintf(crc, sizeof crc, "%08x", sched.data_crc32);
+  return {{"producer", std::string("edgetune-train ") + EDGETUNE_VERSION},
+          {"run.seed", std::to_string(args.seed)},
+          {"run.shuffle", args.shuffle ? "1" : "0"},
+          {"run.batch", std::to_string(sched.batch)},
+          {"run.rows", std::to_string(sched.rows)},
+          {"run.data_crc32", crc},
+          {"run.first_loss", fmt("%.9g", first_loss)},
+          {"run.last_loss", fmt("%.9g", last_loss)}};
+}
+
+// CRC-32 over every data file's bound rows: resuming onto other data would not be the same run.
+void fingerprint_data(Schedule* sched) {
+  uint32_t crc = 0;
+  for (const auto& d : sched->data) crc = crc32_update(crc, d.array.data, d.array.nbytes);
+  sched->data_crc32 = crc;
+}
+
+// --resume: the checkpoint read, checked against this run, and restored into the runtime.
+int resume_from_checkpoint(const TrainArgs& args, Runtime& rt, Schedule* sched, TrainResult* result) {
+  std::string path = args.resume;
+  if (path.empty()) return kContinue;
+  if (path == "auto") {
+    struct stat st;
+    if (::stat(args.checkpoint.c_str(), &st) != 0) return kContinue;  // nothing yet: a fresh start
+    path = args.checkpoint;
+  }
+  auto ckpt = read_checkpoint(path);
+  if (!ckpt.ok()) return fail(exit_code_for(ckpt.status(), kExitUsage), "--resume " + ckpt.status().message());
+  const SafetensorsFile& f = ckpt.value();
+  const Metadata now = run_metadata(args, *sched, 0, 0);
+  static const std::pair<const char*, const char*> kMustMatch[] = {
+      {"run.seed", "--seed"}, {"run.shuffle", "--no-shuffle"}, {"run.batch", "the batch size"},
+      {"run.rows", "the number of samples"}, {"run.data_crc32", "the data files' contents (CRC-32)"}};
+  // A checkpoint from the Python API (Session.save_checkpoint) has weights, state and a step count
+  // but no data position of ours: it continues from its step with this run's batches.
+  const bool from_python = f.meta("run.seed") == nullptr;
+  for (const auto& [key, what] : kMustMatch) {
+    const std::string* was = f.meta(key);
+    std::string is;
+    for (const auto& kv : now)
+      if (kv.first == key) is = kv.second;
+    if (from_python) continue;
+    if (!was)
+      return fail(kExitUsage, "--resume " + path + ": the checkpoint does not record " + what + " ('" + key +
+                                  "'): it is damaged or from another tool");
+    if (*was != is)
+      return fail(kExitUsage, "--resume " + path + ": " + what + " differs from the run that wrote it (" + key + " " +
+                                  *was + ", now " + is + "); resuming would not continue the same run");
+  }
+  Status s = restore_checkpoint(rt, f);
+  if (!s.ok()) return fail(kExitUsage, "--resume " + path + ": " + s.message());
+  const int64_t steps = rt.steps_done();
+  if (steps > sched->total_steps)
+    return fail(kExitUsage, "--resume " + path + ": the checkpoint is at step " + std::to_string(steps) +
+                                ", past this run's " + std::to_string(sched->total_steps) + " steps");
+  sched->start_step = steps;
+  sched->resumed_from = path;
+  if (from_python && !args.quiet)
+    std::printf("note: %s was written by the Python API and records no data position: continuing from its step %lld "
+                "with this run's batches\n",
+                path.c_str(), static_cast<long long>(steps));
+  const std::string* first = f.meta("run.first_loss");
+  const std::string* last = f.meta("run.last_loss");
+  result->first_loss = first ? std::strtod(first->c_str(), nullptr) : 0;
+  result->last_loss = last ? std::strtod(last->c_str(), nullptr) : 0;
+  result->steps = steps;
+  return kContinue;
+}
+
+// Keeps --checkpoint up to date. The space for the next checkpoint is reserved as soon as the
+// previous one is committed (the first before training: a full disk fails the start, exit 2).
+// A checkpoint that cannot be written mid-run is a warning: the previous one is intact, and
+// stopping a long run over it would lose more than it saves.
+class Checkpointer {
+ public:
+  Checkpointer(const TrainArgs& args, const Schedule& sched, const KillPoint& kill)
+      : args_(args), sched_(sched), kill_(kill), last_(std::chrono::steady_clock::now()) {}
+
+  bool enabled() const { return !args_.checkpoint.empty(); }
+
+  int reserve_first(const Runtime& rt) {
+    if (!enabled()) return kContinue;
+    Status s = reserve(rt);
+    if (!s.ok()) return fail(kExitUsage, "--checkpoint: " + s.message());
+    return kContinue;
+  }
+
+  // After each step: a checkpoint when the interval says so.
+  void after_step(const Runtime& rt, int64_t steps_done, const TrainResult& result, Progress& progress) {
+    if (!enabled()) return;
+    const auto now = std::chrono::steady_clock::now();
+    const bool due = args_.checkpoint_every_steps > 0
+                         ? steps_done % args_.checkpoint_every_steps == 0
+                         : std::chrono::duration<double>(now - last_).count() >= args_.checkpoint_every_seconds;
+    if (due) write(rt, result, progress, /*last=*/false);
+  }
+
+  // A checkpoint now; `last`: the end of the run or a signal, so no space is reserved for another.
+  // Returns false on failure.
+  bool write(const Runtime& rt, const TrainResult& result, Progress& progress, bool last) {
+    if (!enabled()) return true;
+    Status s = file_ ? Status::Ok() : reserve(rt);
+    if (s.ok()) {
+      ++writes_;
+      if (kill_.checkpoint_write == writes_) file_->kill_after_bytes(std::max<size_t>(1, size_ / 2));
+      s = write_checkpoint(*file_, rt, run_metadata(args_, sched_, result.first_loss, result.last_loss));
+      file_.reset();
+    }
+    last_ = std::chrono::steady_clock::now();
+    if (!s.ok()) {
+      progress.end();
+      std::fprintf(stderr, "edgetune-train: warning: checkpoint at step %lld not written (%s); %s\n",
+                   static_cast<long long>(rt.steps_done()), s.message().c_str(),
+                   written_at_ >= 0 ? ("the one of step " + std::to_string(written_at_) + " is intact").c_str()
+                                    : "there is none yet");
+      return false;
+    }
+    written_at_ = rt.steps_done();
+    if (last) return true;
+    s = reserve(rt);  // for the next one; a failure here is reported when that one is due
+    if (!s.ok()) file_.reset();
+    return true;
+  }
+
+  int64_t written_at() const { return written_at_; }
+
+ private:
+  Status reserve(const Runtime& rt) {
+    ET_ASSIGN_OR_RETURN(size_, checkpoint_size(rt, run_metadata(args_, sched_, -1.23456789e-300, -1.23456789e-300)));
+    ET_ASSIGN_OR_RETURN(file_, AtomicFile::create(args_.checkpoint));
+    return file_->reserve(size_);
+  }
+
+  const TrainArgs& args_;
+  const Schedule& sched_;
+  KillPoint kill_;
+  std::chrono::steady_clock::time_point last_;
+  std::unique_ptr<AtomicFile> file_;
+  size_t size_ = 0;
+  int64_t writes_ = 0, written_at_ = -1;
+};
+
 // ---- train ------------------------------------------------------------------------------------------
 
 void print_header(const TrainArgs& args, const LoadedPlan& plan, const Schedule& sched) {
@@ -514,12 +702,17 @@ void print_header(const TrainArgs& args, const LoadedPlan& plan, const Schedule&
                 static_cast<long long>(sched.dropped),
                 args.shuffle ? "shuffled order (different ones each epoch)" : "file order (never used)");
   }
+  if (!sched.resumed_from.empty())
+    std::printf("resumed: from %s at step %lld of %lld\n", sched.resumed_from.c_str(),
+                static_cast<long long>(sched.start_step), static_cast<long long>(sched.total_steps));
   if (args.out.empty()) std::printf("note: no --out given: the tuned weights will not be saved\n");
   std::fflush(stdout);
 }
 
-// total_steps steps of B shuffled rows each; progress lines show the mean loss since the last.
-int train(const TrainArgs& args, Runtime& rt, Schedule& sched, TrainResult* result) {
+// Steps start_step .. total_steps of B shuffled rows each; progress lines show the mean loss
+// since the last; the checkpointer runs after every step.
+int train(const TrainArgs& args, Runtime& rt, Schedule& sched, Checkpointer& checkpointer, const KillPoint& kill,
+          TrainResult* result) {
   const int64_t rows = sched.rows, batch = sched.batch, total_steps = sched.total_steps;
   Progress progress(args.quiet);
   std::vector<int64_t> order;
@@ -528,14 +721,15 @@ int train(const TrainArgs& args, Runtime& rt, Schedule& sched, TrainResult* resu
   using Clock = std::chrono::steady_clock;
   const auto t_start = Clock::now();
   auto t_interval = t_start;
-  for (int64_t step = 0; step < total_steps; ++step) {
+  for (int64_t step = sched.start_step; step < total_steps; ++step) {
     const int64_t epoch = step / sched.steps_per_epoch;
     const int64_t in_epoch = step % sched.steps_per_epoch;
     if (order.empty()) {
       order.resize(static_cast<size_t>(rows));
       for (int64_t i = 0; i < rows; ++i) order[static_cast<size_t>(i)] = i;  // --no-shuffle: file order
     }
-    if (in_epoch == 0 && args.shuffle) order = epoch_order(rows, args.seed, epoch);
+    // each epoch's order is a function of (seed, epoch) alone, so a resumed run recomputes its own
+    if ((in_epoch == 0 || step == sched.start_step) && args.shuffle) order = epoch_order(rows, args.seed, epoch);
     const int64_t* idx = order.data() + in_epoch * batch;
     for (auto& d : sched.data) {
       gather_rows(d.array, idx, batch, d.staging.data());
@@ -563,9 +757,11 @@ int train(const TrainArgs& args, Runtime& rt, Schedule& sched, TrainResult* resu
     result->steps = step + 1;
     interval_loss += loss;
     ++interval_steps;
+    if (kill.after_step == step + 1) std::raise(SIGKILL);
     const int stop = g_stop_signal;
     const bool last = step + 1 == total_steps || stop != 0;
-    if (step == 0 || (step + 1) % sched.log_every == 0 || last) {
+    if (!last) checkpointer.after_step(rt, step + 1, *result, progress);
+    if (step == sched.start_step || (step + 1) % sched.log_every == 0 || last) {
       const auto now = Clock::now();
       const double ms = std::chrono::duration<double, std::milli>(now - t_interval).count() /
                         static_cast<double>(interval_steps);
@@ -579,9 +775,12 @@ int train(const TrainArgs& args, Runtime& rt, Schedule& sched, TrainResult* resu
     if (stop != 0) {
       result->stop_signal = stop;
       progress.end();
+      std::string writing;
+      if (checkpointer.enabled()) writing += args.checkpoint;
+      if (!args.out.empty()) writing += (writing.empty() ? "" : " and ") + args.out;
       std::fprintf(stderr, "edgetune-train: %s: stopped after step %lld of %lld%s\n", signal_name(stop),
                    static_cast<long long>(step + 1), static_cast<long long>(total_steps),
-                   args.out.empty() ? "" : ("; writing " + args.out).c_str());
+                   writing.empty() ? "" : ("; writing " + writing).c_str());
       break;
     }
   }
@@ -641,9 +840,10 @@ int reserve_output(const TrainArgs& args, const LoadedPlan& plan, const Schedule
 // Every weight under its state_dict name, atomically, into the reserved file; *written_bytes:
 // their data bytes.
 int write_weights(const TrainArgs& args, const LoadedPlan& plan, const Schedule& sched, const TrainResult& result,
-                  AtomicFile* file, size_t* written_bytes) {
+                  AtomicFile* file, const KillPoint& kill, size_t* written_bytes) {
   *written_bytes = 0;
   if (args.out.empty() || file == nullptr) return kContinue;
+  if (kill.out_write) file->kill_after_bytes(1024);
   std::vector<SafetensorsEntry> entries;
   Metadata meta;
   weight_entries(args, plan, sched, result.first_loss, result.last_loss, &entries, &meta, written_bytes);
@@ -658,9 +858,13 @@ void print_summary(const TrainArgs& args, const Runtime& rt, const Schedule& sch
   MemoryStats m = rt.memory();
   size_t data_bytes = 0;
   for (const auto& d : sched.data) data_bytes += d.array.nbytes;
-  const int64_t steps = result.steps > 0 ? result.steps : sched.total_steps;
-  std::printf("done: %lld steps in %.1f s, %s ms/step\n", static_cast<long long>(steps), result.seconds,
-              fmt_ms(1000.0 * result.seconds / static_cast<double>(steps)).c_str());
+  const int64_t steps = std::max<int64_t>(1, (result.steps > 0 ? result.steps : sched.total_steps) - sched.start_step);
+  if (sched.start_step == sched.total_steps)
+    std::printf("done: nothing left to train (the checkpoint is at step %lld of %lld)\n",
+                static_cast<long long>(sched.start_step), static_cast<long long>(sched.total_steps));
+  else std::printf("done: %lld steps in %.1f s, %s ms/step%s\n", static_cast<long long>(steps), result.seconds,
+              fmt_ms(1000.0 * result.seconds / static_cast<double>(steps)).c_str(),
+              sched.start_step ? (" (after resuming at step " + std::to_string(sched.start_step) + ")").c_str() : "");
   std::printf("loss: first %s, last %s\n", fmt_loss(result.first_loss).c_str(), fmt_loss(result.last_loss).c_str());
   std::printf("memory: runtime %s (persistent %s + arena %s + inputs %s); data %s\n",
               human_bytes(static_cast<double>(m.total())).c_str(),
@@ -688,21 +892,29 @@ int run(int argc, char** argv) {
   int64_t batch = 0;
   Schedule sched;
   if ((rc = check_plan_inputs(args, *plan.rt, &batch)) != kContinue) return rc;
-  if ((rc = check_output_path(args, plan.embedded.found)) != kContinue) return rc;
+  if ((rc = check_output_paths(args, plan.embedded.found)) != kContinue) return rc;
   if ((rc = bind_data(args, *plan.rt, batch, &sched)) != kContinue) return rc;
+  if (!args.checkpoint.empty() || !args.resume.empty()) fingerprint_data(&sched);
+  TrainResult result;
+  // before --lr: a rate given now overrides the checkpoint's
+  if ((rc = resume_from_checkpoint(args, *plan.rt, &sched, &result)) != kContinue) return rc;
   if ((rc = set_learning_rate(args, *plan.rt, &sched)) != kContinue) return rc;
   std::unique_ptr<AtomicFile> out_file;  // removed again unless the run ends with a commit
   if ((rc = reserve_output(args, plan, sched, &out_file)) != kContinue) return rc;
+  const KillPoint kill = kill_point_from_env();
+  Checkpointer checkpointer(args, sched, kill);
+  if ((rc = checkpointer.reserve_first(*plan.rt)) != kContinue) return rc;
 
   // train
   print_header(args, plan, sched);
   install_stop_handlers();
-  TrainResult result;
-  if ((rc = train(args, *plan.rt, sched, &result)) != kContinue) return rc;
+  if ((rc = train(args, *plan.rt, sched, checkpointer, kill, &result)) != kContinue) return rc;
 
-  // write
+  // write: the checkpoint first, so a kill during the --out write resumes straight to writing it
+  Progress quiet_progress(true);
+  if (plan.rt->steps_done() > sched.start_step) checkpointer.write(*plan.rt, result, quiet_progress, /*last=*/true);
   size_t written_bytes = 0;
-  if ((rc = write_weights(args, plan, sched, result, out_file.get(), &written_bytes)) != kContinue) return rc;
+  if ((rc = write_weights(args, plan, sched, result, out_file.get(), kill, &written_bytes)) != kContinue) return rc;
   print_summary(args, *plan.rt, sched, result, written_bytes);
   return result.stop_signal ? 128 + result.stop_signal : kExitOk;
 }

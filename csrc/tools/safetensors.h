@@ -1,6 +1,6 @@
-// Writing tensors as a .safetensors file (huggingface/safetensors format), the interchange the
-// tuned weights leave the device in: safetensors.torch.load_file(path) gives a dict ready for
-// model.load_state_dict().
+// Writing and reading .safetensors files (huggingface/safetensors format), the interchange the
+// tuned weights leave the device in (safetensors.torch.load_file(path) gives a dict ready for
+// model.load_state_dict()) and the container of a checkpoint (tools/checkpoint.h).
 //
 // Layout: u64 little-endian N, then N bytes of JSON header
 //   {"__metadata__": {"k": "v", ...}, "name": {"dtype": "F32", "shape": [2, 3],
@@ -45,6 +45,35 @@ Status write_safetensors(const std::string& path, const std::vector<SafetensorsE
                          const Metadata& metadata);
 // The same into a writer opened (and its space reserved) earlier; commits it.
 Status write_safetensors(AtomicFile& file, const std::vector<SafetensorsEntry>& entries, const Metadata& metadata);
+
+// ---- reading ------------------------------------------------------------------------------------
+// The reader trusts nothing in the file (checkpoints come back from flash cards and other
+// machines): the header must be at most kMaxHeaderBytes of strict JSON in the layout above, with
+// known dtypes, non-negative shapes whose byte size equals its offsets' span, and offsets that
+// tile the data section exactly (no overlap, no hole, nothing after it), as the format requires.
+// Any violation is a kInvalidArgument naming the file, the tensor and the byte of the header.
+struct SafetensorsTensor {
+  std::string name;
+  DType dtype = DType::f32;
+  std::vector<int64_t> shape;
+  const uint8_t* data = nullptr;  // into SafetensorsFile::bytes (no alignment promised: memcpy it)
+  size_t nbytes = 0;
+};
+
+struct SafetensorsFile {
+  std::vector<uint8_t> bytes;  // the whole file
+  std::vector<SafetensorsTensor> tensors;  // in header order
+  Metadata metadata;                       // __metadata__, in header order
+  const SafetensorsTensor* find(const std::string& name) const;
+  const std::string* meta(const std::string& key) const;
+};
+
+constexpr size_t kMaxHeaderBytes = 100u << 20;  // the safetensors library's own limit
+
+// `where` names the source in messages. Takes ownership of `bytes`.
+Result<SafetensorsFile> parse_safetensors(std::vector<uint8_t> bytes, const std::string& where);
+// A regular file (not a FIFO or device: see npy.h), its size bounded by fstat before reading.
+Result<SafetensorsFile> read_safetensors(const std::string& path);
 
 }  // namespace tools
 }  // namespace edgetune

@@ -8,16 +8,23 @@
 // counts the current update (1 on the first). The outputs may be the very buffers of param /
 // buf / m / v (the planner updates state in place): each element is read before it is written.
 //
+// Non-finite guard: each kernel first runs its arithmetic without writing (kCheck) and refuses
+// with kNumericError when any new parameter or state value would be inf/NaN (a gradient that
+// overflowed, an absurd lr), so nothing non-finite is ever written into a weight or a moment. The
+// check pass reads what the update reads and writes nothing: about as costly as the update.
+//
 // Arithmetic follows the reference's numpy promotion, so results match it to the bit but for
 // the odd last-ulp difference where the compiler fuses a multiply-add: the gradient term runs
 // in double, while a state tensor times a Python float (wd * p, momentum * buf, v * beta2,
 // p * (1 - lr wd)) is an f32 product in numpy, and so here.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
 #include <string>
+#include <type_traits>
 
 #include "core/kernel.h"
 #include "kernels/cpu/cpu_util.h"
@@ -64,11 +71,17 @@ struct SgdParams {
   float wd_f, mom_f;
 };
 
+// Adds 0 for a finite value and NaN for inf/NaN: `acc` stays 0 exactly while all are finite
+// (a sum the compiler vectorizes, unlike a branch on std::isfinite).
+ET_VECTOR_INLINE void accumulate_nonfinite(float& acc, float v) { acc += v - v; }
+
 // Every flag is a template parameter so each variant is a branch-free, vectorizable loop.
-template <bool kDecay, bool kMomentum, bool kFirst, bool kNesterov>
+// kCheck: compute without writing, and set *bad when a result is not finite.
+template <bool kCheck, bool kDecay, bool kMomentum, bool kFirst, bool kNesterov>
 void sgd_loop(const KernelArgs& a, const SgdParams& h, const float* p, const float* g, const float* buf,
-              float* new_p, float* new_buf, int64_t n) {
+              float* new_p, float* new_buf, int64_t n, std::atomic<bool>* bad) {
   cpu::parallel_for(a, n, cpu::kGrain, [&](int64_t b, int64_t e) {
+    float acc = 0.0f;
     for (int64_t i = b; i < e; ++i) {
       const float pi = p[i];
       double d = h.sign * static_cast<double>(g[i]);
@@ -78,26 +91,35 @@ void sgd_loop(const KernelArgs& a, const SgdParams& h, const float* p, const flo
         if constexpr (!kFirst) nb = static_cast<double>(h.mom_f * buf[i]) + h.damp * d;
         if constexpr (kNesterov) d = d + h.mom * nb;
         else d = nb;
-        new_buf[i] = static_cast<float>(nb);
+        if constexpr (kCheck) accumulate_nonfinite(acc, static_cast<float>(nb));
+        else new_buf[i] = static_cast<float>(nb);
       }
-      new_p[i] = static_cast<float>(static_cast<double>(pi) - h.lr * d);
+      const float np = static_cast<float>(static_cast<double>(pi) - h.lr * d);
+      if constexpr (kCheck) accumulate_nonfinite(acc, np);
+      else new_p[i] = np;
     }
+    if (kCheck && acc != acc) bad->store(true, std::memory_order_relaxed);
   });
 }
 
-template <bool kDecay>
-void sgd_dispatch(const KernelArgs& a, const SgdParams& h, bool first, bool nesterov) {
+template <bool kCheck, bool kDecay>
+void sgd_dispatch(const KernelArgs& a, const SgdParams& h, bool first, bool nesterov, std::atomic<bool>* bad) {
   const float* p = a.in(0).as<float>();
   const float* g = a.in(1).as<float>();
   float* new_p = a.out(0).as<float>();
   const int64_t n = a.in(0).numel();
-  if (h.mom == 0.0) return sgd_loop<kDecay, false, false, false>(a, h, p, g, nullptr, new_p, nullptr, n);
+  if (h.mom == 0.0) return sgd_loop<kCheck, kDecay, false, false, false>(a, h, p, g, nullptr, new_p, nullptr, n, bad);
   const float* buf = a.in(3).as<float>();
   float* new_buf = a.out(1).as<float>();
-  if (first && nesterov) sgd_loop<kDecay, true, true, true>(a, h, p, g, buf, new_p, new_buf, n);
-  else if (first) sgd_loop<kDecay, true, true, false>(a, h, p, g, buf, new_p, new_buf, n);
-  else if (nesterov) sgd_loop<kDecay, true, false, true>(a, h, p, g, buf, new_p, new_buf, n);
-  else sgd_loop<kDecay, true, false, false>(a, h, p, g, buf, new_p, new_buf, n);
+  if (first && nesterov) sgd_loop<kCheck, kDecay, true, true, true>(a, h, p, g, buf, new_p, new_buf, n, bad);
+  else if (first) sgd_loop<kCheck, kDecay, true, true, false>(a, h, p, g, buf, new_p, new_buf, n, bad);
+  else if (nesterov) sgd_loop<kCheck, kDecay, true, false, true>(a, h, p, g, buf, new_p, new_buf, n, bad);
+  else sgd_loop<kCheck, kDecay, true, false, false>(a, h, p, g, buf, new_p, new_buf, n, bad);
+}
+
+Status refuse_nonfinite_update() {
+  return numeric_error("the update would write inf or NaN into the parameter or its optimizer state (a gradient "
+                       "holds inf/NaN or overflowed, or the learning rate is too large); this parameter was not changed");
 }
 
 Status run_sgd(const KernelArgs& a) {
@@ -113,8 +135,12 @@ Status run_sgd(const KernelArgs& a) {
   const bool nesterov = at.get_int("nesterov") != 0;
   // torch's first momentum step: buf = d, no dampening
   const bool first = h.mom != 0.0 && static_cast<double>(*a.in(4).as<float>()) <= 1.0;
-  if (wd != 0.0) sgd_dispatch<true>(a, h, first, nesterov);
-  else sgd_dispatch<false>(a, h, first, nesterov);
+  std::atomic<bool> bad{false};
+  if (wd != 0.0) sgd_dispatch<true, true>(a, h, first, nesterov, &bad);
+  else sgd_dispatch<true, false>(a, h, first, nesterov, &bad);
+  if (bad.load() || !std::isfinite(h.lr)) return refuse_nonfinite_update();
+  if (wd != 0.0) sgd_dispatch<false, true>(a, h, first, nesterov, &bad);
+  else sgd_dispatch<false, false>(a, h, first, nesterov, &bad);
   return Status::Ok();
 }
 
@@ -178,31 +204,47 @@ Status run_adamw(const KernelArgs& a) {
   // Inputs are staged through stack blocks: with seven pointers that may alias (and do, when
   // the update is in place) the compiler gives up vectorizing; stack copies cannot alias.
   constexpr int64_t kBlock = 256;
-  cpu::parallel_for(a, a.in(0).numel(), cpu::kGrain, [&](int64_t b, int64_t e) {
-    float lp[kBlock], lg[kBlock], lm[kBlock], lv[kBlock];
-    for (int64_t i0 = b; i0 < e; i0 += kBlock) {
-      const int64_t n = std::min(kBlock, e - i0);
-      const size_t bytes = static_cast<size_t>(n) * sizeof(float);
-      std::memcpy(lp, p + i0, bytes);
-      std::memcpy(lg, g + i0, bytes);
-      std::memcpy(lm, m + i0, bytes);
-      std::memcpy(lv, v + i0, bytes);
-      float* op = new_p + i0;
-      float* om = new_m + i0;
-      float* ov = new_v + i0;
-      for (int64_t i = 0; i < n; ++i) {
-        const double gi = sign * static_cast<double>(lg[i]);
-        const double mi = static_cast<double>(lm[i]);
-        const double pd = static_cast<double>(lp[i] * decay);
-        const double m1 = mi + (gi - mi) * one_minus_b1;
-        const double v1 = static_cast<double>(lv[i] * b2_f) + one_minus_b2 * gi * gi;
-        const double denom = sqrt_nonneg(v1) / sqrt_bc2 + eps;
-        op[i] = static_cast<float>(pd - step_size * m1 / denom);
-        om[i] = static_cast<float>(m1);
-        ov[i] = static_cast<float>(v1);
+  std::atomic<bool> bad{false};
+  auto pass = [&](auto check_only) {
+    constexpr bool kCheck = decltype(check_only)::value;
+    cpu::parallel_for(a, a.in(0).numel(), cpu::kGrain, [&](int64_t b, int64_t e) {
+      float lp[kBlock], lg[kBlock], lm[kBlock], lv[kBlock];
+      float acc = 0.0f;
+      for (int64_t i0 = b; i0 < e; i0 += kBlock) {
+        const int64_t n = std::min(kBlock, e - i0);
+        const size_t bytes = static_cast<size_t>(n) * sizeof(float);
+        std::memcpy(lp, p + i0, bytes);
+        std::memcpy(lg, g + i0, bytes);
+        std::memcpy(lm, m + i0, bytes);
+        std::memcpy(lv, v + i0, bytes);
+        float* op = new_p + i0;
+        float* om = new_m + i0;
+        float* ov = new_v + i0;
+        for (int64_t i = 0; i < n; ++i) {
+          const double gi = sign * static_cast<double>(lg[i]);
+          const double mi = static_cast<double>(lm[i]);
+          const double pd = static_cast<double>(lp[i] * decay);
+          const double m1 = mi + (gi - mi) * one_minus_b1;
+          const double v1 = static_cast<double>(lv[i] * b2_f) + one_minus_b2 * gi * gi;
+          const double denom = sqrt_nonneg(v1) / sqrt_bc2 + eps;
+          const float np = static_cast<float>(pd - step_size * m1 / denom);
+          if constexpr (kCheck) {
+            accumulate_nonfinite(acc, np);
+            accumulate_nonfinite(acc, static_cast<float>(m1));
+            accumulate_nonfinite(acc, static_cast<float>(v1));
+          } else {
+            op[i] = np;
+            om[i] = static_cast<float>(m1);
+            ov[i] = static_cast<float>(v1);
+          }
+        }
       }
-    }
-  });
+      if (kCheck && acc != acc) bad.store(true, std::memory_order_relaxed);
+    });
+  };
+  pass(std::true_type{});
+  if (bad.load() || !std::isfinite(lr)) return refuse_nonfinite_update();
+  pass(std::false_type{});
   return Status::Ok();
 }
 
