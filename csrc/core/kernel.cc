@@ -4,6 +4,9 @@
 namespace edgetune {
 
 void register_cpu_kernels(KernelRegistry& r);  // kernels/cpu/registry.cc
+#ifdef EDGETUNE_HAVE_CUDA
+void register_cuda_kernels(KernelRegistry& r);  // kernels/cuda/registry.cu
+#endif
 
 const KernelRegistry* KernelRegistry::for_backend(const std::string& backend) {
   if (backend == "cpu") {
@@ -14,10 +17,26 @@ const KernelRegistry* KernelRegistry::for_backend(const std::string& backend) {
     }();
     return cpu;
   }
+#ifdef EDGETUNE_HAVE_CUDA
+  if (backend == "cuda") {
+    static const KernelRegistry* cuda = [] {
+      auto* r = new KernelRegistry();
+      register_cuda_kernels(*r);
+      return r;
+    }();
+    return cuda;
+  }
+#endif
   return nullptr;
 }
 
-std::vector<std::string> KernelRegistry::backends() { return {"cpu"}; }
+std::vector<std::string> KernelRegistry::backends() {
+#ifdef EDGETUNE_HAVE_CUDA
+  return {"cpu", "cuda"};
+#else
+  return {"cpu"};
+#endif
+}
 
 void KernelRegistry::add(KernelDef def) {
   if (def.name.empty()) def.name = def.op;

@@ -12,7 +12,8 @@
 //   run(args)        compute. No allocation, no I/O, no exceptions; threads via args.pool.
 //
 // Every kernel file exposes one `register_<family>_kernels(KernelRegistry&)` called from
-// kernels/cpu/registry.cc, so static linking can never drop a kernel silently.
+// kernels/cpu/registry.cc (kernels/cuda/registry.cu for cuda), so static linking can never drop a
+// kernel silently.
 #pragma once
 
 #include <cstddef>
@@ -36,6 +37,7 @@ struct KernelArgs {
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
   ThreadPool* pool = nullptr;
+  void* device = nullptr;  // the backend's per-runtime context (kernels/cuda/cuda_context.h for cuda; null on cpu)
 
   const TensorView& in(int i) const { return inputs[i]; }
   TensorView& out(int i) const { return outputs[i]; }
@@ -56,7 +58,8 @@ struct KernelDef {
 
 class KernelRegistry {
  public:
-  // The registry of a backend ("cpu"); null for a backend this build does not have.
+  // The registry of a backend ("cpu", and "cuda" in a build with EDGETUNE_HAVE_CUDA); null for a
+  // backend this build does not have. Building a registry only registers functions: it touches no device.
   static const KernelRegistry* for_backend(const std::string& backend);
   static std::vector<std::string> backends();
 

@@ -15,7 +15,11 @@
 
 // The vector math below only vectorizes when inlined into the calling loop; GCC's heuristics
 // give up on it after a few dozen call sites, so insist.
-#if defined(__GNUC__)
+// Under nvcc (the CUDA backend includes this header and elementwise_math.h) the same functions are
+// also __device__, so both backends evaluate one formula; host code is compiled as before.
+#if defined(__CUDACC__)
+#define ET_VECTOR_INLINE __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
 #define ET_VECTOR_INLINE inline __attribute__((always_inline))
 #else
 #define ET_VECTOR_INLINE inline
