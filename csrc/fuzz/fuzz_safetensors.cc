@@ -1,57 +1,29 @@
 // libFuzzer harness: safetensors. See csrc/fuzz/README.md.
 //
-// The runtime only *writes* safetensors (tools/safetensors.h, edgetune-train's output); the one
-// safetensors reader in csrc/ is the test-local one in tests/test_reference_util.h (JSON parser +
-// Safetensors class) that the reference-value tests read csrc/tests/data/reference.safetensors
-// with. The first input byte picks what is fuzzed:
-//   even: the input after that byte is a .safetensors file for the reader; it must either read
-//         or throw (a damaged data file fails the test that reads it, loudly: the reader's
-//         purpose). Its header says std::runtime_error; a few malformed inputs raise other
-//         std::exception types (std::invalid_argument from stoul on a bad \u escape: see
-//         README.md, findings), accepted here so the fuzzer looks past them. A crash, a
-//         sanitizer report or a leak is a bug.
+// The production reader (tools/safetensors.h: parse_safetensors, which read_safetensors and the
+// checkpoint reader use) and the writer. The first input byte picks what is fuzzed:
+//   even: the input after that byte is a .safetensors file; parse_safetensors must return a
+//         file or an error Status, never crash, and an accepted file must hold its promises: each
+//         tensor's bytes inside the file, nbytes = numel * itemsize, the data section tiled.
 //   odd:  the input drives the writer (FuzzedDataProvider): tensor names, dtypes, shapes, bytes
 //         and metadata strings go through safetensors_header(); when it accepts them, the file
-//         it describes is read back and must give the same names, dtypes, shapes and bytes.
-// The reader takes a path: the file is a memfd (one per process, rewritten for each input).
+//         it describes is read back and must give the same names, dtypes, shapes, bytes, metadata.
 #include <fuzzer/FuzzedDataProvider.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <exception>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
-#include "tests/test_reference_util.h"
 #include "tools/safetensors.h"
 
 using edgetune::DType;
-using edgetune::reference_test::Safetensors;
 using edgetune::tools::SafetensorsEntry;
+using edgetune::tools::SafetensorsFile;
 
 namespace {
-
-// A memfd holding `bytes`, named by /proc/self/fd/N (created once, truncated and rewritten per input).
-std::string as_file(const std::string& bytes) {
-  static int fd = -1;
-  if (fd < 0) {
-    fd = memfd_create("fuzz_safetensors", MFD_CLOEXEC);
-    if (fd < 0) std::abort();
-  }
-  if (ftruncate(fd, 0) != 0) std::abort();
-  size_t done = 0;
-  while (done < bytes.size()) {
-    ssize_t n = pwrite(fd, bytes.data() + done, bytes.size() - done, static_cast<off_t>(done));
-    if (n <= 0) std::abort();
-    done += static_cast<size_t>(n);
-  }
-  return "/proc/self/fd/" + std::to_string(fd);
-}
 
 void fail(const char* what) {
   std::fprintf(stderr, "fuzz_safetensors: %s\n", what);
@@ -59,13 +31,18 @@ void fail(const char* what) {
 }
 
 void read_file(const uint8_t* data, size_t size) {
-  const std::string path = as_file(std::string(reinterpret_cast<const char*>(data), size));
-  try {
-    Safetensors st(path);
-    (void)st.count();
-  } catch (const std::exception&) {
-    // a malformed file: the test reading it fails loudly
+  auto r = edgetune::tools::parse_safetensors(std::vector<uint8_t>(data, data + size), "fuzz");
+  if (!r.ok()) return;  // a malformed file: an error Status is the contract
+  const SafetensorsFile& f = r.value();
+  size_t covered = 0;
+  for (const auto& t : f.tensors) {
+    if (t.data < f.bytes.data() || t.data + t.nbytes > f.bytes.data() + f.bytes.size()) fail("tensor outside the file");
+    uint64_t numel = 1;
+    for (int64_t d : t.shape) numel *= static_cast<uint64_t>(d);
+    if (numel * edgetune::dtype_size(t.dtype) != t.nbytes) fail("nbytes does not match the shape");
+    covered += t.nbytes;
   }
+  if (covered > f.bytes.size()) fail("tensors cover more than the file");
 }
 
 // Reading back a header the file reader accepted: every entry the writer listed.
@@ -104,15 +81,24 @@ void round_trip(const uint8_t* data, size_t size) {
   if (file.size() < 8 || (file.size() - 8) % 8 != 0) fail("header is not 8-byte aligned");
   for (const std::string& b : bytes) file += b;
 
-  Safetensors st(as_file(file));  // throws (and so aborts the fuzzer) if the writer's file is unreadable
-  if (st.count() != entries.size()) fail("tensor count differs after reading back");
+  auto r = edgetune::tools::parse_safetensors(std::vector<uint8_t>(file.begin(), file.end()), "round trip");
+  if (!r.ok()) {
+    std::fprintf(stderr, "%s\n", r.status().message().c_str());
+    fail("the writer's file is unreadable");
+  }
+  const SafetensorsFile& st = r.value();
+  if (st.tensors.size() != entries.size()) fail("tensor count differs after reading back");
   for (size_t i = 0; i < entries.size(); ++i) {
     const SafetensorsEntry& e = entries[i];
-    if (!st.has(e.name)) fail("a written tensor name is missing after reading back");
-    if (st.dtype_of(e.name) != edgetune::tools::safetensors_dtype(e.dtype)) fail("dtype differs after reading back");
-    if (st.shape_of(e.name) != e.shape) fail("shape differs after reading back");
-    if (st.raw(e.name) != bytes[i]) fail("bytes differ after reading back");
+    const auto* t = st.find(e.name);
+    if (!t) fail("a written tensor name is missing after reading back");
+    if (t->dtype != e.dtype) fail("dtype differs after reading back");
+    if (t->shape != e.shape) fail("shape differs after reading back");
+    if (std::string(reinterpret_cast<const char*>(t->data), t->nbytes) != bytes[i]) fail("bytes differ after reading back");
   }
+  if (st.metadata.size() != metadata.size()) fail("metadata count differs after reading back");
+  for (size_t i = 0; i < metadata.size(); ++i)
+    if (st.metadata[i] != metadata[i]) fail("metadata differs after reading back");
 }
 
 }  // namespace

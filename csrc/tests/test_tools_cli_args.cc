@@ -103,6 +103,31 @@ TEST(ToolsCliArgs, HelpNeedsNothingElse) {
   EXPECT_EQ(usage_text(true).find("PLAN.etp --inputs"), std::string::npos);
 }
 
+TEST(ToolsCliArgs, CheckpointFlags) {
+  auto a = parse({"m.etp", "--inputs", "x.npy", "--checkpoint", "c.ckpt"});
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->checkpoint, "c.ckpt");
+  EXPECT_EQ(a->checkpoint_every_seconds, 600);  // the default interval: 10 minutes
+  EXPECT_EQ(a->checkpoint_every_steps, 0);
+  auto b = parse({"m.etp", "--inputs", "x.npy", "--checkpoint", "c", "--checkpoint-every", "250", "--resume", "auto"});
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b->checkpoint_every_steps, 250);
+  EXPECT_EQ(b->resume, "auto");
+  for (const auto& [text, seconds] : {std::make_pair("30s", 30.0), std::make_pair("1.5m", 90.0), std::make_pair("2h", 7200.0)}) {
+    auto c = parse({"m.etp", "--inputs", "x.npy", "--checkpoint", "c", "--checkpoint-every", text});
+    ASSERT_TRUE(c.ok()) << text;
+    EXPECT_EQ(c->checkpoint_every_seconds, seconds) << text;
+    EXPECT_EQ(c->checkpoint_every_steps, 0) << text;
+  }
+  for (const char* bad : {"0", "-5", "5x", "m", "0s", "ns", ""})
+    EXPECT_NE(error_of({"m.etp", "--inputs", "x.npy", "--checkpoint", "c", "--checkpoint-every", bad}).find("--checkpoint-every"),
+              std::string::npos)
+        << bad;
+  EXPECT_NE(error_of({"m.etp", "--inputs", "x.npy", "--checkpoint-every", "5"}).find("needs --checkpoint"), std::string::npos);
+  EXPECT_NE(error_of({"m.etp", "--inputs", "x.npy", "--resume", "auto"}).find("--checkpoint"), std::string::npos);
+  EXPECT_NE(error_of({"m.etp", "--inputs", "x.npy", "--resume", "a", "--resume", "b"}).find("twice"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace tools
 }  // namespace edgetune

@@ -106,3 +106,98 @@ TEST(ToolsSafetensors, FailedWriteLeavesNothing) {
 }  // namespace
 }  // namespace tools
 }  // namespace edgetune
+
+// ---- the reader ---------------------------------------------------------------------------------
+namespace edgetune {
+namespace tools {
+namespace {
+
+std::vector<uint8_t> file_of(const std::string& json, const std::string& data) {
+  std::string h = json;
+  while (h.size() % 8) h += ' ';
+  std::string out(8, '\0');
+  for (int i = 0; i < 8; ++i) out[static_cast<size_t>(i)] = static_cast<char>((h.size() >> (8 * i)) & 0xFF);
+  out += h + data;
+  return std::vector<uint8_t>(out.begin(), out.end());
+}
+
+std::string parse_error(const std::string& json, const std::string& data) {
+  auto r = parse_safetensors(file_of(json, data), "t.safetensors");
+  return r.ok() ? "" : r.status().message();
+}
+
+TEST(ToolsSafetensorsReader, ReadsWhatTheWriterWrites) {
+  ScratchDir dir;
+  const float w[6] = {1, 2, 3, 4, 5, 6};
+  const int64_t step = 7;
+  std::vector<SafetensorsEntry> entries = {{"w\"eird\\name\n", DType::f32, {2, 3}, w, sizeof w},
+                                           {"step", DType::i64, {}, &step, sizeof step}};
+  ASSERT_TRUE(write_safetensors(dir / "a.safetensors", entries, {{"k", "v\u00e9"}, {"steps", "7"}}).ok());
+  auto r = read_safetensors(dir / "a.safetensors");
+  ASSERT_TRUE(r.ok()) << r.status().to_string();
+  const SafetensorsFile& f = r.value();
+  ASSERT_EQ(f.tensors.size(), 2u);
+  const SafetensorsTensor* t = f.find("w\"eird\\name\n");
+  ASSERT_NE(t, nullptr);
+  EXPECT_EQ(t->shape, (std::vector<int64_t>{2, 3}));
+  EXPECT_EQ(std::memcmp(t->data, w, sizeof w), 0);
+  EXPECT_EQ(f.find("step")->shape.size(), 0u);
+  ASSERT_NE(f.meta("k"), nullptr);
+  EXPECT_EQ(*f.meta("k"), "v\u00e9");
+}
+
+TEST(ToolsSafetensorsReader, AcceptsEscapesAndEmptyFiles) {
+  EXPECT_EQ(parse_error("{}", ""), "");
+  auto r = parse_safetensors(file_of(R"({"a\u00e9\ud83d\ude00\/":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}})", "xy"), "t");
+  ASSERT_TRUE(r.ok()) << r.status().to_string();
+  EXPECT_EQ(r.value().tensors[0].name, "a\u00e9\U0001F600/");
+}
+
+TEST(ToolsSafetensorsReader, RefusesMalformedFilesNamingTheProblem) {
+  const std::string one = R"("t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]})";
+  const std::string eight(8, 'x');
+  EXPECT_NE(parse_error("{" + one + "}", eight.substr(0, 4)).find("truncated"), std::string::npos);
+  EXPECT_NE(parse_error("{" + one + "}", eight + "x").find("after the last tensor"), std::string::npos);
+  EXPECT_NE(parse_error("{" + one + "," + one + "}", eight).find("appears twice"), std::string::npos);
+  EXPECT_NE(parse_error(R"({"t":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", eight).find("need"), std::string::npos);
+  EXPECT_NE(parse_error(R"({"t":{"dtype":"C64","shape":[1],"data_offsets":[0,8]}})", eight).find("unknown dtype"),
+            std::string::npos);
+  EXPECT_NE(parse_error(R"({"t":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", eight).find("non-negative"),
+            std::string::npos);
+  EXPECT_NE(parse_error(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
+                        R"("b":{"dtype":"F32","shape":[1],"data_offsets":[2,6]}})",
+                        eight.substr(0, 6))
+                .find("inside the tensor before it"),
+            std::string::npos);
+  EXPECT_NE(parse_error(R"({"t":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", eight).find("hole"),
+            std::string::npos);
+  EXPECT_NE(parse_error(R"({"__metadata__":{"a":{"b":"c"}}})", "").find("not a string"), std::string::npos);
+  EXPECT_NE(parse_error(R"({"__metadata__":{"a":"1","a":"2"}})", "").find("appears twice"), std::string::npos);
+  EXPECT_NE(parse_error(R"({"t":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"x":1}})", "1234").find("unexpected"),
+            std::string::npos);
+  EXPECT_NE(parse_error(R"({"\ud800x":{}})", "").find("surrogate"), std::string::npos);
+  EXPECT_NE(parse_error(std::string(100000, '['), "").find("expected '{'"), std::string::npos);  // no recursion
+  EXPECT_NE(parse_error(R"({"t":{"dtype":"F32","shape":[1e3],"data_offsets":[0,4]}})", "1234").find("integer"),
+            std::string::npos);
+  // a header longer than the file, and one past the format's limit
+  std::vector<uint8_t> lying = file_of("{}", "");
+  lying[0] = 0xFF;
+  EXPECT_FALSE(parse_safetensors(lying, "t").ok());
+  lying[7] = 0x7F;
+  EXPECT_NE(parse_safetensors(lying, "t").status().message().find("100 MiB"), std::string::npos);
+}
+
+TEST(ToolsSafetensorsReader, ReadsOnlyRegularFiles) {
+  ScratchDir dir;
+  EXPECT_EQ(read_safetensors(dir / "missing").status().code(), StatusCode::kNotFound);
+  EXPECT_NE(read_safetensors(dir.path()).status().message().find("directory"), std::string::npos);
+  EXPECT_NE(read_safetensors("/dev/zero").status().message().find("not a regular file"), std::string::npos);
+}
+
+TEST(ToolsSafetensors, RefusesRepeatedMetadataKeys) {
+  EXPECT_FALSE(safetensors_header({}, {{"a", "1"}, {"a", "2"}}).ok());
+}
+
+}  // namespace
+}  // namespace tools
+}  // namespace edgetune

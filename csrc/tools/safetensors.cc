@@ -61,7 +61,10 @@ Result<std::string> safetensors_header(const std::vector<SafetensorsEntry>& entr
   bool first = true;
   if (!metadata.empty()) {
     json += "\"__metadata__\":{";
+    std::set<std::string> keys;
     for (size_t i = 0; i < metadata.size(); ++i) {
+      if (!keys.insert(metadata[i].first).second)
+        return invalid_argument("metadata key '" + metadata[i].first + "' appears twice");
       if (i) json += ",";
       json += "\"" + json_escape(metadata[i].first) + "\":\"" + json_escape(metadata[i].second) + "\"";
     }
