@@ -6,14 +6,15 @@
 #
 #   OFF   nothing CUDA is looked at; the build is exactly the CPU-only one.
 #   AUTO  on when `check_language(CUDA)` finds nvcc and cuBLAS is found; otherwise CPU-only, with a
-#         line saying why. A machine without nvcc builds as before.
+#         line saying why. A machine without nvcc builds as before; cross and sanitizer builds stay
+#         CPU-only.
 #   ON    like AUTO, but a missing nvcc or cuBLAS is a configure error.
 #
 # cuBLAS comes from, in this order:
 #   1. EDGETUNE_CUBLAS_ROOT (a dir with include/cublas_v2.h and lib/libcublas.so*),
 #   2. the CUDA toolkit (find_package(CUDAToolkit): CUDA::cublas, CUDA::cublasLt; JetPack has them),
-#   3. PyPI's nvidia-cublas wheel in the site-packages of EDGETUNE_CUDA_PYTHON (default: the
-#      Python found on PATH): nvidia/cu13/{include,lib} (CUDA 13 wheels, `pip install nvidia-cublas`)
+#   3. PyPI's nvidia-cublas wheel in the site-packages of EDGETUNE_CUDA_PYTHON (under ON without it:
+#      the Python found on PATH; AUTO looks at the wheel only when EDGETUNE_CUDA_PYTHON is set): nvidia/cu13/{include,lib} (CUDA 13 wheels, `pip install nvidia-cublas`)
 #      or nvidia/cublas/{include,lib} (CUDA 12 wheels, `pip install nvidia-cublas-cu12`).
 #      The wheel has only versioned libraries (libcublas.so.13): they are linked by full path and
 #      found at run time through the build tree's RPATH.
@@ -21,6 +22,7 @@
 # Device code: CMAKE_CUDA_ARCHITECTURES defaults to 80-real;86-real;87-real;89-real;90-real;90-virtual
 # (desktop Ampere, Jetson Orin, Ada, Hopper, and PTX that newer GPUs JIT-compile).
 set(EDGETUNE_CUDA_ENABLED OFF)
+string(TOUPPER "${EDGETUNE_CUDA}" EDGETUNE_CUDA)
 if(EDGETUNE_CUDA STREQUAL "OFF")
   return()
 endif()
@@ -28,13 +30,20 @@ if(NOT EDGETUNE_CUDA STREQUAL "AUTO" AND NOT EDGETUNE_CUDA STREQUAL "ON")
   message(FATAL_ERROR "EDGETUNE_CUDA must be AUTO, ON or OFF, got '${EDGETUNE_CUDA}'")
 endif()
 
-# Not now, but `message(FATAL_ERROR)` under ON, a status line under AUTO.
+# Why the backend is not built: a configure error under ON, a status line under AUTO.
 function(_edgetune_cuda_unavailable why)
   if(EDGETUNE_CUDA STREQUAL "ON")
     message(FATAL_ERROR "EDGETUNE_CUDA=ON but ${why}")
   endif()
   message(STATUS "edgetune CUDA backend: off (AUTO: ${why})")
 endfunction()
+
+# AUTO leaves cross builds and sanitizer builds CPU-only (nvcc would target the host, and ASan does not
+# instrument device code); ask for ON to get the backend there anyway.
+if(EDGETUNE_CUDA STREQUAL "AUTO" AND (CMAKE_CROSSCOMPILING OR EDGETUNE_SANITIZE))
+  message(STATUS "edgetune CUDA backend: off (AUTO: cross or sanitizer build)")
+  return()
+endif()
 
 include(CheckLanguage)
 check_language(CUDA)
@@ -86,7 +95,9 @@ endif()
 if(NOT _cublas_from AND TARGET CUDA::cublas AND TARGET CUDA::cublasLt)
   set(_cublas_from "the CUDA toolkit (${CUDAToolkit_LIBRARY_DIR})")
 endif()
-if(NOT _cublas_from)
+# The wheel is searched for under ON, or when EDGETUNE_CUDA_PYTHON names a Python: an AUTO build does not
+# turn the CUDA backend on because some Python on PATH happens to have the wheel.
+if(NOT _cublas_from AND (EDGETUNE_CUDA STREQUAL "ON" OR EDGETUNE_CUDA_PYTHON))
   set(_py "${EDGETUNE_CUDA_PYTHON}")
   if(NOT _py)
     if(Python_EXECUTABLE)
