@@ -7,10 +7,14 @@ trains them on the same batches. Tests then compare every parameter and buffer.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import os
+import subprocess
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -325,3 +329,25 @@ def assert_graph_equal(a, b, sources: bool = False, const_data: bool = True) -> 
         assert wired(a.assigns[name], b.assigns[name]), \
             f"assign %{name} <- %{a.assigns[name].name} vs %{b.assigns[name].name}"
     return {v.name: mapping[id(v)].name for v in a.all_values()}
+
+
+@contextlib.contextmanager
+def full_filesystem(tmp_path):
+    """A 64 KiB tmpfs under tmp_path, filled up (an empty file can still be created there, data
+    cannot): yields its path. Skips the test where mounting is not allowed (not root)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root, or no permission)")
+    try:
+        fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while True:
+                os.write(fd, b"\0" * 4096)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)

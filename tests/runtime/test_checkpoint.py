@@ -30,6 +30,7 @@ import torch
 import edgetune as et
 from edgetune.compiler.errors import InputError
 from edgetune.runtime import binary
+from support import full_filesystem
 
 STEPS = 40  # 12 steps per epoch (100 samples, batch 8, 4 dropped): 3.3 epochs
 
@@ -266,25 +267,11 @@ def test_resume_missing_file_and_flag_errors(train_exe, setup, tmp_path):
 
 def test_full_disk_for_the_checkpoint_fails_before_training(train_exe, setup, tmp_path):
     _, plan, x, y, _ = setup
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (not root, or no permission)")
-    try:
-        fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT)
-        try:
-            while True:
-                os.write(fd, b"\0" * 4096)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+    with full_filesystem(tmp_path) as mnt:
         proc = _train(train_exe, plan, x, y, "--checkpoint", mnt / "run.ckpt")
         assert proc.returncode == 2, proc.stderr
         assert "--checkpoint" in proc.stderr and "not enough space" in proc.stderr
         assert sorted(p.name for p in mnt.iterdir()) == ["filler"]
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
 
 
 # ---- the Python API: same format, both directions ------------------------------------------------

@@ -31,6 +31,7 @@ import edgetune as et
 from edgetune import models
 from edgetune.compiler.errors import EdgetuneError, PlanError
 from edgetune.runtime import binary
+from support import full_filesystem
 
 IN_FEATURES, CLASSES, BATCH, SAMPLES = 8, 3, 8, 400  # 50 steps per epoch
 
@@ -442,28 +443,13 @@ def test_existing_output_keeps_its_permissions_and_stale_temp_files_go(train_exe
 def test_full_disk_fails_before_training(train_exe, mlp, data, tmp_path):
     _, _, plan = mlp
     x, y = data
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (not root, or no permission)")
-    try:
-        filler = mnt / "filler"
-        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)  # fill it: an empty file can still be created, data cannot
-        try:
-            while True:
-                os.write(fd, b"\0" * 4096)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+    with full_filesystem(tmp_path) as mnt:
         out = mnt / "tuned.safetensors"
         proc = run(train_exe, plan, "--inputs", x, "--targets", y, "--out", out)
         assert proc.returncode == 2, (proc.stdout, proc.stderr)
         assert_one_error_line(proc, "--out", "not enough space")
         assert "step" not in proc.stdout  # no training run was spent
         assert sorted(p.name for p in mnt.iterdir()) == ["filler"]
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
 
 
 # ---- signals ------------------------------------------------------------------------------------
