@@ -207,8 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--resolution", type=int, default=32)
         sp.add_argument("--seed", type=int, default=0)
         sp.add_argument("--eval", action="store_true", help="compile the model in eval mode (frozen BN stats)")
-        sp.add_argument("--backend", default="cpu", choices=["cpu", "reference"],
-                        help="runtime that trains (demo) or that the plan is made for (compile); default cpu")
+        sp.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "reference"],
+                        help="runtime that trains (demo) or that the plan is made for (compile; cuda needs a "
+                        "build with the CUDA backend, no GPU); default cpu")
         sp.add_argument("-O", dest="opt_level", type=int, default=DEFAULT_OPT_LEVEL, choices=[0, 1, 2, 3],
                         metavar="LEVEL", help="optimisation level -O0..-O3 (default -O2; -O3 times kernels here)")
         sp.add_argument("--disable-pass", action="append", default=[], choices=PASS_NAMES, metavar="NAME",

@@ -3,6 +3,8 @@
     et.Session(program)                      numpy reference executor (the oracle)
     et.Session(program, backend="cpu")       the C++ runtime: the program is memory-planned,
     et.Session("model.etp", backend="cpu")   serialised to a plan and loaded, or a plan file
+    et.Session(program, backend="cuda")      the same on an NVIDIA GPU (a build with CUDA; the plan
+                                             is made for the cuda kernels' workspaces)
 
 State = params, buffers (e.g. BatchNorm running stats) and optimizer states, keyed by name.
 `state_dict()` returns the model's tensors under the model's own state_dict names (tied
@@ -28,7 +30,7 @@ from ..compiler.ir import numpy_dtype
 from ..compiler.program import Program
 from .reference import ReferenceExecutor
 
-BACKENDS = ("reference", "cpu")
+BACKENDS = ("reference", "cpu", "cuda")
 
 
 def _as_numpy(x, where: str) -> np.ndarray:

@@ -6,6 +6,12 @@ functions the plan loader calls, so planner and runtime agree to the byte), and 
 kernel on this machine. Its cost model is the CPU roofline of compiler/analysis/cost_model.py at
 the rates of the architecture being compiled for.
 
+`CudaTarget` describes the cuda backend (csrc/kernels/cuda/). Its kernels' check and workspace
+functions are host code, so a module built with CUDA answers them on a machine with no GPU: a
+plan for a Jetson is compiled on a laptop. Each cuda conv variant ("conv2d.winograd", ...) runs
+the path the shape picks, so only the default kernel of each op is offered and kernel choice has
+nothing to rank; there is no timing (nothing runs on the GPU at compile time).
+
 Importing this module registers every backend the module was built with; when the module is
 missing, the registered factory raises BackendUnavailable and the compiler falls back to its
 built-in description (compiler/target.py says what that means).
@@ -23,7 +29,7 @@ from ..compiler.target import BackendUnavailable, KernelRejected, Target, host_a
 from .native import native, native_error
 
 # backends the C++ runtime can be built with; each registers here whether or not this build has it
-NATIVE_BACKENDS = ("cpu",)
+NATIVE_BACKENDS = ("cpu", "cuda")
 
 
 def _specs(node: Node):
@@ -80,6 +86,23 @@ class NativeTarget(Target):
         return self._cache_key
 
 
+class CudaTarget(NativeTarget):
+    """The cuda backend: exact workspaces from the module, the default kernel of each op, no timing.
+    `arch` stays the host's CPU architecture (the GPU's code is chosen at build time:
+    CMAKE_CUDA_ARCHITECTURES)."""
+
+    def __init__(self, name: str, arch: str | None, module):
+        super().__init__(name, arch, module)
+        self.can_measure = False
+        self._kernels = [k for k in self._kernels if "." not in k]
+
+    def estimated_seconds(self, kernel: str, node: Node) -> float:
+        return 0.0
+
+    def measured_seconds(self, kernel: str, node: Node, threads: int) -> float:
+        raise NotImplementedError("cuda kernels are not timed at compile time")
+
+
 def _factory(name: str):
     def make(arch: str | None) -> Target:
         try:
@@ -89,7 +112,7 @@ def _factory(name: str):
         if name not in mod.backends():
             raise BackendUnavailable(f"this build of the C++ runtime has no {name} backend "
                                      f"(it has: {', '.join(mod.backends())})")
-        return NativeTarget(name, arch, mod)
+        return (CudaTarget if name == "cuda" else NativeTarget)(name, arch, mod)
     return make
 
 
