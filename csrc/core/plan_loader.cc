@@ -69,15 +69,6 @@ bool runtime_attr_kind(fb::AttrKind in, AttrKind* out) {
   return false;
 }
 
-// A zeroed block of `bytes` (at least one alignment unit), or null when the allocation fails.
-uint8_t* alloc_region(size_t bytes, size_t alignment) {
-  size_t rounded = (bytes + alignment - 1) / alignment * alignment;
-  if (rounded == 0) rounded = alignment;
-  void* p = std::aligned_alloc(alignment, rounded);
-  if (p) std::memset(p, 0, rounded);
-  return static_cast<uint8_t*>(p);
-}
-
 std::string node_where(size_t i, const fb::Node* n) {
   std::string s = "node " + std::to_string(i) + " (" + (n->op() ? n->op()->str() : "?") + ")";
   if (n->source() && n->source()->size()) s += " at " + n->source()->str();
@@ -94,6 +85,7 @@ Result<std::unique_ptr<Runtime>> PlanLoader::load(const uint8_t* data, size_t si
   ET_RETURN_IF_ERROR(loader.allocate_memory());
   ET_RETURN_IF_ERROR(loader.load_nodes());
   ET_RETURN_IF_ERROR(loader.load_bindings());
+  ET_RETURN_IF_ERROR(loader.rt_->device_->prepare(*loader.rt_));  // cuda: guard, pinned loss, step split
   loader.rt_->plan_sha256_ = sha256_hex(data, size);  // the whole file, footer included: what a checkpoint names
   return std::move(loader.rt_);
 }
@@ -202,20 +194,46 @@ Status PlanLoader::load_tensors() {
 }
 
 // ---- 3. memory: the only allocations the runtime makes ------------------------------------------
+// On the backend's device (core/device.h): one allocation per region (the arena is one block, as
+// planned), the persistent region initialised by one copy of persistent_init, and on a device the
+// host cannot read (cuda) a host mirror of the input region for set_input (pinned: the step copies
+// it in asynchronously).
 Status PlanLoader::allocate_memory() {
   rt_.reset(new (std::nothrow) Runtime());
   if (!rt_) return out_of_memory("cannot allocate the runtime");
+  // The registry first: a backend this build lacks is named as such, before any device is touched.
+  if (!KernelRegistry::for_backend(options_.backend) && options_.backend != "cuda")
+    return unimplemented("backend '" + options_.backend + "' is not built into this runtime");
+  auto device = make_device(options_.backend);
+  if (!device.ok()) return device.status();
+  rt_->device_ = std::move(device).value();
+  Device& dev = *rt_->device_;
+  rt_->device_context_ = dev.kernel_context();
   const uint64_t persistent = region_size(fb::Region::persistent);
   const uint64_t arena = region_size(fb::Region::arena);
   const uint64_t input = region_size(fb::Region::input);
-  rt_->persistent_ = alloc_region(persistent, alignment_);
-  rt_->arena_ = alloc_region(arena, alignment_);
-  rt_->input_ = alloc_region(input, alignment_);
-  if (!rt_->persistent_ || !rt_->arena_ || !rt_->input_)
-    return out_of_memory("cannot allocate " + std::to_string(persistent + arena + input) +
-                         " bytes for the plan's memory (persistent " + std::to_string(persistent) + ", arena " +
-                         std::to_string(arena) + ", input " + std::to_string(input) + ")");
-  if (persistent) std::memcpy(rt_->persistent_, plan_->persistent_init()->data(), persistent);
+  auto fail = [&](const Status& why) {
+    return out_of_memory("cannot allocate " + std::to_string(persistent + arena + input) + " bytes of " +
+                         dev.backend() + " memory for the plan (persistent " + std::to_string(persistent) +
+                         ", arena " + std::to_string(arena) + ", input " + std::to_string(input) + "): " +
+                         why.message());
+  };
+  for (auto [size, dst] : {std::make_pair(persistent, &rt_->persistent_), std::make_pair(arena, &rt_->arena_),
+                           std::make_pair(input, &rt_->input_)}) {
+    auto p = dev.allocate(static_cast<size_t>(size), alignment_);
+    if (!p.ok()) return fail(p.status());
+    *dst = p.value();
+  }
+  if (dev.host_accessible()) {
+    rt_->input_host_ = rt_->input_;
+  } else {
+    auto p = dev.allocate_host(static_cast<size_t>(input));
+    if (!p.ok()) return fail(p.status());
+    rt_->input_host_ = p.value();
+  }
+  if (persistent)
+    ET_RETURN_IF_ERROR(dev.copy_to_device(rt_->persistent_, plan_->persistent_init()->data(), persistent)
+                           .with_context("initialising the persistent region"));
   for (Placed& p : placed_) {
     uint8_t* base = p.region == fb::Region::persistent ? rt_->persistent_
                     : p.region == fb::Region::arena    ? rt_->arena_
@@ -234,7 +252,8 @@ Status PlanLoader::load_nodes() {
     return invalid_argument("threads=" + std::to_string(options_.num_threads) + " is more than the maximum of " +
                             std::to_string(ThreadPool::kMaxThreads));
   }
-  rt_->pool_.reset(new ThreadPool(options_.num_threads));
+  // cuda runs no cpu kernels: one thread (the pool exists because KernelArgs carries one)
+  rt_->pool_.reset(new ThreadPool(rt_->device_->runs_steps() ? 1 : options_.num_threads));
   if (!rt_->pool_->start_status().ok()) return rt_->pool_->start_status();
   const uint64_t arena_bytes = region_size(fb::Region::arena);
   const auto* nodes = plan_->nodes();
@@ -289,7 +308,8 @@ Status PlanLoader::load_nodes() {
     KernelArgs args{node.inputs.data(),  static_cast<int>(node.inputs.size()),
                     node.outputs.data(), static_cast<int>(node.outputs.size()),
                     &node.attrs,         node.workspace,
-                    node.workspace_bytes, rt_->pool_.get()};
+                    node.workspace_bytes, rt_->pool_.get(),
+                    rt_->device_context_};
     if (node.kernel->check) {
       Status st = node.kernel->check(args);
       if (!st.ok()) return invalid_plan(where + ": " + st.message());

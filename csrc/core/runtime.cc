@@ -20,9 +20,11 @@
 namespace edgetune {
 
 Runtime::~Runtime() {
-  std::free(persistent_);
-  std::free(arena_);
-  std::free(input_);
+  if (!device_) return;  // a load that failed before the device existed
+  device_->release(persistent_);
+  device_->release(arena_);
+  device_->release(input_);
+  if (input_host_ != input_) device_->release_host(input_host_);
 }
 
 Result<std::unique_ptr<Runtime>> Runtime::load(const uint8_t* data, size_t size, const RuntimeOptions& options) {
@@ -86,13 +88,45 @@ Status Runtime::set_input(int index, const void* data, size_t nbytes) {
   if (nbytes != b.view.nbytes())
     return invalid_argument("input '" + b.name + "' expects " + b.view.shape_string() + " (" +
                             std::to_string(b.view.nbytes()) + " bytes), got " + std::to_string(nbytes) + " bytes");
-  std::memcpy(b.view.data, data, nbytes);
+  // the input region and its host mirror (the region itself on cpu) have the same layout
+  std::memcpy(input_host_ + (static_cast<uint8_t*>(b.view.data) - input_), data, nbytes);
   return Status::Ok();
+}
+
+// A binding of this runtime: `n` its size, its bytes inside one of the three regions (a Binding
+// is a plain value: a stale or made-up one must not become a device copy from a wild address).
+Status Runtime::check_binding(const Binding& b, size_t n, const char* what) const {
+  if (n != b.view.nbytes())
+    return invalid_argument(std::string(what) + " '" + b.name + "': " + b.view.shape_string() + " is " +
+                            std::to_string(b.view.nbytes()) + " bytes, got a buffer of " + std::to_string(n));
+  const uint8_t* p = static_cast<const uint8_t*>(b.view.data);
+  auto inside = [&](const uint8_t* base, size_t size) {
+    return base && p >= base && p <= base + size && n <= static_cast<size_t>(base + size - p);
+  };
+  if (!inside(persistent_, memory_.persistent_bytes) && !inside(arena_, memory_.arena_bytes) &&
+      !inside(input_, memory_.input_bytes))
+    return invalid_argument(std::string(what) + " '" + b.name + "': not a tensor of this runtime");
+  return Status::Ok();
+}
+
+Status Runtime::read(const Binding& b, void* host, size_t n) const {
+  ET_RETURN_IF_ERROR(check_binding(b, n, "reading"));
+  return device_->copy_to_host(host, b.view.data, n).with_context("reading '" + b.name + "'");
+}
+
+Status Runtime::write(const Binding& b, const void* host, size_t n) {
+  ET_RETURN_IF_ERROR(check_binding(b, n, "writing"));
+  return device_->copy_to_device(b.view.data, host, n).with_context("writing '" + b.name + "'");
+}
+
+const void* Runtime::host_data(const Binding& b) const {
+  return device_->host_accessible() ? b.view.data : nullptr;
 }
 
 Status Runtime::run_node(Node& n) {
   KernelArgs args{n.inputs.data(), static_cast<int>(n.inputs.size()), n.outputs.data(),
-                  static_cast<int>(n.outputs.size()), &n.attrs, n.workspace, n.workspace_bytes, pool_.get()};
+                  static_cast<int>(n.outputs.size()), &n.attrs, n.workspace, n.workspace_bytes, pool_.get(),
+                  device_context_};
   Status st;
   if (profiling_) {
     auto t0 = std::chrono::steady_clock::now();
@@ -106,34 +140,42 @@ Status Runtime::run_node(Node& n) {
   return st;
 }
 
+bool Runtime::is_param_update(const Node& n) {
+  return n.section == static_cast<int>(plan::Section::update) && n.op.size() > 7 &&
+         n.op.compare(n.op.size() - 7, 7, "_update") == 0;
+}
+
+Status Runtime::loss_not_finite(float loss) const {
+  char msg[200];
+  std::snprintf(msg, sizeof msg,
+                "loss is %s at step %lld; the step was stopped before any update, weights keep their "
+                "last finite values",
+                std::isnan(loss) ? "NaN" : "Inf", static_cast<long long>(steps_ + 1));
+  return numeric_error(msg);
+}
+
+Status Runtime::update_refused(const std::string& why, int updates_done) const {
+  // Updates run right after their gradient (reorder_updates), so earlier ones are in place.
+  return numeric_error("step " + std::to_string(steps_ + 1) + " refused: " + why + "; " + std::to_string(updates_done) +
+                       " earlier parameter update(s) of this step were applied, the rest were not, and no "
+                       "weight or optimizer state holds inf or NaN");
+}
+
 Result<float> Runtime::step() {
+  if (device_->runs_steps()) return device_->step(*this);  // cuda: CUDA Graphs (core/cuda_device.cu)
   int updates_done = 0;  // update nodes that ran this step (for the message when one refuses)
   for (size_t i = 0; i < nodes_.size(); ++i) {
     Node& n = nodes_[i];
     Status st = run_node(n);
     if (!st.ok()) {
-      if (st.code() == StatusCode::kNumericError && n.section == static_cast<int>(plan::Section::update)) {
-        // Updates run right after their gradient (reorder_updates), so earlier ones are in place.
-        return numeric_error("step " + std::to_string(steps_ + 1) + " refused: " + st.message() + "; " +
-                             std::to_string(updates_done) +
-                             " earlier parameter update(s) of this step were applied, the rest were not, and no "
-                             "weight or optimizer state holds inf or NaN");
-      }
+      if (st.code() == StatusCode::kNumericError && n.section == static_cast<int>(plan::Section::update))
+        return update_refused(st.message(), updates_done);
       return st;
     }
-    if (n.section == static_cast<int>(plan::Section::update) &&
-        n.op.size() > 7 && n.op.compare(n.op.size() - 7, 7, "_update") == 0)
-      ++updates_done;
+    if (is_param_update(n)) ++updates_done;
     if (n.produces_loss) {
       float loss = *loss_value_;
-      if (!std::isfinite(loss)) {
-        char msg[200];
-        std::snprintf(msg, sizeof msg,
-                      "loss is %s at step %lld; the step was stopped before any update, weights keep their "
-                      "last finite values",
-                      std::isnan(loss) ? "NaN" : "Inf", static_cast<long long>(steps_ + 1));
-        return numeric_error(msg);
-      }
+      if (!std::isfinite(loss)) return loss_not_finite(loss);
     }
   }
   for (const Copy& c : copies_) std::memcpy(c.dst.data, c.src.data, c.dst.nbytes());
@@ -142,6 +184,7 @@ Result<float> Runtime::step() {
 }
 
 Status Runtime::forward() {
+  if (device_->runs_steps()) return device_->forward(*this);
   for (Node& n : nodes_)
     if (n.section == static_cast<int>(plan::Section::forward)) ET_RETURN_IF_ERROR(run_node(n));
   return Status::Ok();

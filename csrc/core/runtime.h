@@ -1,9 +1,12 @@
 // Runtime: one loaded, verified plan with its memory, ready to train.
 //
-// load() verifies the plan (core/plan_loader.h) and then allocates exactly three blocks, once:
-// the persistent region (initialised from the plan), the arena and the input region. step() copies
-// nothing and allocates nothing: it runs every node in order with views the loader resolved,
-// then applies the plan's state copies. forward() runs the forward-section nodes only.
+// load() verifies the plan (core/plan_loader.h) and then allocates exactly three blocks, once,
+// on the backend's device (core/device.h): the persistent region (initialised from the plan), the
+// arena and the input region. step() allocates nothing: it runs every node in order with views the
+// loader resolved, then applies the plan's state copies. forward() runs the forward-section nodes
+// only. On cuda the memory is device memory (TensorView::data holds device pointers): read it with
+// read() / write(), never through a view's pointer; set_input fills a pinned host mirror that the
+// step copies in, and a step replays as two CUDA Graphs (core/cuda_device.cu).
 //
 // A NaN or Inf loss stops the step right after the node that produced it, before any backward
 // or update node runs, so parameters and optimizer state keep their last good values. An update
@@ -18,6 +21,7 @@
 #include <vector>
 
 #include "core/attrs.h"
+#include "core/device.h"
 #include "core/kernel.h"
 #include "core/status.h"
 #include "core/tensor.h"
@@ -26,17 +30,18 @@
 namespace edgetune {
 
 struct RuntimeOptions {
-  std::string backend = "cpu";
-  int num_threads = 0;  // 0 = all hardware threads
+  std::string backend = "cpu";  // "cpu" | "cuda" (a build with the CUDA backend and a usable GPU)
+  int num_threads = 0;          // 0 = all hardware threads; cuda runs no cpu kernels and uses 1
 };
 
 // One named tensor of the plan as the user sees it (an input, an output, a weight, a state).
 struct Binding {
   std::string name;
-  TensorView view;  // points into the runtime's memory (valid while the Runtime lives)
+  TensorView view;  // points into the runtime's memory (valid while the Runtime lives): device memory on
+                    // cuda, so read and write it with Runtime::read / Runtime::write
 };
 
-struct MemoryStats {
+struct MemoryStats {  // bytes of each region on the device
   size_t persistent_bytes = 0;  // params, buffers, optimizer state, constants
   size_t arena_bytes = 0;       // activations, gradients, temporaries, workspaces (planned peak)
   size_t input_bytes = 0;
@@ -47,7 +52,8 @@ class Runtime {
  public:
   // `data` is read during the call only; the caller may free it afterwards. Errors: kInvalidPlan
   // (the plan failed verification), kOutOfMemory (its memory could not be allocated),
-  // kUnimplemented (backend not built); load_file also kNotFound / kIoError for the file.
+  // kUnimplemented (backend not built, or cuda without a usable GPU: the message says why);
+  // load_file also kNotFound / kIoError for the file.
   static Result<std::unique_ptr<Runtime>> load(const uint8_t* data, size_t size, const RuntimeOptions& options);
   static Result<std::unique_ptr<Runtime>> load_file(const std::string& path, const RuntimeOptions& options);
   ~Runtime();
@@ -55,8 +61,21 @@ class Runtime {
   // step() arguments in order: the model inputs, then the target.
   const std::vector<Binding>& inputs() const { return inputs_; }
   int num_model_inputs() const { return num_model_inputs_; }
-  // Copies `nbytes` (must equal the input's size) into input `index`.
+  // Copies `nbytes` (must equal the input's size) into input `index` (on cuda into the pinned host
+  // mirror of the input region; the next step()/forward() copies it to the device).
   Status set_input(int index, const void* data, size_t nbytes);
+
+  // The bytes of a binding (an input, output, weight or optimizer state of this runtime) copied to
+  // or from host memory; `n` must be its size. On cpu a memcpy, on cuda a synchronous device copy.
+  // These are the only way the host touches the runtime's memory (a view's data may be a device
+  // pointer). write() of an input is overwritten by the next step's input copy: use set_input.
+  Status read(const Binding& b, void* host, size_t n) const;
+  Status write(const Binding& b, const void* host, size_t n);
+  // The binding's bytes in place, when the host can read them directly (cpu); null on cuda. Lets
+  // big readers (checkpoints, --out) skip a staging copy where there is nothing to stage.
+  const void* host_data(const Binding& b) const;
+  const std::string& backend() const { return device_->backend(); }
+  std::string device_description() const { return device_->description(); }
 
   // One training step on the inputs set; returns the loss (before the update).
   Result<float> step();
@@ -125,11 +144,20 @@ class Runtime {
     TensorView src, dst;
   };
   Status run_node(Node& n);
+  Status check_binding(const Binding& b, size_t n, const char* what) const;
+  // The step's numeric refusals, worded the same on every backend.
+  static bool is_param_update(const Node& n);  // an optimizer update node (counted in the refusal)
+  Status loss_not_finite(float loss) const;
+  Status update_refused(const std::string& why, int updates_done) const;
   friend class PlanLoader;
+  friend class CudaDevice;  // core/cuda_device.cu: the step hooks run the nodes (core/device.h)
 
+  std::unique_ptr<Device> device_;  // first member: outlives everything below
+  void* device_context_ = nullptr;  // device_->kernel_context(), for every KernelArgs
   uint8_t* persistent_ = nullptr;
   uint8_t* arena_ = nullptr;
   uint8_t* input_ = nullptr;
+  uint8_t* input_host_ = nullptr;  // what set_input writes: input_ on cpu, its pinned mirror on cuda
   MemoryStats memory_;
   std::unique_ptr<ThreadPool> pool_;
   std::vector<Node> nodes_;
@@ -138,7 +166,7 @@ class Runtime {
   std::vector<std::string> trainable_;
   std::vector<std::string> baked_;
   int num_model_inputs_ = 0;
-  const float* loss_value_ = nullptr;  // the 'loss' output, checked after its node runs
+  const float* loss_value_ = nullptr;  // the 'loss' output, checked after its node runs (host loop only)
   int64_t steps_ = 0;
   bool profiling_ = false;
   std::string model_label_;

@@ -4,6 +4,9 @@
 //   workspace_bytes(kernel, ins, outs, attrs)   scratch a node needs (asked by the memory planner)
 //   run_kernel(kernel, arrays, outs, attrs)     one kernel on numpy arrays (the kernel test harness)
 //   Runtime(plan_bytes, backend, threads)       a loaded, verified plan: step / forward / weights
+//                                               (backend "cuda": device memory, read and written
+//                                               through Runtime::read / write; importing this module
+//                                               touches no GPU, only constructing a cuda Runtime does)
 //
 // A failed Status becomes a Python exception here and nowhere else: RuntimeError subclasses
 // keyed by StatusCode are mapped to edgetune's own exceptions by runtime/native.py.
@@ -240,21 +243,29 @@ double py_time_kernel(const std::string& backend, const std::string& kernel, con
   return times[times.size() / 2];
 }
 
-py::array copy_out(const TensorView& t) {
+// A binding's bytes as a new numpy array, read through the runtime (its memory may be on a GPU).
+py::array copy_out(const Runtime& rt, const Binding& b) {
+  const TensorView& t = b.view;
   std::vector<py::ssize_t> shape(t.shape, t.shape + t.rank);
   py::array out(numpy_dtype(t.dtype), shape);
-  std::memcpy(out.mutable_data(), t.data, t.nbytes());
+  throw_if_error(rt.read(b, out.mutable_data(), t.nbytes()));
   return out;
 }
 
-void copy_in(const TensorView& t, const py::array& arr, const std::string& what) {
+// `arr` as the exact dtype and shape of `t`, C-contiguous (else NativeError naming `what`).
+py::array checked_array(const TensorView& t, const py::array& arr, const std::string& what) {
   py::array c = py::array::ensure(arr, py::array::c_style);
   if (!c || dtype_of_array(c) != t.dtype || static_cast<size_t>(c.nbytes()) != t.nbytes() ||
       c.ndim() != t.rank)
     throw NativeError{invalid_argument(what + " expects " + t.shape_string())};
   for (int i = 0; i < t.rank; ++i)
     if (c.shape(i) != t.shape[i]) throw NativeError{invalid_argument(what + " expects " + t.shape_string())};
-  std::memcpy(t.data, c.data(), t.nbytes());
+  return c;
+}
+
+void copy_in(Runtime& rt, const Binding& b, const py::array& arr, const std::string& what) {
+  py::array c = checked_array(b.view, arr, what);
+  throw_if_error(rt.write(b, c.data(), b.view.nbytes()));
 }
 
 py::tuple spec_of(const Binding& b) {
@@ -300,8 +311,11 @@ class PyRuntime {
     if (arrays.size() != count)
       throw NativeError{invalid_argument("expected " + std::to_string(count) + " arrays, got " +
                                          std::to_string(arrays.size()))};
-    for (size_t i = 0; i < count; ++i)
-      copy_in(rt_->inputs()[i].view, arrays[i], "input '" + rt_->inputs()[i].name + "'");
+    for (size_t i = 0; i < count; ++i) {
+      const Binding& b = rt_->inputs()[i];
+      py::array c = checked_array(b.view, arrays[i], "input '" + b.name + "'");
+      throw_if_error(rt_->set_input(static_cast<int>(i), c.data(), b.view.nbytes()));
+    }
   }
 
   float step(const std::vector<py::array>& arrays) {
@@ -326,20 +340,20 @@ class PyRuntime {
     throw_if_error(st);
     const Binding* out = rt_->output("output");
     if (!out) throw NativeError{invalid_argument("the plan has no 'output'")};
-    return copy_out(out->view);
+    return copy_out(*rt_, *out);
   }
 
   py::dict weights() {
     auto lk = lock();
     py::dict d;
-    for (const Binding& b : rt_->weights()) d[py::str(b.name)] = copy_out(b.view);
+    for (const Binding& b : rt_->weights()) d[py::str(b.name)] = copy_out(*rt_, b);
     return d;
   }
 
   py::dict optimizer_state() {
     auto lk = lock();
     py::dict d;
-    for (const Binding& b : rt_->optimizer_state()) d[py::str(b.name)] = copy_out(b.view);
+    for (const Binding& b : rt_->optimizer_state()) d[py::str(b.name)] = copy_out(*rt_, b);
     return d;
   }
 
@@ -349,15 +363,17 @@ class PyRuntime {
     if (!b) throw NativeError{not_found("the plan has no weight '" + name + "'")};
     if (rt_->is_baked(name)) {  // allowed only when nothing changes (e.g. a full state_dict reload)
       py::array c = py::array::ensure(arr, py::array::c_style);
+      std::vector<unsigned char> now(b->view.nbytes());
+      throw_if_error(rt_->read(*b, now.data(), now.size()));
       if (!c || static_cast<size_t>(c.nbytes()) != b->view.nbytes() ||
-          std::memcmp(c.data(), b->view.data, b->view.nbytes()) != 0)
+          std::memcmp(c.data(), now.data(), now.size()) != 0)
         throw NativeError{invalid_argument(
             "weight '" + name + "' is frozen and its value was folded into constants at compile time; loading "
             "a different value would train with stale constants. Recompile with these weights (or with "
             "--disable-pass fold_constants)")};
       return;
     }
-    copy_in(b->view, arr, "weight '" + name + "'");
+    copy_in(*rt_, *b, arr, "weight '" + name + "'");
   }
 
   void set_state(const std::string& name, const py::array& arr) {
@@ -374,7 +390,8 @@ class PyRuntime {
     auto lk = lock();
     for (const Binding& b : rt_->optimizer_state())
       if (b.name == "optim.lr" && b.view.dtype == DType::f32 && b.view.numel() == 1) {
-        *static_cast<float*>(b.view.data) = static_cast<float>(lr);
+        const float v = static_cast<float>(lr);
+        throw_if_error(rt_->write(b, &v, sizeof v));
         return;
       }
     throw NativeError{not_found("the plan has no float32 optimizer state 'optim.lr'")};
@@ -383,8 +400,11 @@ class PyRuntime {
   double lr() {
     auto lk = lock();
     for (const Binding& b : rt_->optimizer_state())
-      if (b.name == "optim.lr" && b.view.dtype == DType::f32 && b.view.numel() == 1)
-        return *static_cast<const float*>(b.view.data);
+      if (b.name == "optim.lr" && b.view.dtype == DType::f32 && b.view.numel() == 1) {
+        float v = 0;
+        throw_if_error(rt_->read(b, &v, sizeof v));
+        return v;
+      }
     throw NativeError{not_found("the plan has no float32 optimizer state 'optim.lr'")};
   }
 
@@ -397,7 +417,7 @@ class PyRuntime {
 
   void set_state_locked(const std::string& name, const py::array& arr) {
     for (const Binding& b : rt_->optimizer_state())
-      if (b.name == name) return copy_in(b.view, arr, "optimizer state '" + name + "'");
+      if (b.name == name) return copy_in(*rt_, b, arr, "optimizer state '" + name + "'");
     throw NativeError{not_found("the plan has no optimizer state '" + name + "'")};
   }
 
@@ -503,6 +523,9 @@ PYBIND11_MODULE(_native, m) {
           })
       .def_property_readonly("plan_sha256", [](PyRuntime& r) { return r.rt().plan_sha256(); })
       .def_property_readonly("threads", [](PyRuntime& r) { return r.rt().num_threads(); })
+      .def_property_readonly("backend", [](PyRuntime& r) { return r.rt().backend(); })
+      .def_property_readonly("device", [](PyRuntime& r) { return r.rt().device_description(); },
+                             "the device in words ('host memory', or the GPU's name and properties)")
       .def_property_readonly("num_nodes", [](PyRuntime& r) { return r.rt().num_nodes(); })
       .def_property_readonly("model", [](PyRuntime& r) { return r.rt().model_label(); });
 #ifdef EDGETUNE_HAVE_OPENBLAS

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <new>
 
 #include "core/crc32.h"
 
@@ -14,16 +15,17 @@ namespace {
 const std::string kWeightPrefix = "weights/";
 const std::string kStatePrefix = "state/";
 
-std::vector<SafetensorsEntry> entries_of(const Runtime& rt) {
+// Every weight and state as an entry, data not yet read (null), and the bindings they come from.
+std::vector<SafetensorsEntry> entries_of(const Runtime& rt, std::vector<const Binding*>* bindings = nullptr) {
   std::vector<SafetensorsEntry> out;
   auto add = [&](const std::string& prefix, const Binding& b) {
     SafetensorsEntry e;
     e.name = prefix + b.name;
     e.dtype = b.view.dtype;
     e.shape.assign(b.view.shape, b.view.shape + b.view.rank);
-    e.data = b.view.data;
     e.nbytes = b.view.nbytes();
     out.push_back(std::move(e));
+    if (bindings) bindings->push_back(&b);
   };
   for (const Binding& b : rt.weights()) add(kWeightPrefix, b);
   for (const Binding& b : rt.optimizer_state()) add(kStatePrefix, b);
@@ -69,6 +71,33 @@ bool all_finite(const SafetensorsTensor& t) {
 
 }  // namespace
 
+Status read_entries(const Runtime& rt, const std::vector<const Binding*>& bindings,
+                    std::vector<SafetensorsEntry>* entries, std::unique_ptr<uint8_t[]>* staging) {
+  if (bindings.size() != entries->size()) return internal_error("read_entries: bindings and entries differ in number");
+  size_t total = 0;
+  for (size_t i = 0; i < bindings.size(); ++i)
+    if (!rt.host_data(*bindings[i])) total += (*entries)[i].nbytes;
+  staging->reset();
+  if (total) {
+    staging->reset(new (std::nothrow) uint8_t[total]);
+    if (!*staging)
+      return out_of_memory("cannot allocate " + std::to_string(total) + " bytes of host memory to read the " +
+                           rt.backend() + " runtime's tensors into");
+  }
+  size_t at = 0;
+  for (size_t i = 0; i < bindings.size(); ++i) {
+    SafetensorsEntry& e = (*entries)[i];
+    if (const void* p = rt.host_data(*bindings[i])) {
+      e.data = p;
+      continue;
+    }
+    ET_RETURN_IF_ERROR(rt.read(*bindings[i], staging->get() + at, e.nbytes));
+    e.data = staging->get() + at;
+    at += e.nbytes;
+  }
+  return Status::Ok();
+}
+
 Result<size_t> checkpoint_size(const Runtime& rt, const Metadata& extra) {
   std::vector<SafetensorsEntry> entries = entries_of(rt);
   Metadata meta = metadata_of(rt, {}, extra);
@@ -81,7 +110,10 @@ Result<size_t> checkpoint_size(const Runtime& rt, const Metadata& extra) {
 }
 
 Status write_checkpoint(AtomicFile& file, const Runtime& rt, const Metadata& extra) {
-  std::vector<SafetensorsEntry> entries = entries_of(rt);
+  std::vector<const Binding*> bindings;
+  std::vector<SafetensorsEntry> entries = entries_of(rt, &bindings);
+  std::unique_ptr<uint8_t[]> staging;  // cuda: every tensor read back before the file is written
+  ET_RETURN_IF_ERROR(read_entries(rt, bindings, &entries, &staging));
   return write_safetensors(file, entries, metadata_of(rt, entries, extra));
 }
 
@@ -137,9 +169,13 @@ Status restore_checkpoint(Runtime& rt, const SafetensorsFile& ckpt) {
                               safetensors_dtype(t->dtype) + " of " + std::to_string(t->shape.size()) +
                               " dims; the plan's is " + b.view.shape_string());
     if (!all_finite(*t)) return invalid_argument(std::string("the checkpoint's ") + what + " '" + b.name + "' holds inf or NaN");
-    if (rt.is_baked(b.name) && std::memcmp(t->data, b.view.data, t->nbytes) != 0)
-      return invalid_argument("the checkpoint's frozen weight '" + b.name +
+    if (rt.is_baked(b.name)) {
+      std::vector<uint8_t> now(t->nbytes);
+      ET_RETURN_IF_ERROR(rt.read(b, now.data(), now.size()));
+      if (std::memcmp(t->data, now.data(), t->nbytes) != 0)
+        return invalid_argument("the checkpoint's frozen weight '" + b.name +
                               "' differs from the value the plan folded into constants");
+    }
     pending.push_back({&b, t});
     return Status::Ok();
   };
@@ -153,7 +189,7 @@ Status restore_checkpoint(Runtime& rt, const SafetensorsFile& ckpt) {
     }
   }
   // ... then write
-  for (const auto& p : pending) std::memcpy(p.binding->view.data, p.tensor->data, p.tensor->nbytes);
+  for (const auto& p : pending) ET_RETURN_IF_ERROR(rt.write(*p.binding, p.tensor->data, p.tensor->nbytes));
   rt.set_steps_done(std::stoll(*ckpt.meta("steps")));
   return Status::Ok();
 }

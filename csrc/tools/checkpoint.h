@@ -26,7 +26,10 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "core/runtime.h"
 #include "core/status.h"
@@ -38,6 +41,13 @@ namespace tools {
 
 constexpr const char* kCheckpointFormat = "edgetune.checkpoint";
 constexpr const char* kCheckpointFormatVersion = "1";
+
+// Points entries[i].data at the bytes of bindings[i] (entries[i].nbytes must be its size): in place
+// where the host can read the runtime's memory (cpu: no copy), otherwise read from the device
+// (Runtime::read) into `staging`, one host buffer for all of them, allocated here (cuda). Everything
+// is read before anything is written, so a file is never written from half-read device memory.
+Status read_entries(const Runtime& rt, const std::vector<const Binding*>& bindings,
+                    std::vector<SafetensorsEntry>* entries, std::unique_ptr<uint8_t[]>* staging);
 
 // The header + data bytes a checkpoint of `rt` takes with metadata values no longer than
 // `extra`'s (used to reserve the space before training).

@@ -78,7 +78,8 @@ Result<TrainArgs> parse_args(int argc, const char* const* argv, bool embedded) {
   TrainArgs a;
   std::vector<std::string> positional;
   bool seen_epochs = false, seen_steps = false, seen_batch = false, seen_seed = false, seen_threads = false,
-       seen_out = false, seen_log = false, seen_checkpoint = false, seen_every = false, seen_resume = false;
+       seen_out = false, seen_log = false, seen_checkpoint = false, seen_every = false, seen_resume = false,
+       seen_backend = false;
   bool options_done = false;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
@@ -113,7 +114,7 @@ Result<TrainArgs> parse_args(int argc, const char* const* argv, bool embedded) {
     }
     static const char* const kValued[] = {"--inputs", "--targets", "--epochs", "--steps",  "--batch",
                                           "--seed",   "--threads", "--lr",     "--out",    "--log-every",
-                                          "--checkpoint", "--checkpoint-every", "--resume"};
+                                          "--checkpoint", "--checkpoint-every", "--resume", "--backend"};
     bool known = false;
     for (const char* k : kValued) known = known || is(k);
     if (!known) return invalid_argument("unknown option '" + flag + "' (see --help)");
@@ -126,7 +127,12 @@ Result<TrainArgs> parse_args(int argc, const char* const* argv, bool embedded) {
       *seen = true;
       return Status::Ok();
     };
-    if (is("--inputs")) {
+    if (is("--backend")) {
+      ET_RETURN_IF_ERROR(once(&seen_backend));
+      // the names a runtime may have; whether this build and machine have it is the loader's answer
+      if (value != "cpu" && value != "cuda") return invalid_argument("--backend: expected cpu or cuda, got '" + value + "'");
+      a.backend = value;
+    } else if (is("--inputs")) {
       if (value.empty()) return invalid_argument("--inputs: empty file name");
       a.inputs.push_back(value);
     } else if (is("--targets")) {
@@ -202,9 +208,10 @@ std::string usage_text(bool embedded) {
   std::string s;
   s += "usage: edgetune-train" + plan + " --inputs X.npy [--inputs X2.npy ...] --targets Y.npy\n";
   s += "                     [--epochs N | --steps N] [--batch B] [--seed S] [--threads T] [--lr LR]\n";
+  s += "                     [--backend cpu|cuda]\n";
   s += "                     [--out tuned.safetensors] [--log-every K] [--no-shuffle] [--quiet]\n";
   s += "                     [--checkpoint CKPT [--checkpoint-every N|30s|10m]] [--resume CKPT|auto]\n";
-  s += "       edgetune-train" + plan + " --info\n\n";
+  s += "       edgetune-train" + plan + " --info [--backend cpu|cuda]\n\n";
   if (embedded) {
     s += "Trains the model whose compiled plan is built into this binary.\n\n";
   } else {
@@ -220,6 +227,8 @@ std::string usage_text(bool embedded) {
        "  --no-shuffle     visit samples in file order\n"
        "  --threads T      worker threads (default: all cores)\n"
        "  --lr LR          learning rate instead of the one compiled into the plan\n"
+       "  --backend B      cpu (default) or cuda: train on the GPU (a build with the CUDA backend);\n"
+       "                   the same plan, checkpoints and --out on either\n"
        "  --out FILE       write the tuned weights (all of them, state_dict names) as safetensors\n"
        "  --log-every K    a progress line every K steps (default: about 20 lines per run)\n"
        "  --checkpoint F   keep a checkpoint in F (weights, optimizer state, data position),\n"
@@ -229,7 +238,7 @@ std::string usage_text(bool embedded) {
        "                   result is bit-identical to a run never stopped. auto: --checkpoint's file\n"
        "                   if it exists, else start fresh (one command line for every restart)\n"
        "  --quiet          print nothing but errors\n"
-       "  --info           print the plan's inputs, outputs, weights and memory, then exit\n\n"
+       "  --info           print the plan's inputs, outputs, weights, memory and backend, then exit\n\n"
        "exit status: 0 ok, 1 plan or runtime failure, 2 usage or input error, 3 loss or update became\n"
        "NaN/Inf, 128+N stopped by signal N after finishing a step (checkpoint and --out written)\n";
   return s;

@@ -23,6 +23,7 @@ struct TrainArgs {
   int64_t batch = 0;                // 0 = the plan's
   uint64_t seed = 0;
   int threads = 0;                  // 0 = all hardware threads
+  std::string backend = "cpu";      // --backend cpu|cuda (RuntimeOptions::backend)
   double lr = 0;
   bool has_lr = false;
   std::string out;

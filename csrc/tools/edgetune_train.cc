@@ -106,28 +106,31 @@ const Binding* find_state(const Runtime& rt, const std::string& name) {
   return nullptr;
 }
 
-// A scalar (0-d or one-element) float state such as optim.lr: fn(float*) or fn(double*); false
-// when the view is not one f32/f64 value.
-template <typename Fn>
-bool visit_scalar(const TensorView& v, Fn&& fn) {
-  if (v.numel() != 1 || v.data == nullptr) return false;
-  if (v.dtype == DType::f32) {
-    fn(v.as<float>());
-    return true;
-  }
-  if (v.dtype == DType::f64) {
-    fn(v.as<double>());
-    return true;
-  }
-  return false;
+// A scalar (0-d or one-element) f32/f64 state such as optim.lr, read or written through the runtime
+// (its memory may be on a GPU); false when the binding is not one such value or the copy fails.
+bool is_float_scalar(const TensorView& v) {
+  return v.numel() == 1 && v.data != nullptr && (v.dtype == DType::f32 || v.dtype == DType::f64);
 }
 
-bool read_scalar(const TensorView& v, double* out) {
-  return visit_scalar(v, [&](auto* p) { *out = static_cast<double>(*p); });
+bool read_scalar(const Runtime& rt, const Binding& b, double* out) {
+  if (!is_float_scalar(b.view)) return false;
+  if (b.view.dtype == DType::f32) {
+    float v;
+    if (!rt.read(b, &v, sizeof v).ok()) return false;
+    *out = v;
+  } else {
+    if (!rt.read(b, out, sizeof *out).ok()) return false;
+  }
+  return true;
 }
 
-bool write_scalar(const TensorView& v, double value) {
-  return visit_scalar(v, [&](auto* p) { *p = static_cast<std::remove_pointer_t<decltype(p)>>(value); });
+bool write_scalar(Runtime& rt, const Binding& b, double value) {
+  if (!is_float_scalar(b.view)) return false;
+  if (b.view.dtype == DType::f32) {
+    const float v = static_cast<float>(value);
+    return rt.write(b, &v, sizeof v).ok();
+  }
+  return rt.write(b, &value, sizeof value).ok();
 }
 
 int print_info(const Runtime& rt, const std::string& source) {
@@ -173,7 +176,7 @@ int print_info(const Runtime& rt, const std::string& source) {
   std::printf("optimizer state: %zu tensors\n", rt.optimizer_state().size());
   for (const auto& b : rt.optimizer_state()) {
     double v;
-    if (read_scalar(b.view, &v)) {
+    if (read_scalar(rt, b, &v)) {
       std::printf("  %-*s  %-18s  = %g\n", w, b.name.c_str(), b.view.shape_string().c_str(), v);
     } else {
       std::printf("  %-*s  %s\n", w, b.name.c_str(), b.view.shape_string().c_str());
@@ -185,6 +188,7 @@ int print_info(const Runtime& rt, const std::string& source) {
               human_bytes(static_cast<double>(m.arena_bytes)).c_str(),
               human_bytes(static_cast<double>(m.input_bytes)).c_str());
   std::printf("nodes: %zu, threads: %d\n", rt.num_nodes(), rt.num_threads());
+  std::printf("backend: %s (%s)\n", rt.backend().c_str(), rt.device_description().c_str());
   return kExitOk;
 }
 
@@ -346,6 +350,7 @@ int parse_command_line(int argc, char** argv, bool embedded, TrainArgs* args) {
 int load_plan(const TrainArgs& args, const char* argv0, LoadedPlan* plan) {
   RuntimeOptions options;
   options.num_threads = args.threads;
+  options.backend = args.backend;
   if (plan->embedded.found) {
     plan->source = "embedded in " + (argv0 ? std::string(argv0) : plan->embedded.source);
     auto r = Runtime::load(plan->embedded.bytes.data(), plan->embedded.bytes.size(), options);
@@ -509,13 +514,13 @@ int bind_data(const TrainArgs& args, const Runtime& rt, int64_t batch, Schedule*
 // --lr into the plan's optim.lr state; the plan's own rate is kept for the header.
 int set_learning_rate(const TrainArgs& args, Runtime& rt, Schedule* sched) {
   const Binding* lr_state = find_state(rt, "optim.lr");
-  sched->have_plan_lr = lr_state && read_scalar(lr_state->view, &sched->plan_lr);
+  sched->have_plan_lr = lr_state && read_scalar(rt, *lr_state, &sched->plan_lr);
   if (!args.has_lr) return kContinue;
   if (!lr_state) {
     return fail(kExitUsage, "--lr: this plan has no 'optim.lr' state to set (its learning rate is fixed; "
                             "recompile with the rate you want)");
   }
-  if (!write_scalar(lr_state->view, args.lr)) {
+  if (!write_scalar(rt, *lr_state, args.lr)) {
     return fail(kExitRuntime, "--lr: the plan's 'optim.lr' is " + lr_state->view.shape_string() +
                                   ", not a scalar float");
   }
@@ -688,13 +693,16 @@ void print_header(const TrainArgs& args, const LoadedPlan& plan, const Schedule&
   } else if (sched.have_plan_lr) {
     lr_text = ", lr " + fmt("%g", sched.plan_lr);
   }
-  std::printf("training: %lld steps of batch %lld (%lld per epoch, %s epochs), seed %llu%s, %d threads%s\n",
+  // cpu: "N threads"; cuda: the GPU (its kernels use no cpu threads)
+  const std::string where = rt.backend() == "cpu" ? std::to_string(rt.num_threads()) + " threads"
+                                                  : rt.backend() + " on " + rt.device_description();
+  std::printf("training: %lld steps of batch %lld (%lld per epoch, %s epochs), seed %llu%s, %s%s\n",
               static_cast<long long>(sched.total_steps), static_cast<long long>(sched.batch),
               static_cast<long long>(sched.steps_per_epoch),
               fmt(sched.total_steps % sched.steps_per_epoch ? "%.2f" : "%.0f",
                   static_cast<double>(sched.total_steps) / static_cast<double>(sched.steps_per_epoch))
                   .c_str(),
-              static_cast<unsigned long long>(args.seed), args.shuffle ? "" : " (no shuffle)", rt.num_threads(),
+              static_cast<unsigned long long>(args.seed), args.shuffle ? "" : " (no shuffle)", where.c_str(),
               lr_text.c_str());
   if (sched.dropped) {
     std::printf("note: %lld samples are not a multiple of batch %lld: the last %lld of each epoch's %s are dropped\n",
@@ -791,20 +799,24 @@ int train(const TrainArgs& args, Runtime& rt, Schedule& sched, Checkpointer& che
 
 // ---- write: the tuned weights, the summary -----------------------------------------------------------
 
-// Every weight under its state_dict name, with the run's metadata (losses as given).
-void weight_entries(const TrainArgs& args, const LoadedPlan& plan, const Schedule& sched, double first_loss,
-                    double last_loss, std::vector<SafetensorsEntry>* entries, Metadata* meta, size_t* data_bytes) {
+// Every weight under its state_dict name, with the run's metadata (losses as given). With
+// `staging`, the entries' data are read from the runtime (tools/checkpoint.h read_entries: in place
+// on cpu, copied back from the GPU on cuda); without, only names, shapes and sizes are filled.
+Status weight_entries(const TrainArgs& args, const LoadedPlan& plan, const Schedule& sched, double first_loss,
+                      double last_loss, std::vector<SafetensorsEntry>* entries, Metadata* meta, size_t* data_bytes,
+                      std::unique_ptr<uint8_t[]>* staging = nullptr) {
   const Runtime& rt = *plan.rt;
   *data_bytes = 0;
+  std::vector<const Binding*> bindings;
   for (const auto& b : rt.weights()) {
     SafetensorsEntry e;
     e.name = b.name;
     e.dtype = b.view.dtype;
     e.shape = view_shape(b.view);
-    e.data = b.view.data;
     e.nbytes = b.view.nbytes();
     *data_bytes += e.nbytes;
     entries->push_back(std::move(e));
+    bindings.push_back(&b);
   }
   *meta = {{"format", "pt"},  // what transformers' loaders look for
            {"producer", std::string("edgetune-train ") + EDGETUNE_VERSION},
@@ -815,6 +827,7 @@ void weight_entries(const TrainArgs& args, const LoadedPlan& plan, const Schedul
            {"first_loss", fmt("%.9g", first_loss)},
            {"final_loss", fmt("%.9g", last_loss)}};
   if (args.has_lr) meta->emplace_back("lr", fmt("%.9g", args.lr));
+  return staging ? read_entries(rt, bindings, entries, staging) : Status::Ok();
 }
 
 // Opens the output's temp file and reserves the bytes the final write needs, before training:
@@ -826,7 +839,7 @@ int reserve_output(const TrainArgs& args, const LoadedPlan& plan, const Schedule
   std::vector<SafetensorsEntry> entries;
   Metadata meta;
   size_t data_bytes = 0;
-  weight_entries(args, plan, sched, -1.23456789e-300, -1.23456789e-300, &entries, &meta, &data_bytes);
+  (void)weight_entries(args, plan, sched, -1.23456789e-300, -1.23456789e-300, &entries, &meta, &data_bytes);
   auto header = safetensors_header(entries, meta);
   if (!header.ok()) return fail(kExitRuntime, "writing the tuned weights: " + header.status().message());
   auto file = AtomicFile::create(args.out);
@@ -846,8 +859,10 @@ int write_weights(const TrainArgs& args, const LoadedPlan& plan, const Schedule&
   if (kill.out_write) file->kill_after_bytes(1024);
   std::vector<SafetensorsEntry> entries;
   Metadata meta;
-  weight_entries(args, plan, sched, result.first_loss, result.last_loss, &entries, &meta, written_bytes);
-  Status s = write_safetensors(*file, entries, meta);
+  std::unique_ptr<uint8_t[]> staging;  // cuda: the weights read back from the GPU before writing
+  Status s = weight_entries(args, plan, sched, result.first_loss, result.last_loss, &entries, &meta, written_bytes,
+                            &staging);
+  if (s.ok()) s = write_safetensors(*file, entries, meta);
   if (!s.ok()) return fail(exit_code_for(s, kExitRuntime), "writing the tuned weights: " + s.message());
   return kContinue;
 }
