@@ -128,6 +128,22 @@ TEST(ToolsCliArgs, CheckpointFlags) {
   EXPECT_NE(error_of({"m.etp", "--inputs", "x.npy", "--resume", "a", "--resume", "b"}).find("twice"), std::string::npos);
 }
 
+TEST(ToolsCliArgs, Backend) {
+  auto d = parse({"m.etp", "--inputs", "x.npy"});
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d.value().backend, "cpu");
+  auto c = parse({"m.etp", "--inputs", "x.npy", "--backend", "cuda"});
+  ASSERT_TRUE(c.ok()) << c.status().to_string();
+  EXPECT_EQ(c.value().backend, "cuda");
+  auto e = parse({"--info", "--backend=cuda"}, /*embedded=*/true);  // an --emit-binary binary takes it too
+  ASSERT_TRUE(e.ok()) << e.status().to_string();
+  EXPECT_EQ(e.value().backend, "cuda");
+  EXPECT_NE(error_of({"m.etp", "--inputs", "x.npy", "--backend", "tpu"}).find("expected cpu or cuda"), std::string::npos);
+  EXPECT_NE(error_of({"m.etp", "--inputs", "x.npy", "--backend", "cpu", "--backend", "cuda"}).find("twice"),
+            std::string::npos);
+  EXPECT_NE(usage_text(false).find("--backend"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace tools
 }  // namespace edgetune
