@@ -3,7 +3,9 @@
 // The cuda backend itself is tested on a GPU by tests/cuda/test_cuda_runtime.cc.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
+#include <memory>
 #include <fstream>
 #include <iterator>
 #include <string>
@@ -136,6 +138,39 @@ TEST(RuntimeReadWrite, RoundTripsWeightsAndChecksTheBinding) {
       ASSERT_TRUE(rt.read(b, &lr, sizeof lr).ok());
       EXPECT_GT(lr, 0.0f);
     }
+}
+
+// The cuda-target twins (data/make_cuda_plans.py; used by tests/cuda/test_cuda_runtime.cc) are the
+// same model, weights and batch as the cpu plans: on the cpu backend both train to the same losses.
+TEST(RuntimeReadWrite, CudaTwinPlansMatchTheirCpuPlans) {
+  for (const std::string stem : {"mlp_sgd", "small_cnn_adamw"}) {
+    SCOPED_TRACE(stem);
+    std::vector<std::unique_ptr<Runtime>> rts;
+    for (const std::string& file : {stem + ".etp", stem + ".cuda.etp"}) {
+      auto plan = plan_bytes(file);
+      RuntimeOptions opt;
+      opt.num_threads = 1;
+      auto r = Runtime::load(plan.data(), plan.size(), opt);
+      ASSERT_TRUE(r.ok()) << file << ": " << r.status().to_string();
+      auto x = plan_bytes(stem + ".x.bin"), y = plan_bytes(stem + ".y.bin");
+      ASSERT_TRUE(r.value()->set_input(0, x.data(), x.size()).ok());
+      ASSERT_TRUE(r.value()->set_input(1, y.data(), y.size()).ok());
+      rts.push_back(std::move(r).value());
+    }
+    ASSERT_EQ(rts[0]->weights().size(), rts[1]->weights().size());
+    for (size_t i = 0; i < rts[0]->weights().size(); ++i) {
+      const Binding& a = rts[0]->weights()[i];
+      const Binding& b = rts[1]->weights()[i];
+      ASSERT_EQ(a.name, b.name);
+      ASSERT_EQ(a.view.nbytes(), b.view.nbytes());
+      EXPECT_EQ(std::memcmp(rts[0]->host_data(a), rts[1]->host_data(b), a.view.nbytes()), 0) << a.name;
+    }
+    for (int s = 0; s < 3; ++s) {
+      auto l0 = rts[0]->step(), l1 = rts[1]->step();
+      ASSERT_TRUE(l0.ok() && l1.ok());
+      EXPECT_NEAR(l0.value(), l1.value(), 1e-5 + 1e-5 * std::fabs(l0.value())) << "step " << s + 1;
+    }
+  }
 }
 
 }  // namespace

@@ -14,10 +14,11 @@
 //   CheckpointRoundTrips           write (read back from the GPU) -> restore on a fresh cuda runtime
 //                                  (and on cpu): bit-identical state and next loss
 //
-// The test plans were compiled for the cpu target, so their workspaces are the cpu kernels'. A
-// plan whose cuda kernels need more than it reserves is refused by the loader (kInvalidPlan, "needs
-// N workspace bytes"); such a plan is skipped here with that message rather than failed: plans made
-// for the cuda target (compiler's CudaTarget) reserve what the cuda kernels ask.
+// The plans: tests/data/<stem>.cuda.etp, the cuda-target twins of <stem>.etp (same model, weights and
+// batch; written by data/make_cuda_plans.py), on both backends, so cpu and cuda run the same plan
+// (same nodes, same plan hash for checkpoints). The <stem>.etp files were compiled for the cpu
+// target: their workspaces are the cpu kernels', which the cuda loader refuses (kInvalidPlan, "needs
+// N workspace bytes"); without a twin a plan is skipped with that message rather than failed.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -51,8 +52,14 @@ std::vector<uint8_t> read_data(const std::string& name) {
 
 // The plan `stem` on `backend` with its test inputs set; null and *skip = why when cuda cannot run
 // here or refuses the plan's (cpu-sized) workspace.
+// <stem>.cuda.etp where it exists (the cuda-target twin), else <stem>.etp.
+std::string plan_file(const std::string& stem) {
+  std::ifstream twin(std::string(EDGETUNE_TEST_DATA) + "/" + stem + ".cuda.etp");
+  return stem + (twin ? ".cuda.etp" : ".etp");
+}
+
 std::unique_ptr<Runtime> load(const std::string& stem, const std::string& backend, std::string* skip) {
-  auto plan = read_data(stem + ".etp");
+  auto plan = read_data(plan_file(stem));
   RuntimeOptions opt;
   opt.backend = backend;
   opt.num_threads = 1;
@@ -64,7 +71,8 @@ std::unique_ptr<Runtime> load(const std::string& stem, const std::string& backen
       return nullptr;
     }
     if (backend == "cuda" && st.code() == StatusCode::kInvalidPlan && st.message().find("workspace") != std::string::npos) {
-      *skip = stem + ".etp was compiled for the cpu target and the cuda loader refuses its workspace: " + st.message();
+      *skip = plan_file(stem) + " was compiled for the cpu target and the cuda loader refuses its workspace: " +
+              st.message();
       return nullptr;
     }
     ADD_FAILURE() << stem << " on " << backend << ": " << st.to_string();
@@ -124,7 +132,8 @@ TEST(CudaRuntime, MatchesFloat64Reference) {
     FAIL() << "reference data unusable: " << e.what();
   }
   for (const Json& p : d->manifest().at("plans").array()) {
-    const std::string stem = p.at("plan").string();
+    std::string stem = p.at("plan").string();  // "mlp_sgd.etp": the reference applies to its twin too
+    stem = plan_file(stem.substr(0, stem.size() - 4));
     SCOPED_TRACE(stem);
     auto bytes = read_data(stem);
     RuntimeOptions opt;
