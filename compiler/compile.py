@@ -75,4 +75,7 @@ def compile_imported(imported: ImportedModel, example_target, loss: str | LossBu
     dead_code_elimination(g)
     verify(g)
     program = Program(g, imported.frontend, peft, optimizer, imported.input_names, target_name, imported.train_mode)
-    return optimize(program, opt_level, disable_passes, passes, backend=backend, arch=arch)
+    program = optimize(program, opt_level, disable_passes, passes, backend=backend, arch=arch)
+    if isinstance(backend, str) and backend != "reference":  # plans are written for it unless told otherwise
+        program.backend = backend
+    return program

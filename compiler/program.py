@@ -98,13 +98,16 @@ class Program:
         self.target_input = target_input
         self.train_mode = train_mode
         self._memory_plans: dict = {}
+        self.backend = "cpu"  # the backend it was compiled for: the default of memory_plan/plan_bytes/save
         self.opt_level = 0
         self.pass_report: list = []  # PassRecord per optimisation pass run (compiler/passes/pipeline.py)
 
     # ---- planning for a backend ----------------------------------------------------------------
-    def memory_plan(self, backend: str = "cpu"):
-        """The memory plan for `backend` (cached): every tensor's region and offset, and the
-        exact bytes the runtime will allocate. Printing it gives the planned numbers."""
+    def memory_plan(self, backend: str | None = None):
+        """The memory plan for `backend` (default: the one compiled for; cached): every tensor's
+        region and offset, and the exact bytes the runtime will allocate. Printing it gives the
+        planned numbers."""
+        backend = backend or self.backend
         if backend not in self._memory_plans:
             from .plan_file import plan_program
             self._memory_plans[backend] = plan_program(self, backend)
@@ -112,16 +115,17 @@ class Program:
 
     @property
     def memory(self):
-        """Planned bytes on the CPU runtime: params, optimizer state, arena peak, inputs."""
-        return self.memory_plan("cpu")
+        """Planned bytes on the runtime compiled for: params, optimizer state, arena peak, inputs."""
+        return self.memory_plan()
 
-    def plan_bytes(self, backend: str = "cpu") -> bytes:
+    def plan_bytes(self, backend: str | None = None) -> bytes:
         from .plan_file import build_plan
+        backend = backend or self.backend
         return build_plan(self, backend, self.memory_plan(backend))
 
-    def save(self, path, backend: str = "cpu") -> int:
+    def save(self, path, backend: str | None = None) -> int:
         """Write the plan file (.etp) that `et.Session(path, backend=...)` and `edgetune-train`
-        load; atomically. Returns its size in bytes."""
+        load, for `backend` (default: the one compiled for); atomically. Returns its size in bytes."""
         from .plan_file import write_bytes_atomic
         data = self.plan_bytes(backend)
         write_bytes_atomic(path, data)
@@ -132,8 +136,10 @@ class Program:
 
     def with_graph(self, graph: Graph) -> "Program":
         """The same program (spec, optimizer, inputs) around another graph, e.g. an optimised copy."""
-        return Program(graph, self.frontend, self.spec, self.optimizer, self.model_inputs, self.target_input,
-                       self.train_mode)
+        program = Program(graph, self.frontend, self.spec, self.optimizer, self.model_inputs, self.target_input,
+                          self.train_mode)
+        program.backend = self.backend
+        return program
 
     def __repr__(self) -> str:
         return f"<edgetune.Program '{self.graph.name}' {len(self.graph.nodes)} nodes, spec={self.spec!r}>"

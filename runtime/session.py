@@ -388,9 +388,9 @@ class _ReferenceBackend:
         return None
 
     def plan_sha256(self) -> str:
-        # the plan this program would run as on the cpu backend, so the checkpoints agree
+        # the plan this program runs as on the backend it was compiled for, so the checkpoints agree
         if self._plan_sha256 is None:
-            self._plan_sha256 = hashlib.sha256(self.program.plan_bytes("cpu")).hexdigest()
+            self._plan_sha256 = hashlib.sha256(self.program.plan_bytes()).hexdigest()
         return self._plan_sha256
 
     def model_label(self) -> str:

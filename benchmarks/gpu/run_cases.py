@@ -10,7 +10,8 @@ in whatever Python the GPU machine has.
                batches; the weights it writes are compared with the numpy reference executor's and
                the cpu backend's (made on the CPU): frozen tensors must be bit-identical to the
                initial ones; trainable ones are scored by the error relative to the update,
-               |w_gpu - w_ref| / |w_ref - w_init| (the cpu backend's own score is shown beside it).
+               |w_gpu - w_ref| / (|w_ref - w_init| + 1e-6 sqrt(n)) (the cpu backend's own score is
+               shown beside it).
   bench        `edgetune-train --backend cuda` time per step (the last of three logged intervals,
                so graph capture and warm-up are left out) and its device memory (the runtime's
                three allocations), against PyTorch CUDA eager on the same model, batch, trainable
@@ -32,11 +33,11 @@ import struct
 import subprocess
 import sys
 import time
+import zlib
 
 import numpy as np
 
-UPDATE_TOLERANCE = 1e-2  # error relative to the update size, for trainable tensors
-BUFFER_RTOL = 1e-3       # BatchNorm running statistics
+UPDATE_TOLERANCE = 1e-2  # error relative to the update size (trainable tensors, BatchNorm statistics)
 
 _DTYPES = {"F32": np.float32, "F64": np.float64, "F16": np.float16, "I64": np.int64, "I32": np.int32,
            "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
@@ -65,30 +66,41 @@ def run(cmd, timeout=300, env=None):
 
 
 # ---- correctness -----------------------------------------------------------------------------------
-def score(got: dict, ref: dict, init: dict, trainable: set) -> dict:
-    worst_update, frozen_bad, buffer_worst, missing = 0.0, [], 0.0, sorted(set(ref) - set(got))
+def score(got: dict, ref: dict, init: dict, trainable: set, frozen_crc32: dict | None = None) -> dict:
+    """got/ref/init: name -> array for the tensors the steps change (and, for frozen ones, init
+    here or a CRC-32 of its bytes in frozen_crc32)."""
+    worst_update, frozen_bad, buffer_worst = 0.0, [], 0.0
+    missing = sorted((set(ref) | set(frozen_crc32 or {})) - set(got))
     for name, r in ref.items():
         if name not in got:
             continue
-        g, i = got[name].astype(np.float64), init[name].astype(np.float64)
-        r = r.astype(np.float64)
+        g, i = np.asarray(got[name]).astype(np.float64), np.asarray(init[name]).astype(np.float64)
+        r = np.asarray(r).astype(np.float64)
         if name in trainable:
-            step = np.linalg.norm(r - i)
-            err = np.linalg.norm(g - r) / (step if step > 0 else max(np.linalg.norm(r), 1e-30))
+            # an absolute floor of 1e-6 RMS: a gradient that is zero in exact arithmetic (an attention
+            # key bias) leaves float noise of 1e-13 that no implementation reproduces
+            step = np.linalg.norm(r - i) + 1e-6 * np.sqrt(r.size)
+            err = np.linalg.norm(g - r) / step
             worst_update = max(worst_update, float(err))
-        elif np.issubdtype(r.dtype, np.floating) and not np.array_equal(r, i):  # a buffer the step updates
-            buffer_worst = max(buffer_worst, float(np.max(np.abs(g - r) / (np.abs(r) + 1e-6))))
+        elif not np.array_equal(r, i):  # a buffer the step updates (BatchNorm statistics): same measure
+            buffer_worst = max(buffer_worst, float(np.linalg.norm(g - r) / (np.linalg.norm(r - i) + 1e-6 * np.sqrt(r.size))))
         elif not np.array_equal(got[name], init[name]):
+            frozen_bad.append(name)
+    for name, crc in (frozen_crc32 or {}).items():
+        if name in got and zlib.crc32(np.ascontiguousarray(got[name]).tobytes()) != crc:
             frozen_bad.append(name)
     return {"update_error": worst_update, "buffer_rel_error": buffer_worst, "frozen_changed": frozen_bad,
             "missing": missing}
+
+
+BACKEND = "cuda"  # --backend cpu: a smoke test of this script on a machine without a GPU
 
 
 def correctness(train: str, case_dir: str, steps: int) -> dict:
     with open(os.path.join(case_dir, "meta.json")) as f:
         meta = json.load(f)
     out = os.path.join(case_dir, "gpu.safetensors")
-    p, secs = run([train, os.path.join(case_dir, "plan.etp"), "--backend", "cuda", "--inputs",
+    p, secs = run([train, os.path.join(case_dir, "plan.etp"), "--backend", BACKEND, "--inputs",
                    os.path.join(case_dir, "x.npy"), "--targets", os.path.join(case_dir, "y.npy"),
                    "--steps", str(steps), "--no-shuffle", "--log-every", "1", "--out", out])
     result = {"spec": meta["spec"], "optimizer": meta["optimizer"], "seconds": secs, "exit": p.returncode}
@@ -96,29 +108,51 @@ def correctness(train: str, case_dir: str, steps: int) -> dict:
         result.update(ok=False, error=(p.stderr or p.stdout).strip()[-2000:])
         return result
     got = read_safetensors(out)
-    ref = read_safetensors(os.path.join(case_dir, "reference.safetensors"))
-    init = read_safetensors(os.path.join(case_dir, "init.safetensors"))
-    cpu = read_safetensors(os.path.join(case_dir, "cpu.safetensors"))
+    expected = read_safetensors(os.path.join(case_dir, "expected.safetensors"))
+    ref = {k[len("reference/"):]: v for k, v in expected.items() if k.startswith("reference/")}
+    init = {k[len("init/"):]: v for k, v in expected.items() if k.startswith("init/")}
     trainable = {meta["aliases"].get(n, n) for n in meta["trainable_names"]} | set(meta["trainable_names"])
-    gpu_score = score(got, ref, init, trainable)
-    cpu_score = score(cpu, ref, init, trainable)
+    gpu_score = score(got, ref, init, trainable, meta["frozen_crc32"])
+    cpu_score = meta["cpu_score"]
     losses = [float(m.group(1)) for m in re.finditer(r"^step \d+/\d+ .* loss (\S+)", p.stdout, re.M)]
+    # within the tolerance, or within 10x of what the cpu backend itself is off by (float32 reorderings)
+    ref_losses, cpu_losses = meta["losses"]["reference"], meta["losses"]["cpu"]
+    loss_ok = len(losses) == len(ref_losses) and all(
+        abs(g - r) <= 1e-3 * abs(r) + 10 * abs(c - r) for g, r, c in zip(losses, ref_losses, cpu_losses))
     ok = (gpu_score["update_error"] <= max(UPDATE_TOLERANCE, 10 * cpu_score["update_error"])
-          and gpu_score["buffer_rel_error"] <= BUFFER_RTOL and not gpu_score["frozen_changed"]
-          and not gpu_score["missing"])
+          and gpu_score["buffer_rel_error"] <= max(UPDATE_TOLERANCE, 10 * cpu_score["buffer_rel_error"])
+          and not gpu_score["frozen_changed"] and not gpu_score["missing"] and loss_ok)
     result.update(ok=bool(ok), gpu=gpu_score, cpu=cpu_score, losses_gpu=losses,
                   losses_reference=meta["losses"]["reference"])
     return result
 
 
 # ---- benchmark ---------------------------------------------------------------------------------------
+def make_batch(case_dir: str) -> None:
+    """x.npy / y.npy as meta.json describes them (the values do not change the time per step)."""
+    with open(os.path.join(case_dir, "meta.json")) as f:
+        meta = json.load(f)
+    rng = np.random.default_rng(0)
+    for key in ("x", "y"):
+        spec = meta[key]
+        path = os.path.join(case_dir, f"{key}.npy")
+        if os.path.exists(path):
+            continue
+        if spec["high"]:
+            arr = rng.integers(0, spec["high"], size=spec["shape"]).astype(spec["dtype"])
+        else:
+            arr = rng.standard_normal(spec["shape"]).astype(spec["dtype"])
+        np.save(path, arr)
+
+
 def edgetune_bench(train: str, case_dir: str, steps: int) -> dict:
+    make_batch(case_dir)
     plan = os.path.join(case_dir, "plan.etp")
     if not os.path.exists(plan):
         with gzip.open(plan + ".gz", "rb") as src, open(plan, "wb") as dst:
             shutil.copyfileobj(src, dst)
     log_every = steps // 3
-    p, secs = run([train, plan, "--backend", "cuda", "--inputs", os.path.join(case_dir, "x.npy"), "--targets",
+    p, secs = run([train, plan, "--backend", BACKEND, "--inputs", os.path.join(case_dir, "x.npy"), "--targets",
                    os.path.join(case_dir, "y.npy"), "--steps", str(steps), "--log-every", str(log_every)])
     if p.returncode != 0:
         return {"ok": False, "error": (p.stderr or p.stdout).strip()[-1500:]}
@@ -219,12 +253,20 @@ def main(argv=None) -> int:
     ap.add_argument("--models-py", default=os.path.join(os.path.dirname(__file__), "..", "..", "edgetune", "models.py"))
     ap.add_argument("--bench-steps", type=int, default=60)
     ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument("--backend", default="cuda", choices=["cuda", "cpu"], help="cpu: smoke-test this script here")
     args = ap.parse_args(argv)
+    global BACKEND
+    BACKEND = args.backend
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.cases, "cases.json")) as f:
         cases = json.load(f)
-    gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                         capture_output=True, text=True).stdout.strip() or "unknown GPU"
+    try:
+        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True).stdout.strip() or "unknown GPU"
+    except OSError:
+        gpu = "no nvidia-smi"
+    if BACKEND == "cpu":
+        gpu = f"cpu backend (a smoke test of this script; {gpu})"
     results = {"gpu": gpu, "correctness": {}, "bench": {}}
     for c in cases["cases"]:
         d = os.path.join(args.cases, c["dir"])

@@ -2,7 +2,7 @@
 // cpu, device memory and a test-local CudaContext for cuda), with the CPU tests' tolerances, and
 // twice on the GPU for bit-identical results (determinism). Skips cleanly without a GPU, so it can
 // run in CI. Run on a GPU machine: ./build/<dir>/csrc/edgetune_cuda_kernel_tests
-// (benchmarks/gpu/kernel_check.sh builds and runs it). CoverageReport lists the kernel names no case exercises yet.
+// (benchmarks/gpu/gpu_check.sh builds and runs it). CoverageReport lists the kernel names no case exercises yet.
 #include <gtest/gtest.h>
 
 #include <cmath>
