@@ -39,7 +39,7 @@ def test_without_the_cuda_backend_plans_and_sessions_say_why(tmp_path):
     with pytest.raises(PlanError, match="has no cuda backend"):
         et.Session(prog, backend="cuda")
     cpu_plan = tmp_path / "cpu.etp"
-    _prog().save(cpu_plan)
+    _prog().save(cpu_plan, backend="cpu")
     with pytest.raises(EdgetuneError, match="cuda"):
         et.Session(cpu_plan, backend="cuda")
 
