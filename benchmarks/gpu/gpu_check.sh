@@ -66,7 +66,7 @@ kernels() {
   for t in "$BUILD"/csrc/edgetune_cuda_*tests; do
     [ -x "$t" ] || continue
     echo "--- $t"
-    "$t" --gtest_brief=1 --gtest_output="xml:$OUT/$(basename "$t").xml" || rc=1
+    timeout 180 "$t" --gtest_brief=1 --gtest_output="xml:$OUT/$(basename "$t").xml" || rc=1
   done
   return $rc
 }
@@ -74,8 +74,10 @@ kernels() {
 if step build build; then
   step parity "$BUILD/csrc/edgetune_cuda_registry_parity"
   step kernels kernels
-  step ops "$BUILD/benchmarks/gpu/edgetune-gpu-op-check" "$CASES/ops/op_cases.safetensors" --json "$OUT/op_check.json"
-  step cases "$PY" benchmarks/gpu/run_cases.py --train "$BUILD/csrc/edgetune-train" --cases "$CASES" --out "$OUT"
+  step ops timeout 120 "$BUILD/benchmarks/gpu/edgetune-gpu-op-check" "$CASES/ops/op_cases.safetensors" \
+    --json "$OUT/op_check.json"
+  step cases timeout 330 "$PY" benchmarks/gpu/run_cases.py --train "$BUILD/csrc/edgetune-train" --cases "$CASES" \
+    --out "$OUT"
 fi
 echo
 echo "=== GPU check summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1))"

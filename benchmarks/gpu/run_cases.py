@@ -59,9 +59,14 @@ def read_safetensors(path: str) -> dict:
     return out
 
 
-def run(cmd, timeout=300, env=None):
+def run(cmd, timeout=120, env=None):
+    """(CompletedProcess, seconds); a run past `timeout` is a failure (exit 124), not an exception."""
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        p = subprocess.CompletedProcess(cmd, 124, out, f"timed out after {timeout} s")
     return p, time.perf_counter() - t0
 
 
