@@ -318,5 +318,59 @@ ET_VECTOR_INLINE float tanh_any(float x) { return tanh_f32(x); }
 ET_VECTOR_INLINE double erfc_any(double x) { return std::erfc(x); }
 ET_VECTOR_INLINE float erfc_any(float x) { return erfc_f32(x); }
 
+// sum / mean: marks the reduced dims; false when attribute `dims` is not a sorted list of
+// distinct dims of in(0) or out(0) is not its shape without them (or with them as 1s, keepdim).
+// Shared by the cpu and cuda reduce kernels, so both accept exactly the same nodes.
+inline bool reduced_dims(const KernelArgs& a, bool* reduced) {
+  const TensorView &x = a.in(0), &out = a.out(0);
+  const auto& dims = a.attr().get_ints("dims");
+  for (int d = 0; d < x.rank; ++d) reduced[d] = false;
+  int64_t prev = -1;
+  for (int64_t d : dims) {
+    if (d <= prev || d >= x.rank) return false;
+    reduced[d] = true;
+    prev = d;
+  }
+  const bool keepdim = a.attr().get_int("keepdim", 0) != 0;
+  int o = 0;
+  for (int d = 0; d < x.rank; ++d) {
+    if (reduced[d] && !keepdim) continue;
+    if (o >= out.rank || out.shape[o] != (reduced[d] ? 1 : x.shape[d])) return false;
+    ++o;
+  }
+  return o == out.rank;
+}
+
+// sum_to: false when `out` is not a shape `in` broadcasts from; fills `reduced` otherwise.
+inline bool sum_to_dims(const TensorView& in, const TensorView& out, bool* reduced) {
+  if (out.rank > in.rank) return false;
+  const int lead = in.rank - out.rank;
+  for (int d = 0; d < in.rank; ++d) {
+    if (d < lead) {
+      reduced[d] = true;
+      continue;
+    }
+    int64_t s = in.shape[d], t = out.shape[d - lead];
+    if (s != t && t != 1) return false;
+    reduced[d] = s != t;
+  }
+  return true;
+}
+
+// matmul of x [..., M, K] and y [..., K, N] broadcast to an output of rank r: the element stride
+// of x and of y per output batch dim (0 where that operand is broadcast along it).
+inline void matmul_batch_strides(const TensorView& x, const TensorView& y, int r, int64_t M, int64_t K, int64_t N,
+                                 int64_t* xstride, int64_t* ystride) {
+  int64_t xs = M * K, ys = K * N;
+  for (int d = r - 3; d >= 0; --d) {
+    const int xd = d - (r - x.rank), yd = d - (r - y.rank);
+    const int64_t xdim = xd >= 0 ? x.shape[xd] : 1, ydim = yd >= 0 ? y.shape[yd] : 1;
+    xstride[d] = xdim == 1 ? 0 : xs;
+    ystride[d] = ydim == 1 ? 0 : ys;
+    xs *= xdim;
+    ys *= ydim;
+  }
+}
+
 }  // namespace cpu
 }  // namespace edgetune

@@ -75,17 +75,7 @@ Status matmul_run(const KernelArgs& a) {
 
   // Per batch element: element strides of x and y per output batch dim (0 where broadcast).
   int64_t xstride[kMaxRank] = {0}, ystride[kMaxRank] = {0};
-  {
-    int64_t xs = M * K, ys = K * N;
-    for (int d = r - 3; d >= 0; --d) {
-      const int xd = d - (r - x.rank), yd = d - (r - y.rank);
-      const int64_t xdim = xd >= 0 ? x.shape[xd] : 1, ydim = yd >= 0 ? y.shape[yd] : 1;
-      xstride[d] = xdim == 1 ? 0 : xs;
-      ystride[d] = ydim == 1 ? 0 : ys;
-      xs *= xdim;
-      ys *= ydim;
-    }
-  }
+  cpu::matmul_batch_strides(x, y, r, M, K, N, xstride, ystride);
   auto one = [&](int64_t b, ThreadPool* pool) {
     int64_t xo = 0, yo = 0, rest = b;
     for (int d = r - 3; d >= 0; --d) {

@@ -12,28 +12,6 @@
 namespace edgetune {
 namespace {
 
-// Marks the reduced dims; false when `dims` is not a sorted list of distinct dims of `x` or
-// `out` is not x's shape without them (or with them as 1s, keepdim).
-bool reduced_dims(const KernelArgs& a, bool* reduced) {
-  const TensorView &x = a.in(0), &out = a.out(0);
-  const auto& dims = a.attr().get_ints("dims");
-  for (int d = 0; d < x.rank; ++d) reduced[d] = false;
-  int64_t prev = -1;
-  for (int64_t d : dims) {
-    if (d <= prev || d >= x.rank) return false;
-    reduced[d] = true;
-    prev = d;
-  }
-  const bool keepdim = a.attr().get_int("keepdim", 0) != 0;
-  int o = 0;
-  for (int d = 0; d < x.rank; ++d) {
-    if (reduced[d] && !keepdim) continue;
-    if (o >= out.rank || out.shape[o] != (reduced[d] ? 1 : x.shape[d])) return false;
-    ++o;
-  }
-  return o == out.rank;
-}
-
 template <bool kMean>
 Status check_reduce(const KernelArgs& a) {
   ET_RETURN_IF_ERROR(expect_arity(a, kMean ? "mean" : "sum", 1, 1, 1));
@@ -41,14 +19,14 @@ Status check_reduce(const KernelArgs& a) {
   ET_RETURN_IF_ERROR(kMean ? cpu::want_float("input", x) : cpu::want_arith("input", x));
   ET_RETURN_IF_ERROR(cpu::want_same_dtype("output", out, x));
   bool reduced[kMaxRank];
-  if (!reduced_dims(a, reduced))
+  if (!cpu::reduced_dims(a, reduced))
     return invalid_argument("reduce dims do not take " + x.shape_string() + " to " + out.shape_string());
   return Status::Ok();
 }
 
 size_t workspace_reduce(const KernelArgs& a) {
   bool reduced[kMaxRank];
-  if (!reduced_dims(a, reduced)) return 0;
+  if (!cpu::reduced_dims(a, reduced)) return 0;
   cpu::Reduction red;
   red.init(a.in(0), reduced);
   return red.workspace_bytes();
@@ -58,7 +36,7 @@ template <bool kMean>
 Status run_reduce(const KernelArgs& a) {
   const TensorView &x = a.in(0), &out = a.out(0);
   bool reduced[kMaxRank];
-  if (!reduced_dims(a, reduced)) return internal_error("reduce: shapes changed after check");
+  if (!cpu::reduced_dims(a, reduced)) return internal_error("reduce: shapes changed after check");
   cpu::Reduction red;
   red.init(x, reduced);
   auto body = [&](auto tag) {

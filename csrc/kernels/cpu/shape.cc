@@ -210,36 +210,20 @@ Status run_expand(const KernelArgs& a) {
 }
 
 // ---- sum_to: the reduction that undoes a broadcast ------------------------------------------------
-// False when `out` is not a shape `in` broadcasts from; fills `reduced` otherwise.
-bool sum_to_dims(const TensorView& in, const TensorView& out, bool* reduced) {
-  if (out.rank > in.rank) return false;
-  const int lead = in.rank - out.rank;
-  for (int d = 0; d < in.rank; ++d) {
-    if (d < lead) {
-      reduced[d] = true;
-      continue;
-    }
-    int64_t s = in.shape[d], t = out.shape[d - lead];
-    if (s != t && t != 1) return false;
-    reduced[d] = s != t;
-  }
-  return true;
-}
-
 Status check_sum_to(const KernelArgs& a) {
   ET_RETURN_IF_ERROR(expect_arity(a, "sum_to", 1, 1, 1));
   const TensorView &x = a.in(0), &out = a.out(0);
   ET_RETURN_IF_ERROR(cpu::want_arith("input", x));
   ET_RETURN_IF_ERROR(cpu::want_same_dtype("output", out, x));
   bool reduced[kMaxRank];
-  if (!sum_to_dims(x, out, reduced))
+  if (!cpu::sum_to_dims(x, out, reduced))
     return invalid_argument("cannot sum " + x.shape_string() + " down to " + out.shape_string());
   return Status::Ok();
 }
 
 size_t workspace_sum_to(const KernelArgs& a) {
   bool reduced[kMaxRank];
-  if (!sum_to_dims(a.in(0), a.out(0), reduced)) return 0;
+  if (!cpu::sum_to_dims(a.in(0), a.out(0), reduced)) return 0;
   cpu::Reduction red;
   red.init(a.in(0), reduced);
   return red.workspace_bytes();
@@ -248,7 +232,7 @@ size_t workspace_sum_to(const KernelArgs& a) {
 Status run_sum_to(const KernelArgs& a) {
   const TensorView &x = a.in(0), &out = a.out(0);
   bool reduced[kMaxRank];
-  if (!sum_to_dims(x, out, reduced)) return internal_error("sum_to: shapes changed after check");
+  if (!cpu::sum_to_dims(x, out, reduced)) return internal_error("sum_to: shapes changed after check");
   cpu::Reduction red;
   red.init(x, reduced);
   bool ok = cpu::visit_arith(x.dtype, [&](auto tag) {

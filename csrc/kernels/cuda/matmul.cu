@@ -187,15 +187,7 @@ Status matmul_run(const KernelArgs& a) {
     ET_RETURN_IF_ERROR(gemm(a, ctx, g));
   } else {  // mixed broadcasting: one GEMM per output batch element
     int64_t xstride[kMaxRank] = {0}, ystride[kMaxRank] = {0};
-    int64_t xs = M * K, ys = K * N;
-    for (int d = r - 3; d >= 0; --d) {
-      const int xd = d - (r - x.rank), yd = d - (r - y.rank);
-      const int64_t xdim = xd >= 0 ? x.shape[xd] : 1, ydim = yd >= 0 ? y.shape[yd] : 1;
-      xstride[d] = xdim == 1 ? 0 : xs;
-      ystride[d] = ydim == 1 ? 0 : ys;
-      xs *= xdim;
-      ys *= ydim;
-    }
+    cpu::matmul_batch_strides(x, y, r, M, K, N, xstride, ystride);
     for (int64_t b = 0; b < batch; ++b) {
       int64_t xo = 0, yo = 0, rest = b;
       for (int d = r - 3; d >= 0; --d) {

@@ -10,18 +10,7 @@ namespace edgetune {
 namespace cuda {
 namespace {
 
-template <typename T>
-struct AccOf {
-  using type = double;
-};
-template <>
-struct AccOf<int64_t> {
-  using type = int64_t;
-};
-template <>
-struct AccOf<int32_t> {
-  using type = int64_t;
-};
+using cpu::AccOf;  // sums of floats in double, of integers in int64: as the cpu kernels
 
 struct RedDesc {
   int nk = 0, nr = 0;  // kept / reduced dims (merged, size-1 dropped), outermost first
@@ -134,36 +123,16 @@ __global__ void reduce_splits(const typename AccOf<T>::type* part, T* out, RedDe
   }
 }
 
-bool reduced_dims(const KernelArgs& a, bool* reduced) {
-  const TensorView &x = a.in(0), &out = a.out(0);
-  const auto& dims = a.attr().get_ints("dims");
-  for (int d = 0; d < x.rank; ++d) reduced[d] = false;
-  int64_t prev = -1;
-  for (int64_t d : dims) {
-    if (d <= prev || d >= x.rank) return false;
-    reduced[d] = true;
-    prev = d;
-  }
-  const bool keepdim = a.attr().get_int("keepdim", 0) != 0;
-  int o = 0;
-  for (int d = 0; d < x.rank; ++d) {
-    if (reduced[d] && !keepdim) continue;
-    if (o >= out.rank || out.shape[o] != (reduced[d] ? 1 : x.shape[d])) return false;
-    ++o;
-  }
-  return o == out.rank;
-}
-
 size_t workspace_reduce(const KernelArgs& a) {
   bool reduced[kMaxRank];
-  if (!reduced_dims(a, reduced)) return 0;
+  if (!cpu::reduced_dims(a, reduced)) return 0;
   return reduction_workspace(a.in(0), reduced);
 }
 
 template <bool kMean>
 Status run_reduce(const KernelArgs& a) {
   bool reduced[kMaxRank];
-  if (!reduced_dims(a, reduced)) return internal_error("reduce: shapes changed after check");
+  if (!cpu::reduced_dims(a, reduced)) return internal_error("reduce: shapes changed after check");
   return reduction_run(a, a.in(0), reduced, a.out(0), kMean);
 }
 

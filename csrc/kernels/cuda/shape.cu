@@ -78,30 +78,15 @@ Status run_expand(const KernelArgs& a) {
 }
 
 // ---- sum_to ---------------------------------------------------------------------------------------
-bool sum_to_dims(const TensorView& in, const TensorView& out, bool* reduced) {
-  if (out.rank > in.rank) return false;
-  const int lead = in.rank - out.rank;
-  for (int d = 0; d < in.rank; ++d) {
-    if (d < lead) {
-      reduced[d] = true;
-      continue;
-    }
-    int64_t s = in.shape[d], t = out.shape[d - lead];
-    if (s != t && t != 1) return false;
-    reduced[d] = s != t;
-  }
-  return true;
-}
-
 size_t workspace_sum_to(const KernelArgs& a) {
   bool reduced[kMaxRank];
-  if (!sum_to_dims(a.in(0), a.out(0), reduced)) return 0;
+  if (!cpu::sum_to_dims(a.in(0), a.out(0), reduced)) return 0;
   return reduction_workspace(a.in(0), reduced);
 }
 
 Status run_sum_to(const KernelArgs& a) {
   bool reduced[kMaxRank];
-  if (!sum_to_dims(a.in(0), a.out(0), reduced)) return internal_error("sum_to: shapes changed after check");
+  if (!cpu::sum_to_dims(a.in(0), a.out(0), reduced)) return internal_error("sum_to: shapes changed after check");
   return reduction_run(a, a.in(0), reduced, a.out(0), false);
 }
 
