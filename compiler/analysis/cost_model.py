@@ -31,6 +31,17 @@ WINOGRAD_MULTIPLY_SAVING = 4.0  # F(4x4, 3x3): 36 products per 16 outputs instea
 WINOGRAD_EFFICIENCY = 0.5  # its GEMMs are batched 36 ways with K = channels: smaller, less efficient
 IM2COL_EFFICIENCY = 0.8
 POINTWISE_EFFICIENCY = 0.85
+# A GEMM with few columns re-packs the whole weight for them: efficiency ~ cols / (cols + this).
+# For 1x1 convs, pointwise and im2col run one GEMM per image (H*W columns); pointwise_batched packs
+# images side by side up to PACK_COLUMNS columns per GEMM (conv.cc's kPackColumns) at the cost of
+# copying both operands. (k x k convs on small maps suffer the same, but the im2col / Winograd
+# ranking there was calibrated by measurement with the flat efficiencies above: left as it is.)
+NARROW_GEMM_COLUMNS = 64
+PACK_COLUMNS = 256
+
+
+def _narrow(cols: int) -> float:
+    return cols / (cols + NARROW_GEMM_COLUMNS)
 
 
 def _conv_geometry(node: Node):
@@ -62,11 +73,19 @@ def estimated_seconds(node: Node, kernel: str, rates: TargetRates) -> float:
     bw = rates.bandwidth_gbs * 1e9
     if variant == "depthwise":
         return 2 * macs / (rates.direct_gflops * 1e9) + (in_bytes + out_bytes) / bw
-    if variant == "pointwise":
-        return 2 * macs / (gemm * POINTWISE_EFFICIENCY) + (in_bytes + out_bytes) / bw
+    if variant in ("pointwise", "pointwise_batched"):
+        cols = ho * wo
+        copies = 0.0
+        if variant == "pointwise_batched" and cols < PACK_COLUMNS and n > 1:
+            cols = min(n, -(-PACK_COLUMNS // cols)) * cols
+            copies = 2 * (in_bytes + out_bytes)  # packed in, unpacked out (read + write each)
+        eff = POINTWISE_EFFICIENCY * _narrow(cols)
+        return 2 * macs / (gemm * eff) + (in_bytes + out_bytes + copies) / bw
     if variant == "im2col":
         col_bytes = 4 * n * (c // groups) * kh * kw * ho * wo * groups
         eff = IM2COL_EFFICIENCY if not depthwise else 0.05  # a K=9 GEMM is all packing
+        if pointwise:
+            eff *= _narrow(ho * wo)
         return 2 * macs / (gemm * eff) + (2 * col_bytes + in_bytes + out_bytes) / bw
     if variant == "winograd":
         # V and M hold 36 values per 16 outputs (4x4 tiles of 6x6 inputs); the transformed weights

@@ -12,7 +12,8 @@ its check, naming itself) where it cannot run them:
     pointwise, depthwise: exact sums in any order), and within APPROX_TOL of the output's
     magnitude for the others (Winograd's transforms round);
   * .im2col accepts every geometry; .pointwise / .depthwise refuse the ones they cannot run,
-    and report their own workspace (none for these two).
+    and report their own workspace (none for pointwise and depthwise; pointwise_batched on
+    small maps, where it packs several images per GEMM).
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ from ops.test_op_sweep import CASES  # same samples, same seeds as the op sweep
 
 CONV_OPS = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight")
 RTOL, ATOL = 1e-5, 1e-6  # as test_cpu_kernels.py
-DIRECT_PATHS = {"im2col", "pointwise", "depthwise"}  # products and sums of the inputs, nothing else
+DIRECT_PATHS = {"im2col", "pointwise", "pointwise_batched", "depthwise"}  # products and sums of the inputs, nothing else
 APPROX_TOL = 2e-4  # of max |output|: the other algorithms (Winograd) round in their transforms
 # the conv variants the C++ runtime registers, written out so that collecting this module does
 # not load it; test_the_variants_are_registered checks the list against the module's
-VARIANTS = [f"{op}.{path}" for op in CONV_OPS for path in ("depthwise", "im2col", "pointwise", "winograd")
+VARIANTS = [f"{op}.{path}" for op in CONV_OPS
+            for path in ("depthwise", "im2col", "pointwise", "pointwise_batched", "winograd")
             if (op, path) != ("conv2d_grad_weight", "winograd")]
 
 
@@ -99,15 +101,20 @@ def _attrs(stride=1, padding=0, groups=1):
     return {"stride": [stride] * 2, "padding": [padding] * 2, "dilation": [1, 1], "groups": groups}
 
 
-LAYERS = {  # batch 2, 32 channels, 28x28
+LAYERS = {  # batch 2, 32 channels, 28x28 unless LAYER_INPUTS says otherwise
     "pointwise": ((32, 32, 1, 1), _attrs()),
+    # a late-stage map (6x6 = 36 columns): pointwise_batched packs 8 images per GEMM here, so
+    # batch 10 runs a full chunk and a partial one, per group
+    "pointwise-small-map": ((48, 16, 1, 1), _attrs(groups=2)),
     "depthwise-s1": ((32, 1, 3, 3), _attrs(padding=1, groups=32)),
     "depthwise-s2": ((32, 1, 3, 3), _attrs(stride=2, padding=1, groups=32)),
     "3x3-s1": ((32, 32, 3, 3), _attrs(padding=1)),
     "3x3-s2": ((32, 32, 3, 3), _attrs(stride=2, padding=1)),
 }
+LAYER_INPUTS = {"pointwise-small-map": (10, 32, 6, 6)}
 APPLICABLE = {  # the built-in variants that must accept each layer
-    "pointwise": {"im2col", "pointwise"},
+    "pointwise": {"im2col", "pointwise", "pointwise_batched"},
+    "pointwise-small-map": {"im2col", "pointwise", "pointwise_batched"},
     "depthwise-s1": {"im2col", "depthwise"},
     "depthwise-s2": {"im2col", "depthwise"},
     "3x3-s1": {"im2col"},
@@ -125,7 +132,7 @@ def _layer_cases(layer):
     """(op, inputs, attrs) for the three ops of one layer, with and without fused epilogues."""
     rng = np.random.default_rng(len(layer))
     ws, attrs = LAYERS[layer]
-    x, w, b = _exact(rng, 2, 32, 28, 28), _exact(rng, *ws), _exact(rng, ws[0])
+    x, w, b = _exact(rng, *LAYER_INPUTS.get(layer, (2, 32, 28, 28))), _exact(rng, *ws), _exact(rng, ws[0])
     y = REGISTRY["conv2d"].reference([x, w, b], attrs)[0]
     dy = _exact(rng, *y.shape)
     gi = {**attrs, "input_shape": list(x.shape)}
@@ -157,6 +164,7 @@ def test_variants_agree_on_layer_sized_shapes(layer):
             got, msg = run(kernel, inputs, attrs), f"{kernel} vs {op} on {layer}"
             if path in DIRECT_PATHS:
                 np.testing.assert_array_equal(got, auto, err_msg=msg)
+                np.testing.assert_array_equal(run(kernel, inputs, attrs, threads=2), got, err_msg=msg + ", 2 threads")
             else:
                 assert_close(kernel, got, expected, msg)
             ran.add(path)
@@ -185,6 +193,15 @@ def test_variants_report_their_own_workspace():
     assert ws("conv2d.pointwise", pw, [2, 32, 28, 28], _attrs()) == 0
     assert ws("conv2d", pw, [2, 32, 28, 28], _attrs()) == 0
     assert ws("conv2d.im2col", pw, [2, 32, 28, 28], _attrs()) == 32 * 28 * 28 * 4  # one image's columns
+    # small maps: both operands of a chunk of images packed side by side, [Cg + Og, images * H*W]
+    small = [("f32", [10, 32, 6, 6]), ("f32", [48, 32, 1, 1])]
+    assert ws("conv2d.pointwise_batched", small, [10, 48, 6, 6], _attrs()) == (32 + 48) * 8 * 36 * 4
+    assert ws("conv2d_grad_weight.pointwise_batched", [("f32", [10, 48, 6, 6]), small[0]], [48, 32, 1, 1],
+              {**_attrs(), "weight_shape": [48, 32, 1, 1]}) == (32 + 48) * 8 * 36 * 4
+    assert ws("conv2d.pointwise_batched", [("f32", [1, 32, 6, 6]), small[1]], [1, 48, 6, 6], _attrs()) == 0
+    assert ws("conv2d.pointwise_batched", pw, [2, 32, 28, 28], _attrs()) == 0  # wide map: no packing
+    assert ws("conv2d.pointwise", small, [10, 48, 6, 6], _attrs()) == 0
+    assert ws("conv2d", small, [10, 48, 6, 6], _attrs()) == 0  # the auto kernel never packs
     assert ws("conv2d.depthwise", dw, [2, 32, 28, 28], dwa) == 0
     assert ws("conv2d.im2col", dw, [2, 32, 28, 28], dwa) == 9 * 28 * 28 * 4
     gi = {**dwa, "input_shape": [2, 32, 28, 28]}

@@ -63,7 +63,8 @@ def conv_attrs(stride=1, padding=0, groups=1):
 
 # name -> (x shape, w shape, attrs, kernels that can run it besides the auto one)
 CONVS = {
-    "pointwise": ((2, 24, 9, 9), (20, 24, 1, 1), conv_attrs(), ["conv2d.pointwise", "conv2d.im2col"]),
+    "pointwise": ((2, 24, 9, 9), (20, 24, 1, 1), conv_attrs(),
+                  ["conv2d.pointwise", "conv2d.pointwise_batched", "conv2d.im2col"]),
     "depthwise-s1": ((2, 16, 12, 12), (16, 1, 3, 3), conv_attrs(padding=1, groups=16),
                      ["conv2d.depthwise", "conv2d.im2col"]),
     "depthwise-s2": ((2, 16, 13, 13), (32, 1, 3, 3), conv_attrs(stride=2, padding=1, groups=16),
@@ -141,7 +142,7 @@ def _activation_backward(dx, y, relu):
 
 
 GRAD_INPUT_KERNELS = {
-    "pointwise": ["conv2d_grad_input.pointwise", "conv2d_grad_input.im2col"],
+    "pointwise": ["conv2d_grad_input.pointwise", "conv2d_grad_input.pointwise_batched", "conv2d_grad_input.im2col"],
     "depthwise-s1": ["conv2d_grad_input.depthwise", "conv2d_grad_input.im2col"],
     "depthwise-s2": ["conv2d_grad_input.depthwise", "conv2d_grad_input.im2col"],
     "general-3x3": ["conv2d_grad_input.im2col"],

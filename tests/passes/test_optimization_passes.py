@@ -288,6 +288,28 @@ def test_cost_model_ranks_winograd_where_it_measured_faster():
     assert estimated_seconds(deep, "conv2d.winograd", rates) > estimated_seconds(deep, "conv2d.im2col", rates)
 
 
+def test_cost_model_batches_pointwise_convs_on_small_maps_only():
+    from edgetune.compiler.ir import Graph, TensorType
+    from edgetune.compiler.ops.registry import Builder
+    from edgetune.compiler.analysis.cost_model import RATES_BY_ARCH, estimated_seconds
+
+    def conv(batch, size):
+        g = Graph()
+        x = g.add_input("x", TensorType((batch, 320, size, size)))
+        w = g.add_input("w", TensorType((1280, 320, 1, 1)))
+        attrs = {"stride": [1, 1], "padding": [0, 0], "dilation": [1, 1], "groups": 1}
+        return Builder(g).emit1("conv2d", [x, w], attrs).producer
+
+    rates = RATES_BY_ARCH["x86_64"]
+    cost = lambda node, kernel: estimated_seconds(node, kernel, rates)  # noqa: E731
+    head = conv(32, 1)  # EfficientNet-Lite0's head conv at 32x32 input: 1x1 maps, batch 32
+    assert cost(head, "conv2d.pointwise_batched") < cost(head, "conv2d.pointwise") / 10
+    assert cost(head, "conv2d.pointwise_batched") < cost(head, "conv2d.im2col")
+    wide, single = conv(8, 28), conv(1, 2)  # nothing to pack: same GEMMs, so the same estimate
+    for node in (wide, single):
+        assert cost(node, "conv2d.pointwise_batched") == cost(node, "conv2d.pointwise")
+
+
 @pytest.mark.native  # times the cpu kernels
 def test_select_kernels_measures_and_caches(tmp_path, monkeypatch):
     import json

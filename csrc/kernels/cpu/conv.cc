@@ -9,6 +9,14 @@
 //       gives each thread whole channels so each sum runs on one thread in a fixed order.
 //   pointwise (1x1, stride 1, no padding)  the NCHW image already is the [C, H*W] matrix a GEMM
 //       wants: straight sgemm per image and group, no workspace.
+//   pointwise_batched  the same product over N*H*W columns at once. On the small maps of a
+//       network's late stages (H*W of 64, 16, 1) one GEMM per image degenerates to a
+//       matrix-vector product that re-packs the whole weight for a handful of columns, so when
+//       H*W < kPackColumns the images are packed side by side into the workspace,
+//       [C, images * H*W] (chunks of about kPackColumns columns), and one GEMM per chunk runs
+//       over them: forward, grad_input and grad_weight alike (grad_weight then sums over N*H*W
+//       in one K loop). Only a variant, never the auto choice: its workspace may raise the
+//       planned peak, and the kernel-selection pass (memory first) decides where it may.
 //   general  im2col + sgemm per image and group. The column buffer is the node's workspace,
 //       sized for a band of output rows so it stays under kColumnBudget (one image's columns
 //       when they fit); grad_input runs the GEMM into the columns and scatters them back (col2im).
@@ -43,6 +51,9 @@ namespace {
 
 // Largest column buffer (bytes) before the general path works in bands of output rows.
 constexpr int64_t kColumnBudget = int64_t{4} << 20;
+// Pointwise maps narrower than this many columns (H*W) pack several images per GEMM, up to about
+// this many columns per chunk.
+constexpr int64_t kPackColumns = 256;
 
 struct Conv {
   int64_t N, C, H, W;      // input
@@ -53,6 +64,13 @@ struct Conv {
   int64_t kdim() const { return Cg * KH * KW; }  // rows of one group's column matrix
   bool depthwise() const { return Cg == 1; }
   bool pointwise() const { return KH == 1 && KW == 1 && SH == 1 && SW == 1 && PH == 0 && PW == 0; }
+  // images per GEMM of the pointwise_batched path: 1 = one GEMM per image straight on the
+  // tensors (wide maps, one image); more = that many images packed side by side in the workspace
+  int64_t pack_images() const {
+    const int64_t plane = H * W;
+    if (!pointwise() || N < 2 || plane >= kPackColumns) return 1;
+    return std::min<int64_t>(N, (kPackColumns + plane - 1) / plane);
+  }
   // output rows per band of the general path
   int64_t band_rows() const {
     const int64_t per_row = kdim() * WO * static_cast<int64_t>(sizeof(float));
@@ -61,15 +79,16 @@ struct Conv {
 };
 
 // Which path runs a node: the shape's choice (the op-named kernel) or one variant, forced.
-enum class Path { kAuto = 0, kIm2col = 1, kPointwise = 2, kDepthwise = 3 };
+enum class Path { kAuto = 0, kIm2col = 1, kPointwise = 2, kDepthwise = 3, kPointwiseBatched = 4 };
 enum ConvOp { kForward = 0, kGradInput = 1, kGradWeight = 2 };
 
 // Registry names, [op][path]; also what every error message starts with (no allocation in run).
-constexpr const char* kKernelNames[3][4] = {
-    {"conv2d", "conv2d.im2col", "conv2d.pointwise", "conv2d.depthwise"},
-    {"conv2d_grad_input", "conv2d_grad_input.im2col", "conv2d_grad_input.pointwise", "conv2d_grad_input.depthwise"},
+constexpr const char* kKernelNames[3][5] = {
+    {"conv2d", "conv2d.im2col", "conv2d.pointwise", "conv2d.depthwise", "conv2d.pointwise_batched"},
+    {"conv2d_grad_input", "conv2d_grad_input.im2col", "conv2d_grad_input.pointwise", "conv2d_grad_input.depthwise",
+     "conv2d_grad_input.pointwise_batched"},
     {"conv2d_grad_weight", "conv2d_grad_weight.im2col", "conv2d_grad_weight.pointwise",
-     "conv2d_grad_weight.depthwise"},
+     "conv2d_grad_weight.depthwise", "conv2d_grad_weight.pointwise_batched"},
 };
 
 const char* kernel_name(ConvOp op, Path p) { return kKernelNames[op][static_cast<int>(p)]; }
@@ -88,7 +107,7 @@ std::string pair_string(int64_t a, int64_t b) {
 
 // A forced variant's refusal of a geometry it cannot run (auto and im2col run every geometry).
 Status path_fits(const char* kernel, const Conv& c, Path p) {
-  if (p == Path::kPointwise && !c.pointwise())
+  if ((p == Path::kPointwise || p == Path::kPointwiseBatched) && !c.pointwise())
     return invalid_argument(std::string(kernel) + " needs a 1x1 stride-1 unpadded kernel, got " +
                             std::to_string(c.KH) + "x" + std::to_string(c.KW) + " stride " + pair_string(c.SH, c.SW) +
                             " padding " + pair_string(c.PH, c.PW));
@@ -203,10 +222,44 @@ void col2im(const Conv& c, const float* col, int64_t oh0, int64_t oh1, float* dx
   });
 }
 
-// The im2col path's column buffer: the workspace the planner reserved from *_workspace().
+// The workspace the planner reserved from *_workspace(): the im2col path's column buffer, or the
+// pointwise_batched path's packed chunk (both operands of one group: [Cg + Og, images * H*W]).
 size_t column_bytes(const Conv& c, Path p) {
-  if (resolve(c, p) != Path::kIm2col) return 0;
+  const Path path = resolve(c, p);
+  if (path == Path::kPointwiseBatched && c.pack_images() > 1)
+    return static_cast<size_t>((c.Cg + c.Og()) * c.pack_images() * c.H * c.W) * sizeof(float);
+  if (path != Path::kIm2col) return 0;
   return static_cast<size_t>(c.kdim() * c.band_rows() * c.WO) * sizeof(float);
+}
+
+// ---- pointwise packing -------------------------------------------------------------------------
+// A chunk of images n0 .. n0+nb of one group as one matrix: row r (channel first + r of a tensor
+// with `channels` channels per image), column i * plane + k = element k of image n0 + i.
+
+void pack_images(const float* t, int64_t channels, int64_t first, int64_t rows, int64_t plane, int64_t n0,
+                 int64_t nb, float* packed, ThreadPool* pool) {
+  const int64_t cols = nb * plane;
+  pool->parallel_for(rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(cols, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t i = 0; i < nb; ++i)
+        std::memcpy(packed + r * cols + i * plane, t + ((n0 + i) * channels + first + r) * plane,
+                    sizeof(float) * plane);
+  });
+}
+
+// The inverse: packed rows back into the tensor, each image's plane masked (mask: null, or indexed
+// by the tensor's own row-major index) as it lands.
+void unpack_images(const float* packed, int64_t channels, int64_t first, int64_t rows, int64_t plane, int64_t n0,
+                   int64_t nb, float* t, const OutputMask* mask, ThreadPool* pool) {
+  const int64_t cols = nb * plane;
+  pool->parallel_for(rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(cols, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t i = 0; i < nb; ++i) {
+        const int64_t index = ((n0 + i) * channels + first + r) * plane;
+        std::memcpy(t + index, packed + r * cols + i * plane, sizeof(float) * plane);
+        if (mask) mask->apply(t + index, index, plane);
+      }
+  });
 }
 
 Status expect_workspace(const KernelArgs& a, const Conv& c, Path p, const char* kernel) {
@@ -420,6 +473,22 @@ Status conv_run(const KernelArgs& a, Path p) {
   const int64_t band = c.band_rows();
   float* col = static_cast<float*>(a.workspace);
   ET_RETURN_IF_ERROR(expect_workspace(a, c, p, kernel));
+  if (path == Path::kPointwiseBatched && c.pack_images() > 1) {  // yp[Og, cols] = w_g @ xp[Cg, cols]
+    const int64_t per = c.pack_images();
+    for (int64_t n0 = 0; n0 < c.N; n0 += per) {
+      const int64_t nb = std::min(per, c.N - n0), cols = nb * plane;
+      float* xp = col;
+      float* yp = col + kdim * cols;
+      for (int64_t g = 0; g < c.G; ++g) {
+        GemmBias gb = ep;
+        if (bias) gb.row = bias + g * Og;
+        pack_images(x, c.C, g * c.Cg, c.Cg, plane, n0, nb, xp, a.pool);
+        sgemm(false, false, Og, cols, kdim, 1.0f, w + g * Og * kdim, kdim, xp, cols, 0.0f, yp, cols, a.pool, gb);
+        unpack_images(yp, c.O, g * Og, Og, plane, n0, nb, y, nullptr, a.pool);
+      }
+    }
+    return Status::Ok();
+  }
   for (int64_t n = 0; n < c.N; ++n) {
     for (int64_t g = 0; g < c.G; ++g) {
       const float* xg = x + (n * c.C + g * c.Cg) * c.H * c.W;
@@ -427,7 +496,7 @@ Status conv_run(const KernelArgs& a, Path p) {
       float* yg = y + (n * c.O + g * Og) * plane;
       GemmBias gb = ep;  // the bias of output channel o is a per-row bias of the [Og, HW] product
       if (bias) gb.row = bias + g * Og;
-      if (path == Path::kPointwise) {  // y_g[Og, HW] = w_g[Og, Cg] @ x_g[Cg, HW]
+      if (path == Path::kPointwise || path == Path::kPointwiseBatched) {  // y_g = w_g @ x_g
         sgemm(false, false, Og, plane, kdim, 1.0f, wg, kdim, xg, c.H * c.W, 0.0f, yg, plane, a.pool, gb);
         continue;
       }
@@ -580,6 +649,20 @@ Status grad_input_run(const KernelArgs& a, Path p) {
   const int64_t band = c.band_rows();
   float* col = static_cast<float*>(a.workspace);
   ET_RETURN_IF_ERROR(expect_workspace(a, c, p, kernel));
+  if (path == Path::kPointwiseBatched && c.pack_images() > 1) {  // dxp[Cg, cols] = w_g^T @ dyp[Og, cols]
+    const int64_t per = c.pack_images();
+    for (int64_t n0 = 0; n0 < c.N; n0 += per) {
+      const int64_t nb = std::min(per, c.N - n0), cols = nb * plane;
+      float* dyp = col;
+      float* dxp = col + Og * cols;
+      for (int64_t g = 0; g < c.G; ++g) {
+        pack_images(dy, c.O, g * Og, Og, plane, n0, nb, dyp, a.pool);
+        sgemm(true, false, kdim, cols, Og, 1.0f, w + g * Og * kdim, kdim, dyp, cols, 0.0f, dxp, cols, a.pool);
+        unpack_images(dxp, c.C, g * c.Cg, c.Cg, plane, n0, nb, dx, mask, a.pool);
+      }
+    }
+    return Status::Ok();
+  }
   if (path == Path::kIm2col) {  // col2im accumulates
     a.pool->parallel_for(c.N * c.C, plane_grain(plane), [&](int64_t p0, int64_t p1) {
       std::fill(dx + p0 * plane, dx + p1 * plane, 0.0f);
@@ -591,7 +674,7 @@ Status grad_input_run(const KernelArgs& a, Path p) {
       const float* wg = w + g * Og * kdim;
       const int64_t dx_index = (n * c.C + g * c.Cg) * plane;  // dx_g's first element, for the mask
       float* dxg = dx + dx_index;
-      if (path == Path::kPointwise) {  // dx_g[Cg, HW] = w_g^T[Cg, Og] @ dy_g[Og, HW], masked as written
+      if (path == Path::kPointwise || path == Path::kPointwiseBatched) {  // dx_g = w_g^T @ dy_g, masked
         GemmBias ep;
         ep.mask = m;
         ep.mask_index = dx_index;
@@ -739,13 +822,28 @@ Status grad_weight_run(const KernelArgs& a, Path p) {
   const int64_t band = c.band_rows();
   float* col = static_cast<float*>(a.workspace);
   ET_RETURN_IF_ERROR(expect_workspace(a, c, p, kernel));
+  if (path == Path::kPointwiseBatched && c.pack_images() > 1) {  // dw_g += dyp @ xp^T per chunk
+    const int64_t per = c.pack_images();
+    for (int64_t n0 = 0; n0 < c.N; n0 += per) {
+      const int64_t nb = std::min(per, c.N - n0), cols = nb * plane;
+      float* dyp = col;
+      float* xp = col + Og * cols;
+      for (int64_t g = 0; g < c.G; ++g) {
+        pack_images(dy, c.O, g * Og, Og, plane, n0, nb, dyp, a.pool);
+        pack_images(x, c.C, g * c.Cg, c.Cg, plane, n0, nb, xp, a.pool);
+        sgemm(false, true, Og, kdim, cols, 1.0f, dyp, cols, xp, cols, n0 == 0 ? 0.0f : 1.0f, dw + g * Og * kdim, kdim,
+              a.pool);
+      }
+    }
+    return Status::Ok();
+  }
   // dw_g[Og, kdim] = sum over images and bands of dy_g[Og, cols] @ col[kdim, cols]^T, in order
   for (int64_t n = 0; n < c.N; ++n) {
     for (int64_t g = 0; g < c.G; ++g) {
       const float* dyg = dy + (n * c.O + g * Og) * oplane;
       const float* xg = x + (n * c.C + g * c.Cg) * plane;
       float* dwg = dw + g * Og * kdim;
-      if (path == Path::kPointwise) {
+      if (path == Path::kPointwise || path == Path::kPointwiseBatched) {
         sgemm(false, true, Og, kdim, oplane, 1.0f, dyg, oplane, xg, plane, n == 0 ? 0.0f : 1.0f, dwg, kdim, a.pool);
         continue;
       }
@@ -787,6 +885,7 @@ void register_conv_kernels(KernelRegistry& r) {
   add_path<Path::kIm2col>(r);
   add_path<Path::kPointwise>(r);
   add_path<Path::kDepthwise>(r);
+  add_path<Path::kPointwiseBatched>(r);
 }
 
 }  // namespace edgetune

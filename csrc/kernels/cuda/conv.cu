@@ -378,7 +378,9 @@ size_t grad_weight_workspace(const KernelArgs& a) {
 }  // namespace
 
 void register_conv_kernels(KernelRegistry& r) {
-  for (const char* v : {"", ".im2col", ".pointwise", ".depthwise"}) {
+  // .pointwise_batched is the cpu's packed-images GEMM; here .pointwise already runs batched over
+  // the images (one strided-batched cuBLASLt call), so both names run it
+  for (const char* v : {"", ".im2col", ".pointwise", ".depthwise", ".pointwise_batched"}) {
     const std::string s(v);
     // the registry keeps the names: these std::strings only feed KernelDef's own strings
     r.add(KernelDef{"conv2d", "conv2d" + s, cpu_check_of(("conv2d" + s).c_str()), &conv_workspace, &conv_run});
