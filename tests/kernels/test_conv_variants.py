@@ -106,16 +106,23 @@ LAYERS = {  # batch 2, 32 channels, 28x28 unless LAYER_INPUTS says otherwise
     # a late-stage map (6x6 = 36 columns): pointwise_batched packs 8 images per GEMM here, so
     # batch 10 runs a full chunk and a partial one, per group
     "pointwise-small-map": ((48, 16, 1, 1), _attrs(groups=2)),
+    # late-stage depthwise maps (W < 16): the depthwise path works on blocks of 64 channels
+    # channels-last; 80 channels = a full block and a partial one
+    "depthwise-small-map": ((80, 1, 3, 3), _attrs(padding=1, groups=80)),
+    "depthwise-5x5-s2-small-map": ((80, 1, 5, 5), _attrs(stride=2, padding=2, groups=80)),
     "depthwise-s1": ((32, 1, 3, 3), _attrs(padding=1, groups=32)),
     "depthwise-s2": ((32, 1, 3, 3), _attrs(stride=2, padding=1, groups=32)),
     "3x3-s1": ((32, 32, 3, 3), _attrs(padding=1)),
     "3x3-s2": ((32, 32, 3, 3), _attrs(stride=2, padding=1)),
 }
-LAYER_INPUTS = {"pointwise-small-map": (10, 32, 6, 6)}
+LAYER_INPUTS = {"pointwise-small-map": (10, 32, 6, 6), "depthwise-small-map": (3, 80, 4, 4),
+                "depthwise-5x5-s2-small-map": (3, 80, 7, 7)}
 APPLICABLE = {  # the built-in variants that must accept each layer
     "pointwise": {"im2col", "pointwise", "pointwise_batched"},
     "pointwise-small-map": {"im2col", "pointwise", "pointwise_batched"},
     "depthwise-s1": {"im2col", "depthwise"},
+    "depthwise-small-map": {"im2col", "depthwise"},
+    "depthwise-5x5-s2-small-map": {"im2col", "depthwise"},
     "depthwise-s2": {"im2col", "depthwise"},
     "3x3-s1": {"im2col"},
     "3x3-s2": {"im2col"},

@@ -420,8 +420,121 @@ void taps_row(float* out, int64_t n, float b, const float* const* src, const flo
 }
 #endif
 
+// ---- depthwise, channel blocks (small maps) ------------------------------------------------------
+// On the small maps of late stages (W of 8, 4, 2, 1) a row holds fewer outputs than one vector
+// step, so the row loops above spend most lanes on padding. There (one output channel per input
+// channel) the kernel works channels-last inside: a block of kChannelBlock channels of one image
+// is transposed into a stack buffer [H*W][block], every tap is then one vector loop over the
+// block's channels, and the result is transposed back (masked / clamped on the way). Each output
+// still sums its taps in (i, j) order from the bias, as the row path does.
+
+constexpr int64_t kChannelBlock = 64;
+
+bool channel_blockable(const Conv& c) {
+  return c.Og() == 1 && c.WO < kChunk && c.KH * c.KW <= kMaxTaps && c.H * c.W * kChannelBlock <= kStageFloats &&
+         c.HO * c.WO * kChannelBlock <= kStageFloats;
+}
+
+// dst[k * kChannelBlock + ch] = src[(c0 + ch) * plane + k] for ch < cb, k < plane (one image)
+void to_channels_last(const float* src, int64_t c0, int64_t cb, int64_t plane, float* dst) {
+  for (int64_t ch = 0; ch < cb; ++ch) {
+    const float* s = src + (c0 + ch) * plane;
+    for (int64_t k = 0; k < plane; ++k) dst[k * kChannelBlock + ch] = s[k];
+  }
+}
+
+// wt[t * kChannelBlock + ch] = w[(c0 + ch) * taps + t]: the block's filters, tap-major
+void filters_channels_last(const float* w, int64_t c0, int64_t cb, int64_t taps, float* wt) {
+  for (int64_t ch = 0; ch < cb; ++ch)
+    for (int64_t t = 0; t < taps; ++t) wt[t * kChannelBlock + ch] = w[(c0 + ch) * taps + t];
+}
+
+// Tasks are (channel block, image) pairs, block-major, so a task range re-reads a block's
+// filters only when the block changes.
+int64_t channel_blocks(const Conv& c) { return (c.C + kChannelBlock - 1) / kChannelBlock; }
+
+void conv_depthwise_channels(const Conv& c, const float* x, const float* w, const float* bias, float act_lo,
+                             float act_hi, float* y, ThreadPool* pool) {
+  const int64_t plane = c.H * c.W, oplane = c.HO * c.WO, taps = c.KH * c.KW;
+  pool->parallel_for(channel_blocks(c) * c.N, plane_grain(oplane * taps * kChannelBlock), [&](int64_t p0, int64_t p1) {
+    alignas(64) float xt[kStageFloats];
+    alignas(64) float yt[kStageFloats];
+    alignas(64) float wt[kMaxTaps * kChannelBlock];
+    int64_t loaded = -1;
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t block = p / c.N, n = p % c.N, c0 = block * kChannelBlock;
+      const int64_t cb = std::min(kChannelBlock, c.C - c0);
+      if (block != loaded) filters_channels_last(w, c0, cb, taps, wt), loaded = block;
+      to_channels_last(x + n * c.C * plane, c0, cb, plane, xt);
+      for (int64_t oh = 0; oh < c.HO; ++oh) {
+        for (int64_t ow = 0; ow < c.WO; ++ow) {
+          float* __restrict acc = yt + (oh * c.WO + ow) * kChannelBlock;
+          for (int64_t ch = 0; ch < cb; ++ch) acc[ch] = bias ? bias[c0 + ch] : 0.0f;
+          for (int64_t i = 0; i < c.KH; ++i) {
+            const int64_t ih = oh * c.SH - c.PH + i * c.DH;
+            if (ih < 0 || ih >= c.H) continue;
+            for (int64_t j = 0; j < c.KW; ++j) {
+              const int64_t iw = ow * c.SW - c.PW + j * c.DW;
+              if (iw < 0 || iw >= c.W) continue;
+              const float* __restrict xs = xt + (ih * c.W + iw) * kChannelBlock;
+              const float* __restrict ws = wt + (i * c.KW + j) * kChannelBlock;
+              for (int64_t ch = 0; ch < cb; ++ch) acc[ch] += ws[ch] * xs[ch];
+            }
+          }
+        }
+      }
+      for (int64_t ch = 0; ch < cb; ++ch) {
+        float* out = y + (n * c.O + c0 + ch) * oplane;
+        for (int64_t k = 0; k < oplane; ++k) out[k] = yt[k * kChannelBlock + ch];
+        clamp_row(out, oplane, act_lo, act_hi);
+      }
+    }
+  });
+}
+
+// dx[ih, iw] = sum over the taps (i, j) whose output (oh, ow) reads (ih, iw), in (i, j) order.
+void grad_input_depthwise_channels(const Conv& c, const float* dy, const float* w, const OutputMask* mask, float* dx,
+                                   ThreadPool* pool) {
+  const int64_t plane = c.H * c.W, oplane = c.HO * c.WO, taps = c.KH * c.KW;
+  pool->parallel_for(channel_blocks(c) * c.N, plane_grain(plane * taps * kChannelBlock), [&](int64_t p0, int64_t p1) {
+    alignas(64) float dyt[kStageFloats];
+    alignas(64) float dxt[kStageFloats];
+    alignas(64) float wt[kMaxTaps * kChannelBlock];
+    int64_t loaded = -1;
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t block = p / c.N, n = p % c.N, c0 = block * kChannelBlock;
+      const int64_t cb = std::min(kChannelBlock, c.C - c0);
+      if (block != loaded) filters_channels_last(w, c0, cb, taps, wt), loaded = block;
+      to_channels_last(dy + n * c.O * oplane, c0, cb, oplane, dyt);
+      for (int64_t ih = 0; ih < c.H; ++ih) {
+        for (int64_t iw = 0; iw < c.W; ++iw) {
+          float* __restrict acc = dxt + (ih * c.W + iw) * kChannelBlock;
+          for (int64_t ch = 0; ch < cb; ++ch) acc[ch] = 0.0f;
+          for (int64_t i = 0; i < c.KH; ++i) {
+            const int64_t num = ih + c.PH - i * c.DH;  // = oh * SH
+            if (num < 0 || num % c.SH || num / c.SH >= c.HO) continue;
+            for (int64_t j = 0; j < c.KW; ++j) {
+              const int64_t numw = iw + c.PW - j * c.DW;  // = ow * SW
+              if (numw < 0 || numw % c.SW || numw / c.SW >= c.WO) continue;
+              const float* __restrict ds = dyt + ((num / c.SH) * c.WO + numw / c.SW) * kChannelBlock;
+              const float* __restrict ws = wt + (i * c.KW + j) * kChannelBlock;
+              for (int64_t ch = 0; ch < cb; ++ch) acc[ch] += ws[ch] * ds[ch];
+            }
+          }
+        }
+      }
+      for (int64_t ch = 0; ch < cb; ++ch) {
+        const int64_t index = (n * c.C + c0 + ch) * plane;
+        for (int64_t k = 0; k < plane; ++k) dx[index + k] = dxt[k * kChannelBlock + ch];
+        if (mask) mask->apply(dx + index, index, plane);
+      }
+    }
+  });
+}
+
 void conv_depthwise(const Conv& c, const float* x, const float* w, const float* bias, float act_lo, float act_hi,
                     float* y, ThreadPool* pool) {
+  if (channel_blockable(c)) return conv_depthwise_channels(c, x, w, bias, act_lo, act_hi, y, pool);
   if (!stageable(c)) return conv_depthwise_generic(c, x, w, bias, act_lo, act_hi, y, pool);
   const int64_t mult = c.Og(), plane = c.HO * c.WO, np = stage_positions(c), nout = round_chunk(c.WO);
   pool->parallel_for(c.N * c.O, plane_grain(plane * c.KH * c.KW), [&](int64_t p0, int64_t p1) {
@@ -583,6 +696,7 @@ void grad_input_depthwise_generic(const Conv& c, const float* dy, const float* w
 // mask: null, or zeroes dx elements (index = dx's own row-major index) as each dx row is cropped.
 void grad_input_depthwise(const Conv& c, const float* dy, const float* w, const OutputMask* mask, float* dx,
                           ThreadPool* pool) {
+  if (channel_blockable(c)) return grad_input_depthwise_channels(c, dy, w, mask, dx, pool);
   if (!stageable(c)) return grad_input_depthwise_generic(c, dy, w, mask, dx, pool);
   const int64_t mult = c.Og(), plane = c.H * c.W, oplane = c.HO * c.WO, np = scatter_positions(c);
   // Each dx row gathers its contributions in a phase-split padded buffer (tap (i, j) of output
