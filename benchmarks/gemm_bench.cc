@@ -1,14 +1,18 @@
-// GEMM benchmark: the built-in packed kernel (sgemm_own) against OpenBLAS (cblas_sgemm through
-// sgemm) on the shapes the CNN/transformer kernels produce, at 1 and 2 threads, plus a check that
-// each agrees with a float64 reference and gives bit-identical results at 1 and 2 threads.
-// Not a test; not built by CMake. Build and run from the repository root:
+// GEMM benchmark: the built-in packed kernel (sgemm_own) against the GEMM library the build
+// linked (MKL or OpenBLAS: sgemm_library, cmake/gemm.cmake) on the shapes training produces — the
+// text model's linear layers and their backward products in every transpose combination, an M
+// sweep, the CNN's 1x1 convolutions, tiny products (where sgemm routes to the built-in kernel) and
+// 1024^3 — at 1 and 2 threads, as GFLOP/s and as % of the machine's measured FMA peak (a
+// register-only multiply-add loop), plus a check that each agrees with a float64 reference and
+// gives bit-identical results at 1 and 2 threads. Not a test. Build and run:
 //
-//   g++ -O3 -march=native -std=c++17 -DEDGETUNE_HAVE_OPENBLAS -Icsrc benchmarks/gemm_bench.cc
-//       csrc/kernels/cpu/gemm.cc csrc/core/thread_pool.cc -lopenblas -lpthread -o build/gemm_bench
-//   build/gemm_bench [quick] [SUBSTRING]   all shapes, or those whose name contains SUBSTRING;
-//                                         quick = shorter timing runs
+//   cmake --build build/dev-NAME --target edgetune-gemm-bench     (csrc/dev-build.sh NAME first)
+//   build/dev-NAME/csrc/edgetune-gemm-bench [quick] [SUBSTRING]   all shapes, or those whose name
+//                                                                 contains SUBSTRING
 //
-// Without -DEDGETUNE_HAVE_OPENBLAS / -lopenblas it measures the built-in kernel alone.
+// The library is whichever the build chose (EDGETUNE_BLAS=AUTO|MKL|OPENBLAS); an OWN build
+// measures the built-in kernel alone. To compare OpenBLAS too, build a tree with
+// -DEDGETUNE_BLAS=OPENBLAS.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -31,27 +35,54 @@ struct Shape {
 };
 
 // Conv shapes are per image in NCHW: C[O, HW] = W[O, C*kh*kw] @ col[C*kh*kw, HW].
+// Text model (MiniLM, 256 tokens = batch 32 x seq 8): linear y = x W^T is NT [256, in] x [out, in];
+// its grad-input dy W is NN; its grad-weight dy^T x is TN [out, tok] x [tok, in].
 const Shape kShapes[] = {
-    {"square 512", false, false, 512, 512, 512},
-    {"square 1024", false, false, 1024, 1024, 1024},
+    {"tiny 1x1x1", false, false, 1, 1, 1},
+    {"tiny 3x3x3", false, false, 3, 3, 3},
+    {"tiny 8x8x8", false, false, 8, 8, 8},
+    {"tiny 17x17x17", false, false, 17, 17, 17},
+    {"tiny 16x64x16", false, false, 16, 64, 16},
+    {"small 32x32x32", false, false, 32, 32, 32},
+    {"small 64x64x64", false, false, 64, 64, 64},
+    {"M sweep 32 x384x384 NT", false, true, 32, 384, 384},
+    {"M sweep 64 x384x384 NT", false, true, 64, 384, 384},
+    {"M sweep 128 x384x384 NT", false, true, 128, 384, 384},
+    {"M sweep 512 x384x384 NT", false, true, 512, 384, 384},
+    {"M sweep 32 x1536x384 NT", false, true, 32, 1536, 384},
+    {"M sweep 128 x1536x384 NT", false, true, 128, 1536, 384},
+    {"M sweep 512 x1536x384 NT", false, true, 512, 1536, 384},
+    {"text 256x384x384 NN", false, false, 256, 384, 384},
+    {"text 256x384x384 NT", false, true, 256, 384, 384},
+    {"text 256x384x384 TN", true, false, 256, 384, 384},
+    {"text 256x384x384 TT", true, true, 256, 384, 384},
+    {"text 256x1536x384 NN", false, false, 256, 1536, 384},
+    {"text 256x1536x384 NT", false, true, 256, 1536, 384},
+    {"text 256x1536x384 TN", true, false, 256, 1536, 384},
+    {"text 256x1536x384 TT", true, true, 256, 1536, 384},
+    {"text 256x384x1536 NN", false, false, 256, 384, 1536},
+    {"text 256x384x1536 NT", false, true, 256, 384, 1536},
+    {"text 256x384x1536 TN", true, false, 256, 384, 1536},
+    {"text 256x384x1536 TT", true, true, 256, 384, 1536},
+    {"text dW 384x384 over 256 TN", true, false, 384, 384, 256},
+    {"text dW 1536x384 over 256 TN", true, false, 1536, 384, 256},
+    {"text dW 384x1536 over 256 TN", true, false, 384, 1536, 256},
+    {"attn scores 8x8x32 NT (per head)", false, true, 8, 8, 32},
+    {"1x1 conv 1280x512x320", false, false, 1280, 512, 320},
+    {"1x1 conv head 320->1280 @1x1 (N=1)", false, false, 1280, 1, 320},
+    {"1x1 conv 320->1280 @4x4 (N=16)", false, false, 1280, 16, 320},
+    {"1x1 conv grad_input 320x16 from 1280 (TN)", true, false, 320, 16, 1280},
     {"MBv2 1x1 expand 16->96 @112x112", false, false, 96, 12544, 16},
     {"MBv2 1x1 project 144->24 @56x56", false, false, 24, 3136, 144},
-    {"MBv2 1x1 expand 24->144 @56x56", false, false, 144, 3136, 24},
-    {"MBv2 1x1 project 192->32 @28x28", false, false, 32, 784, 192},
     {"MBv2 1x1 expand 64->384 @14x14", false, false, 384, 196, 64},
     {"MBv2 1x1 project 960->320 @7x7", false, false, 320, 49, 960},
-    {"MBv2 1x1 last 320->1280 @7x7", false, false, 1280, 49, 320},
-    {"NHWC-style batch 8x56x56, 144->24", false, true, 25088, 24, 144},
-    {"NHWC-style batch 8x56x56, 24->144", false, true, 25088, 144, 24},
     {"ResNet 3x3 64->64 @56x56 (K=576)", false, false, 64, 3136, 576},
-    {"ResNet 3x3 128->128 @28x28", false, false, 128, 784, 1152},
     {"ResNet 3x3 256->256 @14x14", false, false, 256, 196, 2304},
     {"conv grad_weight 64x576 over 3136 (NT)", false, true, 64, 576, 3136},
     {"conv grad_input 576x3136 from 64 (TN)", true, false, 576, 3136, 64},
-    {"linear 1024 tok 384->384 (NT)", false, true, 1024, 384, 384},
-    {"linear 1024 tok 384->1536 (NT)", false, true, 1024, 1536, 384},
-    {"linear dW 384x1536 over 1024 (TN)", true, false, 384, 1536, 1024},
     {"linear batch 8 1280->1000 (NT)", false, true, 8, 1000, 1280},
+    {"square 512", false, false, 512, 512, 512},
+    {"square 1024", false, false, 1024, 1024, 1024},
 };
 
 using GemmFn = void (*)(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t,
@@ -61,11 +92,55 @@ void run_own(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, con
              const float* B, int64_t ldb, float beta, float* C, int64_t ldc, ThreadPool* pool) {
   sgemm_own(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, pool);
 }
-#ifdef EDGETUNE_HAVE_OPENBLAS
-void run_openblas(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
-                  const float* B, int64_t ldb, float beta, float* C, int64_t ldc, ThreadPool* pool) {
-  sgemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, pool);
+void run_library(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                 const float* B, int64_t ldb, float beta, float* C, int64_t ldc, ThreadPool* pool) {
+  sgemm_library(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, pool);
 }
+
+// The machine's single-precision FMA peak in GFLOP/s on `pool`'s threads: independent vector
+// multiply-adds in registers (no memory traffic), the ceiling no GEMM can pass.
+#if defined(__GNUC__) || defined(__clang__)
+#if defined(__AVX512F__)
+constexpr int kPeakVec = 16;
+#elif defined(__AVX__)
+constexpr int kPeakVec = 8;
+#else
+constexpr int kPeakVec = 4;
+#endif
+typedef float PeakVec __attribute__((vector_size(kPeakVec * sizeof(float))));
+__attribute__((noinline)) float fma_loop(int64_t iters, float seed) {
+  constexpr int kAcc = 12;  // > FMA latency x ports (4 x 2): every FMA unit busy every cycle
+  PeakVec acc[kAcc];
+  for (int i = 0; i < kAcc; ++i) acc[i] = PeakVec{} + seed * (i + 1);
+  const PeakVec m = PeakVec{} + 0.999999f, a = PeakVec{} + 1e-7f;
+  for (int64_t it = 0; it < iters; ++it) {
+#pragma GCC unroll 12
+    for (int i = 0; i < kAcc; ++i) acc[i] = acc[i] * m + a;
+  }
+  float s = 0;
+  for (int i = 0; i < kAcc; ++i) s += acc[i][0];
+  return s;
+}
+
+double measured_peak_gflops(ThreadPool& pool, double budget) {
+  const int64_t iters = 2'000'000;
+  const double flops_per_thread = 2.0 * 12 * kPeakVec * iters;
+  double best = 0;
+  auto start = std::chrono::steady_clock::now();
+  volatile float sink = 0;
+  for (int rep = 0;; ++rep) {
+    auto t0 = std::chrono::steady_clock::now();
+    pool.parallel_for(pool.num_threads(), 1, [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t) sink = sink + fma_loop(iters, 1.0f + t);
+    });
+    auto t1 = std::chrono::steady_clock::now();
+    best = std::max(best, flops_per_thread * pool.num_threads() / std::chrono::duration<double>(t1 - t0).count());
+    if (std::chrono::duration<double>(t1 - start).count() > budget && rep >= 3) break;
+  }
+  return best * 1e-9;
+}
+#else
+double measured_peak_gflops(ThreadPool&, double) { return 0; }
 #endif
 
 struct Operands {
@@ -135,11 +210,11 @@ int main(int argc, char** argv) {
     GemmFn fn;
   };
   std::vector<Impl> impls = {{"own", &run_own}};
-#ifdef EDGETUNE_HAVE_OPENBLAS
-  impls.push_back({"openblas", &run_openblas});
-#endif
-  std::printf("%-42s %6s %6s %5s | %-9s %8s %8s %9s %9s\n", "shape", "M", "N", "K", "impl", "1T GF/s", "2T GF/s",
-              "rel.err", "1T==2T");
+  if (sgemm_has_library()) impls.push_back({sgemm_backend(), &run_library});
+  const double peak1 = measured_peak_gflops(one, 0.5), peak2 = measured_peak_gflops(two, 0.5);
+  std::printf("library: %s; measured FMA peak %.0f GFLOP/s on 1 thread, %.0f on 2\n", sgemm_backend(), peak1, peak2);
+  std::printf("%-42s %5s %5s %5s | %-8s %8s %8s %6s %9s %6s\n", "shape", "M", "N", "K", "impl", "1T GF/s",
+              "2T GF/s", "2T %pk", "rel.err", "1T==2T");
   for (const Shape& s : kShapes) {
     if (!filter.empty() && std::string(s.what).find(filter) == std::string::npos) continue;
     Operands o = make(s, rng);
@@ -149,9 +224,10 @@ int main(int argc, char** argv) {
       const double t1 = seconds_per_call(im.fn, s, o, c1, &one, budget);
       const double t2 = seconds_per_call(im.fn, s, o, c2, &two, budget);
       const bool same = std::memcmp(c1.data(), c2.data(), c1.size() * sizeof(float)) == 0;
-      std::printf("%-42s %6lld %6lld %5lld | %-9s %8.1f %8.1f %9.2e %9s\n", s.what, (long long)s.M, (long long)s.N,
-                  (long long)s.K, im.name, flops / t1 * 1e-9, flops / t2 * 1e-9, max_rel_error(s, o, c1),
-                  same ? "yes" : "NO");
+      const double g2 = flops / t2 * 1e-9;
+      std::printf("%-42s %5lld %5lld %5lld | %-8s %8.1f %8.1f %5.0f%% %9.2e %6s\n", s.what, (long long)s.M,
+                  (long long)s.N, (long long)s.K, im.name, flops / t1 * 1e-9, g2, peak2 > 0 ? 100 * g2 / peak2 : 0.0,
+                  max_rel_error(s, o, c1), same ? "yes" : "NO");
     }
   }
   return 0;

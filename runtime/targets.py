@@ -4,7 +4,11 @@
 which kernels the backend registers, each kernel's `check` and `workspace` for a node (the very
 functions the plan loader calls, so planner and runtime agree to the byte), and a timing of a
 kernel on this machine. Its cost model is the CPU roofline of compiler/analysis/cost_model.py at
-the rates of the architecture being compiled for.
+the rates of the architecture being compiled for. The ".own" GEMM variants (matmul.own, linear.own:
+the built-in GEMM where the op-named kernel uses the build's GEMM library) are offered only when
+the target has a library — this build's (`gemm_backend`) when compiling for this machine; none
+for another architecture (aarch64 builds use the built-in kernel) — since otherwise they are the
+very same code as the op-named kernel.
 
 `CudaTarget` describes the cuda backend (csrc/kernels/cuda/). Its kernels' check and workspace
 functions are host code, so a module built with CUDA answers them on a machine with no GPU: a
@@ -58,6 +62,11 @@ class NativeTarget(Target):
         # another architecture's kernels cannot be timed here; the cost model ranks them
         self.can_measure = self.arch == host_arch()
         self._kernels = list(module.kernel_names(name))
+        # the GEMM library the op-named kernels run on the target ("mkl", "openblas", or None)
+        backend = getattr(module, "gemm_backend", "own")
+        self.gemm_library = backend if self.arch == host_arch() and backend != "own" else None
+        if self.gemm_library is None:
+            self._kernels = [k for k in self._kernels if not k.endswith(".own")]
         self._rates = RATES_BY_ARCH[self.arch]
         self._cache_key: str | None = None
 
@@ -72,7 +81,7 @@ class NativeTarget(Target):
             raise KernelRejected(str(native_error(e))) from None
 
     def estimated_seconds(self, kernel: str, node: Node) -> float:
-        return estimated_seconds(node, kernel, self._rates)
+        return estimated_seconds(node, kernel, self._rates, self.gemm_library)
 
     def measured_seconds(self, kernel: str, node: Node, threads: int) -> float:
         ins, outs = _specs(node)

@@ -4,7 +4,8 @@ to rank an op's kernels when they cannot (or are not asked to) measure them.
 Multiply-adds at a per-variant efficiency of the target's GEMM rate, plus the bytes each variant
 moves at the target's bandwidth. The rates were measured on the development machine (x86-64
 AVX-512, own GEMM) and scaled for aarch64 (NEON) from its GEMM peak; they rank candidates, they do
-not predict absolute time. Only convolutions have several kernels today; every other op costs 0.
+not predict absolute time. Convolutions and the GEMM ops (matmul, linear: the default kernel on the
+build's GEMM library, ".own" on the built-in kernel) have several kernels; every other op costs 0.
 """
 
 from __future__ import annotations
@@ -39,6 +40,14 @@ POINTWISE_EFFICIENCY = 0.85
 NARROW_GEMM_COLUMNS = 64
 PACK_COLUMNS = 256
 
+# The GEMM library a build may link (cmake/gemm.cmake; the module's gemm_backend) relative to the
+# built-in kernel on the training shapes, for ranking matmul / linear (library) against
+# matmul.own / linear.own. MKL: benchmarks/gemm_bench.cc on an Intel Xeon (AVX-512), text-model
+# and 1x1-conv shapes, 1.1-1.3x and more on skinny products; OpenBLAS 0.3.21 measured 1.6-1.9x
+# slower than the built-in kernel on AVX-512 machines. A library not listed counts as the own kernel.
+LIBRARY_GEMM_SPEEDUP = {"mkl": 1.2, "openblas": 0.6}
+GEMM_OPS = ("matmul", "linear")
+
 
 def _narrow(cols: int) -> float:
     return cols / (cols + NARROW_GEMM_COLUMNS)
@@ -56,10 +65,35 @@ def _conv_geometry(node: Node):
     return x[0], x[1], w[0], w[2], w[3], y[2], y[3], int(a.get("groups", 1))
 
 
-def estimated_seconds(node: Node, kernel: str, rates: TargetRates) -> float:
+def _gemm_op_seconds(node: Node, variant: str | None, rates: TargetRates, gemm_library: str | None) -> float:
+    """matmul / linear: multiply-adds at the own or the library GEMM rate, plus operand traffic."""
+    if variant not in (None, "own"):
+        return float("inf")
+    x, w, out = node.inputs[0].shape, node.inputs[1].shape, node.outputs[0].shape
+    k = x[-1] if x else 1
+    macs = k
+    for d in out:
+        macs *= d
+    moved = 4 * (sum(_numel(v.shape) for v in node.inputs[:2]) + _numel(out))
+    speedup = LIBRARY_GEMM_SPEEDUP.get(gemm_library or "own", 1.0) if variant is None else 1.0
+    return 2 * macs / (rates.gemm_gflops * 1e9 * speedup) + moved / (rates.bandwidth_gbs * 1e9)
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def estimated_seconds(node: Node, kernel: str, rates: TargetRates, gemm_library: str | None = None) -> float:
+    """Seconds `kernel` takes on `node`, for ranking. gemm_library: the GEMM library of the build
+    that will run it ("mkl", "openblas"; None or "own": none), which the op-named GEMM kernels use."""
     variant = kernel.split(".", 1)[1] if "." in kernel else None
+    if node.op in GEMM_OPS:
+        return _gemm_op_seconds(node, variant, rates, gemm_library)
     if not node.op.startswith("conv2d"):
-        return 0.0  # one implementation per op outside convolution today
+        return 0.0  # one implementation per op outside convolution and GEMM today
     n, c, o, kh, kw, ho, wo, groups = _conv_geometry(node)
     macs = n * o * ho * wo * (c // groups) * kh * kw
     out_bytes = 4 * n * o * ho * wo

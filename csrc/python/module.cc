@@ -26,6 +26,7 @@
 #include "core/kernel.h"
 #include "core/runtime.h"
 #include "core/status.h"
+#include "kernels/cpu/gemm.h"
 #include "plan_generated.h"  // the section names of the plan schema (csrc/schema/plan.fbs)
 
 namespace py = pybind11;
@@ -528,9 +529,7 @@ PYBIND11_MODULE(_native, m) {
                              "the device in words ('host memory', or the GPU's name and properties)")
       .def_property_readonly("num_nodes", [](PyRuntime& r) { return r.rt().num_nodes(); })
       .def_property_readonly("model", [](PyRuntime& r) { return r.rt().model_label(); });
-#ifdef EDGETUNE_HAVE_OPENBLAS
-  m.attr("gemm_backend") = "openblas";
-#else
-  m.attr("gemm_backend") = "own";
-#endif
+  // the GEMM library the op-named kernels (matmul, linear, conv2d, ...) use: "mkl", "openblas" or
+  // "own" (the built-in kernel, which the ".own" variants always use); cmake/gemm.cmake chose it
+  m.attr("gemm_backend") = sgemm_backend();
 }

@@ -1,4 +1,5 @@
-// sgemm: OpenBLAS when the build has it, and the built-in packed kernel (sgemm_own) always.
+// sgemm: the GEMM library when the build has one (MKL or OpenBLAS), and the built-in packed
+// kernel (sgemm_own) always.
 //
 // The built-in kernel is the classic GotoBLAS/BLIS structure, sized so that its packing buffers
 // fit on a thread's stack (no heap; no thread_local either, which a dlopen'ed module allocates):
@@ -31,8 +32,12 @@
 #include <immintrin.h>
 #endif
 
-#ifdef EDGETUNE_HAVE_OPENBLAS
+#if defined(EDGETUNE_HAVE_MKL)
+#include <mkl_cblas.h>
+#define ET_HAVE_CBLAS 1
+#elif defined(EDGETUNE_HAVE_OPENBLAS)
 #include <cblas.h>
+#define ET_HAVE_CBLAS 1
 #endif
 
 namespace edgetune {
@@ -384,17 +389,21 @@ void sgemm_own(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, floa
   }
 }
 
-#ifdef EDGETUNE_HAVE_OPENBLAS
-// OpenBLAS's own threading changes results with its thread count (measured with 0.3.21: ~5% of
-// the elements of a 512^3 product differ, up to 8e-4 relative, between 1 and 2 threads), which
-// would break "N threads == 1 thread". So OpenBLAS always runs single-threaded, and sgemm threads
-// it itself: C is cut into tiles chosen from the shape alone, each tile one cblas_sgemm call,
-// tiles spread over the pool. A tile's result never depends on which thread computes it.
+#ifdef ET_HAVE_CBLAS
+// A library's own threading changes results with its thread count (measured with OpenBLAS
+// 0.3.21: ~5% of the elements of a 512^3 product differ, up to 8e-4 relative, between 1 and 2
+// threads), which would break "N threads == 1 thread". So the library always runs single-threaded
+// (MKL: the sequential layer is what the build links; OpenBLAS: openblas_set_num_threads(1)), and
+// sgemm threads it itself: C is cut into tiles chosen from the shape alone, each tile one
+// cblas_sgemm call, tiles spread over the pool. A tile's result never depends on which thread
+// computes it.
 namespace {
 
-// Smallest tile worth its own cblas call (multiply-adds), and the most tiles one product is cut into.
-constexpr int64_t kBlasTileMacs = int64_t{1} << 19;
-constexpr int64_t kBlasMaxTiles = 16;
+// Smallest tile worth its own cblas call (multiply-adds), and the most tiles one product is cut
+// into. Each call re-packs its panels, so tiles are kept large: with MKL on 2 threads (Intel Xeon,
+// the text model's 256x384x384 .. 256x1536x384 products) 2^21 / 8 ran 1.2-1.8x faster than 2^19 / 16.
+constexpr int64_t kBlasTileMacs = int64_t{1} << 21;
+constexpr int64_t kBlasMaxTiles = 8;
 
 void blas_call(const Gemm& g, int64_t i0, int64_t m, int64_t j0, int64_t n) {
   const float* a = g.ta ? g.A + i0 : g.A + i0 * g.lda;
@@ -412,19 +421,22 @@ void blas_call(const Gemm& g, int64_t i0, int64_t m, int64_t j0, int64_t n) {
 
 }  // namespace
 
-void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
-           const float* B, int64_t ldb, float beta, float* C, int64_t ldc, ThreadPool* pool, GemmBias bias) {
+void sgemm_library(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                   int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc, ThreadPool* pool,
+                   GemmBias bias) {
   if (M <= 0 || N <= 0) return;
-  if (K <= 0) {  // cblas wants lda >= 1 even then; the own kernel just scales C
+  if (K <= 0 || alpha == 0.0f) {  // cblas wants lda >= 1 even then; the own kernel just scales C
     sgemm_own(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, nullptr, bias);
     return;
   }
+#ifdef EDGETUNE_HAVE_OPENBLAS
   // Once per process, thread-safe (function-local static): OpenBLAS computes on the caller's thread.
   static const bool single_threaded = [] {
     openblas_set_num_threads(1);
     return true;
   }();
   (void)single_threaded;
+#endif
   const Gemm g{trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias};
   // Tiles: halve the longer side (in units of work) until there are enough tiles or they get small.
   int64_t tm = 1, tn = 1;
@@ -450,14 +462,34 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float al
   }
 }
 
+// The library on every shape: on the Xeon it measured as fast or faster than the built-in kernel
+// down to 8x8x8 (gemm_bench's "tiny" rows); where it does not win on some machine, the kernel
+// selection pass picks the ".own" variant for that node.
+void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+           const float* B, int64_t ldb, float beta, float* C, int64_t ldc, ThreadPool* pool, GemmBias bias) {
+  sgemm_library(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, pool, bias);
+}
+
+#if defined(EDGETUNE_HAVE_MKL)
+const char* sgemm_backend() { return "mkl"; }
+#else
 const char* sgemm_backend() { return "openblas"; }
+#endif
+bool sgemm_has_library() { return true; }
 #else
 void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
            const float* B, int64_t ldb, float beta, float* C, int64_t ldc, ThreadPool* pool, GemmBias bias) {
   sgemm_own(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, pool, bias);
 }
 
+void sgemm_library(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                   int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc, ThreadPool* pool,
+                   GemmBias bias) {
+  sgemm_own(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, pool, bias);
+}
+
 const char* sgemm_backend() { return "own"; }
+bool sgemm_has_library() { return false; }
 #endif
 
 // ---- epilogue helpers ---------------------------------------------------------------------------

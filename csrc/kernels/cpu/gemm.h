@@ -1,17 +1,21 @@
 // Single-precision GEMM for the CPU kernels: one row-major entry point, two implementations.
 //
-//   sgemm      what the kernels call: OpenBLAS's cblas_sgemm when the build found OpenBLAS
-//              (EDGETUNE_HAVE_OPENBLAS), otherwise the built-in packed kernel below. OpenBLAS is
-//              kept single-threaded and sgemm spreads tiles of C over the pool itself (OpenBLAS's
-//              own threading gives thread-count-dependent results).
+//   sgemm      what the kernels call: the GEMM library the build linked (cmake/gemm.cmake,
+//              EDGETUNE_BLAS: Intel MKL under EDGETUNE_HAVE_MKL, OpenBLAS under
+//              EDGETUNE_HAVE_OPENBLAS), otherwise the built-in packed kernel below. The library is
+//              always run single-threaded (MKL's sequential layer; openblas_set_num_threads(1))
+//              and sgemm spreads tiles of C over the pool itself (a library's own threading gives
+//              thread-count-dependent results).
 //   sgemm_own  the built-in kernel (gemm.cc): packed A/B panels in stack buffers, a
 //              register-blocked micro-kernel written with GCC/Clang vector extensions so the
-//              same source becomes AVX-512, AVX2 or NEON code; compiled in every build, so the
-//              benchmark (benchmarks/gemm_bench.cc) can compare both in one binary. It is what
-//              the aarch64 build (-DEDGETUNE_BLAS=OWN) uses.
+//              same source becomes AVX-512, AVX2 or NEON code; compiled in every build. It is
+//              what builds without a library use (aarch64, -DEDGETUNE_BLAS=OWN), and what the
+//              ".own" kernel variants (matmul.own, linear.own) call, so the kernel-selection
+//              pass can time it against the library per node. benchmarks/gemm_bench.cc compares
+//              both in one binary.
 //
-// Both are allocation-free at call time (OpenBLAS's internal buffer pool is set up on first use)
-// and deterministic: every element of C is summed over K in an order fixed by the shape, never
+// Both are allocation-free once warm (the libraries set up their internal buffer pools on a
+// thread's first call and keep them) and deterministic: every element of C is summed over K in an order fixed by the shape, never
 // by the thread count, so 1 and N threads give identical results.
 //
 // The epilogue (GemmBias) is what the kernels fuse into the write of C instead of a separate
@@ -55,7 +59,7 @@ struct OutputMask {
 //          stays NaN, as np.maximum / np.clip keep it.
 //   mask   once C is final: element (i, j) of C is element mask_index + i * ldc + j of the
 //          tensor `mask` describes (so a C that is a block of a bigger output says where).
-// Fused into the own kernel's register write-back; with OpenBLAS the bias is written before the
+// Fused into the own kernel's register write-back; with a library the bias is written before the
 // product and clamp/mask run over each tile right after it, while the tile is still in cache.
 // Every field has a default, so `GemmBias b; b.row = ...` and `GemmBias{row, col}` keep working.
 struct GemmBias {
@@ -84,8 +88,16 @@ void sgemm_own(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, floa
                int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc, ThreadPool* pool,
                GemmBias bias = {});
 
-// "openblas" or "own": what sgemm runs in this build.
+// sgemm's library path by name, same contract (today sgemm is exactly this); sgemm_own when the
+// build has no library. For benchmarks and tests that want "the library" whatever sgemm routes.
+void sgemm_library(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                   int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc, ThreadPool* pool,
+                   GemmBias bias = {});
+
+// "mkl", "openblas" or "own": the library sgemm runs in this build.
 const char* sgemm_backend();
+// true when sgemm calls a library (sgemm_backend() is not "own")
+bool sgemm_has_library();
 
 // ---- reading the epilogue attrs and inputs (the kernels' check and run both call these) ------
 // Inline here rather than in gemm.cc, so that gemm.cc needs nothing of the runtime core beyond

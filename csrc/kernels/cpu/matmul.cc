@@ -13,6 +13,12 @@
 //       the f32 activation output with attrs mask_min / mask_max (the backward of the activation
 //       that produced the next layer's input: linear's grad-input product carries it).
 //   linear(x, w[, b], activation=..)   relu / hardtanh(act_min, act_max) applied after the bias.
+//
+// Kernels: "matmul" and "linear" call sgemm, i.e. the GEMM library when the build has one (MKL,
+// OpenBLAS: cmake/gemm.cmake); "matmul.own" and "linear.own" are the same kernels on the built-in
+// GEMM (sgemm_own), so the kernel-selection pass can time both per node and pin the faster one
+// (the library wins on large products, the built-in kernel can on small or skinny ones). Without
+// a library both names run the built-in kernel. Same checks, no workspace.
 #include <algorithm>
 #include <string>
 
@@ -22,6 +28,10 @@
 
 namespace edgetune {
 namespace {
+
+// sgemm or sgemm_own: which GEMM a kernel runs on (same signature and contract, gemm.h)
+using GemmFn = void (*)(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t,
+                        float, float*, int64_t, ThreadPool*, GemmBias);
 
 // Below this many multiply-adds per product, batches run in parallel rather than each GEMM threaded.
 constexpr int64_t kSmallGemmMacs = int64_t{1} << 20;
@@ -50,6 +60,7 @@ Status matmul_check(const KernelArgs& a) {
   return read_output_mask(a, 2, out, "matmul", &mask);
 }
 
+template <GemmFn gemm>
 Status matmul_run(const KernelArgs& a) {
   const TensorView &x = a.in(0), &y = a.in(1), &out = a.out(0);
   const int64_t M = x.dim(-2), K = x.dim(-1), N = y.dim(-1);
@@ -68,7 +79,7 @@ Status matmul_run(const KernelArgs& a) {
     int64_t x_batch = 1;
     for (int d = 0; d < x.rank - 2; ++d) x_batch *= x.shape[d];
     if (x_batch == batch) {
-      sgemm(false, false, batch * M, N, K, 1.0f, xp, K, yp, N, 0.0f, op, N, a.pool, ep);
+      gemm(false, false, batch * M, N, K, 1.0f, xp, K, yp, N, 0.0f, op, N, a.pool, ep);
       return Status::Ok();
     }
   }
@@ -86,7 +97,7 @@ Status matmul_run(const KernelArgs& a) {
     }
     GemmBias eb = ep;
     eb.mask_index = b * M * N;
-    sgemm(false, false, M, N, K, 1.0f, xp + xo, K, yp + yo, N, 0.0f, op + b * M * N, N, pool, eb);
+    gemm(false, false, M, N, K, 1.0f, xp + xo, K, yp + yo, N, 0.0f, op + b * M * N, N, pool, eb);
   };
   if (M * N * K < kSmallGemmMacs && a.pool && a.pool->num_threads() > 1) {
     a.pool->parallel_for(batch, 1, [&](int64_t b0, int64_t b1) {
@@ -116,6 +127,7 @@ Status linear_check(const KernelArgs& a) {
   return Status::Ok();
 }
 
+template <GemmFn gemm>
 Status linear_run(const KernelArgs& a) {
   const TensorView &x = a.in(0), &w = a.in(1), &out = a.out(0);
   const int64_t in = w.shape[1], outf = w.shape[0];
@@ -125,15 +137,17 @@ Status linear_run(const KernelArgs& a) {
   GemmBias bias;
   if (a.num_inputs == 3) bias.col = a.in(2).as<float>();  // added in the GEMM's write-back
   ET_RETURN_IF_ERROR(read_activation(a.attr(), "linear", &bias.clamp_lo, &bias.clamp_hi));  // then clamped there
-  sgemm(false, true, rows, outf, in, 1.0f, x.as<float>(), in, w.as<float>(), in, 0.0f, y, outf, a.pool, bias);
+  gemm(false, true, rows, outf, in, 1.0f, x.as<float>(), in, w.as<float>(), in, 0.0f, y, outf, a.pool, bias);
   return Status::Ok();
 }
 
 }  // namespace
 
 void register_matmul_kernels(KernelRegistry& r) {
-  r.add({"matmul", "matmul", matmul_check, nullptr, matmul_run});
-  r.add({"linear", "linear", linear_check, nullptr, linear_run});
+  r.add({"matmul", "matmul", matmul_check, nullptr, matmul_run<&sgemm>});
+  r.add({"linear", "linear", linear_check, nullptr, linear_run<&sgemm>});
+  r.add({"matmul", "matmul.own", matmul_check, nullptr, matmul_run<&sgemm_own>});
+  r.add({"linear", "linear.own", linear_check, nullptr, linear_run<&sgemm_own>});
 }
 
 }  // namespace edgetune

@@ -236,6 +236,10 @@ Status linear_run(const KernelArgs& a) {
 void register_matmul_kernels(KernelRegistry& r) {
   add_like_cpu(r, "matmul", "matmul", &matmul_workspace, &matmul_run);
   add_like_cpu(r, "linear", "linear", &linear_workspace, &linear_run);
+  // the cpu's ".own" variants (built-in GEMM instead of the library) mean nothing on a GPU: the
+  // same cuBLAS kernels, registered so a plan compiled for cpu loads on cuda (registry parity)
+  add_like_cpu(r, "matmul", "matmul.own", &matmul_workspace, &matmul_run);
+  add_like_cpu(r, "linear", "linear.own", &linear_workspace, &linear_run);
 }
 
 }  // namespace cuda
