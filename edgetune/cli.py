@@ -6,6 +6,8 @@
                        needs the `examples` extra); `python -m edgetune` with no arguments runs it
     edgetune demo      compile a zoo model with a sparse spec and train it a few steps
     edgetune bench     time and memory per step against PyTorch, ONNX Runtime and TVM
+    edgetune op-profile  edgetune's per-op profile beside torch.profiler on the same training step,
+                       by op family, with GFLOP/s against the sgemm peak (benchmarks/op_profile.py)
     edgetune compile   compile a zoo model or an ONNX file: summary, memory plan, and the plan
                        file (-o x.etp), a training binary with the plan inside (-o DIR
                        --emit-binary) or the text IR (-o x.etir)
@@ -185,6 +187,12 @@ def cmd_bench(argv: list[str]) -> int:
     return bench_main(argv)
 
 
+def cmd_op_profile(argv: list[str]) -> int:
+    """`edgetune op-profile ...`: per-op families, edgetune vs torch.profiler (benchmarks/op_profile.py)."""
+    from .benchmarks.op_profile import main as op_profile_main
+    return op_profile_main(argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .compiler.passes.pipeline import DEFAULT_OPT_LEVEL, PASS_NAMES
     try:  # the zoo is plain torch; help and plan-file work must not need torch installed
@@ -226,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--save", help="write the trained weights to this .safetensors file")
     sub.add_parser("bench", help="time and memory per step against PyTorch, ONNX Runtime and TVM "
                    "(benchmarks/bench.py; `edgetune bench --help`)")
+    sub.add_parser("op-profile", help="edgetune's per-op profile beside torch.profiler on the same step, by op "
+                   "family, GFLOP/s vs the sgemm peak (benchmarks/op_profile.py; `edgetune op-profile --help`)")
     comp = sub.add_parser("compile", help="compile and write a plan file, a training binary or the text IR")
     common(comp)
     comp.add_argument("source", nargs="?", help="an ONNX file to compile (default: the zoo model --model)")
@@ -242,6 +252,13 @@ def main(argv: list[str] | None = None) -> int:
         from .compiler.errors import EdgetuneError
         try:
             return cmd_bench(argv[1:])
+        except EdgetuneError as e:
+            console.print(f"[bold red]error:[/bold red] {e}", markup=True, highlight=False)
+            return 2
+    if argv and argv[0] == "op-profile":  # parses its own flags
+        from .compiler.errors import EdgetuneError
+        try:
+            return cmd_op_profile(argv[1:])
         except EdgetuneError as e:
             console.print(f"[bold red]error:[/bold red] {e}", markup=True, highlight=False)
             return 2
