@@ -426,7 +426,7 @@ void taps_row(float* out, int64_t n, float b, const float* const* src, const flo
 // channel) the kernel works channels-last inside: a block of kChannelBlock channels of one image
 // is transposed into a stack buffer [H*W][block], every tap is then one vector loop over the
 // block's channels, and the result is transposed back (masked / clamped on the way). Each output
-// still sums its taps in (i, j) order from the bias, as the row path does.
+// still sums its taps in (i, j) order from the bias, as the row path does. grad_weight below.
 
 constexpr int64_t kChannelBlock = 64;
 
@@ -877,7 +877,49 @@ void grad_weight_depthwise_generic(const Conv& c, const float* dy, const float* 
   });
 }
 
+// Small maps, channels-last blocks (see conv_depthwise_channels): one task per block of channels,
+// so each weight's sum over the batch stays on one thread, in order. Per image the products
+// gather in float lanes (at most H*W*taps of them per lane), then join double sums.
+void grad_weight_depthwise_channels(const Conv& c, const float* dy, const float* x, float* dw, ThreadPool* pool) {
+  const int64_t plane = c.H * c.W, oplane = c.HO * c.WO, taps = c.KH * c.KW;
+  pool->parallel_for(channel_blocks(c), 1, [&](int64_t b0, int64_t b1) {
+    alignas(64) float xt[kStageFloats];
+    alignas(64) float dyt[kStageFloats];
+    alignas(64) float lanes[kMaxTaps * kChannelBlock];
+    double sums[kMaxTaps * kChannelBlock];
+    for (int64_t block = b0; block < b1; ++block) {
+      const int64_t c0 = block * kChannelBlock, cb = std::min(kChannelBlock, c.C - c0);
+      std::fill(sums, sums + taps * kChannelBlock, 0.0);
+      for (int64_t n = 0; n < c.N; ++n) {
+        to_channels_last(x + n * c.C * plane, c0, cb, plane, xt);
+        to_channels_last(dy + n * c.O * oplane, c0, cb, oplane, dyt);
+        std::fill(lanes, lanes + taps * kChannelBlock, 0.0f);
+        for (int64_t oh = 0; oh < c.HO; ++oh) {
+          for (int64_t ow = 0; ow < c.WO; ++ow) {
+            const float* __restrict ds = dyt + (oh * c.WO + ow) * kChannelBlock;
+            for (int64_t i = 0; i < c.KH; ++i) {
+              const int64_t ih = oh * c.SH - c.PH + i * c.DH;
+              if (ih < 0 || ih >= c.H) continue;
+              for (int64_t j = 0; j < c.KW; ++j) {
+                const int64_t iw = ow * c.SW - c.PW + j * c.DW;
+                if (iw < 0 || iw >= c.W) continue;
+                const float* __restrict xs = xt + (ih * c.W + iw) * kChannelBlock;
+                float* __restrict lt = lanes + (i * c.KW + j) * kChannelBlock;
+                for (int64_t ch = 0; ch < cb; ++ch) lt[ch] += ds[ch] * xs[ch];
+              }
+            }
+          }
+        }
+        for (int64_t k = 0; k < taps * kChannelBlock; ++k) sums[k] += lanes[k];
+      }
+      for (int64_t ch = 0; ch < cb; ++ch)
+        for (int64_t t = 0; t < taps; ++t) dw[(c0 + ch) * taps + t] = static_cast<float>(sums[t * kChannelBlock + ch]);
+    }
+  });
+}
+
 void grad_weight_depthwise(const Conv& c, const float* dy, const float* x, float* dw, ThreadPool* pool) {
+  if (channel_blockable(c)) return grad_weight_depthwise_channels(c, dy, x, dw, pool);
   if (!stageable(c)) return grad_weight_depthwise_generic(c, dy, x, dw, pool);
   const int64_t mult = c.Og(), plane = c.H * c.W, oplane = c.HO * c.WO, np = stage_positions(c);
   const int64_t taps = c.KH * c.KW, nout = round_chunk(c.WO);
