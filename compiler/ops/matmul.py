@@ -14,6 +14,21 @@ GEMM writes its output, so the activation is no separate pass over memory):
         next layer read, kept where mask_min < y < mask_max (mask_max absent = +inf) — i.e.
         `hardtanh_backward(a @ b, y)` in one op.
 
+Strided operand views, put in by compiler/passes/matmul_views.py after autodiff (so attention's
+per-head products read Q/K/V straight from the [B, T, H*D] projections and write the context
+straight into [B, T, H*D], with no permute/reshape copies in between):
+
+    matmul(a, b) {lhs_shape=, lhs_strides=}   the product reads as_strided(a.flat, lhs_shape,
+        lhs_strides) (element strides, offset 0) instead of a; rhs_shape / rhs_strides the same
+        for b. Each view's matrix (last two dims) must be row-major (unit column stride, row
+        stride >= its columns) or column-major (the transposed case), so every backend reads it
+        as one GEMM operand with a leading dimension, transposed or not.
+    matmul(a, b) {out_shape=, out_strides=}    the output is stored with shape out_shape and the
+        product's element [.., i, j] (product shape as without the attr) goes to flat index
+        sum(index * out_strides); the strides must cover the stored output exactly once (a
+        permutation of a row-major layout), with a unit stride on one of the last two dims. No
+        output mask together with out_strides (the mask indexes the product row-major).
+
 The helpers below define those semantics once (through the elementwise ops' own references) and
 are shared with conv.py (conv2d's activation, conv2d_grad_input's mask). Ops carrying an
 epilogue have no gradient rule: they only exist after autodiff.
@@ -118,32 +133,119 @@ def _swap_last(rank: int) -> list[int]:
     return list(range(rank - 2)) + [rank - 1, rank - 2]
 
 
+VIEW_ATTRS = ("lhs_shape", "lhs_strides", "rhs_shape", "rhs_strides", "out_shape", "out_strides")
+
+
+def has_views(a: dict) -> bool:
+    return any(k in a for k in VIEW_ATTRS)
+
+
+def matrix_ok(shape, strides) -> bool:
+    """The last two dims of a view are one GEMM operand: row-major or column-major with a leading
+    dimension at least the contiguous dim's length."""
+    r, c = shape[-2], shape[-1]
+    sr, sc = strides[-2], strides[-1]
+    row_major = (sc == 1 or c <= 1) and (sr >= c or r <= 1)
+    col_major = (sr == 1 or r <= 1) and (sc >= r or c <= 1)
+    return row_major or col_major
+
+
+def _operand_view(t: TensorType, a: dict, side: str) -> TensorType:
+    """The matrix operand the product reads: `t` itself, or its strided view (lhs_/rhs_ attrs)."""
+    has_shape, has_strides = f"{side}_shape" in a, f"{side}_strides" in a
+    check(has_shape == has_strides, f"matmul: {side}_shape and {side}_strides come together")
+    if not has_strides:
+        return t
+    shape, strides = tuple(int(d) for d in a[f"{side}_shape"]), tuple(int(s) for s in a[f"{side}_strides"])
+    check(len(shape) == len(strides) >= 2, f"matmul: {side} view {list(shape)} / strides {list(strides)} "
+                                           f"must have one stride per dim, rank >= 2")
+    check(all(d >= 0 for d in shape) and all(s >= 0 for s in strides),
+          f"matmul: {side} view {list(shape)} / {list(strides)} has a negative size or stride")
+    if int(np.prod(shape, dtype=np.int64)) > 0:
+        last = sum((d - 1) * s for d, s in zip(shape, strides))
+        check(last < t.numel, f"matmul: {side} view {list(shape)} strides {list(strides)} reaches element {last} "
+                              f"of {t} ({t.numel} elements)")
+        check(matrix_ok(shape, strides), f"matmul: {side} view strides {list(strides)}: the matrix (last two dims "
+                                          f"{list(shape[-2:])}) is neither row- nor column-major")
+    return TensorType(shape, t.dtype)
+
+
+def covers_once(shape, strides, numel: int) -> bool:
+    """Whether element strides `strides` over `shape` reach each of `numel` elements exactly once
+    (a permutation of some row-major layout)."""
+    if int(np.prod(shape, dtype=np.int64)) != numel:
+        return False
+    expect = 1
+    for s, d in sorted((s, d) for d, s in zip(shape, strides) if d > 1):
+        if s != expect:
+            return False
+        expect *= d
+    return True
+
+
 def _matmul_infer(ts, a):
     check(len(ts) in (2, 3), f"matmul takes 2 operands and an optional mask, got {len(ts)} inputs")
-    x, y = ts[0], ts[1]
     dt = same_dtype(ts[:2])
+    x, y = _operand_view(ts[0], a, "lhs"), _operand_view(ts[1], a, "rhs")
     check(x.rank >= 2 and y.rank >= 2, f"matmul needs rank >= 2 operands, got {x} and {y}")
     check(x.shape[-1] == y.shape[-2], f"matmul inner dims differ: {x} @ {y}")
     batch = broadcast_shapes(x.shape[:-2], y.shape[:-2])
     out = TensorType(batch + (x.shape[-2], y.shape[-1]), dt)
+    check(("out_shape" in a) == ("out_strides" in a), "matmul: out_shape and out_strides come together")
+    if "out_strides" in a:
+        check(len(ts) == 2, "matmul: no output mask together with out_strides")
+        strides, stored = [int(s) for s in a["out_strides"]], tuple(int(d) for d in a["out_shape"])
+        check(len(strides) == out.rank, f"matmul: out_strides {strides} need one stride per dim of the product {out}")
+        check(covers_once(out.shape, strides, int(np.prod(stored, dtype=np.int64))),
+              f"matmul: out_strides {strides} of the product {out} do not cover the output {list(stored)} exactly once")
+        check(out.numel == 0 or matrix_ok(out.shape, strides),
+              f"matmul: out_strides {strides}: the product's matrices are neither row- nor column-major")
+        return [TensorType(stored, dt)]
     if len(ts) == 3:
         check_output_mask(out, ts[2], a, "matmul")
     return [out]
 
 
+def _np_view(arr: np.ndarray, a: dict, side: str) -> np.ndarray:
+    if f"{side}_strides" not in a:
+        return arr
+    flat = np.ascontiguousarray(arr).reshape(-1)
+    return np.lib.stride_tricks.as_strided(flat, tuple(a[f"{side}_shape"]),
+                                           tuple(int(s) * flat.itemsize for s in a[f"{side}_strides"]),
+                                           writeable=False)
+
+
 def _matmul_ref(x, a):
-    out = np.matmul(x[0], x[1])
+    out = np.matmul(_np_view(x[0], a, "lhs"), _np_view(x[1], a, "rhs"))
+    if "out_strides" in a:
+        stored = np.zeros(tuple(a["out_shape"]), dtype=out.dtype)
+        flat = stored.reshape(-1)
+        np.lib.stride_tricks.as_strided(flat, out.shape, tuple(int(s) * flat.itemsize for s in a["out_strides"]))[...] = out
+        return [stored]
     return [apply_output_mask(out, x[2], a) if len(x) == 3 else out]
 
 
+def _torch_view(t, a: dict, side: str):
+    if f"{side}_strides" not in a:
+        return t
+    return t.contiguous().reshape(-1).as_strided(list(a[f"{side}_shape"]), list(a[f"{side}_strides"]))
+
+
 def _matmul_torch(t, a):
-    out = T().matmul(t[0], t[1])
+    torch = T()
+    out = torch.matmul(_torch_view(t[0], a, "lhs"), _torch_view(t[1], a, "rhs"))
+    if "out_strides" in a:
+        stored = torch.zeros(list(a["out_shape"]), dtype=out.dtype)
+        stored.reshape(-1).as_strided(list(out.shape), list(a["out_strides"])).copy_(out)
+        return [stored]
     return [torch_output_mask(out, t[2], a) if len(t) == 3 else out]
 
 
 def _matmul_grad(g):
     if len(g.inputs) == 3:
         no_grad_with_epilogue(g, "matmul", "an output mask")
+    if has_views(g.attrs):
+        no_grad_with_epilogue(g, "matmul", "strided operand views")
     x, y = g.inputs
     dy = g.douts[0]
     dx = dw = None
@@ -157,7 +259,7 @@ def _matmul_grad(g):
 
 
 def _matmul_flops(i, o, a):
-    return 2 * o[0].numel * i[0].shape[-1]
+    return 2 * o[0].numel * _operand_view(i[0], a, "lhs").shape[-1]
 
 
 def _matmul_samples(rng):
@@ -180,7 +282,42 @@ def _matmul_samples(rng):
         lim = {"mask_min": 0.0, "mask_max": 6.0} if k % 2 else {"mask_min": 0.0}
         masked.append(Sample(s.inputs + [y], lim, grad_inputs=[],
                              note=f"{tag}, f32 mask {'hardtanh' if k % 2 else 'relu'}"))
-    return plain + masked
+    return plain + masked + _view_samples(rng)
+
+
+def _heads(b, t, h, d):
+    """The view of a [b, t, h*d] projection as per-head [b, h, t, d] matrices, and as [b, h, d, t]."""
+    return [b, h, t, d], [t * h * d, d, h * d, 1], [b, h, d, t], [t * h * d, d, 1, h * d]
+
+
+def _view_samples(rng):
+    """Strided views (compiler/passes/matmul_views.py): attention's products on [B, T, H*D] tensors."""
+    B, Tn, H, D = 2, 3, 2, 4
+    qs, qst, ts, tst = _heads(B, Tn, H, D)
+    stored = [B, Tn, H * D]
+    q, k, v = (rand(rng, *stored) for _ in range(3))
+    p = rand(rng, B, H, Tn, Tn)
+    no_grad = dict(grad_inputs=[])
+    eB, eT, eH, eD = 2, 40, 3, 32  # kernel-sized, exact values
+    eqs, eqst, _, _ = _heads(eB, eT, eH, eD)
+    return [
+        Sample([q, k], {"lhs_shape": qs, "lhs_strides": qst, "rhs_shape": ts, "rhs_strides": tst}, **no_grad,
+               note="views: Q K^T read in place"),
+        Sample([p, v], {"rhs_shape": qs, "rhs_strides": qst, "out_shape": stored, "out_strides": qst}, **no_grad,
+               note="views: P V written as [B, T, H*D]"),
+        Sample([q, p], {"lhs_shape": ts, "lhs_strides": tst, "out_shape": stored, "out_strides": tst}, **no_grad,
+               note="views: Q^T dS written transposed into [B, T, H*D]"),
+        Sample([p, v], {"lhs_shape": [B, H, Tn, Tn], "lhs_strides": [H * Tn * Tn, Tn * Tn, 1, Tn],
+                        "rhs_shape": qs, "rhs_strides": qst}, **no_grad, note="views: P^T V"),
+        Sample([rand(rng, 2, 2, 3, 4), rand(rng, 5, 4)], {"rhs_shape": [4, 5], "rhs_strides": [1, 4]}, **no_grad,
+               note="views: 2-d transposed weight, batch folded"),
+        Sample([rand(rng, 3, 4), rand(rng, 2, 4, 5)], {"lhs_shape": [2, 3, 4], "lhs_strides": [0, 4, 1]}, **no_grad,
+               note="views: stride-0 batch"),
+        Sample([_exact(rng, eB, eT, eH * eD), _exact(rng, eB, eT, eH * eD)],
+               {"lhs_shape": eqs, "lhs_strides": eqst, "rhs_shape": [eB, eH, eD, eT],
+                "rhs_strides": [eT * eH * eD, eD, 1, eH * eD], "out_shape": [eB, eT, eH * eT],
+                "out_strides": [eT * eH * eT, eT, eH * eT, 1]}, **no_grad, note="views: exact kernel-sized, all three"),
+    ]
 
 
 register(OpDef(

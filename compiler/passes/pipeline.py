@@ -3,14 +3,16 @@
     -O0  dead-code elimination only: the program exactly as autodiff + the optimizer wrote it
     -O1  graph rewrites that never cost anything at run time:
          fold_batchnorm, fold_constants, reorder_updates
-    -O2  (default) + compress_activations, fuse_epilogue, fuse_elementwise, schedule_memory,
-         select_kernels by the cost model
+    -O2  (default) + compress_activations, fuse_epilogue, fuse_elementwise, matmul_views,
+         schedule_memory, select_kernels by the cost model
     -O3  + recompute, select_kernels by measuring each candidate kernel on this machine
 
 The order matters and is fixed (PIPELINE): BN folding produces the frozen-only arithmetic that
 constant folding evaluates; masks must replace stored activations before the epilogue fusion
 looks for activation-derivative multiplies to fuse into grad-input kernels; the element-wise
-fusion takes what is left; scheduling and kernel choice come last because they only reorder and
+fusion takes what is left; matmul_views then turns the permute/reshape copies around matmuls
+(attention's heads) into strided views, after the epilogue fusions so a masked matmul keeps its
+plain output; scheduling and kernel choice come last because they only reorder and
 annotate. `--disable-pass NAME` removes one pass from the level's set; `passes=[...]` names the
 set exactly (the ablation benchmark uses it: O0 + one pass).
 
@@ -40,6 +42,7 @@ PIPELINE: list[tuple[str, int, str]] = [
     ("compress_activations", 2, "relu/hardtanh outputs kept for backward as 1-bit masks"),
     ("fuse_epilogue", 2, "bias+activation into conv/linear; activation derivative into grad-input kernels"),
     ("fuse_elementwise", 2, "chains of element-wise ops into one fused_elementwise kernel"),
+    ("matmul_views", 2, "permute/reshape copies around matmuls folded into strided operand and output views"),
     ("recompute", 3, "cheap element-wise values recomputed in backward instead of kept, where the peak drops"),
     ("reorder_updates", 1, "each optimizer update right after its gradient is final, weight grads first"),
     ("schedule_memory", 2, "memory-aware topological order of the backward/update nodes"),

@@ -13,6 +13,8 @@
 //       the f32 activation output with attrs mask_min / mask_max (the backward of the activation
 //       that produced the next layer's input: linear's grad-input product carries it).
 //   linear(x, w[, b], activation=..)   relu / hardtanh(act_min, act_max) applied after the bias.
+// A matmul with strided operand views (lhs_/rhs_/out_ shape+strides attrs) runs in
+// matmul_views.cc (one strided-batched GEMM, gemm_batched.cc).
 //
 // Kernels: "matmul" and "linear" call sgemm, i.e. the GEMM library when the build has one (MKL,
 // OpenBLAS: cmake/gemm.cmake); "matmul.own" and "linear.own" are the same kernels on the built-in
@@ -25,6 +27,7 @@
 #include "core/kernel.h"
 #include "kernels/cpu/cpu_util.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/matmul_views.h"
 
 namespace edgetune {
 namespace {
@@ -39,6 +42,7 @@ constexpr int64_t kSmallGemmMacs = int64_t{1} << 20;
 // ---- matmul ----------------------------------------------------------------------------------
 
 Status matmul_check(const KernelArgs& a) {
+  if (cpu::matmul_has_views(a.attr())) return cpu::matmul_views_check(a);  // strided views: matmul_views.cc
   ET_RETURN_IF_ERROR(expect_arity(a, "matmul", 2, 3, 1));
   ET_RETURN_IF_ERROR(cpu::expect_all_f32(a, "matmul", 2));
   const TensorView &x = a.in(0), &y = a.in(1), &out = a.out(0);
@@ -62,6 +66,7 @@ Status matmul_check(const KernelArgs& a) {
 
 template <GemmFn gemm>
 Status matmul_run(const KernelArgs& a) {
+  if (cpu::matmul_has_views(a.attr())) return cpu::matmul_views_run(a);
   const TensorView &x = a.in(0), &y = a.in(1), &out = a.out(0);
   const int64_t M = x.dim(-2), K = x.dim(-1), N = y.dim(-1);
   const float* xp = x.as<float>();

@@ -7,11 +7,15 @@
 //           the broadcast side); mixed broadcasting runs one GEMM per batch element. The mask
 //           (u8 bits or the f32 activation output with mask_min/max) is a pass over the output.
 //   linear  one GEMM with cuBLASLt's bias (+ relu) epilogue; hardtanh clamps in a second pass.
+// A matmul with strided operand views (lhs_/rhs_/out_ attrs, kernels/cpu/matmul_views.h) is one
+// strided-batched GEMM over its innermost batch dim per element of the outer ones (attention:
+// B calls of H heads each), a column-major output written as the transposed product.
 // Checks are the CPU kernels'.
 #include <cmath>
 #include <limits>
 
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/matmul_views.h"
 #include "kernels/cuda/cuda_gemm.h"
 
 namespace edgetune {
@@ -159,8 +163,47 @@ namespace {
 
 size_t matmul_workspace(const KernelArgs&) { return gemm_workspace(); }
 
+Status matmul_views_run(const KernelArgs& a, CudaContext* ctx) {
+  cpu::MatmulLayout l;
+  ET_RETURN_IF_ERROR(cpu::matmul_layout(a, &l));
+  if (l.batch == 0 || l.M == 0 || l.N == 0) return Status::Ok();
+  DevMask mask;
+  ET_RETURN_IF_ERROR(read_dev_mask(a, 2, a.out(0), "matmul", &mask));
+  const float* xp = a.in(0).as<float>();
+  const float* yp = a.in(1).as<float>();
+  float* op = a.out(0).as<float>();
+  Gemm g;
+  const int inner = l.batch_rank - 1;  // the strided-batch dim; -1 = no batch dims
+  g.batch = inner >= 0 ? l.batch_shape[inner] : 1;
+  if (!l.out.trans) {
+    g.M = l.M, g.N = l.N, g.K = l.K;
+    g.ta = l.x.trans, g.lda = l.x.ld, g.tb = l.y.trans, g.ldb = l.y.ld;
+    if (inner >= 0) g.sA = l.x.batch_stride[inner], g.sB = l.y.batch_stride[inner];
+  } else {  // C^T = op(y)^T op(x)^T
+    g.M = l.N, g.N = l.M, g.K = l.K;
+    g.ta = !l.y.trans, g.lda = l.y.ld, g.tb = !l.x.trans, g.ldb = l.x.ld;
+    if (inner >= 0) g.sA = l.y.batch_stride[inner], g.sB = l.x.batch_stride[inner];
+  }
+  g.ldc = l.out.ld;
+  if (inner >= 0) g.sC = l.out.batch_stride[inner];
+  const int64_t outer = l.batch / g.batch;
+  for (int64_t o = 0; o < outer; ++o) {
+    const int64_t b = o * g.batch;  // first element of this run of the innermost dim
+    const float* xb = xp + l.offset(l.x, b);
+    const float* yb = yp + l.offset(l.y, b);
+    Gemm gb = g;
+    gb.A = l.out.trans ? yb : xb;
+    gb.B = l.out.trans ? xb : yb;
+    gb.C = op + l.offset(l.out, b);
+    ET_RETURN_IF_ERROR(gemm(a, ctx, gb));
+  }
+  const float inf = std::numeric_limits<float>::infinity();
+  return epilogue(ctx, op, a.out(0).numel(), 1, 1, nullptr, -inf, inf, mask);
+}
+
 Status matmul_run(const KernelArgs& a) {
   ET_CUDA_CONTEXT(ctx, a);
+  if (cpu::matmul_has_views(a.attr())) return matmul_views_run(a, ctx);
   const TensorView &x = a.in(0), &y = a.in(1), &out = a.out(0);
   const int64_t M = x.dim(-2), K = x.dim(-1), N = y.dim(-1);
   const int r = out.rank;
