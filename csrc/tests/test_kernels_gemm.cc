@@ -212,7 +212,7 @@ TEST(KernelsGemm, ThreadedTilesAreIdenticalForAnyThreadCount) {
   std::mt19937 rng(99);
   ThreadPool two(2), three(3);
   for (int t = 0; t < 4; ++t) {
-    const Case c{(t & 1) != 0, (t & 2) != 0, 256, 1536, 384, 1.0f, 0.0f, 0};
+    const Case c{(t & 1) != 0, (t & 2) != 0, 256, 384, 384, 1.0f, 0.0f, 0};  // 8 library tiles, 2 own column blocks
     const Data d = make(c, rng);
     GemmBias g = epilogue(Ep::kMaskBits, d);
     g.col = d.col.data();
