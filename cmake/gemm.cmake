@@ -28,6 +28,17 @@ if(CMAKE_SYSTEM_NAME STREQUAL "Linux" AND CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_
 else()
   set(_blas_default OWN)
 endif()
+# A build dir configured before AUTO became the default cached the old default, OWN, under the
+# old help text: move it to AUTO once. (A fresh -DEDGETUNE_BLAS=OWN has no such help text.)
+if(DEFINED CACHE{EDGETUNE_BLAS} AND EDGETUNE_BLAS STREQUAL "OWN" AND _blas_default STREQUAL "AUTO")
+  get_property(_help CACHE EDGETUNE_BLAS PROPERTY HELPSTRING)
+  if(_help MATCHES "^GEMM backend: OWN \\(built-in packed kernel\\), OPENBLAS, or AUTO")
+    message(STATUS "edgetune GEMM: EDGETUNE_BLAS=OWN cached by an older configure (the old default) is now AUTO; "
+                   "-DEDGETUNE_BLAS=OWN keeps the built-in kernel only")
+    set_property(CACHE EDGETUNE_BLAS PROPERTY VALUE AUTO)
+    set_property(CACHE EDGETUNE_BLAS PROPERTY HELPSTRING "migrated")
+  endif()
+endif()
 set(EDGETUNE_BLAS "${_blas_default}" CACHE STRING
     "GEMM library: AUTO (MKL, else OpenBLAS, else the built-in kernel), MKL, OPENBLAS, or OWN (built-in only)")
 set_property(CACHE EDGETUNE_BLAS PROPERTY STRINGS AUTO MKL OPENBLAS OWN)
