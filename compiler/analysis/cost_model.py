@@ -43,9 +43,10 @@ PACK_COLUMNS = 256
 # The GEMM library a build may link (cmake/gemm.cmake; the module's gemm_backend) relative to the
 # built-in kernel on the training shapes, for ranking matmul / linear (library) against
 # matmul.own / linear.own. MKL: benchmarks/gemm_bench.cc on an Intel Xeon (AVX-512, 2 threads),
-# text-model and 1x1-conv shapes 1.05-1.5x, 2-10x on skinny products (N = 1..16; 1.0-1.2x on one
-# thread, where a few shapes go to the own kernel, which -O3's timing catches); OpenBLAS 0.3.21 measured 1.6-1.9x
-# slower than the built-in kernel on AVX-512 machines. A library not listed counts as the own kernel.
+# text-model and 1x1-conv shapes 1.05-1.5x, 2-10x on skinny products (N = 1..16); 0.95-1.2x on
+# one thread, where a few shapes go to the own kernel, which -O3's timing catches. OpenBLAS 0.3.21
+# measured 1.6-1.9x slower than the built-in kernel on AVX-512 machines. A library not listed
+# counts as the own kernel.
 LIBRARY_GEMM_SPEEDUP = {"mkl": 1.2, "openblas": 0.6}
 GEMM_OPS = ("matmul", "linear")
 

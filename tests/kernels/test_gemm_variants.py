@@ -67,9 +67,11 @@ def test_matmul_and_own_match_numpy(m, n, k):
         np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL * max(1, k) ** 0.5, err_msg=kernel)
 
 
-@pytest.mark.parametrize("xs,ys", [((2, 3, 17, 5), (5, 3)), ((4, 1, 3, 17), (2, 17, 1)), ((3, 1, 17), (3, 17, 70)),
-                                   ((2, 8, 8, 32), (2, 8, 32, 8)), ((1, 1), (1, 1)), ((6, 300, 40), (40, 33))],
-                         ids=str)
+BATCHED = [((2, 3, 17, 5), (5, 3)), ((4, 1, 3, 17), (2, 17, 1)), ((3, 1, 17), (3, 17, 70)),
+           ((2, 8, 8, 32), (2, 8, 32, 8)), ((1, 1), (1, 1)), ((6, 300, 40), (40, 33))]
+
+
+@pytest.mark.parametrize("xs,ys", BATCHED, ids=str)
 def test_batched_matmul_and_own_match_numpy(xs, ys):
     rng = np.random.default_rng(sum(xs) + 7 * sum(ys))
     x = rng.uniform(-1, 1, xs).astype(np.float32)
@@ -98,7 +100,8 @@ def test_linear_and_own_match_numpy(xs, outf, act):
     x64, w64 = x.astype(np.float64), w.astype(np.float64)
     for ins, want in (([x, w, b], f(x64 @ w64.T + b)), ([x, w], f(x64 @ w64.T))):
         for kernel, got in both("linear", ins, attrs).items():
-            np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL * 20, err_msg=f"{kernel} bias={len(ins) == 3}")
+            np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL * 20,
+                                       err_msg=f"{kernel} bias={len(ins) == 3}")
 
 
 @pytest.mark.parametrize("form", ["bits", "values"])
