@@ -97,10 +97,10 @@ def run(g: Graph, ctx) -> str:
         extra = target.workspace_bytes(best, node) - target.workspace_bytes(node.kernel or node.op, node)
         if extra > 0:
             extra_workspace.append((extra, node, node.kernel))
-        # the op's default kernel winning over an unpinned node leaves it unpinned: the plan runs
-        # the same kernel, and the program reads the same whether or not the build offers
-        # variants (matmul.own / linear.own exist only with a GEMM library)
-        node.kernel = None if best == node.op and node.kernel is None else best
+        # by cost model, the op's default kernel winning over an unpinned node leaves it unpinned:
+        # the plan runs the same kernel, and the program reads the same whether or not the build
+        # offers variants (matmul.own / linear.own exist only with a GEMM library)
+        node.kernel = None if mode == "cost" and best == node.op and node.kernel is None else best
     # Memory first: a faster kernel whose workspace raises the planned peak (Winograd's transformed
     # tiles) goes back to the incoming choice, biggest extra first, until the peak is what it was.
     reverted = 0
