@@ -12,21 +12,52 @@ gradients, which autodiff already wrote as sums over dy, are untouched — the r
 how y is computed, never dy. The frozen arithmetic (s, W*s, mean*s) is left as IR ops for
 fold_constants to evaluate at compile time.
 
+The backward folds the same way. Autodiff wrote the BatchNorm's input gradient as dz = dy * s
+(a per-channel multiply over the whole activation, _bn_infer_grad) feeding the conv's input
+gradient; since conv2d_grad_input(dy * s, W) = conv2d_grad_input(dy, W * s), each such reader
+takes dy and the folded weight instead, and the multiply dies (dce) when nothing else reads dz.
+
 Assumes: runs after autodiff (backward nodes read dy, not z, when gamma is frozen).
 """
 
 from __future__ import annotations
 
-from ..ir import Graph, NameGen
+from ..ir import Graph, NameGen, Node, Value
 from ..rewrite import EmitBefore, is_frozen, is_pinned, remove_node, replace_uses
 
 FOLDABLE_PRODUCERS = ("conv2d", "linear")
 
 
+def _scale_times_grad(m: Node, gamma: Value, var: Value) -> bool:
+    """m = mul(dy, reshape(mul(gamma, rsqrt(add(var, eps))))): this BatchNorm's input gradient."""
+    if m.op != "mul" or len(m.inputs) != 2:
+        return False
+    r = m.inputs[1].producer
+    s = r.inputs[0].producer if r is not None and r.op == "reshape" else None
+    if s is None or s.op != "mul" or s.inputs[0] is not gamma:
+        return False
+    inv = s.inputs[1].producer
+    add = inv.inputs[0].producer if inv is not None and inv.op == "rsqrt" else None
+    return add is not None and add.op == "add" and add.inputs[0] is var
+
+
+def _fold_input_gradient(g: Graph, users: dict, gamma: Value, var: Value, w: Value, w_folded: Value) -> int:
+    """conv2d_grad_input(dy * s, W) -> conv2d_grad_input(dy, W * s) for every such reader of the
+    BatchNorm's input gradient; returns how many readers changed."""
+    changed = 0
+    for m in [n for n in g.nodes if _scale_times_grad(n, gamma, var)]:
+        dz = m.outputs[0]
+        for u in users.get(id(dz), []):
+            if u.op == "conv2d_grad_input" and u.inputs[0] is dz and u.inputs[1] is w:
+                u.inputs = [m.inputs[0], w_folded] + list(u.inputs[2:])
+                changed += 1
+    return changed
+
+
 def run(g: Graph, ctx=None) -> str:
     users = g.users()
     names = NameGen(g)
-    folded = 0
+    folded = backward = 0
     for bn in [n for n in g.nodes if n.op == "batch_norm_infer"]:
         z, gamma, beta, mean, var = bn.inputs
         layer = z.producer
@@ -55,5 +86,9 @@ def run(g: Graph, ctx=None) -> str:
         remove_node(g, bn)
         new_y.name = y.name
         folded += 1
+        if layer.op == "conv2d":
+            backward += _fold_input_gradient(g, g.users(), gamma, var, w, w_folded)
         users = g.users()
-    return f"{folded} BatchNorms folded" if folded else "no foldable inference-mode BatchNorm"
+    if not folded:
+        return "no foldable inference-mode BatchNorm"
+    return f"{folded} BatchNorms folded" + (f", {backward} input gradients with them" if backward else "")

@@ -53,9 +53,9 @@ BATCH = 4
 STEPS = 3
 
 
-def make_case(model_name: str):
+def make_case(model_name: str, seed: int = 0):
     ctor, train, kw = MODEL_CASES[model_name]
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = ctor()
     model.train(train)
     for m in model.modules():  # torch's dropout RNG cannot be matched; test dropout separately
@@ -63,7 +63,7 @@ def make_case(model_name: str):
             m.eval()
     batches = []
     for step in range(STEPS):
-        inputs, target = models.example_inputs(MODEL_NAMES[model_name], model, batch=BATCH, seed=step, **kw)
+        inputs, target = models.example_inputs(MODEL_NAMES[model_name], model, batch=BATCH, seed=seed + step, **kw)
         batches.append((tuple(inputs), target))
     return model, batches
 

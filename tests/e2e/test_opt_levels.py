@@ -24,13 +24,18 @@ SPECS = {
 }
 
 _O0_CACHE: dict = {}
+# ResNet-18 (train-mode BN on 64x64 inputs) at the shared seed 0 sits on a rounding cliff: scaling
+# its inputs by (1 + 1e-7 noise) moves the third step's float32 loss between two values (1.61766
+# and 1.61811, with either GEMM), so which one a correct program lands on depends on its summation
+# order, not on its correctness. Seed 1 is away from the cliff (all three levels within 1e-6).
+CASE_SEEDS = {"resnet18": 1}
 MEMORY_PASSES = ("compress_activations", "recompute", "reorder_updates", "schedule_memory", "select_kernels")
 
 
 def _o0_program(model_name: str, spec_name: str):
     key = (model_name, spec_name)
     if key not in _O0_CACHE:
-        model, batches = make_case(model_name)
+        model, batches = make_case(model_name, seed=CASE_SEEDS.get(model_name, 0))
         inputs, target = batches[0]
         prog = et.compile(model, inputs, target, peft=SPECS[spec_name](),
                           optimizer=et.optim.SGD(lr=0.01, momentum=0.9, weight_decay=1e-4), opt_level=0)

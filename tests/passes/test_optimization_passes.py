@@ -90,6 +90,35 @@ def test_fold_batchnorm_then_constants():
     assert_same_step(before, g, data, conv_bn_relu6_feeds())
 
 
+def test_fold_batchnorm_folds_the_input_gradient_too():
+    """conv2d_grad_input(dy * s, W) becomes conv2d_grad_input(dy, W * s): the BatchNorm's per-channel
+    multiply of the whole gradient goes, and training is unchanged."""
+    import torch
+    torch.manual_seed(0)
+    nn = torch.nn
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 6, 1, bias=False), nn.BatchNorm2d(6), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(6 * 6 * 6, 3))
+    with torch.no_grad():  # statistics that are not the identity
+        model[3].running_mean.uniform_(-0.5, 0.5), model[3].running_var.uniform_(0.5, 2.0)
+        model[3].weight.uniform_(0.5, 1.5)
+    model.eval()
+    x, y = torch.randn(2, 3, 8, 8), torch.tensor([0, 2])
+    kw = dict(peft=et.peft.BiasOnly(), optimizer=et.optim.SGD(lr=0.1))
+    plain = et.compile(model, (x,), y, passes=[], **kw)
+    folded = et.compile(model, (x,), y, passes=["fold_batchnorm"], **kw)
+    assert "1 BatchNorms folded, 1 input gradients with them" in folded.pass_report[0].note
+    [gi] = [n for n in folded.graph.nodes if n.op == "conv2d_grad_input"]
+    assert gi.inputs[1].producer is not None and gi.inputs[1].producer.op == "mul"  # W * s, not W
+    bn_scale_muls = [n for n in plain.graph.nodes if n.op == "mul" and n.section == "backward"]
+    assert len([n for n in folded.graph.nodes if n.op == "mul" and n.section == "backward"]) < len(bn_scale_muls)
+    feeds = (x.numpy(), y.numpy())
+    a, b = et.Session(plain, backend="reference"), et.Session(folded, backend="reference")
+    for _ in range(3):
+        np.testing.assert_allclose(b.step(*feeds), a.step(*feeds), rtol=1e-5)
+    for k, v in a.state_dict().items():
+        np.testing.assert_allclose(b.state_dict()[k], v, rtol=1e-5, atol=1e-6, err_msg=k)
+
+
 def test_fold_batchnorm_leaves_trainable_scale_and_train_mode_alone():
     text = CONV_BN_RELU6.replace("param %bn.weight: f32[4]", "param %bn.weight: f32[4] trainable")
     g = load(text, conv_bn_relu6_data())
