@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from ..ir import Graph, NameGen, Node, Value
 from ..rewrite import EmitBefore, is_frozen, is_pinned, remove_node, replace_uses
+from .fold_constants import FOLD_LIMIT_BYTES
 
 FOLDABLE_PRODUCERS = ("conv2d", "linear")
 
@@ -41,15 +42,30 @@ def _scale_times_grad(m: Node, gamma: Value, var: Value) -> bool:
     return add is not None and add.op == "add" and add.inputs[0] is var
 
 
-def _fold_input_gradient(g: Graph, users: dict, gamma: Value, var: Value, w: Value, w_folded: Value) -> int:
+def _fold_input_gradient(g: Graph, users: dict, names: NameGen, gamma: Value, var: Value, w: Value,
+                         w_folded: Value) -> int:
     """conv2d_grad_input(dy * s, W) -> conv2d_grad_input(dy, W * s) for every such reader of the
-    BatchNorm's input gradient; returns how many readers changed."""
+    BatchNorm's input gradient whose weight is no bigger than the gradient (the late layers of a
+    network, with small maps and wide weights, keep dy * s: scaling their weight would cost more);
+    returns how many readers changed. W * s is emitted again right before the reader rather than
+    shared with the forward's folded weight: a value read in both forward and backward lives all
+    step (or is baked as a second copy of the weights), a fresh one only while it is read, and
+    fold_constants then decides, as for the forward's, whether to bake it. A weight small enough
+    that fold_constants always bakes it shares the forward's folded constant instead (one copy)."""
     changed = 0
     for m in [n for n in g.nodes if _scale_times_grad(n, gamma, var)]:
         dz = m.outputs[0]
+        if w.type.numel > dz.type.numel:
+            continue
+        scale = m.inputs[1].producer.inputs[0]  # mul(gamma, invstd), [O]
         for u in users.get(id(dz), []):
             if u.op == "conv2d_grad_input" and u.inputs[0] is dz and u.inputs[1] is w:
-                u.inputs = [m.inputs[0], w_folded] + list(u.inputs[2:])
+                w_scaled = w_folded
+                if w.type.nbytes > FOLD_LIMIT_BYTES:
+                    with EmitBefore(g, u, names) as b:
+                        view = [w.shape[0]] + [1] * (w.rank - 1)
+                        w_scaled = b.emit1("mul", [w, b.emit1("reshape", [scale], {"shape": view})])
+                u.inputs = [m.inputs[0], w_scaled] + list(u.inputs[2:])
                 changed += 1
     return changed
 
@@ -87,7 +103,7 @@ def run(g: Graph, ctx=None) -> str:
         new_y.name = y.name
         folded += 1
         if layer.op == "conv2d":
-            backward += _fold_input_gradient(g, g.users(), gamma, var, w, w_folded)
+            backward += _fold_input_gradient(g, g.users(), names, gamma, var, w, w_folded)
         users = g.users()
     if not folded:
         return "no foldable inference-mode BatchNorm"
