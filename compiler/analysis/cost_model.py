@@ -36,7 +36,8 @@ POINTWISE_EFFICIENCY = 0.85
 # For 1x1 convs, pointwise and im2col run one GEMM per image (H*W columns); pointwise_batched packs
 # images side by side up to PACK_COLUMNS columns per GEMM (conv.cc's kPackColumns) at the cost of
 # copying both operands. (k x k convs on small maps suffer the same, but the im2col / Winograd
-# ranking there was calibrated by measurement with the flat efficiencies above: left as it is.)
+# ranking there was calibrated by measurement with the flat efficiencies above: only
+# im2col_batched, which packs images like pointwise_batched, is ranked against it by the ratio.)
 NARROW_GEMM_COLUMNS = 64
 PACK_COLUMNS = 256
 
@@ -117,12 +118,19 @@ def estimated_seconds(node: Node, kernel: str, rates: TargetRates, gemm_library:
             copies = 2 * (in_bytes + out_bytes)  # packed in, unpacked out (read + write each)
         eff = POINTWISE_EFFICIENCY * _narrow(cols)
         return 2 * macs / (gemm * eff) + (in_bytes + out_bytes + copies) / bw
-    if variant == "im2col":
+    if variant in ("im2col", "im2col_batched"):
         col_bytes = 4 * n * (c // groups) * kh * kw * ho * wo * groups
         eff = IM2COL_EFFICIENCY if not depthwise else 0.05  # a K=9 GEMM is all packing
         if pointwise:
             eff *= _narrow(ho * wo)
-        return 2 * macs / (gemm * eff) + (2 * col_bytes + in_bytes + out_bytes) / bw
+        copies = 0.0
+        if variant == "im2col_batched" and ho * wo < PACK_COLUMNS and n > 1:
+            # the images' columns side by side: the narrow-GEMM loss of one image's columns (taken
+            # as part of the flat efficiency above) shrinks to that of the chunk's
+            cols = min(n, -(-PACK_COLUMNS // (ho * wo))) * ho * wo
+            eff *= _narrow(cols) / _narrow(ho * wo)
+            copies = 2 * out_bytes  # the output (or dy) packed / unpacked
+        return 2 * macs / (gemm * eff) + (2 * col_bytes + in_bytes + out_bytes + copies) / bw
     if variant == "winograd":
         # V and M hold 36 values per 16 outputs (4x4 tiles of 6x6 inputs); the transformed weights
         # U (36 per 3x3 filter) are rebuilt every run since weights may train

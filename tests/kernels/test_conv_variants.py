@@ -29,12 +29,12 @@ from ops.test_op_sweep import CASES  # same samples, same seeds as the op sweep
 
 CONV_OPS = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight")
 RTOL, ATOL = 1e-5, 1e-6  # as test_cpu_kernels.py
-DIRECT_PATHS = {"im2col", "pointwise", "pointwise_batched", "depthwise"}  # products and sums of the inputs, nothing else
+DIRECT_PATHS = {"im2col", "im2col_batched", "pointwise", "pointwise_batched", "depthwise"}  # products and sums of the inputs, nothing else
 APPROX_TOL = 2e-4  # of max |output|: the other algorithms (Winograd) round in their transforms
 # the conv variants the C++ runtime registers, written out so that collecting this module does
 # not load it; test_the_variants_are_registered checks the list against the module's
 VARIANTS = [f"{op}.{path}" for op in CONV_OPS
-            for path in ("depthwise", "im2col", "pointwise", "pointwise_batched", "winograd")
+            for path in ("depthwise", "im2col", "im2col_batched", "pointwise", "pointwise_batched", "winograd")
             if (op, path) != ("conv2d_grad_weight", "winograd")]
 
 
@@ -110,22 +110,29 @@ LAYERS = {  # batch 2, 32 channels, 28x28 unless LAYER_INPUTS says otherwise
     # channels-last; 80 channels = a full block and a partial one
     "depthwise-small-map": ((80, 1, 3, 3), _attrs(padding=1, groups=80)),
     "depthwise-5x5-s2-small-map": ((80, 1, 5, 5), _attrs(stride=2, padding=2, groups=80)),
+    # ResNet's late stages (7x7 maps): im2col_batched puts 6 images' columns side by side, so
+    # batch 7 runs a full chunk and a partial one, per group; stride 2 on a 9x9 map (5x5 out)
+    "3x3-small-map": ((24, 16, 3, 3), _attrs(padding=1, groups=2)),
+    "3x3-s2-small-map": ((16, 16, 3, 3), _attrs(stride=2, padding=1)),
     "depthwise-s1": ((32, 1, 3, 3), _attrs(padding=1, groups=32)),
     "depthwise-s2": ((32, 1, 3, 3), _attrs(stride=2, padding=1, groups=32)),
     "3x3-s1": ((32, 32, 3, 3), _attrs(padding=1)),
     "3x3-s2": ((32, 32, 3, 3), _attrs(stride=2, padding=1)),
 }
 LAYER_INPUTS = {"pointwise-small-map": (10, 32, 6, 6), "depthwise-small-map": (3, 80, 4, 4),
-                "depthwise-5x5-s2-small-map": (3, 80, 7, 7)}
+                "depthwise-5x5-s2-small-map": (3, 80, 7, 7), "3x3-small-map": (7, 32, 7, 7),
+                "3x3-s2-small-map": (5, 16, 9, 9)}
 APPLICABLE = {  # the built-in variants that must accept each layer
-    "pointwise": {"im2col", "pointwise", "pointwise_batched"},
-    "pointwise-small-map": {"im2col", "pointwise", "pointwise_batched"},
-    "depthwise-s1": {"im2col", "depthwise"},
-    "depthwise-small-map": {"im2col", "depthwise"},
-    "depthwise-5x5-s2-small-map": {"im2col", "depthwise"},
-    "depthwise-s2": {"im2col", "depthwise"},
-    "3x3-s1": {"im2col"},
-    "3x3-s2": {"im2col"},
+    "pointwise": {"im2col", "im2col_batched", "pointwise", "pointwise_batched"},
+    "pointwise-small-map": {"im2col", "im2col_batched", "pointwise", "pointwise_batched"},
+    "depthwise-s1": {"im2col", "im2col_batched", "depthwise"},
+    "depthwise-small-map": {"im2col", "im2col_batched", "depthwise"},
+    "depthwise-5x5-s2-small-map": {"im2col", "im2col_batched", "depthwise"},
+    "depthwise-s2": {"im2col", "im2col_batched", "depthwise"},
+    "3x3-s1": {"im2col", "im2col_batched"},
+    "3x3-s2": {"im2col", "im2col_batched"},
+    "3x3-small-map": {"im2col", "im2col_batched"},
+    "3x3-s2-small-map": {"im2col", "im2col_batched"},
 }
 
 
@@ -209,6 +216,11 @@ def test_variants_report_their_own_workspace():
     assert ws("conv2d.pointwise_batched", pw, [2, 32, 28, 28], _attrs()) == 0  # wide map: no packing
     assert ws("conv2d.pointwise", small, [10, 48, 6, 6], _attrs()) == 0
     assert ws("conv2d", small, [10, 48, 6, 6], _attrs()) == 0  # the auto kernel never packs
+    # im2col_batched: 6 images' columns ([32*9, 6*49]) and the packed output / dy ([48, 6*49])
+    k3 = [("f32", [10, 32, 7, 7]), ("f32", [48, 32, 3, 3])]
+    assert ws("conv2d.im2col_batched", k3, [10, 48, 7, 7], _attrs(padding=1)) == (32 * 9 + 48) * 6 * 49 * 4
+    assert ws("conv2d.im2col_batched", pw, [2, 32, 28, 28], _attrs()) == ws("conv2d.im2col", pw, [2, 32, 28, 28],
+                                                                             _attrs())  # wide map: im2col
     assert ws("conv2d.depthwise", dw, [2, 32, 28, 28], dwa) == 0
     assert ws("conv2d.im2col", dw, [2, 32, 28, 28], dwa) == 9 * 28 * 28 * 4
     gi = {**dwa, "input_shape": [2, 32, 28, 28]}

@@ -17,6 +17,10 @@
 //       over them: forward, grad_input and grad_weight alike (grad_weight then sums over N*H*W
 //       in one K loop). Only a variant, never the auto choice: its workspace may raise the
 //       planned peak, and the kernel-selection pass (memory first) decides where it may.
+//   im2col_batched  the general path's twin for small output maps (H*W < kPackColumns, e.g.
+//       ResNet's 14x14 and 7x7 stages): the columns of several images side by side, one GEMM per
+//       chunk, so a [O, C*KH*KW] weight is packed once per chunk instead of once per image. A
+//       variant too, for the same reason; on wide maps or one image it is the im2col path.
 //   general  im2col + sgemm per image and group. The column buffer is the node's workspace,
 //       sized for a band of output rows so it stays under kColumnBudget (one image's columns
 //       when they fit); grad_input runs the GEMM into the columns and scatters them back (col2im).
@@ -71,6 +75,12 @@ struct Conv {
     if (!pointwise() || N < 2 || plane >= kPackColumns) return 1;
     return std::min<int64_t>(N, (kPackColumns + plane - 1) / plane);
   }
+  // images per GEMM of the im2col_batched path (1: it runs as the im2col path)
+  int64_t im2col_images() const {
+    const int64_t plane = HO * WO;
+    if (N < 2 || plane >= kPackColumns) return 1;
+    return std::min<int64_t>(N, (kPackColumns + plane - 1) / plane);
+  }
   // output rows per band of the general path
   int64_t band_rows() const {
     const int64_t per_row = kdim() * WO * static_cast<int64_t>(sizeof(float));
@@ -79,16 +89,17 @@ struct Conv {
 };
 
 // Which path runs a node: the shape's choice (the op-named kernel) or one variant, forced.
-enum class Path { kAuto = 0, kIm2col = 1, kPointwise = 2, kDepthwise = 3, kPointwiseBatched = 4 };
+enum class Path { kAuto = 0, kIm2col = 1, kPointwise = 2, kDepthwise = 3, kPointwiseBatched = 4, kIm2colBatched = 5 };
 enum ConvOp { kForward = 0, kGradInput = 1, kGradWeight = 2 };
 
 // Registry names, [op][path]; also what every error message starts with (no allocation in run).
-constexpr const char* kKernelNames[3][5] = {
-    {"conv2d", "conv2d.im2col", "conv2d.pointwise", "conv2d.depthwise", "conv2d.pointwise_batched"},
+constexpr const char* kKernelNames[3][6] = {
+    {"conv2d", "conv2d.im2col", "conv2d.pointwise", "conv2d.depthwise", "conv2d.pointwise_batched",
+     "conv2d.im2col_batched"},
     {"conv2d_grad_input", "conv2d_grad_input.im2col", "conv2d_grad_input.pointwise", "conv2d_grad_input.depthwise",
-     "conv2d_grad_input.pointwise_batched"},
+     "conv2d_grad_input.pointwise_batched", "conv2d_grad_input.im2col_batched"},
     {"conv2d_grad_weight", "conv2d_grad_weight.im2col", "conv2d_grad_weight.pointwise",
-     "conv2d_grad_weight.depthwise", "conv2d_grad_weight.pointwise_batched"},
+     "conv2d_grad_weight.depthwise", "conv2d_grad_weight.pointwise_batched", "conv2d_grad_weight.im2col_batched"},
 };
 
 const char* kernel_name(ConvOp op, Path p) { return kKernelNames[op][static_cast<int>(p)]; }
@@ -156,14 +167,17 @@ void valid_range(int64_t out, int64_t size, int64_t s, int64_t p, int64_t kd, in
 // Column matrix of one group of one image, for output rows [oh0, oh1): row (c, i, j), column
 // (oh - oh0) * WO + ow, value x[c, oh*SH - PH + i*DH, ow*SW - PW + j*DW] (0 outside).
 
-void im2col(const Conv& c, const float* x /* [Cg,H,W] */, int64_t oh0, int64_t oh1, float* col, ThreadPool* pool) {
+// ld: the column matrix's row stride (default: ncols; more when several images sit side by side).
+void im2col(const Conv& c, const float* x /* [Cg,H,W] */, int64_t oh0, int64_t oh1, float* col, ThreadPool* pool,
+            int64_t ld = 0) {
   const int64_t ncols = (oh1 - oh0) * c.WO;
+  if (ld == 0) ld = ncols;
   const int64_t kk = c.KH * c.KW;
   pool->parallel_for(c.Cg * kk, std::max<int64_t>(1, 4096 / std::max<int64_t>(ncols, 1)), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t ch = r / kk, i = (r % kk) / c.KW, j = r % c.KW;
       const float* xc = x + ch * c.H * c.W;
-      float* dst = col + r * ncols;
+      float* dst = col + r * ld;
       int64_t lo, hi;
       valid_range(c.WO, c.W, c.SW, c.PW, j * c.DW, &lo, &hi);
       const int64_t woff = j * c.DW - c.PW;
@@ -192,15 +206,16 @@ void im2col(const Conv& c, const float* x /* [Cg,H,W] */, int64_t oh0, int64_t o
 // `mask` (last band only, else null): the task then masks its channel while it is in cache;
 // mask_index is the masked tensor's index of dx[0, 0, 0].
 void col2im(const Conv& c, const float* col, int64_t oh0, int64_t oh1, float* dx /* [Cg,H,W] */, ThreadPool* pool,
-            const OutputMask* mask = nullptr, int64_t mask_index = 0) {
+            const OutputMask* mask = nullptr, int64_t mask_index = 0, int64_t ld = 0) {
   const int64_t ncols = (oh1 - oh0) * c.WO;
+  if (ld == 0) ld = ncols;
   const int64_t kk = c.KH * c.KW;
   pool->parallel_for(c.Cg, std::max<int64_t>(1, 4096 / std::max<int64_t>(ncols * kk, 1)), [&](int64_t c0, int64_t c1) {
     for (int64_t ch = c0; ch < c1; ++ch) {
       float* dxc = dx + ch * c.H * c.W;
       for (int64_t i = 0; i < c.KH; ++i) {
         for (int64_t j = 0; j < c.KW; ++j) {
-          const float* src = col + ((ch * c.KH + i) * c.KW + j) * ncols;
+          const float* src = col + ((ch * c.KH + i) * c.KW + j) * ld;
           int64_t lo, hi;
           valid_range(c.WO, c.W, c.SW, c.PW, j * c.DW, &lo, &hi);
           const int64_t woff = j * c.DW - c.PW;
@@ -228,7 +243,9 @@ size_t column_bytes(const Conv& c, Path p) {
   const Path path = resolve(c, p);
   if (path == Path::kPointwiseBatched && c.pack_images() > 1)
     return static_cast<size_t>((c.Cg + c.Og()) * c.pack_images() * c.H * c.W) * sizeof(float);
-  if (path != Path::kIm2col) return 0;
+  if (path == Path::kIm2colBatched && c.im2col_images() > 1)  // columns + the packed other operand
+    return static_cast<size_t>((c.kdim() + c.Og()) * c.im2col_images() * c.HO * c.WO) * sizeof(float);
+  if (path != Path::kIm2col && path != Path::kIm2colBatched) return 0;
   return static_cast<size_t>(c.kdim() * c.band_rows() * c.WO) * sizeof(float);
 }
 
@@ -602,6 +619,22 @@ Status conv_run(const KernelArgs& a, Path p) {
     }
     return Status::Ok();
   }
+  if (path == Path::kIm2colBatched && c.im2col_images() > 1) {  // yp[Og, cols] = w_g @ col[kdim, cols]
+    const int64_t per = c.im2col_images();
+    for (int64_t n0 = 0; n0 < c.N; n0 += per) {
+      const int64_t nb = std::min(per, c.N - n0), cols = nb * plane;
+      float* yp = col + kdim * cols;
+      for (int64_t g = 0; g < c.G; ++g) {
+        GemmBias gb = ep;
+        if (bias) gb.row = bias + g * Og;
+        for (int64_t i = 0; i < nb; ++i)
+          im2col(c, x + ((n0 + i) * c.C + g * c.Cg) * c.H * c.W, 0, c.HO, col + i * plane, a.pool, cols);
+        sgemm(false, false, Og, cols, kdim, 1.0f, w + g * Og * kdim, kdim, col, cols, 0.0f, yp, cols, a.pool, gb);
+        unpack_images(yp, c.O, g * Og, Og, plane, n0, nb, y, nullptr, a.pool);
+      }
+    }
+    return Status::Ok();
+  }
   for (int64_t n = 0; n < c.N; ++n) {
     for (int64_t g = 0; g < c.G; ++g) {
       const float* xg = x + (n * c.C + g * c.Cg) * c.H * c.W;
@@ -777,10 +810,26 @@ Status grad_input_run(const KernelArgs& a, Path p) {
     }
     return Status::Ok();
   }
-  if (path == Path::kIm2col) {  // col2im accumulates
+  if (path == Path::kIm2col || path == Path::kIm2colBatched) {  // col2im accumulates
     a.pool->parallel_for(c.N * c.C, plane_grain(plane), [&](int64_t p0, int64_t p1) {
       std::fill(dx + p0 * plane, dx + p1 * plane, 0.0f);
     });
+  }
+  if (path == Path::kIm2colBatched && c.im2col_images() > 1) {  // col[kdim, cols] = w_g^T @ dyp[Og, cols]
+    const int64_t per = c.im2col_images();
+    for (int64_t n0 = 0; n0 < c.N; n0 += per) {
+      const int64_t nb = std::min(per, c.N - n0), cols = nb * oplane;
+      float* dyp = col + kdim * cols;
+      for (int64_t g = 0; g < c.G; ++g) {
+        pack_images(dy, c.O, g * Og, Og, oplane, n0, nb, dyp, a.pool);
+        sgemm(true, false, kdim, cols, Og, 1.0f, w + g * Og * kdim, kdim, dyp, cols, 0.0f, col, cols, a.pool);
+        for (int64_t i = 0; i < nb; ++i) {
+          const int64_t dx_index = ((n0 + i) * c.C + g * c.Cg) * plane;
+          col2im(c, col + i * oplane, 0, c.HO, dx + dx_index, a.pool, mask, dx_index, cols);
+        }
+      }
+    }
+    return Status::Ok();
   }
   for (int64_t n = 0; n < c.N; ++n) {
     for (int64_t g = 0; g < c.G; ++g) {
@@ -993,6 +1042,21 @@ Status grad_weight_run(const KernelArgs& a, Path p) {
     }
     return Status::Ok();
   }
+  if (path == Path::kIm2colBatched && c.im2col_images() > 1) {  // dw_g += dyp @ col^T per chunk
+    const int64_t per = c.im2col_images();
+    for (int64_t n0 = 0; n0 < c.N; n0 += per) {
+      const int64_t nb = std::min(per, c.N - n0), cols = nb * oplane;
+      float* dyp = col + kdim * cols;
+      for (int64_t g = 0; g < c.G; ++g) {
+        pack_images(dy, c.O, g * Og, Og, oplane, n0, nb, dyp, a.pool);
+        for (int64_t i = 0; i < nb; ++i)
+          im2col(c, x + ((n0 + i) * c.C + g * c.Cg) * plane, 0, c.HO, col + i * oplane, a.pool, cols);
+        sgemm(false, true, Og, kdim, cols, 1.0f, dyp, cols, col, cols, n0 == 0 ? 0.0f : 1.0f, dw + g * Og * kdim, kdim,
+              a.pool);
+      }
+    }
+    return Status::Ok();
+  }
   // dw_g[Og, kdim] = sum over images and bands of dy_g[Og, cols] @ col[kdim, cols]^T, in order
   for (int64_t n = 0; n < c.N; ++n) {
     for (int64_t g = 0; g < c.G; ++g) {
@@ -1042,6 +1106,7 @@ void register_conv_kernels(KernelRegistry& r) {
   add_path<Path::kPointwise>(r);
   add_path<Path::kDepthwise>(r);
   add_path<Path::kPointwiseBatched>(r);
+  add_path<Path::kIm2colBatched>(r);
 }
 
 }  // namespace edgetune

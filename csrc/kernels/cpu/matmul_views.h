@@ -14,7 +14,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <string>
-#include <vector>
+#include <utility>
 
 #include "core/kernel.h"
 
@@ -165,15 +165,17 @@ inline Status matmul_layout(const KernelArgs& a, MatmulLayout* l) {
         return invalid_argument("matmul: out_shape does not match the output " + out.shape_string());
     // the strides must reach every output element exactly once: sorted by stride, each is the
     // product of the sizes below it
-    std::vector<std::pair<int64_t, int64_t>> dims;
+    // (a fixed array, not a vector: the run path calls this too, and a step allocates nothing)
+    std::pair<int64_t, int64_t> dims[kMaxRank];
+    int nd = 0;
     for (int d = 0; d < r; ++d) {
       strides[d] = ost->ints[d];
-      if (shape[d] > 1) dims.push_back({strides[d], shape[d]});
+      if (shape[d] > 1) dims[nd++] = {strides[d], shape[d]};
     }
-    std::sort(dims.begin(), dims.end());
+    std::sort(dims, dims + nd);
     int64_t expect = 1;
     bool once = numel == out.numel();
-    for (auto& [s, n] : dims) once = once && s == expect, expect *= n;
+    for (int k = 0; k < nd; ++k) once = once && dims[k].first == expect, expect *= dims[k].second;
     if (!once)
       return invalid_argument("matmul: out_strides " + ints(strides, r) + " of the product " + ints(shape, r) +
                               " do not cover the output " + out.shape_string() + " exactly once");

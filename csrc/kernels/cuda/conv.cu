@@ -378,9 +378,10 @@ size_t grad_weight_workspace(const KernelArgs& a) {
 }  // namespace
 
 void register_conv_kernels(KernelRegistry& r) {
-  // .pointwise_batched is the cpu's packed-images GEMM; here .pointwise already runs batched over
-  // the images (one strided-batched cuBLASLt call), so both names run it
-  for (const char* v : {"", ".im2col", ".pointwise", ".depthwise", ".pointwise_batched"}) {
+  // .pointwise_batched / .im2col_batched are the cpu's packed-images GEMMs; here the pointwise and
+  // im2col paths already run batched over images (strided-batched cuBLASLt over a chunk), so the
+  // batched names run the same kernels
+  for (const char* v : {"", ".im2col", ".pointwise", ".depthwise", ".pointwise_batched", ".im2col_batched"}) {
     const std::string s(v);
     // the registry keeps the names: these std::strings only feed KernelDef's own strings
     r.add(KernelDef{"conv2d", "conv2d" + s, cpu_check_of(("conv2d" + s).c_str()), &conv_workspace, &conv_run});
