@@ -172,7 +172,8 @@ inline Status matmul_layout(const KernelArgs& a, MatmulLayout* l) {
       strides[d] = ost->ints[d];
       if (shape[d] > 1) dims[nd++] = {strides[d], shape[d]};
     }
-    std::sort(dims, dims + nd);
+    for (int k = 1; k < nd; ++k)  // insertion sort of at most kMaxRank pairs
+      for (int j = k; j > 0 && dims[j] < dims[j - 1]; --j) std::swap(dims[j], dims[j - 1]);
     int64_t expect = 1;
     bool once = numel == out.numel();
     for (int k = 0; k < nd; ++k) once = once && dims[k].first == expect, expect *= dims[k].second;
