@@ -324,14 +324,8 @@ def build_case(model: str, scheme: str, args) -> Case:
 # ---------------------------------------------------------------------------------------------
 
 def _timed(fn, warmup: int, steps: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t0) * 1e3)
-    return out
+    from .step_time import timed  # one timing loop for the benchmarks (step_time imports torch)
+    return timed(fn, warmup, steps)
 
 
 def _side(families: dict[str, dict[str, float]], median_ms: float, steps: int, **extra) -> dict:

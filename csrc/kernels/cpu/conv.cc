@@ -466,45 +466,58 @@ void filters_channels_last(const float* w, int64_t c0, int64_t cb, int64_t taps,
     for (int64_t t = 0; t < taps; ++t) wt[t * kChannelBlock + ch] = w[(c0 + ch) * taps + t];
 }
 
-// Tasks are (channel block, image) pairs, block-major, so a task range re-reads a block's
-// filters only when the block changes.
 int64_t channel_blocks(const Conv& c) { return (c.C + kChannelBlock - 1) / kChannelBlock; }
 
-void conv_depthwise_channels(const Conv& c, const float* x, const float* w, const float* bias, float act_lo,
-                             float act_hi, float* y, ThreadPool* pool) {
-  const int64_t plane = c.H * c.W, oplane = c.HO * c.WO, taps = c.KH * c.KW;
-  pool->parallel_for(channel_blocks(c) * c.N, plane_grain(oplane * taps * kChannelBlock), [&](int64_t p0, int64_t p1) {
-    alignas(64) float xt[kStageFloats];
-    alignas(64) float yt[kStageFloats];
+// body(n, c0, cb, wt, it, ot) for every (channel block, image) task: wt holds the block's filters
+// tap-major, it the image's block of `in` channels-last ([in_plane][kChannelBlock]), ot is scratch
+// of the same size for the result. Tasks run block-major, so a task range re-stages a block's
+// filters only when the block changes.
+template <typename Body>
+void for_each_channel_block(const Conv& c, const float* w, const float* in, int64_t in_channels, int64_t in_plane,
+                            int64_t grain, ThreadPool* pool, const Body& body) {
+  const int64_t taps = c.KH * c.KW;
+  pool->parallel_for(channel_blocks(c) * c.N, grain, [&](int64_t p0, int64_t p1) {
+    alignas(64) float it[kStageFloats];
+    alignas(64) float ot[kStageFloats];
     alignas(64) float wt[kMaxTaps * kChannelBlock];
     int64_t loaded = -1;
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t block = p / c.N, n = p % c.N, c0 = block * kChannelBlock;
       const int64_t cb = std::min(kChannelBlock, c.C - c0);
       if (block != loaded) filters_channels_last(w, c0, cb, taps, wt), loaded = block;
-      to_channels_last(x + n * c.C * plane, c0, cb, plane, xt);
-      for (int64_t oh = 0; oh < c.HO; ++oh) {
-        for (int64_t ow = 0; ow < c.WO; ++ow) {
-          float* __restrict acc = yt + (oh * c.WO + ow) * kChannelBlock;
-          for (int64_t ch = 0; ch < cb; ++ch) acc[ch] = bias ? bias[c0 + ch] : 0.0f;
-          for (int64_t i = 0; i < c.KH; ++i) {
-            const int64_t ih = oh * c.SH - c.PH + i * c.DH;
-            if (ih < 0 || ih >= c.H) continue;
-            for (int64_t j = 0; j < c.KW; ++j) {
-              const int64_t iw = ow * c.SW - c.PW + j * c.DW;
-              if (iw < 0 || iw >= c.W) continue;
-              const float* __restrict xs = xt + (ih * c.W + iw) * kChannelBlock;
-              const float* __restrict ws = wt + (i * c.KW + j) * kChannelBlock;
-              for (int64_t ch = 0; ch < cb; ++ch) acc[ch] += ws[ch] * xs[ch];
-            }
+      to_channels_last(in + n * in_channels * in_plane, c0, cb, in_plane, it);
+      body(n, c0, cb, wt, it, ot);
+    }
+  });
+}
+
+void conv_depthwise_channels(const Conv& c, const float* x, const float* w, const float* bias, float act_lo,
+                             float act_hi, float* y, ThreadPool* pool) {
+  const int64_t plane = c.H * c.W, oplane = c.HO * c.WO, taps = c.KH * c.KW;
+  const int64_t grain = plane_grain(oplane * taps * kChannelBlock);
+  for_each_channel_block(c, w, x, c.C, plane, grain, pool, [&](int64_t n, int64_t c0, int64_t cb, const float* wt,
+                                                               const float* xt, float* yt) {
+    for (int64_t oh = 0; oh < c.HO; ++oh) {
+      for (int64_t ow = 0; ow < c.WO; ++ow) {
+        float* __restrict acc = yt + (oh * c.WO + ow) * kChannelBlock;
+        for (int64_t ch = 0; ch < cb; ++ch) acc[ch] = bias ? bias[c0 + ch] : 0.0f;
+        for (int64_t i = 0; i < c.KH; ++i) {
+          const int64_t ih = oh * c.SH - c.PH + i * c.DH;
+          if (ih < 0 || ih >= c.H) continue;
+          for (int64_t j = 0; j < c.KW; ++j) {
+            const int64_t iw = ow * c.SW - c.PW + j * c.DW;
+            if (iw < 0 || iw >= c.W) continue;
+            const float* __restrict xs = xt + (ih * c.W + iw) * kChannelBlock;
+            const float* __restrict ws = wt + (i * c.KW + j) * kChannelBlock;
+            for (int64_t ch = 0; ch < cb; ++ch) acc[ch] += ws[ch] * xs[ch];
           }
         }
       }
-      for (int64_t ch = 0; ch < cb; ++ch) {
-        float* out = y + (n * c.O + c0 + ch) * oplane;
-        for (int64_t k = 0; k < oplane; ++k) out[k] = yt[k * kChannelBlock + ch];
-        clamp_row(out, oplane, act_lo, act_hi);
-      }
+    }
+    for (int64_t ch = 0; ch < cb; ++ch) {
+      float* out = y + (n * c.O + c0 + ch) * oplane;
+      for (int64_t k = 0; k < oplane; ++k) out[k] = yt[k * kChannelBlock + ch];
+      clamp_row(out, oplane, act_lo, act_hi);
     }
   });
 }
@@ -513,38 +526,30 @@ void conv_depthwise_channels(const Conv& c, const float* x, const float* w, cons
 void grad_input_depthwise_channels(const Conv& c, const float* dy, const float* w, const OutputMask* mask, float* dx,
                                    ThreadPool* pool) {
   const int64_t plane = c.H * c.W, oplane = c.HO * c.WO, taps = c.KH * c.KW;
-  pool->parallel_for(channel_blocks(c) * c.N, plane_grain(plane * taps * kChannelBlock), [&](int64_t p0, int64_t p1) {
-    alignas(64) float dyt[kStageFloats];
-    alignas(64) float dxt[kStageFloats];
-    alignas(64) float wt[kMaxTaps * kChannelBlock];
-    int64_t loaded = -1;
-    for (int64_t p = p0; p < p1; ++p) {
-      const int64_t block = p / c.N, n = p % c.N, c0 = block * kChannelBlock;
-      const int64_t cb = std::min(kChannelBlock, c.C - c0);
-      if (block != loaded) filters_channels_last(w, c0, cb, taps, wt), loaded = block;
-      to_channels_last(dy + n * c.O * oplane, c0, cb, oplane, dyt);
-      for (int64_t ih = 0; ih < c.H; ++ih) {
-        for (int64_t iw = 0; iw < c.W; ++iw) {
-          float* __restrict acc = dxt + (ih * c.W + iw) * kChannelBlock;
-          for (int64_t ch = 0; ch < cb; ++ch) acc[ch] = 0.0f;
-          for (int64_t i = 0; i < c.KH; ++i) {
-            const int64_t num = ih + c.PH - i * c.DH;  // = oh * SH
-            if (num < 0 || num % c.SH || num / c.SH >= c.HO) continue;
-            for (int64_t j = 0; j < c.KW; ++j) {
-              const int64_t numw = iw + c.PW - j * c.DW;  // = ow * SW
-              if (numw < 0 || numw % c.SW || numw / c.SW >= c.WO) continue;
-              const float* __restrict ds = dyt + ((num / c.SH) * c.WO + numw / c.SW) * kChannelBlock;
-              const float* __restrict ws = wt + (i * c.KW + j) * kChannelBlock;
-              for (int64_t ch = 0; ch < cb; ++ch) acc[ch] += ws[ch] * ds[ch];
-            }
+  const int64_t grain = plane_grain(plane * taps * kChannelBlock);
+  for_each_channel_block(c, w, dy, c.O, oplane, grain, pool, [&](int64_t n, int64_t c0, int64_t cb, const float* wt,
+                                                                 const float* dyt, float* dxt) {
+    for (int64_t ih = 0; ih < c.H; ++ih) {
+      for (int64_t iw = 0; iw < c.W; ++iw) {
+        float* __restrict acc = dxt + (ih * c.W + iw) * kChannelBlock;
+        for (int64_t ch = 0; ch < cb; ++ch) acc[ch] = 0.0f;
+        for (int64_t i = 0; i < c.KH; ++i) {
+          const int64_t num = ih + c.PH - i * c.DH;  // = oh * SH
+          if (num < 0 || num % c.SH || num / c.SH >= c.HO) continue;
+          for (int64_t j = 0; j < c.KW; ++j) {
+            const int64_t numw = iw + c.PW - j * c.DW;  // = ow * SW
+            if (numw < 0 || numw % c.SW || numw / c.SW >= c.WO) continue;
+            const float* __restrict ds = dyt + ((num / c.SH) * c.WO + numw / c.SW) * kChannelBlock;
+            const float* __restrict ws = wt + (i * c.KW + j) * kChannelBlock;
+            for (int64_t ch = 0; ch < cb; ++ch) acc[ch] += ws[ch] * ds[ch];
           }
         }
       }
-      for (int64_t ch = 0; ch < cb; ++ch) {
-        const int64_t index = (n * c.C + c0 + ch) * plane;
-        for (int64_t k = 0; k < plane; ++k) dx[index + k] = dxt[k * kChannelBlock + ch];
-        if (mask) mask->apply(dx + index, index, plane);
-      }
+    }
+    for (int64_t ch = 0; ch < cb; ++ch) {
+      const int64_t index = (n * c.C + c0 + ch) * plane;
+      for (int64_t k = 0; k < plane; ++k) dx[index + k] = dxt[k * kChannelBlock + ch];
+      if (mask) mask->apply(dx + index, index, plane);
     }
   });
 }
