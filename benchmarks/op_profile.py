@@ -368,29 +368,15 @@ def run_edgetune(case: Case, threads: int, warmup: int, steps: int) -> tuple[dic
 
 def torch_step_fn(model, prog, optimizer, x, y):
     """PyTorch eager: the program's trainable set (aliases too), the same optimizer."""
-    import torch
+    from edgetune.finetune import torch_optimizer
 
-    from edgetune.compiler.optim import SGD
+    from .runners.zoo import torch_step
     trainable = set(prog.trainable_names)
     aliases = prog.graph.aliases
     for name, p in model.named_parameters(remove_duplicate=False):
         p.requires_grad_(aliases.get(name, name) in trainable)
     params = [p for p in model.parameters() if p.requires_grad]
-    if isinstance(optimizer, SGD):
-        opt = torch.optim.SGD(params, lr=optimizer.lr, momentum=optimizer.momentum,
-                              weight_decay=optimizer.weight_decay)
-    else:
-        opt = torch.optim.AdamW(params, lr=optimizer.lr, betas=optimizer.betas, eps=optimizer.eps,
-                                weight_decay=optimizer.weight_decay)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        out = model(x)
-        loss = torch.nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
-        loss.backward()
-        opt.step()
-        return loss.item()
-    return step
+    return torch_step(model, torch_optimizer(params, optimizer), x, y)
 
 
 def run_torch(case: Case, threads: int, warmup: int, steps: int) -> dict:

@@ -329,6 +329,18 @@ class PeakMemory:
         return self.baseline + self.peak
 
 
+def torch_optimizer(params, optimizer):
+    """torch.optim's counterpart of an `et.optim` optimizer, same hyper-parameters."""
+    import torch
+
+    from .compiler.optim import SGD
+    if isinstance(optimizer, SGD):
+        return torch.optim.SGD(params, lr=optimizer.lr, momentum=optimizer.momentum,
+                               weight_decay=optimizer.weight_decay)
+    return torch.optim.AdamW(params, lr=optimizer.lr, betas=optimizer.betas, eps=optimizer.eps,
+                             weight_decay=optimizer.weight_decay)
+
+
 def torch_train(model, trainable: list[str], optimizer, batches, x, y) -> dict:
     """PyTorch eager, the same training: same trainable set, optimizer and batches."""
     import torch
@@ -337,13 +349,7 @@ def torch_train(model, trainable: list[str], optimizer, batches, x, y) -> dict:
     for name, p in model.named_parameters():
         p.requires_grad_(name in wanted)
     params = [p for p in model.parameters() if p.requires_grad]
-    from .compiler.optim import SGD
-    if isinstance(optimizer, SGD):
-        opt = torch.optim.SGD(params, lr=optimizer.lr, momentum=optimizer.momentum,
-                              weight_decay=optimizer.weight_decay)
-    else:
-        opt = torch.optim.AdamW(params, lr=optimizer.lr, betas=optimizer.betas, eps=optimizer.eps,
-                                weight_decay=optimizer.weight_decay)
+    opt = torch_optimizer(params, optimizer)
     baseline = sum(t.untyped_storage().nbytes() for t in list(model.parameters()) + list(model.buffers()))
     times, losses = [], []
     mem = None

@@ -46,6 +46,14 @@ def time_torch_training(model, cell: str, meta: dict, time_steps) -> tuple[list[
     else:
         opt = torch.optim.AdamW(params, lr=meta["lr"])
 
+    return time_steps(torch_step(model, opt, x, y), meta["warmup"], meta["steps"])
+
+
+def torch_step(model, opt, x, y):
+    """One PyTorch eager training step (cross-entropy over the last dim, so token logits work too)
+    as a closure returning the loss: what every benchmark times on the PyTorch side."""
+    import torch
+
     def step():
         opt.zero_grad(set_to_none=True)
         out = model(x)
@@ -53,5 +61,4 @@ def time_torch_training(model, cell: str, meta: dict, time_steps) -> tuple[list[
         loss.backward()
         opt.step()
         return loss.item()
-
-    return time_steps(step, meta["warmup"], meta["steps"])
+    return step

@@ -12,14 +12,19 @@ from __future__ import annotations
 from ..ir import Graph
 
 
-def dead_code_elimination(g: Graph) -> Graph:
+def live_nodes(g: Graph) -> tuple[list, set[int]]:
+    """The nodes whose outputs something reads (in order), and the ids of every value read."""
     live = {id(v) for v in g.outputs.values()} | {id(v) for v in g.assigns.values()}
     kept = []
     for node in reversed(g.nodes):
         if any(id(v) in live for v in node.outputs):
             kept.append(node)
             live.update(id(v) for v in node.inputs)
-    g.nodes = kept[::-1]
+    return kept[::-1], live
+
+
+def dead_code_elimination(g: Graph) -> Graph:
+    g.nodes, live = live_nodes(g)
     for name in [n for n, v in g.sources.items() if v.kind == "const" and id(v) not in live]:
         del g.sources[name]
         g.initial.pop(name, None)

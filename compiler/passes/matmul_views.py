@@ -36,6 +36,7 @@ from ..analysis.memory_plan import plan_memory
 from ..ir import Graph, Value
 from ..ops.matmul import covers_once, matrix_ok
 from ..rewrite import is_pinned, remove_node
+from .dce import live_nodes
 
 VIEW_OPS = ("reshape", "permute")
 
@@ -215,13 +216,7 @@ def _snapshot(g: Graph):
 
 def _planned_peak(g: Graph, workspace) -> int:
     """The arena peak once the copies a fold left dead are gone (what dce after the pass leaves)."""
-    live = {id(v) for v in g.outputs.values()} | {id(v) for v in g.assigns.values()}
-    kept = []
-    for node in reversed(g.nodes):
-        if any(id(v) in live for v in node.outputs):
-            kept.append(node)
-            live.update(id(v) for v in node.inputs)
-    nodes, g.nodes = g.nodes, kept[::-1]
+    nodes, (g.nodes, _) = g.nodes, live_nodes(g)
     try:
         return plan_memory(g, workspace).arena_bytes
     finally:
