@@ -292,11 +292,54 @@ def test_select_kernels_cost_model_picks_the_specialised_kernels():
     # Winograd wins on time for the 3x3 stride-1 layer; its workspace raises this small model's
     # peak, so memory-first selection keeps the incoming kernel there and says so
     assert kernels == ["conv2d.pointwise", "conv2d.depthwise", None, "conv2d.im2col"], kernels
-    assert "dropped to keep the planned peak" in prog.pass_report[-1].note
+    assert "kept a slower kernel to keep the planned peak" in prog.pass_report[-1].note
     # the plan records the choice, and the runtime runs it
     sess = et.Session(prog, backend="cpu")
     ran = set(sess.profile(1, x.numpy(), np.array([0, 1]))["kernels"])
     assert {"conv2d.pointwise", "conv2d.depthwise", "conv2d.im2col"} <= ran
+
+
+def test_select_kernels_keeps_fast_kernels_whose_workspace_is_not_live_at_the_peak():
+    """Memory first reverts only what raises the peak: a node that runs while a big tensor is live
+    (at the peak) keeps its small-workspace kernel, one that runs after it is freed keeps its fast,
+    big-workspace kernel, and a node offered two faster kernels takes the fastest that fits."""
+    from edgetune.compiler.ir import Graph, TensorType
+    from edgetune.compiler.ops.registry import Builder
+    from edgetune.compiler.passes import select_kernels
+
+    g = Graph()
+    wide = g.add_input("wide", TensorType((512, 512)))
+    small = g.add_input("small", TensorType((4, 4)))
+    b = Builder(g)
+    big = b.emit1("mul", [wide, wide])                     # 1 MiB, live until `total`
+    at_peak = b.emit1("relu", [small])                     # runs while `big` is live
+    total = b.emit1("sum", [big], {"dims": [0, 1], "keepdim": False})  # frees `big`
+    late = b.emit1("relu", [at_peak])                      # runs after `big` is gone
+    g.outputs = {"late": late, "total": total}
+    peak_node, late_node = at_peak.producer, late.producer
+
+    class Target:  # relu has a fast kernel with a 512 KiB workspace and a middling one with 64 B
+        name, can_measure, arch, why = "fake", False, "x86_64", ""
+        seconds = {"relu": 3.0, "relu.fast": 1.0, "relu.middling": 2.0}
+        bytes = {"relu": 0, "relu.fast": 512 << 10, "relu.middling": 64}
+
+        def kernels_for(self, node):
+            return list(self.seconds) if node.op == "relu" else [node.op]
+
+        def estimated_seconds(self, k, node):
+            return self.seconds[k]
+
+        def workspace_bytes(self, k, node):
+            return self.bytes.get(k, 0)
+
+        def node_workspace(self):
+            return lambda node: self.workspace_bytes(node.kernel or node.op, node)
+
+    ctx = PassContext(2, Target())
+    note = select_kernels.run(g, ctx)
+    assert late_node.kernel == "relu.fast", note
+    assert peak_node.kernel == "relu.middling", note  # the fastest that leaves the peak alone
+    assert "1 nodes kept a slower kernel" in note
 
 
 def test_cost_model_ranks_winograd_where_it_measured_faster():
