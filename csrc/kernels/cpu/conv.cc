@@ -58,6 +58,7 @@ namespace {
 // on the Intel Xeon measured): ResNet's 3x3 64->64 @56 went from 87 to 104 GFLOP/s on one thread
 // (forward; grad_input 102 -> 112, grad_weight 87 -> 100) against the 4 MiB budget before, which
 // also planned 3 MiB more workspace.
+constexpr int64_t kColumnBudget = int64_t{1} << 20;
 // Pointwise maps narrower than this many columns (H*W) pack several images per GEMM, up to about
 // this many columns per chunk.
 constexpr int64_t kPackColumns = 256;
