@@ -7,7 +7,9 @@
 // vectorizable versions of cpu_util.h (within 3 ulp; erfc within ~1e-7 relative where it
 // matters); sqrt, log and pow stay libm calls, which only vectorize with -fno-math-errno.
 // The float formulas themselves are in elementwise_math.h, shared with the fused_elementwise
-// kernel (fused.cc) so both compute the same bits.
+// kernel (fused.cc) so both compute the same bits. The unary and backward loops ask GCC for
+// 512-bit vectors on AVX-512 machines (ET_WIDE_VECTORS): they are arithmetic-bound, and the
+// width changes how many elements one instruction takes, never an element's result.
 #include <cmath>
 #include <string>
 #include <type_traits>
@@ -123,6 +125,26 @@ Status check_unary(const KernelArgs& a) {
   return F<float>::check(a.attr());
 }
 
+// The unary and backward loops, out of line so they can carry ET_WIDE_VECTORS: on AVX-512 machines
+// GCC's tuning picks 256-bit vectors, but these loops are arithmetic-bound (gelu's erfc and exp,
+// ~50 instructions a vector), and 512-bit vectors run them ~1.5x faster (text model gelu fwd
+// 645 -> ~390 us at 1 thread). Per element the same operations run, so the bits do not change.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__AVX512F__)
+#define ET_WIDE_VECTORS __attribute__((noinline, target("prefer-vector-width=512")))
+#else
+#define ET_WIDE_VECTORS
+#endif
+
+template <typename F, typename T>
+ET_WIDE_VECTORS void unary_loop(const F& f, const T* x, T* y, int64_t b, int64_t e) {
+  for (int64_t i = b; i < e; ++i) y[i] = f(x[i]);
+}
+template <typename F, typename T>
+ET_WIDE_VECTORS void backward_loop(const F& f, const T* dy, const T* s, T* y,
+                                   int64_t b, int64_t e) {
+  for (int64_t i = b; i < e; ++i) y[i] = f(dy[i], s[i]);
+}
+
 template <template <typename> class F, bool kArith = false>
 Status run_unary(const KernelArgs& a) {
   const TensorView &x = a.in(0), &out = a.out(0);
@@ -132,7 +154,7 @@ Status run_unary(const KernelArgs& a) {
     const T* xp = x.as<T>();
     T* op = out.as<T>();
     cpu::parallel_for(a, x.numel(), cpu::kGrain, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) op[i] = f(xp[i]);
+      unary_loop(f, xp, op, b, e);
     });
   };
   bool ok;
@@ -163,7 +185,7 @@ Status run_backward(const KernelArgs& a) {
     const T* sp = saved.as<T>();
     T* op = out.as<T>();
     cpu::parallel_for(a, dy.numel(), cpu::kGrain, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) op[i] = f(dp[i], sp[i]);
+      backward_loop(f, dp, sp, op, b, e);
     });
   });
   return ok ? Status::Ok() : internal_error("backward op: dtype not dispatched");

@@ -6,9 +6,16 @@
 // each thread whole channels: a channel's sums run on one thread in a fixed order, so results do
 // not depend on the thread count. Layer norm gives each thread whole rows; its weight/bias
 // gradients (sums over rows) give each thread whole columns instead, for the same reason.
-// Sums use a fixed set of double lanes, which the compiler vectorizes without reassociating.
+// Batch norm's sums use a fixed set of double lanes, which the compiler vectorizes without
+// reassociating. Layer norm's add float terms in float first, a few at a time (4 per lane of a
+// 64-element block along a row, groups of 4 rows down a column), and only those partial sums in
+// double (block_sum, and the column sums of ln_backward_run): a conversion per element made its
+// loops 2-3x slower than PyTorch's on the text model (D = 384), and the error stays a few f32
+// roundings of the terms' absolute sum (see block_sum); the mean sums x - x[0] so that bound
+// is relative to std, not |mean|.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 
 #include "core/kernel.h"
@@ -22,31 +29,6 @@ constexpr int kLanes = 8;
 double sum_lanes(const double* lane) {
   double s = 0;
   for (int l = 0; l < kLanes; ++l) s += lane[l];
-  return s;
-}
-
-// sum x[k]
-double row_sum(const float* x, int64_t n) {
-  double lane[kLanes] = {};
-  int64_t k = 0;
-  for (; k + kLanes <= n; k += kLanes)
-    for (int l = 0; l < kLanes; ++l) lane[l] += x[k + l];
-  double s = sum_lanes(lane);
-  for (; k < n; ++k) s += x[k];
-  return s;
-}
-
-// sum (x[k] - m)^2
-double row_sq_dev(const float* x, int64_t n, double m) {
-  double lane[kLanes] = {};
-  int64_t k = 0;
-  for (; k + kLanes <= n; k += kLanes)
-    for (int l = 0; l < kLanes; ++l) {
-      const double d = x[k + l] - m;
-      lane[l] += d * d;
-    }
-  double s = sum_lanes(lane);
-  for (; k < n; ++k) s += (x[k] - m) * (x[k] - m);
   return s;
 }
 
@@ -87,6 +69,88 @@ void row_dy_sums(const float* dy, const float* x, int64_t n, double m, double* s
   }
   *s_dy += sa;
   *s_dyx += sb;
+}
+
+// ---- layer norm's row sums: float lanes per block, blocks folded into double ----------------
+// Layer norm sums along a row of D floats (384 in the text model), once per row and pass. With
+// double lanes every element costs a conversion and a double add, and those loops ran at a
+// third of PyTorch's speed (layer_norm_backward 134 us vs 57 us per text-model call). Here each
+// of kFloatLanes float lanes adds kBlock / kFloatLanes = 4 terms of a block, the block's lanes
+// are then added into double lanes, and the double lanes are added in order at the end: the
+// order is fixed by D alone (never by the thread count), and the error stays what double lanes
+// give: a lane's float sum of 4 terms is off by at most 3u (u = 2^-24) of their absolute sum, so
+// a row sum is off by at most ~2e-7 of sum |term|, as much as rounding the mean itself to f32 costs
+// (and for the mean of data far from 0, ~2e-7 |mean|, not the ~1e-6 that whole-row float lanes
+// would give for D = 384).
+constexpr int kFloatLanes = 16;
+constexpr int64_t kBlock = 64;
+
+// Double lanes that a block's float lanes fold into. Written as vectors (GCC/Clang vector
+// extensions, lowered to plain code where the target has none) because GCC does not vectorize
+// a float -> double lane loop: it folded lane by lane with scalar conversions, half of
+// layer_norm's time.
+typedef float F8 __attribute__((vector_size(32)));
+typedef double D8 __attribute__((vector_size(64)));
+struct DoubleLanes {
+  D8 lo = {0, 0, 0, 0, 0, 0, 0, 0}, hi = {0, 0, 0, 0, 0, 0, 0, 0};
+  void add(const float* fl) {
+    F8 a, b;
+    std::memcpy(&a, fl, sizeof a);
+    std::memcpy(&b, fl + 8, sizeof b);
+    lo += __builtin_convertvector(a, D8);
+    hi += __builtin_convertvector(b, D8);
+  }
+  double sum() const {  // lanes in order
+    double s = 0;
+    for (int l = 0; l < 8; ++l) s += lo[l];
+    for (int l = 0; l < 8; ++l) s += hi[l];
+    return s;
+  }
+};
+static_assert(kFloatLanes == 16, "DoubleLanes holds 16 lanes");
+
+// sum of term(k) for k in [0, n)
+template <typename Term>
+inline double block_sum(int64_t n, const Term& term) {
+  DoubleLanes dl;
+  int64_t k = 0;
+  for (; k + kBlock <= n; k += kBlock) {
+    float fl[kFloatLanes] = {};
+    for (int64_t j = 0; j < kBlock; j += kFloatLanes)
+      for (int l = 0; l < kFloatLanes; ++l) fl[l] += term(k + j + l);
+    dl.add(fl);
+  }
+  double s = dl.sum();
+  for (; k < n; ++k) s += term(k);
+  return s;
+}
+
+// the sums of a(k) and b(k) for k in [0, n), where terms(k, a, b) sets a and b
+template <typename Terms>
+inline void block_sum2(int64_t n, const Terms& terms, double* sa, double* sb) {
+  DoubleLanes da, db;
+  int64_t k = 0;
+  for (; k + kBlock <= n; k += kBlock) {
+    float fa[kFloatLanes] = {}, fb[kFloatLanes] = {};
+    for (int64_t j = 0; j < kBlock; j += kFloatLanes)
+      for (int l = 0; l < kFloatLanes; ++l) {
+        float a, b;
+        terms(k + j + l, a, b);
+        fa[l] += a;
+        fb[l] += b;
+      }
+    da.add(fa);
+    db.add(fb);
+  }
+  double s1 = da.sum(), s2 = db.sum();
+  for (; k < n; ++k) {
+    float a, b;
+    terms(k, a, b);
+    s1 += a;
+    s2 += b;
+  }
+  *sa = s1;
+  *sb = s2;
 }
 
 bool is_vector(const TensorView& t, int64_t n) { return t.rank == 1 && t.shape[0] == n; }
@@ -306,12 +370,24 @@ Status ln_run(const KernelArgs& a) {
   a.pool->parallel_for(rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(D, 1)), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const float* xr = x + r * D;
-      const double mean = row_sum(xr, D) / D;
-      const double rstd = 1.0 / std::sqrt(row_sq_dev(xr, D, mean) / D + eps);
-      mean_out[r] = static_cast<float>(mean);
+      // the mean as k0 + mean(x - k0), k0 a value of the row (row_shifted_sums' shift): when
+      // |mean| >> std the float terms x - k0 are of the size of std, not of |mean|, so the float
+      // lanes' error stays a few ulp of std (summing x itself, 3u of |mean| is 2e-5 std at
+      // |mean| = 100 std, beyond the tests' 1e-6)
+      const float k0 = D ? xr[0] : 0.0f;
+      const double mean = k0 + block_sum(D, [xr, k0](int64_t k) { return xr[k] - k0; }) / D;
+      // the mean as float hi + lo, as in batch_norm_train: x - hi is exact near the mean, so the
+      // deviations (the variance's terms, all >= 0: no cancellation in their float sums) and the
+      // output keep full precision when |mean| >> std
+      const float mh = static_cast<float>(mean), ml = static_cast<float>(mean - mh);
+      const double var = block_sum(D, [xr, mh, ml](int64_t k) {
+                           const float d = (xr[k] - mh) - ml;
+                           return d * d;
+                         }) / D;
+      const double rstd = 1.0 / std::sqrt(var + eps);
+      mean_out[r] = mh;
       rstd_out[r] = static_cast<float>(rstd);
-      // mean as float hi + lo, as in batch_norm_train
-      const float mh = static_cast<float>(mean), ml = static_cast<float>(mean - mh), rf = static_cast<float>(rstd);
+      const float rf = static_cast<float>(rstd);
       float* yr = y + r * D;
       for (int64_t k = 0; k < D; ++k) yr[k] = ((xr[k] - mh) - ml) * rf * w[k] + b[k];
     }
@@ -355,20 +431,15 @@ Status ln_backward_run(const KernelArgs& a) {
       for (int64_t r = r0; r < r1; ++r) {
         const float *dyr = dy + r * D, *xr = x + r * D;
         const float m = mean[r], rs = rstd[r];
-        double ga[kLanes] = {}, gb[kLanes] = {};
-        int64_t k = 0;
-        for (; k + kLanes <= D; k += kLanes)
-          for (int l = 0; l < kLanes; ++l) {
-            const float g = dyr[k + l] * w[k + l];
-            ga[l] += g;
-            gb[l] += g * ((xr[k + l] - m) * rs);
-          }
-        double sg = sum_lanes(ga), sgx = sum_lanes(gb);
-        for (; k < D; ++k) {
-          const float g = dyr[k] * w[k];
-          sg += g;
-          sgx += g * ((xr[k] - m) * rs);
-        }
+        double sg, sgx;  // sum g, sum g * xhat
+        block_sum2(
+            D,
+            [&](int64_t k, float& ga, float& gb) {
+              const float g = dyr[k] * w[k];
+              ga = g;
+              gb = g * ((xr[k] - m) * rs);
+            },
+            &sg, &sgx);
         const float cg = static_cast<float>(sg / D), cx = static_cast<float>(sgx / D);
         float* dxr = dx + r * D;
         for (int64_t j = 0; j < D; ++j) dxr[j] = rs * (dyr[j] * w[j] - cg - (xr[j] - m) * rs * cx);
@@ -384,7 +455,32 @@ Status ln_backward_run(const KernelArgs& a) {
       for (int64_t bi = b0; bi < b1; ++bi) {
         const int64_t d0 = bi * band, nd = std::min(band, D - d0);
         double sw[kBand] = {}, sb[kBand] = {};
-        for (int64_t r = 0; r < rows; ++r) {
+        // rows in groups of kRowGroup: the group's terms are added in float, then into double
+        // (a conversion per group instead of per term; error as in block_sum: 3u of the group's
+        // absolute sum)
+        constexpr int64_t kRowGroup = 4;
+        int64_t r = 0;
+        for (; r + kRowGroup <= rows; r += kRowGroup) {
+          const float* dyr[kRowGroup];
+          const float* xr[kRowGroup];
+          float m[kRowGroup], rs[kRowGroup];
+          for (int64_t i = 0; i < kRowGroup; ++i) {
+            dyr[i] = dy + (r + i) * D + d0;
+            xr[i] = x + (r + i) * D + d0;
+            m[i] = mean[r + i];
+            rs[i] = rstd[r + i];
+          }
+          for (int64_t j = 0; j < nd; ++j) {
+            float tw = dyr[0][j] * ((xr[0][j] - m[0]) * rs[0]), tb = dyr[0][j];
+            for (int64_t i = 1; i < kRowGroup; ++i) {
+              tw += dyr[i][j] * ((xr[i][j] - m[i]) * rs[i]);
+              tb += dyr[i][j];
+            }
+            sw[j] += tw;
+            sb[j] += tb;
+          }
+        }
+        for (; r < rows; ++r) {
           const float *dyr = dy + r * D + d0, *xr = x + r * D + d0;
           const float m = mean[r], rs = rstd[r];
           for (int64_t j = 0; j < nd; ++j) {
