@@ -1,14 +1,54 @@
-// ThreadPool implementation: one job at a time, chunks handed out under a mutex.
+// ThreadPool implementation: one job at a time, chunks handed out under a mutex; idle threads
+// spin briefly before sleeping (see thread_pool.h).
 #include "core/thread_pool.h"
 
+#include <cctype>
+#include <chrono>
+#include <cstdlib>
 #include <exception>
 #include <new>
 #include <string>
 #include <system_error>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
 namespace edgetune {
 
-ThreadPool::ThreadPool(int num_threads) {
+namespace {
+// One spin-loop iteration's hint to the core (frees the pipeline for the sibling hyperthread).
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield" ::: "memory");
+#endif
+}
+
+// OMP_WAIT_POLICY=PASSIVE (any case) means: do not spin.
+int spin_micros_from_environment() {
+  const char* policy = std::getenv("OMP_WAIT_POLICY");
+  if (!policy) return ThreadPool::kSpinMicros;
+  std::string p(policy);
+  for (char& ch : p) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  return p == "passive" ? 0 : ThreadPool::kSpinMicros;
+}
+}  // namespace
+
+template <typename Done>
+bool ThreadPool::spin_until(const Done& done) const {
+  if (spin_micros_ <= 0) return done();
+  using Clock = std::chrono::steady_clock;
+  const Clock::time_point start = Clock::now();
+  for (unsigned i = 1;; ++i) {
+    if (done()) return true;
+    cpu_relax();
+    if ((i & 255) == 0 && Clock::now() - start > std::chrono::microseconds(spin_micros_)) return done();
+  }
+}
+
+ThreadPool::ThreadPool(int num_threads) : spin_micros_(spin_micros_from_environment()) {
   if (num_threads <= 0) num_threads = static_cast<int>(std::thread::hardware_concurrency());
   if (num_threads <= 0) num_threads = 1;
   if (num_threads > kMaxThreads) num_threads = kMaxThreads;
@@ -78,15 +118,23 @@ void ThreadPool::run_chunks(int64_t n, int64_t chunks, Trampoline tramp, const v
     std::lock_guard<std::mutex> lock(mu_);
     if (--pending_ == 0) done_cv_.notify_all();
   }
+  if (spin_until([this] { return pending_.load(std::memory_order_acquire) == 0; })) return;
   std::unique_lock<std::mutex> lock(mu_);
   done_cv_.wait(lock, [this] { return pending_ == 0; });
 }
 
 void ThreadPool::worker_loop(int /*index*/) {
   uint64_t seen = 0;
+  auto has_work = [&] { return stop_ || (generation_ != seen && next_chunk_ < job_chunks_); };
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
-    work_cv_.wait(lock, [&] { return stop_ || (generation_ != seen && next_chunk_ < job_chunks_); });
+    if (!has_work()) {  // spin for the next job before sleeping; has_work() decides under the lock
+      seen = generation_;  // a job whose chunks are all taken is seen: spin for the one after it
+      lock.unlock();
+      spin_until([&] { return stop_.load(std::memory_order_relaxed) || generation_.load(std::memory_order_acquire) != seen; });
+      lock.lock();
+      work_cv_.wait(lock, has_work);
+    }
     if (stop_) return;
     seen = generation_;
     while (next_chunk_ < job_chunks_) {

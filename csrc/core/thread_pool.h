@@ -5,11 +5,22 @@
 // std::function, no allocation), so kernels can call it inside a training step. With one
 // thread, or n too small to split, it runs inline.
 //
+// Waiting: a worker that runs out of chunks spins (a pause loop) for up to kSpinMicros before it
+// sleeps on the condition variable, and so does the caller waiting for the last chunks. A training
+// step runs hundreds of nodes back to back, each one parallel_for: waking a sleeping thread costs
+// a futex round trip per node (tens of microseconds), which dominated small nodes; a spinning
+// worker picks the next job up within a microsecond. Between steps (or when a model's nodes run
+// single-threaded for long) the spin runs out and the thread sleeps, so an idle session burns no
+// CPU beyond kSpinMicros. OMP_WAIT_POLICY=PASSIVE in the environment turns spinning off, as it
+// does for OpenMP runtimes (libgomp, PyTorch's threads): the choice for cores shared with other
+// busy processes, where a spinning thread takes time from them.
+//
 // Starting threads can fail part-way (a memory or process limit): the pool then stops and joins
 // the workers it did start, runs everything on the caller (num_threads() == 1), and says why in
 // start_status(). The runtime's loader turns that into an error; nothing throws.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
@@ -24,6 +35,8 @@ class ThreadPool {
  public:
   // The most threads a pool starts; a request for more is refused by the runtime's loader.
   static constexpr int kMaxThreads = 4096;
+  // How long a thread with nothing to do spins before it sleeps (see the header comment).
+  static constexpr int kSpinMicros = 200;
 
   explicit ThreadPool(int num_threads);  // total threads incl. the caller; <= 0 = hardware
   ~ThreadPool();
@@ -31,6 +44,9 @@ class ThreadPool {
   ThreadPool& operator=(const ThreadPool&) = delete;
 
   int num_threads() const { return num_threads_; }
+  // Microseconds an idle thread spins before sleeping: kSpinMicros, or 0 under
+  // OMP_WAIT_POLICY=PASSIVE.
+  int spin_micros() const { return spin_micros_; }
   // Ok, or why not all the requested threads could be started (then the pool runs inline).
   const Status& start_status() const { return start_status_; }
 
@@ -57,18 +73,24 @@ class ThreadPool {
   void worker_loop(int index);
   void run_chunk(int64_t chunk);
   void stop_workers();
+  // Spins until done() is true or spin_micros() pass; true if done() became true.
+  template <typename Done>
+  bool spin_until(const Done& done) const;
 
   int num_threads_;
+  int spin_micros_;
   std::vector<std::thread> workers_;
   std::mutex mu_;
   std::condition_variable work_cv_, done_cv_;
-  // the job being run (valid while pending_ > 0)
-  uint64_t generation_ = 0;
+  // the job being run (valid while pending_ > 0). Everything is written under mu_; generation_,
+  // pending_ and stop_ are atomics so that spinning threads may also read them without it.
+  std::atomic<uint64_t> generation_{0};
   int64_t job_n_ = 0, job_chunks_ = 0;
   Trampoline job_tramp_ = nullptr;
   const void* job_fn_ = nullptr;
-  int64_t next_chunk_ = 0, pending_ = 0;
-  bool stop_ = false;
+  int64_t next_chunk_ = 0;
+  std::atomic<int64_t> pending_{0};
+  std::atomic<bool> stop_{false};
   Status start_status_;
 };
 
