@@ -1,4 +1,4 @@
-"""The text model's layer_norm, gelu and sum kernels at its own shapes (MiniLM: 32 x 8 tokens of
+"""The text model's layer_norm, gelu and sum kernels (and batch norm on the same float-lane sums) at its own shapes (MiniLM: 32 x 8 tokens of
 384, 1536 in the MLP), which the op sweep's small samples do not reach: D = 384 is six blocks of
 norm.cc's float-lane sums, 1536-wide sums split their rows. Each against the numpy reference
 (with the sweep's tolerances) and 1 thread against 2 bit for bit. Data far from 0 (|mean| >> std)
@@ -78,3 +78,23 @@ def test_sum_text_shapes(shape, dims):
     assert np.all(np.abs(one - exact) <= bound)
     ref = REGISTRY["sum"].reference([x], attrs)[0]
     assert np.all(np.abs(ref - exact) <= bound)  # the reference itself is within the same bound
+
+
+@pytest.mark.parametrize("offset", [0.0, 100.0])
+@pytest.mark.parametrize("shape", [(4, 6, 28, 28), (8, 5, 7, 7), (6, 3, 1, 1)])
+def test_batch_norm_float_block_sums(shape, offset):
+    """batch_norm_train / _backward sum each (image, channel) plane on the same float-lane blocks
+    (64-element blocks of a 784-wide plane, a 49-wide plane below one block, S = 1); data far
+    from 0 checks the shifted sums keep the variance."""
+    rng = np.random.default_rng(sum(shape) + int(offset))
+    C = shape[1]
+    x = _data(rng, *shape, offset=offset)
+    w, b = _data(rng, C, offset=1.0), _data(rng, C)
+    rm, rv = _data(rng, C), np.abs(_data(rng, C)) + 0.5
+    attrs = {"eps": 1e-5, "momentum": 0.1}
+    _check("batch_norm_train", [x, w, b, rm, rv], attrs)
+    _, mean, invstd, _, _ = REGISTRY["batch_norm_train"].reference([x, w, b, rm, rv], attrs)
+    dy = _data(rng, *shape)
+    for mask in ([True, True, True], [True, False, False], [False, True, True]):
+        _check("batch_norm_backward", [dy, x, w, np.asarray(mean), np.asarray(invstd)], {"output_mask": mask},
+               atol=1e-5)

@@ -6,13 +6,12 @@
 // each thread whole channels: a channel's sums run on one thread in a fixed order, so results do
 // not depend on the thread count. Layer norm gives each thread whole rows; its weight/bias
 // gradients (sums over rows) give each thread whole columns instead, for the same reason.
-// Batch norm's sums use a fixed set of double lanes, which the compiler vectorizes without
-// reassociating. Layer norm's add float terms in float first, a few at a time (4 per lane of a
-// 64-element block along a row, groups of 4 rows down a column), and only those partial sums in
-// double (block_sum, and the column sums of ln_backward_run): a conversion per element made its
-// loops 2-3x slower than PyTorch's on the text model (D = 384), and the error stays a few f32
-// roundings of the terms' absolute sum (see block_sum); the mean sums x - x[0] so that bound
-// is relative to std, not |mean|.
+// Both add float terms in float first, a few at a time (4 per lane of a 64-element block along
+// a row, groups of 4 rows down a column for layer norm's weight/bias gradients), and only those
+// partial sums in double (block_sum / block_sum2, the column sums of ln_backward_run): a
+// conversion per element made the loops 2-3x slower than PyTorch's, and the error stays a few
+// f32 roundings of the terms' absolute sum (see block_sum); the means sum x - x[0] (layer norm)
+// or x - (the channel's first value) (batch norm) so that bound is relative to std, not |mean|.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -23,53 +22,6 @@
 
 namespace edgetune {
 namespace {
-
-constexpr int kLanes = 8;
-
-double sum_lanes(const double* lane) {
-  double s = 0;
-  for (int l = 0; l < kLanes; ++l) s += lane[l];
-  return s;
-}
-
-// sum (x[k] - k0) and sum (x[k] - k0)^2, added to *s1, *s2. Shifting by a value of the data (k0)
-// keeps E[d^2] - E[d]^2 free of cancellation when |mean| >> std, so one pass gives the variance.
-void row_shifted_sums(const float* x, int64_t n, double k0, double* s1, double* s2) {
-  double a[kLanes] = {}, b[kLanes] = {};
-  int64_t k = 0;
-  for (; k + kLanes <= n; k += kLanes)
-    for (int l = 0; l < kLanes; ++l) {
-      const double d = x[k + l] - k0;
-      a[l] += d;
-      b[l] += d * d;
-    }
-  double sa = sum_lanes(a), sb = sum_lanes(b);
-  for (; k < n; ++k) {
-    const double d = x[k] - k0;
-    sa += d;
-    sb += d * d;
-  }
-  *s1 += sa;
-  *s2 += sb;
-}
-
-// sum dy[k] and sum dy[k] * (x[k] - m)
-void row_dy_sums(const float* dy, const float* x, int64_t n, double m, double* s_dy, double* s_dyx) {
-  double a[kLanes] = {}, b[kLanes] = {};
-  int64_t k = 0;
-  for (; k + kLanes <= n; k += kLanes)
-    for (int l = 0; l < kLanes; ++l) {
-      a[l] += dy[k + l];
-      b[l] += dy[k + l] * (x[k + l] - m);
-    }
-  double sa = sum_lanes(a), sb = sum_lanes(b);
-  for (; k < n; ++k) {
-    sa += dy[k];
-    sb += dy[k] * (x[k] - m);
-  }
-  *s_dy += sa;
-  *s_dyx += sb;
-}
 
 // ---- layer norm's row sums: float lanes per block, blocks folded into double ----------------
 // Layer norm sums along a row of D floats (384 in the text model), once per row and pass. With
@@ -151,6 +103,40 @@ inline void block_sum2(int64_t n, const Terms& terms, double* sa, double* sb) {
   }
   *sa = s1;
   *sb = s2;
+}
+
+// ---- batch norm's row sums (one (image, channel) plane at a time), on the same blocks --------
+// sum (x[k] - k0) and sum (x[k] - k0)^2, added to *s1, *s2. Shifting by a value of the data (k0,
+// so exact in f32) keeps E[d^2] - E[d]^2 free of cancellation when |mean| >> std, so one pass
+// gives the variance. With double lanes these loops compiled to scalar conversions and adds:
+// batch_norm_train on MobileNetV2's 8x96x112x112 took 25 ms on one thread, 2.6 ns an element.
+void row_shifted_sums(const float* x, int64_t n, double k0, double* s1, double* s2) {
+  const float shift = static_cast<float>(k0);
+  double sa, sb;
+  block_sum2(
+      n,
+      [&](int64_t k, float& a, float& b) {
+        const float d = x[k] - shift;
+        a = d;
+        b = d * d;
+      },
+      &sa, &sb);
+  *s1 += sa;
+  *s2 += sb;
+}
+
+// sum dy[k] and sum dy[k] * (x[k] - m)
+void row_dy_sums(const float* dy, const float* x, int64_t n, float m, double* s_dy, double* s_dyx) {
+  double sa, sb;
+  block_sum2(
+      n,
+      [&](int64_t k, float& a, float& b) {
+        a = dy[k];
+        b = dy[k] * (x[k] - m);
+      },
+      &sa, &sb);
+  *s_dy += sa;
+  *s_dyx += sb;
 }
 
 bool is_vector(const TensorView& t, int64_t n) { return t.rank == 1 && t.shape[0] == n; }
