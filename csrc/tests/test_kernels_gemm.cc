@@ -212,12 +212,17 @@ TEST(KernelsGemm, EveryImplementationMatchesFloat64Reference) {
 }
 
 // Products big enough for sgemm to cut C into several library tiles / own-kernel tasks, run on
-// 1, 2 and 3 threads: bit-identical, and bias + clamp + mask applied on every tile.
+// 1, 2, 3 and 4 threads: bit-identical (the library is cut into one tile per thread, so this is
+// what holds a library to computing an element the same way whatever the tile around it), and
+// bias + clamp + mask applied on every tile. Shapes: the text model's, a 3x3 conv band (M = 64,
+// odd N), ResNet's 512-channel 7x7 stage (N = 49), a skinny M.
 TEST(KernelsGemm, ThreadedTilesAreIdenticalForAnyThreadCount) {
   std::mt19937 rng(99);
-  ThreadPool two(2), three(3);
+  ThreadPool two(2), three(3), four(4);
+  const int64_t shapes[][3] = {{256, 384, 384}, {64, 455, 576}, {512, 49, 4608}, {40, 1000, 320}};
+  for (const auto& shape : shapes)
   for (int t = 0; t < 4; ++t) {
-    const Case c{(t & 1) != 0, (t & 2) != 0, 256, 384, 384, 1.0f, 0.0f, 0};  // 8 library tiles, 2 own column blocks
+    const Case c{(t & 1) != 0, (t & 2) != 0, shape[0], shape[1], shape[2], 1.0f, 0.0f, 0};
     const Data d = make(c, rng);
     GemmBias g = epilogue(Ep::kMaskBits, d);
     g.col = d.col.data();
@@ -225,9 +230,11 @@ TEST(KernelsGemm, ThreadedTilesAreIdenticalForAnyThreadCount) {
     std::vector<double> want, tol;
     reference(c, d, g, &want, &tol);
     for (const Impl& im : impls()) {
-      const std::vector<float> r1 = run(im, c, d, g, nullptr), r2 = run(im, c, d, g, &two), r3 = run(im, c, d, g, &three);
+      const std::vector<float> r1 = run(im, c, d, g, nullptr), r2 = run(im, c, d, g, &two), r3 = run(im, c, d, g, &three),
+                               r4 = run(im, c, d, g, &four);
       EXPECT_EQ(std::memcmp(r1.data(), r2.data(), r1.size() * sizeof(float)), 0) << im.name << " " << describe(c);
       EXPECT_EQ(std::memcmp(r1.data(), r3.data(), r1.size() * sizeof(float)), 0) << im.name << " " << describe(c);
+      EXPECT_EQ(std::memcmp(r1.data(), r4.data(), r1.size() * sizeof(float)), 0) << im.name << " " << describe(c);
       double worst = 0;
       for (size_t e = 0; e < want.size(); ++e) worst = std::max(worst, std::fabs(r1[e] - want[e]) - tol[e]);
       EXPECT_LE(worst, 0.0) << im.name << " " << describe(c);

@@ -394,16 +394,20 @@ void sgemm_own(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, floa
 // 0.3.21: ~5% of the elements of a 512^3 product differ, up to 8e-4 relative, between 1 and 2
 // threads), which would break "N threads == 1 thread". So the library always runs single-threaded
 // (MKL: the sequential layer is what the build links; OpenBLAS: openblas_set_num_threads(1)), and
-// sgemm threads it itself: C is cut into tiles chosen from the shape alone, each tile one
-// cblas_sgemm call, tiles spread over the pool. A tile's result never depends on which thread
-// computes it.
+// sgemm threads it itself: C is cut into one tile per thread (fewer for small products), each
+// tile one cblas_sgemm call. The tile count follows the thread count, so the results rest on the
+// library computing an element the same way whatever the extent of the call it sits in: MKL
+// 2024+ does on every product sgemm cuts (tiles of >= 32 rows or >= 64 columns: checked on the
+// text, 1x1 and 3x3 conv shapes split 2, 3, 4, 8 and 16 ways; only a split down to single rows,
+// which sgemm never makes, took its matrix-vector path and differed), and
+// KernelsGemm.ThreadedTilesAreIdenticalForAnyThreadCount holds every build to it on 1-4 threads.
+// One tile per thread because each call re-packs its panels and runs its own blocking: on 2
+// threads (Intel Xeon) 2 tiles instead of up to 8 made ResNet's 3x3 convs 1.2x faster (64@56
+// forward 147 -> 177 GFLOP/s, grad_input 180 -> 224) and a 1024x1536x384 linear 280 -> 322.
 namespace {
 
-// Smallest tile worth its own cblas call (multiply-adds), and the most tiles one product is cut
-// into. Each call re-packs its panels, so tiles are kept large: with MKL on 2 threads (Intel Xeon,
-// the text model's 256x384x384 .. 256x1536x384 products) 2^21 / 8 ran 1.2-1.8x faster than 2^19 / 16.
+// Smallest tile worth its own cblas call (multiply-adds).
 constexpr int64_t kBlasTileMacs = int64_t{1} << 21;
-constexpr int64_t kBlasMaxTiles = 8;
 
 void blas_call(const Gemm& g, int64_t i0, int64_t m, int64_t j0, int64_t n) {
   const float* a = g.ta ? g.A + i0 : g.A + i0 * g.lda;
@@ -438,9 +442,10 @@ void sgemm_library(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, 
   (void)single_threaded;
 #endif
   const Gemm g{trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias};
-  // Tiles: halve the longer side (in units of work) until there are enough tiles or they get small.
+  // Tiles: halve the longer side (in units of work) until there is one per thread or they get small.
   int64_t tm = 1, tn = 1;
-  const int64_t want = std::min(kBlasMaxTiles, std::max<int64_t>(1, M * N * K / kBlasTileMacs));
+  const int64_t threads = pool ? pool->num_threads() : 1;
+  const int64_t want = std::min(threads, std::max<int64_t>(1, M * N * K / kBlasTileMacs));
   while (tm * tn < want) {
     if (N / tn >= M / tm && N / tn >= 64) tn *= 2;
     else if (M / tm >= 32) tm *= 2;
