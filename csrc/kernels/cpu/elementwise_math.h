@@ -7,10 +7,10 @@
 // dtype; where the reference's own formula would cancel (gelu via 1 + erf / 1 + tanh, its
 // backward via 1 - tanh^2) an algebraically equal form without cancellation is used instead.
 // exp / tanh / erfc are cpu_util.h's vectorizable versions for f32; sqrt, log and pow stay libm.
-// gelu (erf) uses exp_le88 / erfc_le88 below instead: the same arithmetic as cpu_util.h's exp_f32 /
-// erfc_f32, so the same bits, without the overflow guards its arguments can never need (they
-// are <= 3e-8, see erfc_le88); gelu was the slowest activation of the text model, and those
-// guards were a third of exp's instructions.
+// gelu (erf) calls exp_f32<false> for its Gaussian (argument <= 0), as erfc_f32 does for its
+// exponent (<= 3e-8): exp without the overflow guard no such argument needs, the same bits; gelu
+// was the slowest activation of the text model, and those guards were a third of exp's
+// instructions.
 // Everything is ET_VECTOR_INLINE: the loops that call these only vectorize when it is inlined.
 #pragma once
 
@@ -73,64 +73,17 @@ ET_VECTOR_INLINE T silu_backward(T dy, T x) {
   return dy * s * (T(1) + x * (T(1) - s));
 }
 
-// cpu::exp_f32 for x <= 88 (NaN included), bit for bit: the same clamp below, reduction,
-// polynomial and two-step scaling, minus the clamp and the +inf select above ln(FLT_MAX) that
-// no caller here can reach (its arguments are <= 0 or the erfc exponent, <= 3e-8).
-ET_VECTOR_INLINE float exp_le88(float x) {
-  const float kLo = -87.33654022216797f;  // ln(FLT_MIN)
-  float xc = x < kLo ? kLo : x;
-  xc = xc == xc ? xc : 0.0f;  // NaN: compute on 0 (no undefined float->int cast), fixed below
-  const float kShift = 12582912.0f;
-  float t = xc * 1.44269504088896341f + kShift;
-  float n = t - kShift;
-  float r = xc - n * 0.693145751953125f;
-  r = r - n * 1.42860682030941723212e-6f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  int32_t ni = static_cast<int32_t>(n);
-  int32_t half = ni >> 1;
-  int32_t b1 = (half + 127) << 23, b2 = (ni - half + 127) << 23;
-  float s1, s2;
-  std::memcpy(&s1, &b1, sizeof s1);
-  std::memcpy(&s2, &b2, sizeof s2);
-  float y = p * s1 * s2;
-  y = x < kLo ? 0.0f : y;
-  return x != x ? x : y;
-}
-ET_VECTOR_INLINE double exp_le88(double x) { return cpu::exp_any(x); }
-
-// cpu::erfc_f32, bit for bit, on exp_le88: its exponent p(t) - z^2 is <= 3e-8 (the fit's
-// polynomial p lies in [-1.2656, 3e-8] for t in (0, 1]).
-ET_VECTOR_INLINE float erfc_le88(float x) {
-  const float z = x < 0.0f ? -x : x;
-  const float t = 1.0f / (1.0f + 0.5f * z);
-  float p = 0.17087277f;
-  p = p * t - 0.82215223f;
-  p = p * t + 1.48851587f;
-  p = p * t - 1.13520398f;
-  p = p * t + 0.27886807f;
-  p = p * t - 0.18628806f;
-  p = p * t + 0.09678418f;
-  p = p * t + 0.37409196f;
-  p = p * t + 1.00002368f;
-  p = p * t - 1.26551223f;
-  const float r = t * exp_le88(p - z * z);
-  return x < 0.0f ? 2.0f - r : r;
-}
-ET_VECTOR_INLINE double erfc_le88(double x) { return cpu::erfc_any(x); }
+// e^x for x <= 0 (NaN included): exp_f32 without its overflow guard for f32
+ET_VECTOR_INLINE float exp_nonpositive(float x) { return cpu::exp_f32<false>(x); }
+ET_VECTOR_INLINE double exp_nonpositive(double x) { return cpu::exp_any(x); }
 
 // gelu, approximate="none": 0.5 x (1 + erf(x/sqrt2)) = 0.5 x erfc(-x/sqrt2), no cancellation for x < 0
 template <typename T>
-ET_VECTOR_INLINE T gelu_erf(T x) { return T(0.5) * x * erfc_le88(-x * T(kSqrtHalf)); }
+ET_VECTOR_INLINE T gelu_erf(T x) { return T(0.5) * x * cpu::erfc_any(-x * T(kSqrtHalf)); }
 template <typename T>
 ET_VECTOR_INLINE T gelu_erf_backward(T dy, T x) {
-  T cdf = T(0.5) * erfc_le88(-x * T(kSqrtHalf));
-  T pdf = exp_le88(T(-0.5) * x * x) * T(kInvSqrt2Pi);
+  T cdf = T(0.5) * cpu::erfc_any(-x * T(kSqrtHalf));
+  T pdf = exp_nonpositive(T(-0.5) * x * x) * T(kInvSqrt2Pi);
   return dy * (cdf + x * pdf);
 }
 // gelu, approximate="tanh": 0.5 x (1 + tanh u) = x sigmoid(2u)
