@@ -37,6 +37,10 @@ import sys
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# xdist runs two workers on CI's two cores and sessions use up to 2 threads each: spinning idle
+# threads (edgetune's pool, OpenMP's) would take turns with the busy ones (the suite ran 7.7 ->
+# 10 min with the pool's spin), so waits sleep here, as on any shared machine.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, os.path.dirname(__file__))
 
 import torch  # noqa: E402
