@@ -15,8 +15,10 @@
 //              both in one binary.
 //
 // Both are allocation-free once warm (the libraries set up their internal buffer pools on a
-// thread's first call and keep them) and deterministic: every element of C is summed over K in an order fixed by the shape, never
-// by the thread count, so 1 and N threads give identical results.
+// thread's first call and keep them) and deterministic: 1 and N threads give identical results.
+// The own kernel sums every element of C over K in an order fixed by the shape alone; the library
+// path cuts C into one tile per thread and relies on the library computing an element the same
+// way whatever the tile around it (gemm.cc says where that was checked; a GoogleTest enforces it).
 //
 // The epilogue (GemmBias) is what the kernels fuse into the write of C instead of a separate
 // pass over memory: a bias, then a clamp (the forward activations relu / hardtanh of conv2d and
