@@ -2,6 +2,8 @@
 
     batch_norm_train(x, w, b, running_mean, running_var) -> y, mean, invstd, new_running_mean, new_running_var
     batch_norm_infer(x, w, b, running_mean, running_var) -> y
+        both take an optional fused activation (attrs activation="relu"|"hardtanh", act_min, act_max,
+        as conv2d/linear): y = act(bn(x)), made by fuse_epilogue after autodiff, so no gradient rule
     batch_norm_backward(dy, x, w, mean, invstd)           -> the grads named by attrs["output_mask"] ([dx, dw, db])
     layer_norm(x, w, b)                                   -> y, mean, rstd
     layer_norm_backward(dy, x, w, mean, rstd)             -> the grads named by attrs["output_mask"]
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .matmul import apply_activation, check_activation, has_activation, no_grad_with_epilogue, torch_activation
 from .registry import NOT_DIFFERENTIABLE, OpDef, Sample, T, check, rand, register, same_dtype
 from ..ir import TensorType
 
@@ -23,7 +26,8 @@ from ..ir import TensorType
 # ---------------------------------------------------------------------------------------------
 # batch norm
 # ---------------------------------------------------------------------------------------------
-def _bn_check(ts):
+def _bn_check(ts, a, op):
+    check_activation(a, op)
     x = ts[0]
     dt = same_dtype(ts)
     check(x.rank >= 2, f"batch_norm wants [N, C, ...] input, got {x}")
@@ -34,7 +38,7 @@ def _bn_check(ts):
 
 
 def _bn_train_infer(ts, a):
-    x, c, dt = _bn_check(ts)
+    x, c, dt = _bn_check(ts, a, "batch_norm_train")
     chan = TensorType((c,), dt)
     return [x, chan, chan, chan, chan]
 
@@ -59,14 +63,16 @@ def _bn_train_ref(x, a):
     new_rm = (1 - m) * rm + m * mean
     new_rv = (1 - m) * rv + m * var * (count / max(count - 1, 1))
     dt = inp.dtype
-    return [y.astype(dt), mean.astype(dt), invstd.astype(dt), new_rm.astype(dt), new_rv.astype(dt)]
+    y = apply_activation(y.astype(dt), a)
+    return [y, mean.astype(dt), invstd.astype(dt), new_rm.astype(dt), new_rv.astype(dt)]
 
 
 def _bn_infer_ref(x, a):
     inp, w, b, rm, rv = x
     scale = w / np.sqrt(rv + np.asarray(a["eps"], dtype=rv.dtype))
     shift = b - rm * scale
-    return [(inp * _channel_view(scale, inp.ndim) + _channel_view(shift, inp.ndim)).astype(inp.dtype)]
+    y = (inp * _channel_view(scale, inp.ndim) + _channel_view(shift, inp.ndim)).astype(inp.dtype)
+    return [apply_activation(y, a)]
 
 
 def _bn_backward_infer(ts, a):
@@ -95,6 +101,8 @@ def _bn_backward_ref(x, a):
 
 
 def _bn_train_grad(g):
+    if has_activation(g.attrs):
+        no_grad_with_epilogue(g, "batch_norm_train", f"activation {g.attrs['activation']!r}")
     x, w = g.inputs[0], g.inputs[1]
     dy = g.douts[0]
     mean, invstd = g.outputs[1], g.outputs[2]
@@ -114,6 +122,8 @@ def _bn_train_grad(g):
 
 
 def _bn_infer_grad(g):
+    if has_activation(g.attrs):
+        no_grad_with_epilogue(g, "batch_norm_infer", f"activation {g.attrs['activation']!r}")
     x, w, b, rm, rv = g.inputs
     dy = g.douts[0]
     grads = [None] * 5
@@ -147,14 +157,28 @@ def _bn_samples(rng):
                    note="layer-sized")]
 
 
+def _bn_activation_samples(rng, train: bool):
+    """The fused activation (what fuse_epilogue makes of BN + ReLU / ReLU6): x spans [-4, 4] and
+    b is shifted so that hardtanh(0, 6) clamps at both ends; forward only (no gradient rule)."""
+    stats = {"momentum": 0.1, "eps": 1e-5} if train else {"eps": 1e-5}
+    out = []
+    for shape, act in (((4, 3, 5, 5), {"activation": "relu"}),
+                       ((2, 16, 7, 9), {"activation": "hardtanh", "act_min": 0.0, "act_max": 6.0})):
+        inputs = _bn_inputs(rng, shape)
+        inputs[0] = inputs[0] * 4
+        inputs[2] = inputs[2] * 4 + 2  # shifts past both clamp bounds
+        out.append(Sample(inputs, {**stats, **act}, grad_inputs=[], note=f"fused {act['activation']}"))
+    return out
+
+
 def _torch_bn(t, a, training):
     torch = T()
     x, w, b, rm, rv = t
     rm, rv = rm.clone(), rv.clone()
     if training:
         y, mean, invstd = torch.ops.aten.native_batch_norm(x, w, b, rm, rv, True, a["momentum"], a["eps"])
-        return [y, mean, invstd, rm, rv]
-    return [torch.nn.functional.batch_norm(x, rm, rv, w, b, False, 0.0, a["eps"])]
+        return [torch_activation(y, a), mean, invstd, rm, rv]
+    return [torch_activation(torch.nn.functional.batch_norm(x, rm, rv, w, b, False, 0.0, a["eps"]), a)]
 
 
 def _bn_backward_samples(rng):
@@ -175,12 +199,14 @@ def _torch_bn_backward(t, a):
     return [o for o, on in zip(outs, a["output_mask"]) if on]
 
 
-register(OpDef("batch_norm_train", _bn_train_infer, _bn_train_ref, _bn_train_grad, _bn_samples,
+register(OpDef("batch_norm_train", _bn_train_infer, _bn_train_ref, _bn_train_grad,
+               lambda rng: _bn_samples(rng) + _bn_activation_samples(rng, True),
                lambda t, a: _torch_bn(t, a, True), param_roles={1: "norm", 2: "bias"},
                flops=lambda i, o, a: 7 * i[0].numel))
-register(OpDef("batch_norm_infer", lambda ts, a: [_bn_check(ts)[0]], _bn_infer_ref, _bn_infer_grad,
+register(OpDef("batch_norm_infer", lambda ts, a: [_bn_check(ts, a, "batch_norm_infer")[0]], _bn_infer_ref,
+               _bn_infer_grad,
                lambda rng: [Sample(s.inputs, {"eps": s.attrs["eps"]}, grad_inputs=[0, 1, 2], note=s.note)
-                            for s in _bn_samples(rng)],
+                            for s in _bn_samples(rng)] + _bn_activation_samples(rng, False),
                lambda t, a: _torch_bn(t, a, False), param_roles={1: "norm", 2: "bias"},
                flops=lambda i, o, a: 2 * i[0].numel))
 register(OpDef("batch_norm_backward", _bn_backward_infer, _bn_backward_ref, NOT_DIFFERENTIABLE,

@@ -4,6 +4,13 @@ Forward — the bias and the activation are applied where the conv/linear GEMM w
 
     z = conv2d(x, W, b);  y = hardtanh(z, 0, 6)    =>   y = conv2d(x, W, b) {activation="hardtanh", act_min=0, act_max=6}
 
+Batch norm the same way, where the normalising loop writes y (train-mode BN + ReLU6 is
+MobileNetV2's every block: one pass over the tensor instead of two, and the pre-activation z is
+never stored):
+
+    z, mean, invstd, rm, rv = batch_norm_train(x, ...);  y = relu(z)
+        =>  y, mean, invstd, rm, rv = batch_norm_train(x, ...) {activation="relu"}
+
 Backward — the activation derivative of the layer *below* is applied where the grad-input kernel
 writes dx, instead of in a separate pass over dx:
 
@@ -23,6 +30,7 @@ from ..ir import Graph, NameGen
 from ..rewrite import EmitBefore, is_pinned, remove_node, replace_uses
 
 FORWARD_KERNELS = ("conv2d", "linear")
+NORM_KERNELS = ("batch_norm_train", "batch_norm_infer")  # activation on output 0, other outputs kept
 GRAD_INPUT_KERNELS = ("conv2d_grad_input", "matmul")
 ACTIVATIONS = ("relu", "hardtanh")
 DERIVATIVES = ("mask_grad", "relu_backward", "hardtanh_backward")
@@ -52,6 +60,15 @@ def _replace(g, names, old_node, op, inputs, attrs, source):
     return new
 
 
+def _fuse_into_norm(g, norm, act) -> None:
+    """norm's output 0 becomes act's output: same node, same place, the clamp in its attrs."""
+    z, y = norm.outputs[0], act.outputs[0]
+    norm.attrs = {**norm.attrs, **_activation_attrs(act)}
+    replace_uses(g, y, z)
+    remove_node(g, act)
+    z.name = y.name
+
+
 def run(g: Graph, ctx=None) -> str:
     names = NameGen(g)
     forward = backward = 0
@@ -59,13 +76,18 @@ def run(g: Graph, ctx=None) -> str:
     for act in [n for n in g.nodes if n.op in ACTIVATIONS]:
         z = act.inputs[0]
         layer = z.producer
-        if layer is None or layer.op not in FORWARD_KERNELS or layer.attrs.get("activation"):
+        if layer is None or layer.op not in FORWARD_KERNELS + NORM_KERNELS or layer.attrs.get("activation"):
             continue
         if len(users.get(id(z), [])) != 1 or is_pinned(g, z) or z.dtype != "f32":
             continue
-        _replace(g, names, act, layer.op, list(layer.inputs), {**layer.attrs, **_activation_attrs(act)},
-                 layer.source)
-        remove_node(g, layer)
+        if layer.op in NORM_KERNELS:
+            if layer.outputs[0] is not z:
+                continue
+            _fuse_into_norm(g, layer, act)
+        else:
+            _replace(g, names, act, layer.op, list(layer.inputs), {**layer.attrs, **_activation_attrs(act)},
+                     layer.source)
+            remove_node(g, layer)
         forward += 1
         users = g.users()
     for der in [n for n in g.nodes if n.op in DERIVATIVES]:
@@ -82,5 +104,5 @@ def run(g: Graph, ctx=None) -> str:
         backward += 1
         users = g.users()
     if not forward and not backward:
-        return "no activation next to a conv/linear/grad-input kernel"
-    return f"{forward} activations fused into conv/linear, {backward} derivatives into grad-input kernels"
+        return "no activation next to a conv/linear/batch-norm/grad-input kernel"
+    return f"{forward} activations fused into conv/linear/batch norm, {backward} derivatives into grad-input kernels"

@@ -199,7 +199,7 @@ def _fused(compressed):
     g = load(CONV_RELU_CHAIN, data)
     if compressed:
         run_pass("compress_activations", g)
-    assert "2 activations fused into conv/linear, 1 derivatives" in run_pass("fuse_epilogue", g)
+    assert "2 activations fused into conv/linear/batch norm, 1 derivatives" in run_pass("fuse_epilogue", g)
     return before, g, data
 
 
@@ -223,6 +223,55 @@ def test_fused_epilogues_run_on_the_cpu_runtime(compressed, native):
     np.testing.assert_allclose(loss, l0, rtol=1e-5)
     for k in ("c1.bias", "c2.bias"):
         np.testing.assert_allclose(sess.state_dict()[k], s0[k], rtol=1e-5, atol=1e-6)
+
+
+def _bn_act_model():
+    import torch
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), torch.nn.BatchNorm2d(8),
+                               torch.nn.ReLU6(), torch.nn.Conv2d(8, 8, 1, bias=False), torch.nn.BatchNorm2d(8),
+                               torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                               torch.nn.Linear(8, 3))
+
+
+@pytest.mark.native
+def test_fuse_epilogue_puts_train_mode_batch_norm_activations_in_the_norm():
+    """Train-mode BN + ReLU6 / ReLU (MobileNetV2's and ResNet's every block) becomes one
+    batch_norm_train node that clamps as it normalises; three steps on the C++ runtime and on the
+    reference executor train as the unfused program and as PyTorch do."""
+    import copy
+
+    import torch
+    model = _bn_act_model()
+    x, y = torch.randn(4, 3, 6, 6), torch.tensor([0, 2, 1, 1])
+    sgd = et.optim.SGD(lr=0.1, momentum=0.9)
+    fused = et.compile(copy.deepcopy(model), (x,), y, peft=et.peft.BiasOnly(), optimizer=sgd)
+    plain = et.compile(copy.deepcopy(model), (x,), y, peft=et.peft.BiasOnly(), optimizer=sgd,
+                       disable_passes=["fuse_epilogue"])
+    norms = [n for n in fused.graph.nodes if n.op == "batch_norm_train"]
+    assert [n.attrs.get("activation") for n in norms] == ["hardtanh", "relu"]
+    assert norms[0].attrs["act_min"] == 0.0 and norms[0].attrs["act_max"] == 6.0
+    assert not any(n.op in ("relu", "hardtanh") for n in fused.graph.nodes)
+    assert sum(n.op in ("relu", "hardtanh") for n in plain.graph.nodes) == 2
+    ref = copy.deepcopy(model).train()
+    trainable = [p for n, p in ref.named_parameters() if n.endswith("bias")]
+    for n, p in ref.named_parameters():
+        p.requires_grad_(n.endswith("bias"))
+    opt = torch.optim.SGD(trainable, lr=0.1, momentum=0.9)
+    sessions = [et.Session(fused, backend="cpu"), et.Session(plain, backend="cpu"),
+                et.Session(fused, backend="reference")]
+    for _ in range(3):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(ref(x), y)
+        loss.backward()
+        opt.step()
+        for sess in sessions:
+            np.testing.assert_allclose(sess.step(x.numpy(), y.numpy()), loss.item(), rtol=2e-5)
+    want = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
+    for sess in sessions:
+        got = sess.state_dict()
+        for k in ("1.bias", "4.bias", "8.bias", "1.running_mean", "4.running_var"):
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-6, err_msg=k)
 
 
 # ---- reorder_updates / schedule_memory -----------------------------------------------------------

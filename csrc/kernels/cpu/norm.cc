@@ -12,6 +12,10 @@
 // conversion per element made the loops 2-3x slower than PyTorch's, and the error stays a few
 // f32 roundings of the terms' absolute sum (see block_sum); the means sum x - x[0] (layer norm)
 // or x - (the channel's first value) (batch norm) so that bound is relative to std, not |mean|.
+//
+// batch_norm_train / _infer may carry a fused activation (attrs activation, act_min, act_max, read
+// by read_activation as conv2d's): the clamp happens in the normalising loop, so BN + ReLU(6) is
+// one pass over the tensor instead of two (fuse_epilogue makes it).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -19,6 +23,7 @@
 
 #include "core/kernel.h"
 #include "kernels/cpu/cpu_util.h"
+#include "kernels/cpu/gemm.h"
 
 namespace edgetune {
 namespace {
@@ -185,6 +190,8 @@ Status bn_train_check(const KernelArgs& a) {
   ET_RETURN_IF_ERROR(expect_arity(a, "batch_norm_train", 5, 5, 5));
   ET_RETURN_IF_ERROR(cpu::expect_all_f32(a, "batch_norm_train"));
   ET_RETURN_IF_ERROR(bn_check_inputs(a, "batch_norm_train"));
+  float lo, hi;
+  ET_RETURN_IF_ERROR(read_activation(a.attr(), "batch_norm_train", &lo, &hi));
   for (int i = 1; i < 5; ++i)
     if (!is_vector(a.out(i), a.in(0).shape[1]))
       return invalid_argument("batch_norm_train: output " + std::to_string(i) + " " + a.out(i).shape_string() +
@@ -202,6 +209,8 @@ Status bn_train_run(const KernelArgs& a) {
   float *mean_out = a.out(1).as<float>(), *invstd_out = a.out(2).as<float>();
   float *rm_out = a.out(3).as<float>(), *rv_out = a.out(4).as<float>();
   const double eps = a.attr().get_float("eps", 1e-5), mom = a.attr().get_float("momentum", 0.1);
+  float lo, hi;  // the fused activation's clamp (-inf, +inf without one); checked in bn_train_check
+  ET_RETURN_IF_ERROR(read_activation(a.attr(), "batch_norm_train", &lo, &hi));
   const int64_t count = bn.count();
   a.pool->parallel_for(bn.C, channel_grain(bn), [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
@@ -223,7 +232,11 @@ Status bn_train_run(const KernelArgs& a) {
       for (int64_t n = 0; n < bn.N; ++n) {
         const float* xr = x + (n * bn.C + c) * bn.S;
         float* yr = y + (n * bn.C + c) * bn.S;
-        for (int64_t k = 0; k < bn.S; ++k) yr[k] = ((xr[k] - mh) - ml) * scale + shift;
+        for (int64_t k = 0; k < bn.S; ++k) {
+          const float v = ((xr[k] - mh) - ml) * scale + shift;
+          const float r = v < lo ? lo : v;  // NaN stays NaN, as in clamp_row
+          yr[k] = r > hi ? hi : r;
+        }
       }
     }
   });
@@ -233,6 +246,8 @@ Status bn_train_run(const KernelArgs& a) {
 Status bn_infer_check(const KernelArgs& a) {
   ET_RETURN_IF_ERROR(expect_arity(a, "batch_norm_infer", 5, 5, 1));
   ET_RETURN_IF_ERROR(cpu::expect_all_f32(a, "batch_norm_infer"));
+  float lo, hi;
+  ET_RETURN_IF_ERROR(read_activation(a.attr(), "batch_norm_infer", &lo, &hi));
   return bn_check_inputs(a, "batch_norm_infer");
 }
 
@@ -243,6 +258,8 @@ Status bn_infer_run(const KernelArgs& a) {
   const float *rm = a.in(3).as<float>(), *rv = a.in(4).as<float>();
   float* y = a.out(0).as<float>();
   const float eps = static_cast<float>(a.attr().get_float("eps", 1e-5));
+  float lo, hi;
+  ET_RETURN_IF_ERROR(read_activation(a.attr(), "batch_norm_infer", &lo, &hi));
   // one (image, channel) plane per task; scale/shift in float32 as the reference computes them
   a.pool->parallel_for(bn.N * bn.C, std::max<int64_t>(1, 16384 / std::max<int64_t>(bn.S, 1)), [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
@@ -251,7 +268,11 @@ Status bn_infer_run(const KernelArgs& a) {
       const float shift = b[c] - rm[c] * scale;
       const float* xr = x + p * bn.S;
       float* yr = y + p * bn.S;
-      for (int64_t k = 0; k < bn.S; ++k) yr[k] = xr[k] * scale + shift;
+      for (int64_t k = 0; k < bn.S; ++k) {
+        const float v = xr[k] * scale + shift;
+        const float r = v < lo ? lo : v;
+        yr[k] = r > hi ? hi : r;
+      }
     }
   });
   return Status::Ok();

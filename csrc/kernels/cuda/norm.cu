@@ -3,7 +3,9 @@
 // fixed-order block tree (one block per channel or row); the column sums of layer_norm_backward
 // (dweight, dbias) give each thread one column and walk the rows in order. The running-stat
 // outputs may be the very buffers of the inputs: each channel's values are read before written,
-// by the same thread. Checks are the CPU kernels'.
+// by the same thread. Checks are the CPU kernels'. batch_norm_train / _infer clamp to their fused
+// activation (read_activation; -inf/+inf without one) where they write y.
+#include "kernels/cpu/gemm.h"
 #include "kernels/cuda/cuda_util.h"
 
 namespace edgetune {
@@ -13,7 +15,7 @@ namespace {
 // batch_norm_train: block per channel, shifted sums (shift = first element) as the CPU
 __global__ void bn_train_kernel(const float* x, const float* w, const float* b, const float* rm, const float* rv,
                                 float* y, float* mean_out, float* invstd_out, float* rm_out, float* rv_out, int64_t N,
-                                int64_t C, int64_t S, double eps, double mom) {
+                                int64_t C, int64_t S, double eps, double mom, float lo, float hi) {
   __shared__ double s1s[kBlock];
   __shared__ double s2s[kBlock];
   const int64_t count = N * S;
@@ -43,18 +45,22 @@ __global__ void bn_train_kernel(const float* x, const float* w, const float* b, 
     }
     for (int64_t q = threadIdx.x; q < count; q += blockDim.x) {
       const int64_t i = ((q / S) * C + c) * S + q % S;
-      y[i] = ((x[i] - mh) - ml) * scale + shift;
+      const float v = ((x[i] - mh) - ml) * scale + shift;
+      const float r = v < lo ? lo : v;
+      y[i] = r > hi ? hi : r;
     }
   }
 }
 
 __global__ void bn_infer_kernel(const float* x, const float* w, const float* b, const float* rm, const float* rv, float* y,
-                                int64_t n, int64_t C, int64_t S, float eps) {
+                                int64_t n, int64_t C, int64_t S, float eps, float lo, float hi) {
   ET_GRID_LOOP(i, n) {
     const int64_t c = (i / S) % C;
     const float scale = w[c] / sqrtf(rv[c] + eps);
     const float shift = b[c] - rm[c] * scale;
-    y[i] = x[i] * scale + shift;
+    const float v = x[i] * scale + shift;
+    const float r = v < lo ? lo : v;
+    y[i] = r > hi ? hi : r;
   }
 }
 
@@ -162,10 +168,12 @@ Status bn_train_run(const KernelArgs& a) {
   int64_t N, C, S;
   bn_dims(a.in(0), &N, &C, &S);
   if (C == 0) return Status::Ok();
+  float lo, hi;
+  ET_RETURN_IF_ERROR(read_activation(a.attr(), "batch_norm_train", &lo, &hi));
   bn_train_kernel<<<blocks_for(C), kBlock, 0, ctx->stream>>>(
       a.in(0).as<float>(), a.in(1).as<float>(), a.in(2).as<float>(), a.in(3).as<float>(), a.in(4).as<float>(),
       a.out(0).as<float>(), a.out(1).as<float>(), a.out(2).as<float>(), a.out(3).as<float>(), a.out(4).as<float>(), N, C,
-      S, a.attr().get_float("eps", 1e-5), a.attr().get_float("momentum", 0.1));
+      S, a.attr().get_float("eps", 1e-5), a.attr().get_float("momentum", 0.1), lo, hi);
   ET_CUDA_LAUNCHED("batch_norm_train");
   return Status::Ok();
 }
@@ -176,9 +184,12 @@ Status bn_infer_run(const KernelArgs& a) {
   bn_dims(a.in(0), &N, &C, &S);
   const int64_t n = a.in(0).numel();
   if (n == 0) return Status::Ok();
+  float lo, hi;
+  ET_RETURN_IF_ERROR(read_activation(a.attr(), "batch_norm_infer", &lo, &hi));
   bn_infer_kernel<<<grid_for(n), kBlock, 0, ctx->stream>>>(a.in(0).as<float>(), a.in(1).as<float>(), a.in(2).as<float>(),
                                                            a.in(3).as<float>(), a.in(4).as<float>(), a.out(0).as<float>(),
-                                                           n, C, S, static_cast<float>(a.attr().get_float("eps", 1e-5)));
+                                                           n, C, S, static_cast<float>(a.attr().get_float("eps", 1e-5)),
+                                                           lo, hi);
   ET_CUDA_LAUNCHED("batch_norm_infer");
   return Status::Ok();
 }
