@@ -8,8 +8,12 @@ Regions (the Region enum of csrc/schema/plan.fbs):
               node's kernel workspace. Offsets come from lifetimes: a value lives from the node
               that produces it to the last node that reads it (graph outputs to the end), a
               workspace only during its node; two tensors may share bytes iff their lifetimes
-              do not overlap. Placement is greedy by size (largest first, lowest offset that
-              fits), the classic static planner (TFLite's "greedy by size").
+              do not overlap. Placement is greedy (each tensor at the lowest offset that fits),
+              largest first (TFLite's "greedy by size"), in two orders of equal sizes, keeping
+              the smaller arena: earliest use first, and latest use first. The second fixes
+              chains like EfficientNet's a -> b -> c -> d of 36.8, 36.8, 37.1, 37.4 MiB, each
+              alive with the next: d, c, then a (earliest first) under d leaves b no gap above
+              a and below c (111 MiB); d, c, b, a alternates them between two slots (74.5).
 
 In-place state updates: an assign `param <- new` whose value comes from an elementwise node
 (an optimizer update, the step counter's add) that is the last reader of the old value writes
@@ -113,9 +117,30 @@ def _inplace_assigns(g: Graph) -> dict[int, Value]:
     return out
 
 
+def _by_size(t) -> tuple:
+    return (-t[2], t[0])
+
+
+def _by_size_then_latest_use(t) -> tuple:
+    return (-t[2], -t[0])
+
+
+PLACEMENT_ORDERS = (_by_size, _by_size_then_latest_use)
+
+
 def _greedy_by_size(intervals: list[tuple[int, int, int, object]]) -> tuple[dict[object, int], int]:
-    """intervals: (first, last, nbytes, key). Returns key -> offset and the arena size."""
-    order = sorted(intervals, key=lambda t: (-t[2], t[0]))
+    """intervals: (first, last, nbytes, key). Returns key -> offset and the arena size: the best
+    of the PLACEMENT_ORDERS (the first on a tie)."""
+    best = None
+    for order in PLACEMENT_ORDERS:
+        offsets, peak = _place_greedy(sorted(intervals, key=order))
+        if best is None or peak < best[1]:
+            best = (offsets, peak)
+    return best
+
+
+def _place_greedy(order: list[tuple[int, int, int, object]]) -> tuple[dict[object, int], int]:
+    """Each interval in turn at the lowest offset clear of those already placed that it overlaps."""
     placed: list[tuple[int, int, int, int]] = []  # (first, last, offset, end)
     offsets: dict[object, int] = {}
     peak = 0

@@ -102,6 +102,18 @@ def test_greedy_placement_never_overlaps_live_tensors():
         assert peak <= sum(-(-n // ALIGNMENT) * ALIGNMENT for _, _, n, _ in items)
 
 
+def test_a_chain_of_near_equal_tensors_alternates_between_two_slots():
+    """EfficientNet-Lite0 last-k's a -> b -> c -> d (each alive with the next): largest first with
+    earliest use first stacks them three high (d, c, then a under d leaves b no room below c);
+    the planner also tries latest use first, which needs only the two biggest side by side."""
+    mib = 2 ** 20
+    chain = [(11, 13, 36_800_000, "a"), (13, 14, 36_800_000, "b"), (14, 15, 37_100_000, "c"),
+             (15, 16, 37_400_000, "d")]
+    offsets, peak = _greedy_by_size(chain)
+    assert peak <= 37_100_000 + 37_400_000 + 2 * ALIGNMENT, peak / mib
+    assert offsets["a"] != offsets["b"] and offsets["b"] != offsets["c"] and offsets["c"] != offsets["d"]
+
+
 @pytest.mark.parametrize("model_name", ["mlp", "small_cnn", "mobilenet_v2", "bert", "gpt"])
 def test_zoo_plans_are_valid_and_smaller_than_keeping_everything(model_name):
     import edgetune as et
