@@ -172,12 +172,13 @@ void valid_range(int64_t out, int64_t size, int64_t s, int64_t p, int64_t kd, in
 // (oh - oh0) * WO + ow, value x[c, oh*SH - PH + i*DH, ow*SW - PW + j*DW] (0 outside).
 
 // ld: the column matrix's row stride (default: ncols; more when several images sit side by side).
+// pool: null = the calling thread only (inside another parallel_for).
 void im2col(const Conv& c, const float* x /* [Cg,H,W] */, int64_t oh0, int64_t oh1, float* col, ThreadPool* pool,
             int64_t ld = 0) {
   const int64_t ncols = (oh1 - oh0) * c.WO;
   if (ld == 0) ld = ncols;
   const int64_t kk = c.KH * c.KW;
-  pool->parallel_for(c.Cg * kk, std::max<int64_t>(1, 4096 / std::max<int64_t>(ncols, 1)), [&](int64_t r0, int64_t r1) {
+  auto rows = [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t ch = r / kk, i = (r % kk) / c.KW, j = r % c.KW;
       const float* xc = x + ch * c.H * c.W;
@@ -203,7 +204,9 @@ void im2col(const Conv& c, const float* x /* [Cg,H,W] */, int64_t oh0, int64_t o
         std::fill(dst + hi, dst + c.WO, 0.0f);
       }
     }
-  });
+  };
+  if (!pool) return rows(0, c.Cg * kk);
+  pool->parallel_for(c.Cg * kk, std::max<int64_t>(1, 4096 / std::max<int64_t>(ncols, 1)), rows);
 }
 
 // dx[c] += scatter of the column rows of channel c; one channel per task, so writes never collide.
@@ -593,6 +596,33 @@ void conv_depthwise(const Conv& c, const float* x, const float* w, const float* 
   });
 }
 
+// y_g[:, rows oh0..oh1) = w_g @ im2col(x_g, rows oh0..oh1), the columns in col. One parallel
+// region: each thread takes a slice of the band's rows, lays out its own columns in its part of
+// col and runs its GEMM single-threaded while they are in its cache. Threading the im2col and
+// then the GEMM instead (two fork/joins per band, the GEMM's N split in halves after the columns
+// were written by both threads) ran ResNet's 64->64 3x3 at 157 GFLOP/s on 2 threads vs 107 on
+// one. Each output element is still one GEMM's dot product over the same K (the library's and
+// the own kernel's sums do not depend on N), so the result does not depend on the thread count.
+void im2col_gemm_band(const Conv& c, const float* xg, const float* wg, int64_t oh0, int64_t oh1, float* col,
+                      float* yg, const GemmBias& gb, ThreadPool* pool) {
+  const int64_t kdim = c.kdim(), Og = c.Og(), plane = c.HO * c.WO, rows = oh1 - oh0;
+  const int64_t parts = std::min<int64_t>(pool->num_threads(), rows);
+  if (parts <= 1) {
+    const int64_t ncols = rows * c.WO;
+    im2col(c, xg, oh0, oh1, col, pool);
+    sgemm(false, false, Og, ncols, kdim, 1.0f, wg, kdim, col, ncols, 0.0f, yg + oh0 * c.WO, plane, pool, gb);
+    return;
+  }
+  pool->parallel_for(parts, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t r0 = oh0 + rows * t / parts, r1 = oh0 + rows * (t + 1) / parts, ncols = (r1 - r0) * c.WO;
+      float* part = col + kdim * (r0 - oh0) * c.WO;
+      im2col(c, xg, r0, r1, part, nullptr);
+      sgemm(false, false, Og, ncols, kdim, 1.0f, wg, kdim, part, ncols, 0.0f, yg + r0 * c.WO, plane, nullptr, gb);
+    }
+  });
+}
+
 Status conv_run(const KernelArgs& a, Path p) {
   const char* kernel = kernel_name(kForward, p);
   Conv c;
@@ -656,9 +686,8 @@ Status conv_run(const KernelArgs& a, Path p) {
         continue;
       }
       for (int64_t oh0 = 0; oh0 < c.HO; oh0 += band) {
-        const int64_t oh1 = std::min(c.HO, oh0 + band), ncols = (oh1 - oh0) * c.WO;
-        im2col(c, xg, oh0, oh1, col, a.pool);
-        sgemm(false, false, Og, ncols, kdim, 1.0f, wg, kdim, col, ncols, 0.0f, yg + oh0 * c.WO, plane, a.pool, gb);
+        const int64_t oh1 = std::min(c.HO, oh0 + band);
+        im2col_gemm_band(c, xg, wg, oh0, oh1, col, yg, gb, a.pool);
       }
     }
   }
