@@ -161,6 +161,13 @@ def _plain_conv_samples(rng):
         Sample([rand(rng, 1, 2, 9, 9), rand(rng, 3, 2, 3, 3), rand(rng, 3)], _attrs(padding=2, dilation=2),
                note="dilated"),
         Sample([rand(rng, 2, 5, 4, 4), rand(rng, 3, 5, 1, 1)], _attrs(), note="pointwise"),
+        # depthwise rows of >= 16 outputs take the staged-row path (ring of staged input rows)
+        Sample([rand(rng, 1, 3, 9, 34), rand(rng, 3, 1, 3, 3), rand(rng, 3)], _attrs(padding=1, groups=3),
+               grad_inputs=[0, 1], note="depthwise staged rows, stride 1"),
+        Sample([rand(rng, 1, 2, 11, 37), rand(rng, 4, 1, 3, 3)], _attrs(stride=2, padding=1, groups=2),
+               grad_inputs=[0, 1], note="depthwise staged rows, stride 2, 2 filters per channel"),
+        Sample([rand(rng, 1, 2, 12, 40), rand(rng, 2, 1, 3, 3)], _attrs(padding=2, dilation=2, groups=2),
+               grad_inputs=[0, 1], note="depthwise staged rows, dilation 2"),
         # Layer-sized cases for the kernels' GEMM / depthwise paths. Exact values keep every
         # summation order (GEMM blocking, threads) bit-identical to numpy; only the bias is
         # finite-differenced, which keeps the sweep fast.

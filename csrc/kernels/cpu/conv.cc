@@ -566,23 +566,36 @@ void conv_depthwise(const Conv& c, const float* x, const float* w, const float* 
   if (channel_blockable(c)) return conv_depthwise_channels(c, x, w, bias, act_lo, act_hi, y, pool);
   if (!stageable(c)) return conv_depthwise_generic(c, x, w, bias, act_lo, act_hi, y, pool);
   const int64_t mult = c.Og(), plane = c.HO * c.WO, np = stage_positions(c), nout = round_chunk(c.WO);
+  // Staged rows are kept in a ring of `span` slots (input row ih in slot ih % span) and staged
+  // once per plane, not once per output row that reads them: 3x fewer stagings for a 3x3 stride 1,
+  // 1.5x for stride 2 (the deinterleaving copies were half of the kernel's time). The rows one
+  // output row reads span (KH-1)*DH+1 input rows, so they never share a slot, and a slot is reused
+  // only by a row below them all. Where the ring does not fit, each output row restages its KH.
+  const int64_t span = (c.KH - 1) * c.DH + 1;
+  const bool ring = span <= kMaxTaps && span * c.SW * np <= kStageFloats;
   pool->parallel_for(c.N * c.O, plane_grain(plane * c.KH * c.KW), [&](int64_t p0, int64_t p1) {
-    alignas(64) float ph[kStageFloats];  // the KH staged input rows of one output row
+    alignas(64) float ph[kStageFloats];  // the staged input rows
     alignas(64) float row[kStageFloats];  // one output row, whole chunks
     const float* src[kMaxTaps];
     float wt[kMaxTaps];
+    int64_t staged[kMaxTaps];  // the input row each ring slot holds (-1: none)
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t n = p / c.O, o = p % c.O;
       const float* xc = x + (n * c.C + o / mult) * c.H * c.W;
       const float* wo = w + o * c.KH * c.KW;
       const float b0 = bias ? bias[o] : 0.0f;
+      std::fill(staged, staged + kMaxTaps, int64_t{-1});
       for (int64_t oh = 0; oh < c.HO; ++oh) {
         int64_t taps = 0;
         for (int64_t i = 0; i < c.KH; ++i) {
           const int64_t ih = oh * c.SH - c.PH + i * c.DH;
           if (ih < 0 || ih >= c.H) continue;  // a padding row adds nothing
-          float* phi = ph + i * c.SW * np;
-          cpu::stage_row(xc + ih * c.W, c.W, c.PW, c.SW, np, 0.0f, phi);
+          const int64_t slot = ring ? ih % span : i;
+          float* phi = ph + slot * c.SW * np;
+          if (!ring || staged[slot] != ih) {
+            cpu::stage_row(xc + ih * c.W, c.W, c.PW, c.SW, np, 0.0f, phi);
+            staged[slot] = ih;
+          }
           for (int64_t j = 0; j < c.KW; ++j, ++taps) {
             const int64_t t = j * c.DW;
             src[taps] = phi + (t % c.SW) * np + t / c.SW;
