@@ -44,6 +44,7 @@
 //       per finished dx row / plane (depthwise).
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <string>
 
 #include "core/kernel.h"
@@ -777,11 +778,80 @@ void grad_input_depthwise_generic(const Conv& c, const float* dy, const float* w
   });
 }
 
+// ---- depthwise input gradient, unit column stride: the taps summed in registers ----------------
+// With SW == 1, dx[ih, iw] = sum over the taps (m, i, j) whose output row oh = (ih + PH - i*DH) / SH
+// exists of w[m, i, j] * dy[m, oh, iw + PW - j*DW] (0 outside [0, WO)): the forward's tap sum, over
+// shifted rows of dy. Each dy row is staged once per plane, zero-padded, into a ring (as the
+// forward's input rows), and every dx row is one taps_row over its sources, accumulated in
+// registers and written once. The phase path below adds each tap into a row buffer instead, a load
+// and a store per tap and element: store-bound, 2x slower at 3x3. Same terms in the same
+// (m, i, j) order from 0, so the same sums.
+struct DyRing {
+  int64_t left, positions, span;  // zeros before a row, floats per staged row, ring slots per filter
+};
+
+DyRing dy_ring(const Conv& c) {
+  const int64_t left = std::max<int64_t>(0, (c.KW - 1) * c.DW - c.PW);
+  return {left, left + c.PW + round_chunk(c.W), (c.KH - 1) * c.DH / c.SH + 1};
+}
+
+bool gatherable(const Conv& c) {
+  const DyRing r = dy_ring(c);
+  return c.SW == 1 && c.Og() * c.KH * c.KW <= kMaxTaps && c.Og() * r.span <= kMaxTaps &&
+         c.Og() * r.span * r.positions <= kStageFloats && round_chunk(c.W) <= kStageFloats;
+}
+
+void grad_input_depthwise_gather(const Conv& c, const float* dy, const float* w, const OutputMask* mask, float* dx,
+                                 ThreadPool* pool) {
+  const int64_t mult = c.Og(), plane = c.H * c.W, oplane = c.HO * c.WO, nout = round_chunk(c.W);
+  const DyRing r = dy_ring(c);
+  const float inf = std::numeric_limits<float>::infinity();
+  pool->parallel_for(c.N * c.C, plane_grain(oplane * mult * c.KH * c.KW), [&](int64_t p0, int64_t p1) {
+    alignas(64) float ring[kStageFloats];  // staged dy rows, slot m * span + oh % span
+    alignas(64) float row[kStageFloats];   // one dx row, whole chunks
+    const float* src[kMaxTaps];
+    float wt[kMaxTaps];
+    int64_t staged[kMaxTaps];  // the dy row each slot holds (-1: none)
+    for (int64_t p = p0; p < p1; ++p) {  // p = (n, input channel)
+      const int64_t n = p / c.C, ch = p % c.C;
+      std::fill(staged, staged + mult * r.span, int64_t{-1});
+      for (int64_t ih = 0; ih < c.H; ++ih) {
+        int64_t taps = 0;
+        for (int64_t m = 0; m < mult; ++m) {
+          const int64_t o = ch * mult + m;
+          const float* wo = w + o * c.KH * c.KW;
+          for (int64_t i = 0; i < c.KH; ++i) {
+            const int64_t num = ih + c.PH - i * c.DH;  // = oh * SH for the output row tap i of it
+            if (num < 0 || num % c.SH || num / c.SH >= c.HO) continue;
+            const int64_t oh = num / c.SH, slot = m * r.span + oh % r.span;
+            float* staged_row = ring + slot * r.positions;
+            if (staged[slot] != oh) {
+              std::fill(staged_row, staged_row + r.left, 0.0f);
+              std::memcpy(staged_row + r.left, dy + (n * c.O + o) * oplane + oh * c.WO, sizeof(float) * c.WO);
+              std::fill(staged_row + r.left + c.WO, staged_row + r.positions, 0.0f);
+              staged[slot] = oh;
+            }
+            for (int64_t j = 0; j < c.KW; ++j, ++taps) {  // dy column iw + PW - j*DW at iw = 0
+              src[taps] = staged_row + r.left + c.PW - j * c.DW;
+              wt[taps] = wo[i * c.KW + j];
+            }
+          }
+        }
+        taps_row(row, nout, 0.0f, src, wt, taps, -inf, inf);
+        float* dxr = dx + p * plane + ih * c.W;
+        std::memcpy(dxr, row, sizeof(float) * c.W);
+        if (mask) mask->apply(dxr, p * plane + ih * c.W, c.W);
+      }
+    }
+  });
+}
+
 // mask: null, or zeroes dx elements (index = dx's own row-major index) as each dx row is cropped.
 void grad_input_depthwise(const Conv& c, const float* dy, const float* w, const OutputMask* mask, float* dx,
                           ThreadPool* pool) {
   if (channel_blockable(c)) return grad_input_depthwise_channels(c, dy, w, mask, dx, pool);
   if (!stageable(c)) return grad_input_depthwise_generic(c, dy, w, mask, dx, pool);
+  if (gatherable(c)) return grad_input_depthwise_gather(c, dy, w, mask, dx, pool);
   const int64_t mult = c.Og(), plane = c.H * c.W, oplane = c.HO * c.WO, np = scatter_positions(c);
   // Each dx row gathers its contributions in a phase-split padded buffer (tap (i, j) of output
   // column ow lands on phase (j*DW) % SW, position ow + (j*DW) / SW: contiguous adds), then is
