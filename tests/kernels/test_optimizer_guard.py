@@ -124,3 +124,49 @@ def test_sgd_momentum_refuses_overflow_and_flushes_denormals():
     g[100] = np.float32(3e38)
     with pytest.raises(Exception, match="inf or NaN"):
         native().run_kernel("cpu", "sgd_update", [p, g, _scalar(10.0), buf, _scalar(3)], specs, attrs, 2)
+
+
+SGD_VARIANTS = [
+    {"momentum": 0.0, "dampening": 0.0, "nesterov": 0, "weight_decay": 0.0},
+    {"momentum": 0.9, "dampening": 0.1, "nesterov": 0, "weight_decay": 0.01},
+    {"momentum": 0.9, "dampening": 0.0, "nesterov": 1, "weight_decay": 0.01},
+]
+
+
+def _sgd(p, g, buf, attrs, lr=0.1, step=3, threads=2):
+    momentum = attrs["momentum"] != 0.0
+    inputs = [p, g, _scalar(lr)] + ([buf, _scalar(step)] if momentum else [])
+    specs = [("f32", list(p.shape))] * (2 if momentum else 1)
+    got = native().run_kernel("cpu", "sgd_update", inputs, specs, attrs, threads)
+    return got, REGISTRY["sgd_update"].reference(inputs, attrs)
+
+
+@pytest.mark.parametrize("attrs", SGD_VARIANTS, ids=["plain", "momentum+wd", "nesterov"])
+def test_sgd_large_values_the_bound_cannot_settle_still_update_exactly(attrs):
+    """|g| of 1e38 is past the f32 bound's FLT_MAX / 8 limit, but with lr 1e-3 the update is
+    finite: the exact check must let it through, and the result must match the reference."""
+    p, g, _, _ = _state(seed=6)
+    buf = (np.random.default_rng(7).standard_normal(N) * 1e-2).astype(np.float32)
+    g[::97] = np.float32(1e38)
+    got, want = _sgd(p, g, buf, attrs, lr=1e-3)
+    for a, b in zip(got, want):
+        assert np.isfinite(a).all()
+        np.testing.assert_allclose(a, np.asarray(b), rtol=1e-5, atol=1e-6)
+    one, _ = _sgd(p, g, buf, attrs, lr=1e-3, threads=1)
+    for a, b in zip(one, got):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("attrs", SGD_VARIANTS, ids=["plain", "momentum+wd", "nesterov"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, "overflow"])
+def test_sgd_one_bad_element_among_many_refuses(attrs, bad):
+    p, g, _, _ = _state(seed=8)
+    buf = np.zeros(N, dtype=np.float32)
+    if bad == "overflow":
+        g[N - 3] = np.float32(3e38)  # finite, but p - lr * g overflows at lr 10
+        lr = 10.0
+    else:
+        g[N - 3] = np.float32(bad)
+        lr = 0.1
+    with pytest.raises(Exception, match="inf or NaN"):
+        _sgd(p, g, buf, attrs, lr=lr)
