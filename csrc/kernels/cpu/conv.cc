@@ -786,6 +786,19 @@ void grad_input_depthwise_generic(const Conv& c, const float* dy, const float* w
 // registers and written once. The phase path below adds each tap into a row buffer instead, a load
 // and a store per tap and element: store-bound, 2x slower at 3x3. Same terms in the same
 // (m, i, j) order from 0, so the same sums.
+// fn(m, o, i, oh) for each filter o = ch * Og + m of input channel ch and each kernel row i whose
+// output row oh reads input row ih, in (m, i) order: the dy rows one dx row gathers from.
+template <typename Fn>
+inline void for_each_reading_row(const Conv& c, int64_t ch, int64_t ih, const Fn& fn) {
+  for (int64_t m = 0; m < c.Og(); ++m) {
+    for (int64_t i = 0; i < c.KH; ++i) {
+      const int64_t num = ih + c.PH - i * c.DH;  // = oh * SH
+      if (num < 0 || num % c.SH || num / c.SH >= c.HO) continue;
+      fn(m, ch * c.Og() + m, i, num / c.SH);
+    }
+  }
+}
+
 struct DyRing {
   int64_t left, positions, span;  // zeros before a row, floats per staged row, ring slots per filter
 };
@@ -817,26 +830,20 @@ void grad_input_depthwise_gather(const Conv& c, const float* dy, const float* w,
       std::fill(staged, staged + mult * r.span, int64_t{-1});
       for (int64_t ih = 0; ih < c.H; ++ih) {
         int64_t taps = 0;
-        for (int64_t m = 0; m < mult; ++m) {
-          const int64_t o = ch * mult + m;
-          const float* wo = w + o * c.KH * c.KW;
-          for (int64_t i = 0; i < c.KH; ++i) {
-            const int64_t num = ih + c.PH - i * c.DH;  // = oh * SH for the output row tap i of it
-            if (num < 0 || num % c.SH || num / c.SH >= c.HO) continue;
-            const int64_t oh = num / c.SH, slot = m * r.span + oh % r.span;
-            float* staged_row = ring + slot * r.positions;
-            if (staged[slot] != oh) {
-              std::fill(staged_row, staged_row + r.left, 0.0f);
-              std::memcpy(staged_row + r.left, dy + (n * c.O + o) * oplane + oh * c.WO, sizeof(float) * c.WO);
-              std::fill(staged_row + r.left + c.WO, staged_row + r.positions, 0.0f);
-              staged[slot] = oh;
-            }
-            for (int64_t j = 0; j < c.KW; ++j, ++taps) {  // dy column iw + PW - j*DW at iw = 0
-              src[taps] = staged_row + r.left + c.PW - j * c.DW;
-              wt[taps] = wo[i * c.KW + j];
-            }
+        for_each_reading_row(c, ch, ih, [&](int64_t m, int64_t o, int64_t i, int64_t oh) {
+          const int64_t slot = m * r.span + oh % r.span;
+          float* staged_row = ring + slot * r.positions;
+          if (staged[slot] != oh) {
+            std::fill(staged_row, staged_row + r.left, 0.0f);
+            std::memcpy(staged_row + r.left, dy + (n * c.O + o) * oplane + oh * c.WO, sizeof(float) * c.WO);
+            std::fill(staged_row + r.left + c.WO, staged_row + r.positions, 0.0f);
+            staged[slot] = oh;
           }
-        }
+          for (int64_t j = 0; j < c.KW; ++j, ++taps) {  // dy column iw + PW - j*DW at iw = 0
+            src[taps] = staged_row + r.left + c.PW - j * c.DW;
+            wt[taps] = w[(o * c.KH + i) * c.KW + j];
+          }
+        });
         taps_row(row, nout, 0.0f, src, wt, taps, -inf, inf);
         float* dxr = dx + p * plane + ih * c.W;
         std::memcpy(dxr, row, sizeof(float) * c.W);
@@ -862,19 +869,13 @@ void grad_input_depthwise(const Conv& c, const float* dy, const float* w, const 
       const int64_t n = p / c.C, ch = p % c.C;
       for (int64_t ih = 0; ih < c.H; ++ih) {
         std::fill(acc, acc + c.SW * np, 0.0f);
-        for (int64_t m = 0; m < mult; ++m) {
-          const int64_t o = ch * mult + m;
-          const float* wo = w + o * c.KH * c.KW;
-          for (int64_t i = 0; i < c.KH; ++i) {
-            const int64_t num = ih + c.PH - i * c.DH;  // = oh * SH for the output row tap i of it
-            if (num < 0 || num % c.SH || num / c.SH >= c.HO) continue;
-            const float* dyr = dy + (n * c.O + o) * oplane + (num / c.SH) * c.WO;
-            for (int64_t j = 0; j < c.KW; ++j) {
-              const int64_t t = j * c.DW;
-              axpy(acc + (t % c.SW) * np + t / c.SW, dyr, wo[i * c.KW + j], c.WO);
-            }
+        for_each_reading_row(c, ch, ih, [&](int64_t, int64_t o, int64_t i, int64_t oh) {
+          const float* dyr = dy + (n * c.O + o) * oplane + oh * c.WO;
+          for (int64_t j = 0; j < c.KW; ++j) {
+            const int64_t t = j * c.DW;
+            axpy(acc + (t % c.SW) * np + t / c.SW, dyr, w[(o * c.KH + i) * c.KW + j], c.WO);
           }
-        }
+        });
         // crop: dx[iw] = padded[iw + PW], padded[q*SW + r] = acc[r*np + q]
         float* dxr = dx + p * plane + ih * c.W;
         if (c.SW == 1) {
