@@ -132,9 +132,9 @@ ET_VECTOR_INLINE int sgd_provably_finite(const SgdParams& h, float p, float g, f
 ET_VECTOR_INLINE void accumulate_nonfinite(float& acc, float v) { acc += v - v; }
 
 // Every flag is a template parameter so each variant is a branch-free, vectorizable loop.
-// kCheck: compute without writing, and set *bad when a result is not finite.
-// kCheck: blocks of kCheckBlock elements are first tried with the f32 bound; only a block it
-// cannot settle runs the exact arithmetic below without writing.
+// kCheck: compute without writing and set *bad when a result is not finite; blocks of
+// kCheckBlock elements are first tried with the f32 bound, and only a block it cannot settle
+// runs the exact arithmetic (sgd_range) without writing.
 constexpr int64_t kCheckBlock = 512;
 
 template <bool kCheck, bool kDecay, bool kMomentum, bool kFirst, bool kNesterov>
