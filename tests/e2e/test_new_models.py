@@ -143,8 +143,13 @@ def test_efficientnet_lite0_drop_connect_compiles_in_train_mode():
     residual = sum(b.use_skip for b in model._blocks)
     assert sum(n.op == "dropout" for n in prog.graph.nodes) == residual + 1  # + the classifier dropout
     ref, cpu = et.Session(prog, backend="reference"), et.Session(prog, backend="cpu")
-    for _ in range(3):
-        np.testing.assert_allclose(cpu.step(x, y), ref.step(x, y), rtol=1e-5)
+    # The first step's loss agrees to an ulp or two when the masks are the same (other masks move
+    # it by percents). Later steps drift apart faster: the last stages' train-mode BN normalises
+    # 16 values a channel (2x2 maps, batch 4), which multiplies the kernels' float rounding by
+    # 3-30 a step (see "Known limitations"; the float64 test above checks that regime's formulas).
+    np.testing.assert_allclose(cpu.step(x, y), ref.step(x, y), rtol=1e-6)
+    for _ in range(2):
+        np.testing.assert_allclose(cpu.step(x, y), ref.step(x, y), rtol=1e-4)
 
 
 # ---- Llama ------------------------------------------------------------------------------------
