@@ -41,6 +41,13 @@ Attr real(const char* name, double v) {
   a.f = v;
   return a;
 }
+Attr text(const char* name, const char* v) {
+  Attr a;
+  a.name = name;
+  a.kind = AttrKind::kString;
+  a.s = v;
+  return a;
+}
 
 struct Case {
   std::string what, kernel;
@@ -68,8 +75,52 @@ void add_conv(std::vector<Case>& cs, const std::string& what, int64_t n, int64_t
   cs.push_back({what + " wgrad", "conv2d_grad_weight", {y, x}, {w}, {}, {}, conv_attrs(s, p, g, w, "weight_shape"), flops});
 }
 
+// The same conv2d + backward ops in both layouts (attr layout = "nhwc": x, y, dy, dx stored
+// [N, H, W, C]; input_shape stays [N, C, H, W]); names "NHWC-vs-NCHW <what> nchw|nhwc <op>", so the
+// filter "NHWC" selects every pair.
+void add_conv_layouts(std::vector<Case>& cs, const std::string& what, int64_t n, int64_t c, int64_t h, int64_t o,
+                      int64_t k, int64_t s, int64_t p, int64_t g) {
+  const int64_t ho = (h + 2 * p - k) / s + 1;
+  const double flops = 2.0 * n * o * ho * ho * (c / g) * k * k;
+  const std::vector<int64_t> w{o, c / g, k, k};
+  for (bool nhwc : {false, true}) {
+    const std::string name = "NHWC-vs-NCHW " + what + (nhwc ? " nhwc" : " nchw");
+    std::vector<int64_t> x = nhwc ? std::vector<int64_t>{n, h, h, c} : std::vector<int64_t>{n, c, h, h};
+    std::vector<int64_t> y = nhwc ? std::vector<int64_t>{n, ho, ho, o} : std::vector<int64_t>{n, o, ho, ho};
+    auto attrs = [&](std::vector<int64_t> extra_shape, const char* extra) {
+      Attrs a = conv_attrs(s, p, g, std::move(extra_shape), extra);
+      if (nhwc) a.add(text("layout", "nhwc"));
+      return a;
+    };
+    cs.push_back({name + " fwd", "conv2d", {x, w, {o}}, {y}, {}, {}, attrs({}, nullptr), flops});
+    cs.push_back({name + " dgrad", "conv2d_grad_input", {y, w}, {x}, {}, {}, attrs({n, c, h, h}, "input_shape"), flops});
+    cs.push_back({name + " wgrad", "conv2d_grad_weight", {y, x}, {w}, {}, {}, attrs(w, "weight_shape"), flops});
+  }
+}
+
 std::vector<Case> cases() {
   std::vector<Case> cs;
+  // MobileNetV2-224, batch 8: the pointwise and depthwise convs of its blocks, and one BN, per layout
+  add_conv_layouts(cs, "pw 16->96 @112", 8, 16, 112, 96, 1, 1, 0, 1);
+  add_conv_layouts(cs, "pw 144->24 @56", 8, 144, 56, 24, 1, 1, 0, 1);
+  add_conv_layouts(cs, "pw 192->32 @28", 8, 192, 28, 32, 1, 1, 0, 1);
+  add_conv_layouts(cs, "pw 384->64 @14", 8, 384, 14, 64, 1, 1, 0, 1);
+  add_conv_layouts(cs, "pw 960->160 @7", 8, 960, 7, 160, 1, 1, 0, 1);
+  add_conv_layouts(cs, "pw 320->1280 @7", 8, 320, 7, 1280, 1, 1, 0, 1);
+  add_conv_layouts(cs, "dw 3x3 s2 96 @112", 8, 96, 112, 96, 3, 2, 1, 96);
+  add_conv_layouts(cs, "dw 3x3 s1 144 @56", 8, 144, 56, 144, 3, 1, 1, 144);
+  add_conv_layouts(cs, "dw 3x3 s1 384 @14", 8, 384, 14, 384, 3, 1, 1, 384);
+  add_conv_layouts(cs, "dw 3x3 s1 960 @7", 8, 960, 7, 960, 3, 1, 1, 960);
+  for (bool nhwc : {false, true}) {
+    const std::string name = std::string("NHWC-vs-NCHW BN 8x96x112x112") + (nhwc ? " nhwc" : " nchw");
+    Attrs a({real("momentum", 0.1), real("eps", 1e-5)});
+    Attrs m({ints("output_mask", {1, 1, 1}), real("eps", 1e-5)});
+    if (nhwc) a.add(text("layout", "nhwc")), m.add(text("layout", "nhwc"));
+    std::vector<int64_t> x = nhwc ? std::vector<int64_t>{8, 112, 112, 96} : std::vector<int64_t>{8, 96, 112, 112};
+    std::vector<int64_t> c{96};
+    cs.push_back({name + " train", "batch_norm_train", {x, c, c, c, c}, {x, c, c, c, c}, {}, {}, a, 0});
+    cs.push_back({name + " backward", "batch_norm_backward", {x, x, c, c, c}, {x, c, c}, {}, {}, m, 0});
+  }
   add_conv(cs, "MBv2 stem 3x3 s2 3->32 @224", 8, 3, 224, 32, 3, 2, 1, 1);
   add_conv(cs, "MBv2 dw 3x3 s1 32 @112", 8, 32, 112, 32, 3, 1, 1, 32);
   add_conv(cs, "MBv2 dw 3x3 s2 96 @112", 8, 96, 112, 96, 3, 2, 1, 96);
@@ -124,12 +175,12 @@ int main(int argc, char** argv) {
   ThreadPool pools[2] = {ThreadPool(1), ThreadPool(2)};
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> u(0.5f, 1.5f);
-  std::printf("%-36s %-20s %10s %10s %8s %8s\n", "case", "kernel", "1T ms", "2T ms", "1T GF/s", "2T GF/s");
+  std::printf("%-48s %-20s %10s %10s %8s %8s\n", "case", "kernel", "1T ms", "2T ms", "1T GF/s", "2T GF/s");
   for (Case& c : cases()) {
     if (!filter.empty() && c.what.find(filter) == std::string::npos) continue;
     const KernelDef* k = reg->find(c.kernel);
     if (!k) {
-      std::printf("%-36s no kernel %s\n", c.what.c_str(), c.kernel.c_str());
+      std::printf("%-48s no kernel %s\n", c.what.c_str(), c.kernel.c_str());
       continue;
     }
     std::vector<std::vector<char>> store;
@@ -149,7 +200,7 @@ int main(int argc, char** argv) {
     if (k->check) {
       Status st = k->check(a);
       if (!st.ok()) {
-        std::printf("%-36s check failed: %s\n", c.what.c_str(), st.to_string().c_str());
+        std::printf("%-48s check failed: %s\n", c.what.c_str(), st.to_string().c_str());
         continue;
       }
     }
@@ -174,10 +225,10 @@ int main(int argc, char** argv) {
       ms[p] = ts[0] * 1e3;  // best run: the machine is shared, the minimum is the least disturbed
     }
     if (c.flops > 0)
-      std::printf("%-36s %-20s %10.3f %10.3f %8.1f %8.1f\n", c.what.c_str(), c.kernel.c_str(), ms[0], ms[1],
+      std::printf("%-48s %-20s %10.3f %10.3f %8.1f %8.1f\n", c.what.c_str(), c.kernel.c_str(), ms[0], ms[1],
                   c.flops / ms[0] * 1e-6, c.flops / ms[1] * 1e-6);
     else
-      std::printf("%-36s %-20s %10.3f %10.3f\n", c.what.c_str(), c.kernel.c_str(), ms[0], ms[1]);
+      std::printf("%-48s %-20s %10.3f %10.3f\n", c.what.c_str(), c.kernel.c_str(), ms[0], ms[1]);
   }
   return 0;
 }

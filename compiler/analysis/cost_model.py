@@ -39,6 +39,9 @@ POINTWISE_EFFICIENCY = 0.85
 # ranking there was calibrated by measurement with the flat efficiencies above: only
 # im2col_batched, which packs images like pointwise_batched, is ranked against it by the ratio.)
 NARROW_GEMM_COLUMNS = 64
+# Channels-last depthwise (vectorised over channels, kernels/cpu/conv_nhwc.cc) against the NCHW
+# direct loops' rate.
+NHWC_DIRECT_SPEEDUP = 1.5
 PACK_COLUMNS = 256
 
 # The GEMM library a build may link (cmake/gemm.cmake; the module's gemm_backend) relative to the
@@ -62,9 +65,11 @@ def _conv_geometry(node: Node):
     if node.op == "conv2d":
         x, w, y = node.inputs[0].shape, node.inputs[1].shape, node.outputs[0].shape
     elif node.op == "conv2d_grad_input":
-        y, w, x = node.inputs[0].shape, node.inputs[1].shape, tuple(a["input_shape"])
+        y, w, x = node.inputs[0].shape, node.inputs[1].shape, node.outputs[0].shape
     else:  # conv2d_grad_weight(dy, x)
         y, x, w = node.inputs[0].shape, node.inputs[1].shape, tuple(a["weight_shape"])
+    if a.get("layout") == "nhwc":  # [N, H, W, C] as stored
+        x, y = (x[0], x[3], x[1], x[2]), (y[0], y[3], y[1], y[2])
     return x[0], x[1], w[0], w[2], w[3], y[2], y[3], int(a.get("groups", 1))
 
 
@@ -103,11 +108,18 @@ def estimated_seconds(node: Node, kernel: str, rates: TargetRates, gemm_library:
     in_bytes = 4 * n * c * ho * wo
     depthwise = groups == c and c > 1
     pointwise = kh == kw == 1
+    gemm = rates.gemm_gflops * 1e9
+    bw = rates.bandwidth_gbs * 1e9
+    if node.attrs.get("layout") == "nhwc":  # only the default kernel runs it (ops/layout.py)
+        if variant is not None:
+            return float("inf")
+        if depthwise:
+            return 2 * macs / (rates.direct_gflops * NHWC_DIRECT_SPEEDUP * 1e9) + (in_bytes + out_bytes) / bw
+        # one GEMM over all N*H*W rows: never narrow
+        return 2 * macs / (gemm * POINTWISE_EFFICIENCY) + (in_bytes + out_bytes) / bw
     if variant is None:  # the shape-dispatching default behaves like the variant it picks
         variant = "depthwise" if depthwise else "pointwise" if pointwise and \
             node.attrs.get("stride", 1) in (1, [1, 1]) and node.attrs.get("padding", 0) in (0, [0, 0]) else "im2col"
-    gemm = rates.gemm_gflops * 1e9
-    bw = rates.bandwidth_gbs * 1e9
     if variant == "depthwise":
         return 2 * macs / (rates.direct_gflops * 1e9) + (in_bytes + out_bytes) / bw
     if variant in ("pointwise", "pointwise_batched"):

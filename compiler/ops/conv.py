@@ -18,6 +18,11 @@ rule; semantics in matmul.py, defined through the elementwise ops' references):
         activation that produced x had zero slope: u8 bits, or its f32 output y
         (= hardtanh_backward(conv2d_grad_input(dy, w), y)).
 
+Layout (ops/layout.py): attr layout="nhwc" stores the activation operands (x, y, dy, dx, an f32
+mask) channels-last; weights and the shape attrs keep their NCHW order. The CPU kernels run it
+for the geometries `nhwc_geometry` admits (the layout pass asks it too): 1x1 stride-1 convs, one
+GEMM over N*H*W rows, and depthwise convs with one filter per channel.
+
 The CPU kernels also register each algorithm as its own kernel (conv2d.im2col / .pointwise /
 .depthwise, same for both backward ops) for per-node kernel selection; the ops are the same.
 """
@@ -28,6 +33,7 @@ import numpy as np
 
 from .matmul import (apply_activation, apply_output_mask, bit_mask, check_activation, check_output_mask,
                      has_activation, no_grad_with_epilogue, torch_activation, torch_output_mask)
+from .layout import is_nhwc, logical_type, physical_shape, physical_type, to_logical, to_physical
 from .registry import NOT_DIFFERENTIABLE, OpDef, Sample, T, check, rand, register, same_dtype
 from ..ir import TensorType
 
@@ -38,8 +44,18 @@ def conv_out_size(size: int, k: int, s: int, p: int, d: int) -> int:
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
+def nhwc_geometry(weight_shape, attrs: dict) -> bool:
+    """Whether a conv of this weight and attrs has channels-last kernels: a 1x1 stride-1 unpadded
+    single-group conv (a GEMM over N*H*W rows) or a depthwise conv with one filter per channel."""
+    o, cg, kh, kw = weight_shape
+    g = attrs["groups"]
+    pointwise = (kh, kw) == (1, 1) and list(attrs["stride"]) == [1, 1] and list(attrs["padding"]) == [0, 0] and g == 1
+    depthwise = cg == 1 and g == o
+    return pointwise or depthwise
+
+
 def _conv_infer(ts, a):
-    x, w = ts[0], ts[1]
+    x, w = logical_type(ts[0], a, "conv2d"), ts[1]
     dt = same_dtype(ts)
     check(x.rank == 4 and w.rank == 4, f"conv2d wants 4-d input and weight, got {x} and {w}")
     g = a["groups"]
@@ -53,7 +69,7 @@ def _conv_infer(ts, a):
     ho, wo = conv_out_size(h, kh, sh, ph, dh), conv_out_size(wd, kw, sw, pw, dw)
     check(ho > 0 and wo > 0, f"conv2d output would be empty for input {x} and kernel {kh}x{kw}")
     check_activation(a, "conv2d")
-    return [TensorType((n, o, ho, wo), dt)]
+    return [physical_type(TensorType((n, o, ho, wo), dt), a)]
 
 
 def _windows(x: np.ndarray, kh, kw, a) -> np.ndarray:
@@ -66,7 +82,7 @@ def _windows(x: np.ndarray, kh, kw, a) -> np.ndarray:
 
 
 def _conv_ref(x, a):
-    inp, w = x[0], x[1]
+    inp, w = to_logical(x[0], a), x[1]
     g = a["groups"]
     o, cg, kh, kw = w.shape
     win = _windows(inp, kh, kw, a)
@@ -79,11 +95,11 @@ def _conv_ref(x, a):
         y = np.einsum("ngchwkl,gockl->ngohw", win_g, w_g, optimize=True).reshape(n, o, ho, wo)
     if len(x) == 3:
         y = y + x[2].reshape(1, -1, 1, 1)
-    return [apply_activation(np.ascontiguousarray(y, dtype=inp.dtype), a)]
+    return [to_physical(apply_activation(np.ascontiguousarray(y, dtype=inp.dtype), a), a)]
 
 
 def _conv_grad_input_ref(x, a):
-    dy, w = x[0], x[1]
+    dy, w = to_logical(x[0], a), x[1]
     g = a["groups"]
     n, c, h, wd = a["input_shape"]
     o, cg, kh, kw = w.shape
@@ -96,20 +112,20 @@ def _conv_grad_input_ref(x, a):
     for i in range(kh):  # col2im: scatter each kernel tap back onto the padded input
         for j in range(kw):
             dxp[:, :, i * dh: i * dh + sh * (ho - 1) + 1: sh, j * dw: j * dw + sw * (wo - 1) + 1: sw] += cols[..., i, j]
-    dx = np.ascontiguousarray(dxp[:, :, ph: ph + h, pw: pw + wd])
+    dx = to_physical(np.ascontiguousarray(dxp[:, :, ph: ph + h, pw: pw + wd]), a)
     return [apply_output_mask(dx, x[2], a) if len(x) == 3 else dx]
 
 
 def _conv_grad_input_infer(ts, a):
     check(len(ts) in (2, 3), f"conv2d_grad_input takes dy, w and an optional mask, got {len(ts)} inputs")
-    out = TensorType(tuple(a["input_shape"]), same_dtype(ts[:2]))
+    out = physical_type(TensorType(tuple(a["input_shape"]), same_dtype(ts[:2])), a)
     if len(ts) == 3:
         check_output_mask(out, ts[2], a, "conv2d_grad_input")
     return [out]
 
 
 def _conv_grad_weight_ref(x, a):
-    dy, inp = x
+    dy, inp = to_logical(x[0], a), to_logical(x[1], a)
     g = a["groups"]
     o, cg, kh, kw = a["weight_shape"]
     win = _windows(inp, kh, kw, a)
@@ -127,16 +143,17 @@ def _conv_grad(g):
         no_grad_with_epilogue(g, "conv2d", f"activation {g.attrs['activation']!r}")
     x, w = g.inputs[0], g.inputs[1]
     dy = g.douts[0]
-    conv_attrs = {k: g.attrs[k] for k in _CONV_KEYS}
+    conv_attrs = {k: g.attrs[k] for k in _CONV_KEYS + ("layout",) if k in g.attrs}
     grads = [None] * len(g.inputs)
     if g.needs[0]:
-        grads[0] = g.emit1("conv2d_grad_input", [dy, w], {**conv_attrs, "input_shape": list(x.shape)})
+        input_shape = list(logical_type(x.type, g.attrs, "conv2d").shape)
+        grads[0] = g.emit1("conv2d_grad_input", [dy, w], {**conv_attrs, "input_shape": input_shape})
     if g.needs[1]:
         dw = g.emit1("conv2d_grad_weight", [dy, x], {**conv_attrs, "weight_shape": list(w.shape)})
         dw.producer.tags.add("weight_grad")
         grads[1] = dw
     if len(g.inputs) == 3 and g.needs[2]:
-        grads[2] = g.emit1("sum", [dy], {"dims": [0, 2, 3], "keepdim": False})
+        grads[2] = g.emit1("sum", [dy], {"dims": [0, 1, 2] if is_nhwc(g.attrs) else [0, 2, 3], "keepdim": False})
     return grads
 
 
@@ -150,7 +167,13 @@ def _attrs(stride=1, padding=0, dilation=1, groups=1):
 
 
 def _conv_samples(rng):
-    return _plain_conv_samples(rng) + _activation_samples(rng)
+    samples = _plain_conv_samples(rng) + _activation_samples(rng)
+    return samples + [Sample([to_physical(s.inputs[0], _NHWC)] + s.inputs[1:], {**s.attrs, **_NHWC},
+                             s.grad_inputs, f"{s.note or 'general'}, nhwc")
+                      for s in samples if nhwc_geometry(s.inputs[1].shape, s.attrs)]
+
+
+_NHWC = {"layout": "nhwc"}
 
 
 def _plain_conv_samples(rng):
@@ -208,24 +231,25 @@ def _exact(rng, *shape):
 
 
 def _torch_conv(t, a):
-    y = T().nn.functional.conv2d(t[0], t[1], t[2] if len(t) == 3 else None, a["stride"], a["padding"],
+    y = T().nn.functional.conv2d(to_logical(t[0], a), t[1], t[2] if len(t) == 3 else None, a["stride"], a["padding"],
                                  a["dilation"], a["groups"])
-    return [torch_activation(y, a)]
+    return [to_physical(torch_activation(y, a), a)]
 
 
 def _torch_conv_backward(t, a, which):
     torch = T()
-    dy, other = t[0], t[1]
+    dy, other = to_logical(t[0], a), t[1]
     if which == "input":
         x, w = torch.zeros(a["input_shape"], dtype=dy.dtype), other
         mask = [True, False, False]
     else:
-        x, w = other, torch.zeros(a["weight_shape"], dtype=dy.dtype)
+        x, w = to_logical(other, a), torch.zeros(a["weight_shape"], dtype=dy.dtype)
         mask = [False, True, False]
     out = torch.ops.aten.convolution_backward(dy, x, w, None, a["stride"], a["padding"], a["dilation"], False,
                                               [0, 0], a["groups"], mask)
     if which == "input":
-        return [torch_output_mask(out[0], t[2], a) if len(t) == 3 else out[0]]
+        dx = to_physical(out[0], a)
+        return [torch_output_mask(dx, t[2], a) if len(t) == 3 else dx]
     return [out[1]]
 
 
@@ -240,6 +264,11 @@ def _backward_samples(which):
                 out.append(Sample([dy, w], {**s.attrs, "input_shape": list(x.shape)}, note=s.note))
             else:
                 out.append(Sample([dy, x], {**s.attrs, "weight_shape": list(w.shape)}, note=s.note))
+            if nhwc_geometry(w.shape, s.attrs):  # the same case channels-last
+                last = out[-1]
+                out.append(Sample([to_physical(last.inputs[0], _NHWC),
+                                   last.inputs[1] if which == "input" else to_physical(x, _NHWC)],
+                                  {**last.attrs, **_NHWC}, note=f"{s.note or 'general'}, nhwc"))
         if which == "input":
             out += _masked_grad_input_samples(rng, out)
         return out
@@ -251,7 +280,7 @@ def _masked_grad_input_samples(rng, plain):
     alternating relu (mask_min 0) and hardtanh (0, 6) on y drawn around both kinks."""
     out = []
     for k, s in enumerate(plain):
-        shape = tuple(s.attrs["input_shape"])
+        shape = physical_shape(s.attrs["input_shape"], s.attrs)
         out.append(Sample(s.inputs + [bit_mask(rng, shape)], s.attrs, note=f"{s.note or 'general'}, bit mask"))
         lim = {"mask_min": 0.0, "mask_max": 6.0} if k % 2 else {"mask_min": 0.0}
         out.append(Sample(s.inputs + [rand(rng, *shape, lo=-2.0, hi=8.0)], {**s.attrs, **lim},

@@ -8,6 +8,9 @@
     layer_norm(x, w, b)                                   -> y, mean, rstd
     layer_norm_backward(dy, x, w, mean, rstd)             -> the grads named by attrs["output_mask"]
 
+Batch norm takes the layout attr of ops/layout.py: with layout="nhwc" its 4-d activations (x, y,
+dy, dx) are stored channels-last and the per-channel tensors are unchanged.
+
 Frontends pass ones/zeros consts when a norm has no affine params, so arity is fixed.
 Gradient rules avoid reading activations they do not need: when only the bias gradient
 is wanted, it is a plain `sum` of dy and x is not kept for backward at all; inference-mode
@@ -19,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from .matmul import apply_activation, check_activation, has_activation, no_grad_with_epilogue, torch_activation
+from .layout import channel_axis, logical_type, to_logical, to_physical
 from .registry import NOT_DIFFERENTIABLE, OpDef, Sample, T, check, rand, register, same_dtype
 from ..ir import TensorType
 
@@ -27,11 +31,12 @@ from ..ir import TensorType
 # batch norm
 # ---------------------------------------------------------------------------------------------
 def _bn_check(ts, a, op):
+    """-> (x's type as stored, channels, dtype)"""
     check_activation(a, op)
     x = ts[0]
     dt = same_dtype(ts)
     check(x.rank >= 2, f"batch_norm wants [N, C, ...] input, got {x}")
-    c = x.shape[1]
+    c = logical_type(x, a, op).shape[1]
     for t in ts[1:]:
         check(t.shape == (c,), f"batch_norm: per-channel tensor {t} does not fit {c} channels")
     return x, c, dt
@@ -47,12 +52,14 @@ def _channel_view(v: np.ndarray, rank: int) -> np.ndarray:
     return v.reshape((1, -1) + (1,) * (rank - 2))
 
 
-def _reduce_axes(rank: int) -> tuple[int, ...]:
-    return (0,) + tuple(range(2, rank))
+def _reduce_axes(rank: int, a: dict | None = None) -> tuple[int, ...]:
+    """Every axis but the channel's, in the layout of attrs `a`."""
+    ch = channel_axis(a or {}, rank)
+    return tuple(i for i in range(rank) if i != ch)
 
 
 def _bn_train_ref(x, a):
-    inp, w, b, rm, rv = x
+    inp, w, b, rm, rv = to_logical(x[0], a), *x[1:]
     axes = _reduce_axes(inp.ndim)
     count = inp.size // inp.shape[1]
     mean = inp.mean(axis=axes, dtype=np.float64)
@@ -63,26 +70,27 @@ def _bn_train_ref(x, a):
     new_rm = (1 - m) * rm + m * mean
     new_rv = (1 - m) * rv + m * var * (count / max(count - 1, 1))
     dt = inp.dtype
-    y = apply_activation(y.astype(dt), a)
+    y = to_physical(apply_activation(y.astype(dt), a), a)
     return [y, mean.astype(dt), invstd.astype(dt), new_rm.astype(dt), new_rv.astype(dt)]
 
 
 def _bn_infer_ref(x, a):
-    inp, w, b, rm, rv = x
+    inp, w, b, rm, rv = to_logical(x[0], a), *x[1:]
     scale = w / np.sqrt(rv + np.asarray(a["eps"], dtype=rv.dtype))
     shift = b - rm * scale
     y = (inp * _channel_view(scale, inp.ndim) + _channel_view(shift, inp.ndim)).astype(inp.dtype)
-    return [apply_activation(y, a)]
+    return [to_physical(apply_activation(y, a), a)]
 
 
 def _bn_backward_infer(ts, a):
-    x, c, dt = ts[1], ts[1].shape[1], same_dtype(ts)
+    x, dt = ts[1], same_dtype(ts)
+    c = logical_type(x, a, "batch_norm_backward").shape[1]
     full = [x, TensorType((c,), dt), TensorType((c,), dt)]
     return [t for t, on in zip(full, a["output_mask"]) if on]
 
 
 def _bn_backward_ref(x, a):
-    dy, inp, w, mean, invstd = x
+    dy, inp, w, mean, invstd = to_logical(x[0], a), to_logical(x[1], a), *x[2:]
     axes = _reduce_axes(inp.ndim)
     count = inp.size // inp.shape[1]
     xhat = (inp - _channel_view(mean, inp.ndim)) * _channel_view(invstd, inp.ndim)
@@ -91,8 +99,8 @@ def _bn_backward_ref(x, a):
     outs = []
     if a["output_mask"][0]:
         k = _channel_view(w * invstd / count, inp.ndim)
-        outs.append((k * (count * dy - _channel_view(sum_dy, inp.ndim) - xhat * _channel_view(sum_dy_xhat, inp.ndim)))
-                    .astype(dy.dtype))
+        dx = k * (count * dy - _channel_view(sum_dy, inp.ndim) - xhat * _channel_view(sum_dy_xhat, inp.ndim))
+        outs.append(to_physical(dx.astype(dy.dtype), a))
     if a["output_mask"][1]:
         outs.append(sum_dy_xhat.astype(dy.dtype))
     if a["output_mask"][2]:
@@ -110,10 +118,11 @@ def _bn_train_grad(g):
     grads = [None] * 5
     if not need_dx and not need_dw:
         if need_db:  # bias only: no activation needs to be kept
-            grads[2] = g.emit1("sum", [dy], {"dims": list(_reduce_axes(dy.rank)), "keepdim": False})
+            grads[2] = g.emit1("sum", [dy], {"dims": list(_reduce_axes(dy.rank, g.attrs)), "keepdim": False})
         return grads
     mask = [bool(need_dx), bool(need_dw), bool(need_db)]
-    outs = g.emit("batch_norm_backward", [dy, x, w, mean, invstd], {"output_mask": mask})
+    layout = {"layout": g.attrs["layout"]} if "layout" in g.attrs else {}
+    outs = g.emit("batch_norm_backward", [dy, x, w, mean, invstd], {"output_mask": mask, **layout})
     it = iter(outs)
     for slot, on in zip((0, 1, 2), mask):
         if on:
@@ -128,7 +137,8 @@ def _bn_infer_grad(g):
     dy = g.douts[0]
     grads = [None] * 5
     rank = dy.rank
-    view = [1, x.shape[1]] + [1] * (rank - 2)
+    view = [1] * rank
+    view[channel_axis(g.attrs, rank)] = w.shape[0]
     invstd = None
     if g.needs[0] or g.needs[1]:
         invstd = g.emit1("rsqrt", [g.emit1("add", [rv, g.const(g.attrs["eps"], rv.dtype)])])
@@ -138,9 +148,10 @@ def _bn_infer_grad(g):
     if g.needs[1]:
         centered = g.emit1("sub", [x, g.emit1("reshape", [rm], {"shape": view})])
         xhat = g.emit1("mul", [centered, g.emit1("reshape", [invstd], {"shape": view})])
-        grads[1] = g.emit1("sum", [g.emit1("mul", [dy, xhat])], {"dims": list(_reduce_axes(rank)), "keepdim": False})
+        grads[1] = g.emit1("sum", [g.emit1("mul", [dy, xhat])], {"dims": list(_reduce_axes(rank, g.attrs)),
+                                                                 "keepdim": False})
     if g.needs[2]:
-        grads[2] = g.emit1("sum", [dy], {"dims": list(_reduce_axes(rank)), "keepdim": False})
+        grads[2] = g.emit1("sum", [dy], {"dims": list(_reduce_axes(rank, g.attrs)), "keepdim": False})
     return grads
 
 
@@ -151,6 +162,19 @@ def _bn_inputs(rng, shape):
 
 
 def _bn_samples(rng):
+    return _with_nhwc(_plain_bn_samples(rng))
+
+
+def _with_nhwc(samples):
+    """samples + their 4-d ones channels-last"""
+    return samples + [Sample([to_physical(s.inputs[0], _NHWC)] + s.inputs[1:], {**s.attrs, **_NHWC}, s.grad_inputs,
+                             f"{s.note or 'general'}, nhwc") for s in samples if s.inputs[0].ndim == 4]
+
+
+_NHWC = {"layout": "nhwc"}
+
+
+def _plain_bn_samples(rng):
     return [Sample(_bn_inputs(rng, (4, 3, 5, 5)), {"momentum": 0.1, "eps": 1e-5}, grad_inputs=[0, 1, 2]),
             Sample(_bn_inputs(rng, (6, 4)), {"momentum": 0.2, "eps": 1e-3}, grad_inputs=[0, 1, 2], note="1-d"),
             Sample(_bn_inputs(rng, (4, 16, 8, 8)), {"momentum": 0.1, "eps": 1e-5}, grad_inputs=[1, 2],
@@ -168,17 +192,18 @@ def _bn_activation_samples(rng, train: bool):
         inputs[0] = inputs[0] * 4
         inputs[2] = inputs[2] * 4 + 2  # shifts past both clamp bounds
         out.append(Sample(inputs, {**stats, **act}, grad_inputs=[], note=f"fused {act['activation']}"))
-    return out
+    return _with_nhwc(out)
 
 
 def _torch_bn(t, a, training):
     torch = T()
-    x, w, b, rm, rv = t
+    x, w, b, rm, rv = to_logical(t[0], a), *t[1:]
     rm, rv = rm.clone(), rv.clone()
     if training:
         y, mean, invstd = torch.ops.aten.native_batch_norm(x, w, b, rm, rv, True, a["momentum"], a["eps"])
-        return [torch_activation(y, a), mean, invstd, rm, rv]
-    return [torch_activation(torch.nn.functional.batch_norm(x, rm, rv, w, b, False, 0.0, a["eps"]), a)]
+        return [to_physical(torch_activation(y, a), a), mean, invstd, rm, rv]
+    y = torch.nn.functional.batch_norm(x, rm, rv, w, b, False, 0.0, a["eps"])
+    return [to_physical(torch_activation(y, a), a)]
 
 
 def _bn_backward_samples(rng):
@@ -186,17 +211,20 @@ def _bn_backward_samples(rng):
     for s in _bn_samples(rng):
         x, w = s.inputs[0], s.inputs[1]
         _, mean, invstd, _, _ = _bn_train_ref(s.inputs, s.attrs)
+        layout = {"layout": s.attrs["layout"]} if "layout" in s.attrs else {}
         for mask in ([True, True, True], [True, False, False], [False, True, True]):
-            out.append(Sample([rand(rng, *x.shape), x, w, mean, invstd], {"output_mask": mask, "eps": s.attrs["eps"]}))
+            out.append(Sample([rand(rng, *x.shape), x, w, mean, invstd],
+                              {"output_mask": mask, "eps": s.attrs["eps"], **layout}, note=s.note))
     return out
 
 
 def _torch_bn_backward(t, a):
     torch = T()
-    dy, x, w, mean, invstd = t
+    dy, x, w, mean, invstd = to_logical(t[0], a), to_logical(t[1], a), *t[2:]
     outs = torch.ops.aten.native_batch_norm_backward(dy, x, w, None, None, mean, invstd, True, a.get("eps", 1e-5),
                                                      a["output_mask"])
-    return [o for o, on in zip(outs, a["output_mask"]) if on]
+    outs = [o for o, on in zip(outs, a["output_mask"]) if on]
+    return [to_physical(outs[0], a)] + outs[1:] if a["output_mask"][0] else outs
 
 
 register(OpDef("batch_norm_train", _bn_train_infer, _bn_train_ref, _bn_train_grad,
@@ -205,7 +233,8 @@ register(OpDef("batch_norm_train", _bn_train_infer, _bn_train_ref, _bn_train_gra
                flops=lambda i, o, a: 7 * i[0].numel))
 register(OpDef("batch_norm_infer", lambda ts, a: [_bn_check(ts, a, "batch_norm_infer")[0]], _bn_infer_ref,
                _bn_infer_grad,
-               lambda rng: [Sample(s.inputs, {"eps": s.attrs["eps"]}, grad_inputs=[0, 1, 2], note=s.note)
+               lambda rng: [Sample(s.inputs, {"eps": s.attrs["eps"], **({"layout": "nhwc"} if "layout" in s.attrs else {})},
+                                   grad_inputs=[0, 1, 2], note=s.note)
                             for s in _bn_samples(rng)] + _bn_activation_samples(rng, False),
                lambda t, a: _torch_bn(t, a, False), param_roles={1: "norm", 2: "bias"},
                flops=lambda i, o, a: 2 * i[0].numel))

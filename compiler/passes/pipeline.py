@@ -4,7 +4,7 @@
     -O1  graph rewrites that never cost anything at run time:
          fold_batchnorm, fold_constants, reorder_updates
     -O2  (default) + compress_activations, fuse_epilogue, fuse_elementwise, matmul_views,
-         schedule_memory, select_kernels by the cost model
+         plan_layout, schedule_memory, select_kernels by the cost model
     -O3  + recompute, select_kernels by measuring each candidate kernel on this machine
 
 The order matters and is fixed (PIPELINE): BN folding produces the frozen-only arithmetic that
@@ -12,8 +12,9 @@ constant folding evaluates; masks must replace stored activations before the epi
 looks for activation-derivative multiplies to fuse into grad-input kernels; the element-wise
 fusion takes what is left; matmul_views then turns the permute/reshape copies around matmuls
 (attention's heads) into strided views, after the epilogue fusions so a masked matmul keeps its
-plain output; scheduling and kernel choice come last because they only reorder and
-annotate. `--disable-pass NAME` removes one pass from the level's set; `passes=[...]` names the
+plain output; plan_layout then stores channels-last (NHWC) the regions whose kernels prefer it,
+seeing the masks and fused nodes as they will run; scheduling and kernel choice come last because
+they only reorder and annotate. `--disable-pass NAME` removes one pass from the level's set; `passes=[...]` names the
 set exactly (the ablation benchmark uses it: O0 + one pass).
 
 After each pass the graph is verified, dead code is removed, and a PassRecord notes op counts and
@@ -44,6 +45,7 @@ PIPELINE: list[tuple[str, int, str]] = [
     ("fuse_elementwise", 2, "chains of element-wise ops into one fused_elementwise kernel"),
     ("matmul_views", 2, "permute/reshape copies around matmuls folded into strided operand and output views"),
     ("recompute", 3, "cheap element-wise values recomputed in backward instead of kept, where the peak drops"),
+    ("plan_layout", 2, "regions of 1x1 / depthwise convs and batch norm stored channels-last (NHWC)"),
     ("reorder_updates", 1, "each optimizer update right after its gradient is final, weight grads first"),
     ("schedule_memory", 2, "memory-aware topological order of the backward/update nodes"),
     ("select_kernels", 2, "per-node kernel choice: cost model (-O2) or measured on this machine (-O3)"),

@@ -91,9 +91,21 @@ def test_variant_matches_reference_on_the_samples_it_accepts(kernel):
                                       err_msg=f"{kernel} on sample {index}: 2 threads vs 1")
         accepted.append(index)
     assert accepted, f"{kernel} accepts none of the {op} samples"
-    if kernel.endswith(".im2col"):  # the fallback runs every geometry
-        every = [i for n, i, _ in (c.values for c in CASES) if n == op]
+    if kernel.endswith(".im2col"):  # the fallback runs every NCHW geometry
+        every = [i for n, i, s in (c.values for c in CASES) if n == op and s.attrs.get("layout") != "nhwc"]
         assert accepted == every, f"{kernel} refused samples {sorted(set(every) - set(accepted))}"
+
+
+@pytest.mark.parametrize("kernel", VARIANTS)
+def test_every_variant_refuses_nhwc_which_runs_on_the_op_named_kernel(kernel):
+    op = kernel.split(".")[0]
+    nhwc = [s for n, _, s in (c.values for c in CASES) if n == op and s.attrs.get("layout") == "nhwc"]
+    assert nhwc
+    for sample in nhwc:
+        with pytest.raises(native().NativeError, match="NCHW only; layout nhwc runs on"):
+            run(kernel, sample.inputs, sample.attrs)
+        expected = REGISTRY[op].reference([np.asarray(x) for x in sample.inputs], sample.attrs)[0]
+        assert_close(op, run(op, sample.inputs, sample.attrs), expected, f"{op} on an nhwc sample")
 
 
 # ---- layer-sized geometries ------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 // CPU kernels for compiler/ops/conv.py: conv2d, conv2d_grad_input, conv2d_grad_weight (NCHW, f32;
-// stride, padding, dilation, groups). Each op's kernel picks one of three paths from the shape:
+// stride, padding, dilation, groups; NHWC for some geometries, see "Layout" below). Each op's kernel
+// picks one of three paths from the shape:
 //
 //   depthwise (one input channel per group, any channel multiplier)  direct loops — a GEMM with
 //       K = kh*kw would be mostly packing. Input rows are staged zero-padded and split by stride
@@ -35,6 +36,15 @@
 // conv2d_grad_input / conv2d_grad_weight) so the compiler can time them against each other and
 // pin one per node. A variant's check refuses geometries it cannot run; .im2col runs any.
 //
+// Layout: attr `layout` (conv_nhwc.h's read_layout). Absent or "nchw": everything above. "nhwc":
+// x, y, dy, dx (and an f32 grad_input mask) are stored [N, H, W, C], the weight stays
+// [O, Cg, KH, KW], input_shape / weight_shape stay in logical order ([N, C, H, W], [O, Cg, KH, KW]);
+// a u8 mask indexes dx as stored. Only the op-named kernels run it, and only two geometries:
+// pointwise with groups 1 (one GEMM over N*H*W rows) and depthwise with channel multiplier 1 (direct
+// loops over the contiguous channels) — conv_nhwc.cc. The forced variants (and conv_winograd.cc)
+// refuse nhwc in their checks, the op-named kernels refuse every other NHWC geometry, and an
+// unknown layout is an error in every check.
+//
 // Epilogues (gemm.h), applied while the output is hot rather than by a separate op:
 //   conv2d(x, w[, b], activation=relu|hardtanh, act_min, act_max)  the clamp after the bias: in
 //       the GEMM's write-back (pointwise, im2col) or the depthwise register loop.
@@ -48,6 +58,7 @@
 #include <string>
 
 #include "core/kernel.h"
+#include "kernels/cpu/conv_nhwc.h"
 #include "kernels/cpu/cpu_util.h"
 #include "kernels/cpu/gemm.h"
 
@@ -69,6 +80,7 @@ struct Conv {
   int64_t O, Cg, KH, KW;   // weight [O, Cg, KH, KW]
   int64_t HO, WO;          // output
   int64_t SH, SW, PH, PW, DH, DW, G;
+  bool nhwc = false;       // attr layout = "nhwc": x, y, dy, dx stored [N, H, W, C] (conv_nhwc.cc runs it)
   int64_t Og() const { return O / G; }
   int64_t kdim() const { return Cg * KH * KW; }  // rows of one group's column matrix
   bool depthwise() const { return Cg == 1; }
@@ -121,8 +133,27 @@ std::string pair_string(int64_t a, int64_t b) {
   return a == b ? std::to_string(a) : std::to_string(a) + "x" + std::to_string(b);
 }
 
-// A forced variant's refusal of a geometry it cannot run (auto and im2col run every geometry).
-Status path_fits(const char* kernel, const Conv& c, Path p) {
+nhwc::ConvShape nhwc_shape(const Conv& c) {
+  return {c.N, c.C, c.H, c.W, c.O, c.KH, c.KW, c.HO, c.WO, c.SH, c.SW, c.PH, c.PW, c.DH, c.DW, c.G};
+}
+
+// A forced variant's refusal of a geometry it cannot run (auto and im2col run every NCHW geometry).
+// NHWC runs on the op-named kernel only, and only where conv_nhwc.cc has a path.
+Status path_fits(ConvOp op, const Conv& c, Path p) {
+  const char* kernel = kernel_name(op, p);
+  if (c.nhwc) {
+    if (p != Path::kAuto)
+      return invalid_argument(std::string(kernel) + " runs NCHW only; layout nhwc runs on the " +
+                              kernel_name(op, Path::kAuto) + " kernel");
+    if (nhwc::kind_of(nhwc_shape(c)) == nhwc::Kind::kNone)
+      return invalid_argument(std::string(kernel) +
+                              ": layout nhwc supports pointwise (1x1, stride 1, no padding, groups 1) and depthwise "
+                              "(groups = input channels = output channels) convolutions only, got " +
+                              std::to_string(c.KH) + "x" + std::to_string(c.KW) + " stride " + pair_string(c.SH, c.SW) +
+                              " padding " + pair_string(c.PH, c.PW) + " groups " + std::to_string(c.G) + ", " +
+                              std::to_string(c.C) + " -> " + std::to_string(c.O) + " channels");
+    return Status::Ok();
+  }
   if ((p == Path::kPointwise || p == Path::kPointwiseBatched) && !c.pointwise())
     return invalid_argument(std::string(kernel) + " needs a 1x1 stride-1 unpadded kernel, got " +
                             std::to_string(c.KH) + "x" + std::to_string(c.KW) + " stride " + pair_string(c.SH, c.SW) +
@@ -133,11 +164,13 @@ Status path_fits(const char* kernel, const Conv& c, Path p) {
   return Status::Ok();
 }
 
-// Geometry from the input shape x[N,C,H,W], the weight shape w[O,Cg,KH,KW] and the attrs; checks
-// that dy/y has shape [N,O,HO,WO]. Used by check (full validation) and run (already validated).
+// Geometry from the input shape x[N,C,H,W] (logical order, whatever the layout), the weight shape
+// w[O,Cg,KH,KW] and the attrs; checks that dy/y has shape [N,O,HO,WO] ([N,HO,WO,O] with layout nhwc).
+// Used by check (full validation) and run (already validated).
 Status make_conv(const char* op, const Attrs& attrs, const int64_t* xs, const int64_t* ws, const TensorView& y,
                  Conv* cv) {
   Conv& c = *cv;
+  ET_RETURN_IF_ERROR(nhwc::read_layout(attrs, op, &c.nhwc));
   c.N = xs[0], c.C = xs[1], c.H = xs[2], c.W = xs[3];
   c.O = ws[0], c.Cg = ws[1], c.KH = ws[2], c.KW = ws[3];
   cpu::ConvParams cp;
@@ -151,10 +184,23 @@ Status make_conv(const char* op, const Attrs& attrs, const int64_t* xs, const in
   c.HO = cpu::conv_out_size(c.H, c.KH, c.SH, c.PH, c.DH);
   c.WO = cpu::conv_out_size(c.W, c.KW, c.SW, c.PW, c.DW);
   if (c.HO <= 0 || c.WO <= 0) return invalid_argument(std::string(op) + ": output would be empty");
-  if (!cpu::is_shape(y, c.N, c.O, c.HO, c.WO))
+  if (c.nhwc ? !cpu::is_shape(y, c.N, c.HO, c.WO, c.O) : !cpu::is_shape(y, c.N, c.O, c.HO, c.WO))
     return invalid_argument(std::string(op) + ": output/gradient " + y.shape_string() + " is not " +
-                            cpu::dims_string(c.N, c.O, c.HO, c.WO));
+                            (c.nhwc ? cpu::dims_string(c.N, c.HO, c.WO, c.O) + " (layout nhwc)"
+                                    : cpu::dims_string(c.N, c.O, c.HO, c.WO)));
   return Status::Ok();
+}
+
+// The logical [N, C, H, W] of a stored activation tensor (x of conv2d and conv2d_grad_weight): its
+// own shape, or [N, H, W, C] read back with layout nhwc (an unknown layout: make_conv reports it).
+void logical_input(const Attrs& attrs, const TensorView& x, int64_t* xs) {
+  bool is_nhwc = false;
+  (void)nhwc::read_layout(attrs, "conv2d", &is_nhwc);
+  if (is_nhwc) {
+    xs[0] = x.shape[0], xs[1] = x.shape[3], xs[2] = x.shape[1], xs[3] = x.shape[2];
+  } else {
+    for (int i = 0; i < 4; ++i) xs[i] = x.shape[i];
+  }
 }
 
 // Output positions o in [lo, hi) whose input coordinate o*s - p + k*d lies inside [0, size).
@@ -246,8 +292,10 @@ void col2im(const Conv& c, const float* col, int64_t oh0, int64_t oh1, float* dx
 }
 
 // The workspace the planner reserved from *_workspace(): the im2col path's column buffer, or the
-// pointwise_batched path's packed chunk (both operands of one group: [Cg + Og, images * H*W]).
-size_t column_bytes(const Conv& c, Path p) {
+// pointwise_batched path's packed chunk (both operands of one group: [Cg + Og, images * H*W]), or
+// what the NHWC path of the op needs (conv_nhwc.h).
+size_t column_bytes(const Conv& c, Path p, ConvOp op) {
+  if (c.nhwc) return nhwc::workspace_bytes(nhwc_shape(c), op);
   const Path path = resolve(c, p);
   if (path == Path::kPointwiseBatched && c.pack_images() > 1)
     return static_cast<size_t>((c.Cg + c.Og()) * c.pack_images() * c.H * c.W) * sizeof(float);
@@ -287,8 +335,9 @@ void unpack_images(const float* packed, int64_t channels, int64_t first, int64_t
   });
 }
 
-Status expect_workspace(const KernelArgs& a, const Conv& c, Path p, const char* kernel) {
-  const size_t need = column_bytes(c, p);
+Status expect_workspace(const KernelArgs& a, const Conv& c, Path p, ConvOp op) {
+  const char* kernel = kernel_name(op, p);
+  const size_t need = column_bytes(c, p, op);
   if (a.workspace_bytes >= need && (a.workspace || need == 0)) return Status::Ok();
   return internal_error(std::string(kernel) + ": workspace of " + std::to_string(a.workspace_bytes) +
                         " bytes, needs " + std::to_string(need));
@@ -316,19 +365,23 @@ Status conv_check(const KernelArgs& a, Path p) {
     return invalid_argument(std::string(kernel) + ": wants 4-d input and weight, got " + x.shape_string() + " and " +
                             w.shape_string());
   Conv c;
-  ET_RETURN_IF_ERROR(make_conv(kernel, a.attr(), x.shape, w.shape, a.out(0), &c));
+  int64_t xs[4];
+  logical_input(a.attr(), x, xs);
+  ET_RETURN_IF_ERROR(make_conv(kernel, a.attr(), xs, w.shape, a.out(0), &c));
   if (a.num_inputs == 3 && (a.in(2).rank != 1 || a.in(2).shape[0] != c.O))
     return invalid_argument(std::string(kernel) + ": bias " + a.in(2).shape_string() + " does not fit " +
                             std::to_string(c.O) + " output channels");
   float lo, hi;
   ET_RETURN_IF_ERROR(read_activation(a.attr(), kernel, &lo, &hi));
-  return path_fits(kernel, c, p);
+  return path_fits(kForward, c, p);
 }
 
 size_t conv_workspace(const KernelArgs& a, Path p) {
   Conv c;
-  if (!make_conv(kernel_name(kForward, p), a.attr(), a.in(0).shape, a.in(1).shape, a.out(0), &c).ok()) return 0;
-  return column_bytes(c, p);
+  int64_t xs[4];
+  logical_input(a.attr(), a.in(0), xs);
+  if (!make_conv(kernel_name(kForward, p), a.attr(), xs, a.in(1).shape, a.out(0), &c).ok()) return 0;
+  return column_bytes(c, p, kForward);
 }
 
 // y = clamp(depthwise conv + bias, act_lo, act_hi); -inf/+inf without an activation.
@@ -640,13 +693,20 @@ void im2col_gemm_band(const Conv& c, const float* xg, const float* wg, int64_t o
 Status conv_run(const KernelArgs& a, Path p) {
   const char* kernel = kernel_name(kForward, p);
   Conv c;
-  (void)make_conv(kernel, a.attr(), a.in(0).shape, a.in(1).shape, a.out(0), &c);  // check validated it
+  int64_t xs[4];
+  logical_input(a.attr(), a.in(0), xs);
+  (void)make_conv(kernel, a.attr(), xs, a.in(1).shape, a.out(0), &c);  // check validated it
   const float* x = a.in(0).as<float>();
   const float* w = a.in(1).as<float>();
   const float* bias = a.num_inputs == 3 ? a.in(2).as<float>() : nullptr;
   float* y = a.out(0).as<float>();
   GemmBias ep;  // the activation, clamped as the GEMM writes y
   ET_RETURN_IF_ERROR(read_activation(a.attr(), kernel, &ep.clamp_lo, &ep.clamp_hi));
+  if (c.nhwc) {
+    ET_RETURN_IF_ERROR(expect_workspace(a, c, p, kForward));
+    nhwc::forward(nhwc_shape(c), x, w, bias, ep.clamp_lo, ep.clamp_hi, y, a.workspace, a.pool);
+    return Status::Ok();
+  }
   const Path path = resolve(c, p);
   if (path == Path::kDepthwise) {
     conv_depthwise(c, x, w, bias, ep.clamp_lo, ep.clamp_hi, y, a.pool);
@@ -655,7 +715,7 @@ Status conv_run(const KernelArgs& a, Path p) {
   const int64_t plane = c.HO * c.WO, kdim = c.kdim(), Og = c.Og();
   const int64_t band = c.band_rows();
   float* col = static_cast<float*>(a.workspace);
-  ET_RETURN_IF_ERROR(expect_workspace(a, c, p, kernel));
+  ET_RETURN_IF_ERROR(expect_workspace(a, c, p, kForward));
   if (path == Path::kPointwiseBatched && c.pack_images() > 1) {  // yp[Og, cols] = w_g @ xp[Cg, cols]
     const int64_t per = c.pack_images();
     for (int64_t n0 = 0; n0 < c.N; n0 += per) {
@@ -726,16 +786,18 @@ Status grad_input_check(const KernelArgs& a, Path p) {
                             " and " + a.in(1).shape_string());
   Conv c;
   ET_RETURN_IF_ERROR(grad_input_geometry(a, kernel, &c));
-  if (!cpu::is_shape(a.out(0), c.N, c.C, c.H, c.W))
-    return invalid_argument(std::string(kernel) + ": output " + a.out(0).shape_string() + " is not input_shape");
+  // input_shape is logical [N, C, H, W]; dx is stored [N, H, W, C] with layout nhwc
+  if (c.nhwc ? !cpu::is_shape(a.out(0), c.N, c.H, c.W, c.C) : !cpu::is_shape(a.out(0), c.N, c.C, c.H, c.W))
+    return invalid_argument(std::string(kernel) + ": output " + a.out(0).shape_string() + " is not input_shape" +
+                            (c.nhwc ? " in layout nhwc" : ""));
   OutputMask mask;
   ET_RETURN_IF_ERROR(read_output_mask(a, 2, a.out(0), kernel, &mask));
-  return path_fits(kernel, c, p);
+  return path_fits(kGradInput, c, p);
 }
 
 size_t grad_input_workspace(const KernelArgs& a, Path p) {
   Conv c;
-  return grad_input_geometry(a, kernel_name(kGradInput, p), &c).ok() ? column_bytes(c, p) : 0;
+  return grad_input_geometry(a, kernel_name(kGradInput, p), &c).ok() ? column_bytes(c, p, kGradInput) : 0;
 }
 
 // mask: null, or zeroes dx elements (index = dx's own row-major index) once each plane is done.
@@ -909,6 +971,11 @@ Status grad_input_run(const KernelArgs& a, Path p) {
   OutputMask m;
   ET_RETURN_IF_ERROR(read_output_mask(a, 2, a.out(0), kernel, &m));
   const OutputMask* mask = m.active() ? &m : nullptr;
+  if (c.nhwc) {
+    ET_RETURN_IF_ERROR(expect_workspace(a, c, p, kGradInput));
+    nhwc::grad_input(nhwc_shape(c), dy, w, mask, dx, a.workspace, a.pool);
+    return Status::Ok();
+  }
   const Path path = resolve(c, p);
   if (path == Path::kDepthwise) {
     grad_input_depthwise(c, dy, w, mask, dx, a.pool);
@@ -917,7 +984,7 @@ Status grad_input_run(const KernelArgs& a, Path p) {
   const int64_t plane = c.H * c.W, oplane = c.HO * c.WO, kdim = c.kdim(), Og = c.Og();
   const int64_t band = c.band_rows();
   float* col = static_cast<float*>(a.workspace);
-  ET_RETURN_IF_ERROR(expect_workspace(a, c, p, kernel));
+  ET_RETURN_IF_ERROR(expect_workspace(a, c, p, kGradInput));
   if (path == Path::kPointwiseBatched && c.pack_images() > 1) {  // dxp[Cg, cols] = w_g^T @ dyp[Og, cols]
     const int64_t per = c.pack_images();
     for (int64_t n0 = 0; n0 < c.N; n0 += per) {
@@ -983,7 +1050,9 @@ Status grad_weight_geometry(const KernelArgs& a, const char* kernel, Conv* c) {
   int64_t ws[4];
   if (!cpu::read_shape4(a.attr(), "weight_shape", ws))
     return invalid_argument(std::string(kernel) + ": attr weight_shape must be 4 ints");
-  return make_conv(kernel, a.attr(), a.in(1).shape, ws, a.in(0), c);
+  int64_t xs[4];
+  logical_input(a.attr(), a.in(1), xs);
+  return make_conv(kernel, a.attr(), xs, ws, a.in(0), c);
 }
 
 Status grad_weight_check(const KernelArgs& a, Path p) {
@@ -997,12 +1066,12 @@ Status grad_weight_check(const KernelArgs& a, Path p) {
   ET_RETURN_IF_ERROR(grad_weight_geometry(a, kernel, &c));
   if (!cpu::is_shape(a.out(0), c.O, c.Cg, c.KH, c.KW))
     return invalid_argument(std::string(kernel) + ": output " + a.out(0).shape_string() + " is not weight_shape");
-  return path_fits(kernel, c, p);
+  return path_fits(kGradWeight, c, p);
 }
 
 size_t grad_weight_workspace(const KernelArgs& a, Path p) {
   Conv c;
-  return grad_weight_geometry(a, kernel_name(kGradWeight, p), &c).ok() ? column_bytes(c, p) : 0;
+  return grad_weight_geometry(a, kernel_name(kGradWeight, p), &c).ok() ? column_bytes(c, p, kGradWeight) : 0;
 }
 
 // sum_{k < n} a[k] * b[k * stride], in double, fixed order (the generic path's row dot)
@@ -1140,6 +1209,11 @@ Status grad_weight_run(const KernelArgs& a, Path p) {
   const float* dy = a.in(0).as<float>();
   const float* x = a.in(1).as<float>();
   float* dw = a.out(0).as<float>();
+  if (c.nhwc) {
+    ET_RETURN_IF_ERROR(expect_workspace(a, c, p, kGradWeight));
+    nhwc::grad_weight(nhwc_shape(c), dy, x, dw, a.workspace, a.pool);
+    return Status::Ok();
+  }
   const Path path = resolve(c, p);
   if (path == Path::kDepthwise) {
     grad_weight_depthwise(c, dy, x, dw, a.pool);
@@ -1148,7 +1222,7 @@ Status grad_weight_run(const KernelArgs& a, Path p) {
   const int64_t plane = c.H * c.W, oplane = c.HO * c.WO, kdim = c.kdim(), Og = c.Og();
   const int64_t band = c.band_rows();
   float* col = static_cast<float*>(a.workspace);
-  ET_RETURN_IF_ERROR(expect_workspace(a, c, p, kernel));
+  ET_RETURN_IF_ERROR(expect_workspace(a, c, p, kGradWeight));
   if (path == Path::kPointwiseBatched && c.pack_images() > 1) {  // dw_g += dyp @ xp^T per chunk
     const int64_t per = c.pack_images();
     for (int64_t n0 = 0; n0 < c.N; n0 += per) {

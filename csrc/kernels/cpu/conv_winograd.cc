@@ -1,5 +1,6 @@
 // Winograd kernels for 3x3, stride-1 convolutions (NCHW, f32): the alternatives
-// "conv2d.winograd" and "conv2d_grad_input.winograd" of the im2col kernels in conv.cc.
+// "conv2d.winograd" and "conv2d_grad_input.winograd" of the im2col kernels in conv.cc. Their checks
+// refuse attr layout = "nhwc" (NHWC nodes run on the op-named kernels, conv_nhwc.cc).
 //
 // Why: a 3x3 stride-1 conv is most of the FLOPs of ResNet-style networks, and Winograd's minimal
 // filtering F(m x m, 3x3) computes an m x m output tile from an (m+2)^2 input tile with (m+2)^2
@@ -41,6 +42,7 @@
 #include <string>
 
 #include "core/kernel.h"
+#include "kernels/cpu/conv_nhwc.h"
 #include "kernels/cpu/cpu_util.h"
 #include "kernels/cpu/gemm.h"
 
@@ -444,6 +446,7 @@ Status conv_geometry(const KernelArgs& a, Geometry* g) {
 Status conv_check(const KernelArgs& a) {
   ET_RETURN_IF_ERROR(expect_arity(a, kConvName, 2, 3, 1));
   ET_RETURN_IF_ERROR(cpu::expect_all_f32(a, kConvName, a.num_inputs));
+  ET_RETURN_IF_ERROR(nhwc::refuse_nhwc(a.attr(), kConvName, "the conv2d kernel"));
   Geometry g;
   ET_RETURN_IF_ERROR(conv_geometry(a, &g));
   Epilogue ep;
@@ -528,6 +531,7 @@ Status read_grad_mask(const KernelArgs& a, Epilogue* ep) {
 Status grad_check(const KernelArgs& a) {
   ET_RETURN_IF_ERROR(expect_arity(a, kGradName, 2, 3, 1));
   ET_RETURN_IF_ERROR(cpu::expect_all_f32(a, kGradName, 2));
+  ET_RETURN_IF_ERROR(nhwc::refuse_nhwc(a.attr(), kGradName, "the conv2d_grad_input kernel"));
   Geometry g;
   ET_RETURN_IF_ERROR(grad_geometry(a, &g));
   Epilogue ep;

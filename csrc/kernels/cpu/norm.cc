@@ -16,6 +16,18 @@
 // batch_norm_train / _infer may carry a fused activation (attrs activation, act_min, act_max, read
 // by read_activation as conv2d's): the clamp happens in the normalising loop, so BN + ReLU(6) is
 // one pass over the tensor instead of two (fuse_epilogue makes it).
+//
+// Layout: attr layout = "nhwc" (conv_nhwc.h's read_layout; absent or "nchw" is the [N, C, ...]
+// view above) on a 4-d x means x, y, dy, dx are stored [N, H, W, C]: C = shape[3], and the tensor is
+// N*H*W rows of C contiguous channels. Same formulas, same precision approach (shift by the channel's
+// first value, float terms added a few at a time and then in double, the mean as float hi + lo), but
+// vectorised over the channels of a row instead of along a channel's plane: the rows are cut into
+// a number of blocks fixed by the shape (row_blocks), each block sums groups of kRowGroup rows in
+// float lanes per channel and folds them into its own double sums per channel (in the workspace),
+// and the blocks are added in order, so the result does not depend on the thread count. The
+// normalising / dx pass then runs over rows in parallel with per-channel coefficients computed once
+// (the workspace again). NCHW and NHWC statistics differ only by the order of the sums (a few f32
+// roundings of the terms' absolute sum).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -23,7 +35,9 @@
 #include <type_traits>
 
 #include "core/kernel.h"
+#include "kernels/cpu/conv_nhwc.h"
 #include "kernels/cpu/cpu_util.h"
+#include "kernels/cpu/elementwise_math.h"
 #include "kernels/cpu/gemm.h"
 
 namespace edgetune {
@@ -188,24 +202,43 @@ Status read_mask(const KernelArgs& a, const char* op, int slot[3]) {
 // ---- batch norm ------------------------------------------------------------------------------
 
 struct BN {
-  int64_t N, C, S;
+  int64_t N, C, S;   // NHWC: S = H*W as well; the tensor is N*S rows of C channels
+  bool nhwc = false;
   int64_t count() const { return N * S; }
 };
 
-BN bn_of(const TensorView& x) {
+// The node's layout for batch norm's x (an error for an unknown layout, or nhwc on x not 4-d).
+Status bn_layout(const KernelArgs& a, const char* op, const TensorView& x, bool* nhwc) {
+  ET_RETURN_IF_ERROR(nhwc::read_layout(a.attr(), op, nhwc));
+  if (*nhwc && x.rank != 4)
+    return invalid_argument(std::string(op) + ": layout nhwc needs a 4-d [N, H, W, C] input, got " + x.shape_string());
+  return Status::Ok();
+}
+
+// run() only: the check validated the layout
+BN bn_of(const KernelArgs& a, const TensorView& x) {
+  bool is_nhwc = false;
+  (void)nhwc::read_layout(a.attr(), "batch_norm", &is_nhwc);
+  if (is_nhwc) return BN{x.shape[0], x.shape[3], x.shape[1] * x.shape[2], true};
   BN b{x.shape[0], x.shape[1], 1};
   for (int i = 2; i < x.rank; ++i) b.S *= x.shape[i];
   return b;
 }
 
+// the channel dim of x: 1, or 3 in layout nhwc
+int64_t channels_of(const TensorView& x, bool nhwc) { return nhwc ? x.shape[3] : x.shape[1]; }
+
 // x and the per-channel tensors of batch_norm_train / batch_norm_infer
 Status bn_check_inputs(const KernelArgs& a, const char* op) {
   const TensorView& x = a.in(0);
   if (x.rank < 2) return invalid_argument(std::string(op) + ": wants [N, C, ...] input, got " + x.shape_string());
+  bool is_nhwc;
+  ET_RETURN_IF_ERROR(bn_layout(a, op, x, &is_nhwc));
+  const int64_t C = channels_of(x, is_nhwc);
   for (int i = 1; i < 5; ++i)
-    if (!is_vector(a.in(i), x.shape[1]))
+    if (!is_vector(a.in(i), C))
       return invalid_argument(std::string(op) + ": per-channel input " + a.in(i).shape_string() + " does not fit " +
-                              std::to_string(x.shape[1]) + " channels");
+                              std::to_string(C) + " channels");
   if (!cpu::same_shape(a.out(0), x))
     return invalid_argument(std::string(op) + ": output " + a.out(0).shape_string() + " is not " + x.shape_string());
   return Status::Ok();
@@ -213,14 +246,250 @@ Status bn_check_inputs(const KernelArgs& a, const char* op) {
 
 int64_t channel_grain(const BN& b) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(b.count(), 1)); }
 
+// ---- batch norm, layout nhwc: rows of channels ----------------------------------------------------
+// The tensor is rows = N*H*W rows of C channels. Sums run over fixed row blocks (row_blocks: the
+// count depends on the shape only), each block in its own double sums per channel, the blocks then
+// added in order; within a block, groups of kRowGroup rows add their terms in float vectors over 16
+// channels (4 terms per lane, as the NCHW path's 64-element blocks give each of their 16 lanes) and
+// the group's sums join the block's doubles.
+constexpr int64_t kRowGroup = 4;
+constexpr int64_t kMaxRowBlocks = 32;
+constexpr int64_t kMinBlockRows = 256;
+
+int64_t row_blocks(int64_t rows) { return std::max<int64_t>(1, std::min(kMaxRowBlocks, rows / kMinBlockRows)); }
+
+typedef double D8U __attribute__((vector_size(64), aligned(alignof(double)), may_alias));
+
+// s[0..16) += f, in double
+inline void add_in_double(double* s, const F16& f) {
+  F8 lo, hi;
+  std::memcpy(&lo, &f, sizeof lo);
+  std::memcpy(&hi, reinterpret_cast<const char*>(&f) + sizeof lo, sizeof hi);
+  *reinterpret_cast<D8U*>(s) += __builtin_convertvector(lo, D8);
+  *reinterpret_cast<D8U*>(s + 8) += __builtin_convertvector(hi, D8);
+}
+
+// s1[c] = sum of a(r, c), s2[c] = sum of b(r, c) over rows [r0, r1), where terms(r, c, a, b) sets the
+// terms of row r for the channels c .. c+15 (V = F16) or channel c (V = float), as block_sum2's terms.
+template <typename Terms>
+void column_sums2(int64_t r0, int64_t r1, int64_t C, const Terms& terms, double* s1, double* s2) {
+  std::fill(s1, s1 + C, 0.0);
+  std::fill(s2, s2 + C, 0.0);
+  int64_t r = r0;
+  for (; r + kRowGroup <= r1; r += kRowGroup) {
+    int64_t c = 0;
+    for (; c + kFloatLanes <= C; c += kFloatLanes) {
+      F16 fa, fb;
+      terms(r, c, fa, fb);
+      for (int64_t i = 1; i < kRowGroup; ++i) {
+        F16 a, b;
+        terms(r + i, c, a, b);
+        fa += a;
+        fb += b;
+      }
+      add_in_double(s1 + c, fa);
+      add_in_double(s2 + c, fb);
+    }
+    for (; c < C; ++c) {
+      float fa, fb;
+      terms(r, c, fa, fb);
+      for (int64_t i = 1; i < kRowGroup; ++i) {
+        float a, b;
+        terms(r + i, c, a, b);
+        fa += a;
+        fb += b;
+      }
+      s1[c] += fa;
+      s2[c] += fb;
+    }
+  }
+  for (; r < r1; ++r) {
+    for (int64_t c = 0; c < C; ++c) {
+      float a, b;
+      terms(r, c, a, b);
+      s1[c] += a;
+      s2[c] += b;
+    }
+  }
+}
+
+// The per-channel sums of all rows: column_sums2 per block (in parallel), the blocks added in order
+// into s1, s2 (= block 0's sums, in place). sums: the workspace, 2 * row_blocks * C doubles.
+template <typename Terms>
+void channel_sums2(const KernelArgs& a, int64_t rows, int64_t C, const Terms& terms, double* sums, double** s1,
+                   double** s2) {
+  const int64_t nb = row_blocks(rows);
+  a.pool->parallel_for(nb, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      column_sums2(rows * b / nb, rows * (b + 1) / nb, C, terms, sums + 2 * b * C, sums + (2 * b + 1) * C);
+  });
+  for (int64_t b = 1; b < nb; ++b)
+    for (int64_t c = 0; c < C; ++c) {
+      sums[c] += sums[2 * b * C + c];
+      sums[C + c] += sums[(2 * b + 1) * C + c];
+    }
+  *s1 = sums;
+  *s2 = sums + C;
+}
+
+// workspace: the block sums (doubles), then `floats` per-channel float vectors of C
+size_t nhwc_workspace(const BN& bn, int floats) {
+  return static_cast<size_t>(2 * row_blocks(bn.count()) * bn.C) * sizeof(double) +
+         static_cast<size_t>(floats * bn.C) * sizeof(float);
+}
+constexpr int kTrainFloats = 4, kInferFloats = 2, kBackwardFloats = 3;
+
+Status expect_bn_workspace(const KernelArgs& a, const char* op, size_t need) {
+  if (a.workspace_bytes >= need && (a.workspace || need == 0)) return Status::Ok();
+  return internal_error(std::string(op) + ": workspace of " + std::to_string(a.workspace_bytes) + " bytes, needs " +
+                        std::to_string(need));
+}
+
+int64_t row_grain(const BN& bn) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(bn.C, 1)); }
+
+Status bn_train_nhwc(const KernelArgs& a, const BN& bn) {
+  ET_RETURN_IF_ERROR(expect_bn_workspace(a, "batch_norm_train", nhwc_workspace(bn, kTrainFloats)));
+  const int64_t C = bn.C, rows = bn.count();
+  const float* x = a.in(0).as<float>();
+  const float *w = a.in(1).as<float>(), *b = a.in(2).as<float>();
+  const float *rm = a.in(3).as<float>(), *rv = a.in(4).as<float>();
+  float* y = a.out(0).as<float>();
+  float *mean_out = a.out(1).as<float>(), *invstd_out = a.out(2).as<float>();
+  float *rm_out = a.out(3).as<float>(), *rv_out = a.out(4).as<float>();
+  const double eps = a.attr().get_float("eps", 1e-5), mom = a.attr().get_float("momentum", 0.1);
+  float lo, hi;
+  ET_RETURN_IF_ERROR(read_activation(a.attr(), "batch_norm_train", &lo, &hi));
+  double* sums = static_cast<double*>(a.workspace);
+  float* mh = reinterpret_cast<float*>(sums + 2 * row_blocks(rows) * C);
+  float *ml = mh + C, *scale = ml + C, *shift = scale + C;
+  // shifted sums (see row_shifted_sums): the shift of channel c is its first value, x[0, 0, 0, c],
+  // the very element the NCHW path shifts by
+  double *s1, *s2;
+  channel_sums2(
+      a, rows, C,
+      [&](int64_t r, int64_t c, auto& ta, auto& tb) {
+        using V = std::remove_reference_t<decltype(ta)>;
+        const V d = lanes<V>(x + r * C + c) - lanes<V>(x + c);
+        ta = d;
+        tb = d * d;
+      },
+      sums, &s1, &s2);
+  for (int64_t c = 0; c < C; ++c) {  // the NCHW path's per-channel arithmetic, term for term
+    const double k0 = rows ? x[c] : 0.0;
+    const double dmean = rows ? s1[c] / rows : 0.0;
+    const double mean = k0 + dmean;
+    const double var = rows ? std::max(0.0, s2[c] / rows - dmean * dmean) : 0.0;
+    const double invstd = 1.0 / std::sqrt(var + eps);
+    mean_out[c] = static_cast<float>(mean);
+    invstd_out[c] = static_cast<float>(invstd);
+    rm_out[c] = static_cast<float>((1 - mom) * rm[c] + mom * mean);
+    rv_out[c] = static_cast<float>((1 - mom) * rv[c] + mom * var * (static_cast<double>(rows) / std::max<int64_t>(rows - 1, 1)));
+    mh[c] = static_cast<float>(mean);
+    ml[c] = static_cast<float>(mean - mh[c]);
+    scale[c] = static_cast<float>(invstd * w[c]);
+    shift[c] = b[c];
+  }
+  // rows backwards: each thread starts on the rows its share of the statistics pass read last (the
+  // same halves of the tensor), still in its cache (NCHW keeps a whole channel there; NHWC cannot)
+  a.pool->parallel_for(rows, row_grain(bn), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r1 - 1; r >= r0; --r) {
+      const float* xr = x + r * C;
+      float* yr = y + r * C;
+      for (int64_t c = 0; c < C; ++c) yr[c] = math::hardtanh(((xr[c] - mh[c]) - ml[c]) * scale[c] + shift[c], lo, hi);
+    }
+  });
+  return Status::Ok();
+}
+
+Status bn_infer_nhwc(const KernelArgs& a, const BN& bn) {
+  ET_RETURN_IF_ERROR(expect_bn_workspace(a, "batch_norm_infer", nhwc_workspace(bn, kInferFloats)));
+  const int64_t C = bn.C;
+  const float* x = a.in(0).as<float>();
+  const float *w = a.in(1).as<float>(), *b = a.in(2).as<float>();
+  const float *rm = a.in(3).as<float>(), *rv = a.in(4).as<float>();
+  float* y = a.out(0).as<float>();
+  const float eps = static_cast<float>(a.attr().get_float("eps", 1e-5));
+  float lo, hi;
+  ET_RETURN_IF_ERROR(read_activation(a.attr(), "batch_norm_infer", &lo, &hi));
+  float* scale = reinterpret_cast<float*>(static_cast<double*>(a.workspace) + 2 * row_blocks(bn.count()) * C);
+  float* shift = scale + C;
+  for (int64_t c = 0; c < C; ++c) {  // in float32, as the NCHW path and the reference compute them
+    scale[c] = w[c] / std::sqrt(rv[c] + eps);
+    shift[c] = b[c] - rm[c] * scale[c];
+  }
+  a.pool->parallel_for(bn.count(), row_grain(bn), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* xr = x + r * C;
+      float* yr = y + r * C;
+      for (int64_t c = 0; c < C; ++c) yr[c] = math::hardtanh(xr[c] * scale[c] + shift[c], lo, hi);
+    }
+  });
+  return Status::Ok();
+}
+
+Status bn_backward_nhwc(const KernelArgs& a, const BN& bn, const int slot[3]) {
+  ET_RETURN_IF_ERROR(expect_bn_workspace(a, "batch_norm_backward", nhwc_workspace(bn, kBackwardFloats)));
+  const int64_t C = bn.C, rows = bn.count();
+  const float *dy = a.in(0).as<float>(), *x = a.in(1).as<float>(), *w = a.in(2).as<float>();
+  const float *mean = a.in(3).as<float>(), *invstd = a.in(4).as<float>();
+  float* dx = slot[0] >= 0 ? a.out(slot[0]).as<float>() : nullptr;
+  float* dw = slot[1] >= 0 ? a.out(slot[1]).as<float>() : nullptr;
+  float* db = slot[2] >= 0 ? a.out(slot[2]).as<float>() : nullptr;
+  double* sums = static_cast<double*>(a.workspace);
+  float* k = reinterpret_cast<float*>(sums + 2 * row_blocks(rows) * C);
+  float *c_dy = k + C, *c_xh = c_dy + C;
+  double *s_dy, *s_dyx;  // sum dy, sum dy * (x - mean)
+  channel_sums2(
+      a, rows, C,
+      [&](int64_t r, int64_t c, auto& ta, auto& tb) {
+        using V = std::remove_reference_t<decltype(ta)>;
+        const V d = lanes<V>(dy + r * C + c);
+        ta = d;
+        tb = d * (lanes<V>(x + r * C + c) - lanes<V>(mean + c));
+      },
+      sums, &s_dy, &s_dyx);
+  for (int64_t c = 0; c < C; ++c) {
+    const double s_dy_xhat = s_dyx[c] * invstd[c];
+    if (dw) dw[c] = static_cast<float>(s_dy_xhat);
+    if (db) db[c] = static_cast<float>(s_dy[c]);
+    k[c] = w[c] * invstd[c];
+    c_dy[c] = rows ? static_cast<float>(s_dy[c] / rows) : 0.0f;
+    c_xh[c] = rows ? static_cast<float>(s_dy_xhat / rows) : 0.0f;
+  }
+  if (!dx) return Status::Ok();
+  // dx = w * invstd * (dy - mean(dy) - xhat * mean(dy * xhat)), as the NCHW path writes it; rows
+  // backwards, as in bn_train_nhwc
+  a.pool->parallel_for(rows, row_grain(bn), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r1 - 1; r >= r0; --r) {
+      const float *dyr = dy + r * C, *xr = x + r * C;
+      float* dxr = dx + r * C;
+      for (int64_t c = 0; c < C; ++c) dxr[c] = k[c] * (dyr[c] - c_dy[c] - (xr[c] - mean[c]) * invstd[c] * c_xh[c]);
+    }
+  });
+  return Status::Ok();
+}
+
+// workspace functions: 0 for NCHW (and for a node the check refuses)
+size_t bn_workspace(const KernelArgs& a, int x_slot, int floats) {
+  if (a.num_inputs <= x_slot) return 0;
+  bool is_nhwc = false;
+  if (!bn_layout(a, "batch_norm", a.in(x_slot), &is_nhwc).ok() || !is_nhwc) return 0;
+  return nhwc_workspace(bn_of(a, a.in(x_slot)), floats);
+}
+size_t bn_train_workspace(const KernelArgs& a) { return bn_workspace(a, 0, kTrainFloats); }
+size_t bn_infer_workspace(const KernelArgs& a) { return bn_workspace(a, 0, kInferFloats); }
+size_t bn_backward_workspace(const KernelArgs& a) { return bn_workspace(a, 1, kBackwardFloats); }
+
 Status bn_train_check(const KernelArgs& a) {
   ET_RETURN_IF_ERROR(expect_arity(a, "batch_norm_train", 5, 5, 5));
   ET_RETURN_IF_ERROR(cpu::expect_all_f32(a, "batch_norm_train"));
   ET_RETURN_IF_ERROR(bn_check_inputs(a, "batch_norm_train"));
   float lo, hi;
   ET_RETURN_IF_ERROR(read_activation(a.attr(), "batch_norm_train", &lo, &hi));
+  bool is_nhwc;
+  ET_RETURN_IF_ERROR(bn_layout(a, "batch_norm_train", a.in(0), &is_nhwc));
   for (int i = 1; i < 5; ++i)
-    if (!is_vector(a.out(i), a.in(0).shape[1]))
+    if (!is_vector(a.out(i), channels_of(a.in(0), is_nhwc)))
       return invalid_argument("batch_norm_train: output " + std::to_string(i) + " " + a.out(i).shape_string() +
                               " is not per-channel");
   return Status::Ok();
@@ -228,7 +497,8 @@ Status bn_train_check(const KernelArgs& a) {
 
 Status bn_train_run(const KernelArgs& a) {
   const TensorView& xv = a.in(0);
-  const BN bn = bn_of(xv);
+  const BN bn = bn_of(a, xv);
+  if (bn.nhwc) return bn_train_nhwc(a, bn);
   const float* x = xv.as<float>();
   const float *w = a.in(1).as<float>(), *b = a.in(2).as<float>();
   const float *rm = a.in(3).as<float>(), *rv = a.in(4).as<float>();
@@ -261,8 +531,7 @@ Status bn_train_run(const KernelArgs& a) {
         float* yr = y + (n * bn.C + c) * bn.S;
         for (int64_t k = 0; k < bn.S; ++k) {
           const float v = ((xr[k] - mh) - ml) * scale + shift;
-          const float r = v < lo ? lo : v;  // NaN stays NaN, as in clamp_row
-          yr[k] = r > hi ? hi : r;
+          yr[k] = math::hardtanh(v, lo, hi);
         }
       }
     }
@@ -279,7 +548,8 @@ Status bn_infer_check(const KernelArgs& a) {
 }
 
 Status bn_infer_run(const KernelArgs& a) {
-  const BN bn = bn_of(a.in(0));
+  const BN bn = bn_of(a, a.in(0));
+  if (bn.nhwc) return bn_infer_nhwc(a, bn);
   const float* x = a.in(0).as<float>();
   const float *w = a.in(1).as<float>(), *b = a.in(2).as<float>();
   const float *rm = a.in(3).as<float>(), *rv = a.in(4).as<float>();
@@ -297,8 +567,7 @@ Status bn_infer_run(const KernelArgs& a) {
       float* yr = y + p * bn.S;
       for (int64_t k = 0; k < bn.S; ++k) {
         const float v = xr[k] * scale + shift;
-        const float r = v < lo ? lo : v;
-        yr[k] = r > hi ? hi : r;
+        yr[k] = math::hardtanh(v, lo, hi);
       }
     }
   });
@@ -314,14 +583,17 @@ Status bn_backward_check(const KernelArgs& a) {
   if (x.rank < 2 || !cpu::same_shape(dy, x))
     return invalid_argument("batch_norm_backward: dy " + dy.shape_string() + " and x " + x.shape_string() +
                             " must be the same [N, C, ...] shape");
+  bool is_nhwc;
+  ET_RETURN_IF_ERROR(bn_layout(a, "batch_norm_backward", x, &is_nhwc));
+  const int64_t C = channels_of(x, is_nhwc);
   for (int i = 2; i < 5; ++i)
-    if (!is_vector(a.in(i), x.shape[1]))
+    if (!is_vector(a.in(i), C))
       return invalid_argument("batch_norm_backward: per-channel input " + a.in(i).shape_string() + " does not fit " +
-                              std::to_string(x.shape[1]) + " channels");
+                              std::to_string(C) + " channels");
   if (slot[0] >= 0 && !cpu::same_shape(a.out(slot[0]), x))
     return invalid_argument("batch_norm_backward: dx " + a.out(slot[0]).shape_string() + " is not " + x.shape_string());
   for (int i = 1; i < 3; ++i)
-    if (slot[i] >= 0 && !is_vector(a.out(slot[i]), x.shape[1]))
+    if (slot[i] >= 0 && !is_vector(a.out(slot[i]), C))
       return invalid_argument("batch_norm_backward: output " + a.out(slot[i]).shape_string() + " is not per-channel");
   return Status::Ok();
 }
@@ -329,7 +601,8 @@ Status bn_backward_check(const KernelArgs& a) {
 Status bn_backward_run(const KernelArgs& a) {
   int slot[3];
   (void)read_mask(a, "batch_norm_backward", slot);
-  const BN bn = bn_of(a.in(1));
+  const BN bn = bn_of(a, a.in(1));
+  if (bn.nhwc) return bn_backward_nhwc(a, bn, slot);
   const float *dy = a.in(0).as<float>(), *x = a.in(1).as<float>(), *w = a.in(2).as<float>();
   const float *mean = a.in(3).as<float>(), *invstd = a.in(4).as<float>();
   float* dx = slot[0] >= 0 ? a.out(slot[0]).as<float>() : nullptr;
@@ -539,9 +812,9 @@ Status ln_backward_run(const KernelArgs& a) {
 }  // namespace
 
 void register_norm_kernels(KernelRegistry& r) {
-  r.add({"batch_norm_train", "batch_norm_train", bn_train_check, nullptr, bn_train_run});
-  r.add({"batch_norm_infer", "batch_norm_infer", bn_infer_check, nullptr, bn_infer_run});
-  r.add({"batch_norm_backward", "batch_norm_backward", bn_backward_check, nullptr, bn_backward_run});
+  r.add({"batch_norm_train", "batch_norm_train", bn_train_check, bn_train_workspace, bn_train_run});
+  r.add({"batch_norm_infer", "batch_norm_infer", bn_infer_check, bn_infer_workspace, bn_infer_run});
+  r.add({"batch_norm_backward", "batch_norm_backward", bn_backward_check, bn_backward_workspace, bn_backward_run});
   r.add({"layer_norm", "layer_norm", ln_check, nullptr, ln_run});
   r.add({"layer_norm_backward", "layer_norm_backward", ln_backward_check, nullptr, ln_backward_run});
 }

@@ -13,12 +13,18 @@
 //       order, no atomics); grad_weight accumulates image after image (beta = 1) in stream order.
 // Bias, fused activation (relu / hardtanh) and grad_input's activation mask are one epilogue pass
 // (cuda_gemm.h) where the GEMM cannot fuse them.
+// Layout: NCHW only. The CPU's op-named kernels also run attr layout = "nhwc" (conv_nhwc.cc); here
+// every check refuses it (and an unknown layout) before the CPU check runs, so an NHWC plan fails at
+// load rather than computing on misread tensors.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <string>
 
+#include <utility>
+
+#include "kernels/cpu/conv_nhwc.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cuda/cuda_gemm.h"
 
@@ -375,6 +381,38 @@ size_t grad_weight_workspace(const KernelArgs& a) {
   return grad_weight_geometry(a, &c) ? c.workspace() : 0;
 }
 
+// Every registered name; nchw_check<I> is the check of kCheckedNames[I].
+constexpr const char* kCheckedNames[] = {
+    "conv2d", "conv2d.im2col", "conv2d.pointwise", "conv2d.depthwise", "conv2d.pointwise_batched",
+    "conv2d.im2col_batched", "conv2d_grad_input", "conv2d_grad_input.im2col", "conv2d_grad_input.pointwise",
+    "conv2d_grad_input.depthwise", "conv2d_grad_input.pointwise_batched", "conv2d_grad_input.im2col_batched",
+    "conv2d_grad_weight", "conv2d_grad_weight.im2col", "conv2d_grad_weight.pointwise", "conv2d_grad_weight.depthwise",
+    "conv2d_grad_weight.pointwise_batched", "conv2d_grad_weight.im2col_batched", "conv2d.winograd",
+    "conv2d_grad_input.winograd"};
+constexpr int kNumChecked = sizeof(kCheckedNames) / sizeof(kCheckedNames[0]);
+
+// The CPU kernel's check, after refusing layout nhwc (and unknown layouts): these kernels read NCHW.
+template <int I>
+Status nchw_check(const KernelArgs& a) {
+  bool is_nhwc;
+  ET_RETURN_IF_ERROR(nhwc::read_layout(a.attr(), kCheckedNames[I], &is_nhwc));
+  if (is_nhwc)
+    return invalid_argument(std::string(kCheckedNames[I]) + " on cuda runs NCHW only; layout nhwc runs on the cpu backend");
+  static const KernelCheck cpu = cpu_check_of(kCheckedNames[I]);
+  return cpu ? cpu(a) : Status::Ok();
+}
+
+template <int... I>
+KernelCheck checked_by_name(const std::string& name, std::integer_sequence<int, I...>) {
+  const KernelCheck checks[] = {&nchw_check<I>...};
+  for (int i = 0; i < kNumChecked; ++i)
+    if (name == kCheckedNames[i]) return checks[i];
+  return nullptr;
+}
+KernelCheck nchw_check_of(const std::string& name) {
+  return checked_by_name(name, std::make_integer_sequence<int, kNumChecked>{});
+}
+
 }  // namespace
 
 void register_conv_kernels(KernelRegistry& r) {
@@ -384,14 +422,16 @@ void register_conv_kernels(KernelRegistry& r) {
   for (const char* v : {"", ".im2col", ".pointwise", ".depthwise", ".pointwise_batched", ".im2col_batched"}) {
     const std::string s(v);
     // the registry keeps the names: these std::strings only feed KernelDef's own strings
-    r.add(KernelDef{"conv2d", "conv2d" + s, cpu_check_of(("conv2d" + s).c_str()), &conv_workspace, &conv_run});
-    r.add(KernelDef{"conv2d_grad_input", "conv2d_grad_input" + s, cpu_check_of(("conv2d_grad_input" + s).c_str()),
+    r.add(KernelDef{"conv2d", "conv2d" + s, nchw_check_of("conv2d" + s), &conv_workspace, &conv_run});
+    r.add(KernelDef{"conv2d_grad_input", "conv2d_grad_input" + s, nchw_check_of("conv2d_grad_input" + s),
                     &grad_input_workspace, &grad_input_run});
-    r.add(KernelDef{"conv2d_grad_weight", "conv2d_grad_weight" + s, cpu_check_of(("conv2d_grad_weight" + s).c_str()),
+    r.add(KernelDef{"conv2d_grad_weight", "conv2d_grad_weight" + s, nchw_check_of("conv2d_grad_weight" + s),
                     &grad_weight_workspace, &conv_grad_weight});
   }
-  add_like_cpu(r, "conv2d", "conv2d.winograd", &conv_workspace, &conv_run_winograd);
-  add_like_cpu(r, "conv2d_grad_input", "conv2d_grad_input.winograd", &grad_input_workspace, &grad_input_run_winograd);
+  // the CPU Winograd checks refuse layout nhwc themselves; nchw_check keeps one message for cuda
+  r.add(KernelDef{"conv2d", "conv2d.winograd", nchw_check_of("conv2d.winograd"), &conv_workspace, &conv_run_winograd});
+  r.add(KernelDef{"conv2d_grad_input", "conv2d_grad_input.winograd", nchw_check_of("conv2d_grad_input.winograd"),
+                  &grad_input_workspace, &grad_input_run_winograd});
 }
 
 }  // namespace cuda

@@ -5,6 +5,10 @@
 // outputs may be the very buffers of the inputs: each channel's values are read before written,
 // by the same thread. Checks are the CPU kernels'. batch_norm_train / _infer clamp to their fused
 // activation (read_activation; -inf/+inf without one) where they write y.
+// Layout: batch norm runs NCHW only here; its checks refuse attr layout = "nhwc" (which the CPU
+// kernels run) and unknown layouts before the CPU check runs.
+#include "kernels/cpu/conv_nhwc.h"
+#include "kernels/cpu/elementwise_math.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cuda/cuda_util.h"
 
@@ -46,8 +50,7 @@ __global__ void bn_train_kernel(const float* x, const float* w, const float* b, 
     for (int64_t q = threadIdx.x; q < count; q += blockDim.x) {
       const int64_t i = ((q / S) * C + c) * S + q % S;
       const float v = ((x[i] - mh) - ml) * scale + shift;
-      const float r = v < lo ? lo : v;
-      y[i] = r > hi ? hi : r;
+      y[i] = math::hardtanh(v, lo, hi);
     }
   }
 }
@@ -59,8 +62,7 @@ __global__ void bn_infer_kernel(const float* x, const float* w, const float* b, 
     const float scale = w[c] / sqrtf(rv[c] + eps);
     const float shift = b[c] - rm[c] * scale;
     const float v = x[i] * scale + shift;
-    const float r = v < lo ? lo : v;
-    y[i] = r > hi ? hi : r;
+    y[i] = math::hardtanh(v, lo, hi);
   }
 }
 
@@ -251,12 +253,25 @@ Status ln_backward_run(const KernelArgs& a) {
   return Status::Ok();
 }
 
+// The CPU kernel `Name`'s check, after refusing layout nhwc (and unknown layouts).
+constexpr char kBnTrain[] = "batch_norm_train";
+constexpr char kBnInfer[] = "batch_norm_infer";
+constexpr char kBnBackward[] = "batch_norm_backward";
+template <const char* Name>
+Status nchw_check(const KernelArgs& a) {
+  bool is_nhwc;
+  ET_RETURN_IF_ERROR(nhwc::read_layout(a.attr(), Name, &is_nhwc));
+  if (is_nhwc) return invalid_argument(std::string(Name) + " on cuda runs NCHW only; layout nhwc runs on the cpu backend");
+  static const KernelCheck cpu = cpu_check_of(Name);
+  return cpu ? cpu(a) : Status::Ok();
+}
+
 }  // namespace
 
 void register_norm_kernels(KernelRegistry& r) {
-  add_like_cpu(r, "batch_norm_train", "batch_norm_train", nullptr, &bn_train_run);
-  add_like_cpu(r, "batch_norm_infer", "batch_norm_infer", nullptr, &bn_infer_run);
-  add_like_cpu(r, "batch_norm_backward", "batch_norm_backward", nullptr, &bn_backward_run);
+  r.add(KernelDef{"batch_norm_train", kBnTrain, &nchw_check<kBnTrain>, nullptr, &bn_train_run});
+  r.add(KernelDef{"batch_norm_infer", kBnInfer, &nchw_check<kBnInfer>, nullptr, &bn_infer_run});
+  r.add(KernelDef{"batch_norm_backward", kBnBackward, &nchw_check<kBnBackward>, nullptr, &bn_backward_run});
   add_like_cpu(r, "layer_norm", "layer_norm", nullptr, &ln_run);
   add_like_cpu(r, "layer_norm_backward", "layer_norm_backward", nullptr, &ln_backward_run);
 }
