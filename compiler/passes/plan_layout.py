@@ -12,7 +12,8 @@ regions and stores a region NHWC when it pays:
      (union-find): the conv ops on a geometry the NHWC kernels run (`nhwc_geometry`: 1x1
      stride-1, or depthwise with one filter per channel) tie x / y / dy / dx (and an f32 mask);
      the batch-norm ops x / y / dy / dx; element-wise ops (the fusable ops, fused_elementwise,
-     mask_grad) all same-shaped operands, scalars aside; activation_mask ties its input to the
+     mask_grad) all same-shaped operands (scalars and per-image [N,1,1,1] factors read the same
+     in either layout and stay as they are); activation_mask ties its input to the
      bit mask it writes, and every reader of the bits to it, since bit i is element i in the
      order the tensor is stored. Every other node that reads or writes a region's value (a 3x3
      conv, pooling, a reshape, the loss) is outside it.
@@ -68,6 +69,12 @@ def _is_bits(v: Value) -> bool:
     return v.type.dtype == "u8" and v.type.rank == 1
 
 
+def _layout_free(v: Value) -> bool:
+    """A broadcast operand that reads the same in either layout: a scalar, or one value per image
+    ([N,1,1,1]: drop-connect's per-sample factor in EfficientNet's residuals)."""
+    return v.type.numel == 1 or (v.type.rank == 4 and v.shape[1:] == (1, 1, 1))
+
+
 def _tied_slots(node: Node) -> tuple[list[int], list[int]] | None:
     """(input slots, output slots) of the values `node` ties to one layout; None when the node
     runs in NCHW only."""
@@ -97,8 +104,8 @@ def _tied_slots(node: Node) -> tuple[list[int], list[int]] | None:
         for i, v in enumerate(ins):
             if v.shape == shape or (op == "mask_grad" and i == 1):
                 tied.append(i)
-            elif v.type.numel != 1:
-                return None  # a broadcast operand (per-channel [C,1,1]) would need its own reshape
+            elif not _layout_free(v):
+                return None  # a per-channel [C,1,1] operand would need its own reshape
         return tied, list(range(len(node.outputs)))
     return None
 

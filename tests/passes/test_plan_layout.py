@@ -18,10 +18,13 @@ nn = torch.nn
 class InvertedResidual(nn.Module):
     """MobileNetV2's block: 1x1 expand, depthwise 3x3, 1x1 project, each with BN (+ ReLU6)."""
 
-    def __init__(self, cin, cout, stride, expand):
+    def __init__(self, cin, cout, stride, expand, per_sample=False):
         super().__init__()
         mid = cin * expand
         self.residual = stride == 1 and cin == cout
+        # EfficientNet's drop-connect scales each image's residual branch: a [N,1,1,1] factor
+        self.per_sample = torch.nn.Buffer(torch.tensor([1.0, 0.5, 2.0, 0.0]).reshape(4, 1, 1, 1)) \
+            if per_sample else None
         self.body = nn.Sequential(
             nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU6(),
             nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False), nn.BatchNorm2d(mid), nn.ReLU6(),
@@ -29,6 +32,8 @@ class InvertedResidual(nn.Module):
 
     def forward(self, x):
         y = self.body(x)
+        if self.per_sample is not None:
+            y = y * self.per_sample
         return x + y if self.residual else y
 
 
@@ -36,7 +41,7 @@ def mobilenet_like():
     torch.manual_seed(0)
     return nn.Sequential(
         nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU6(),
-        InvertedResidual(8, 8, 1, 2), InvertedResidual(8, 16, 2, 3), InvertedResidual(16, 16, 1, 2),
+        InvertedResidual(8, 8, 1, 2), InvertedResidual(8, 16, 2, 3), InvertedResidual(16, 16, 1, 2, per_sample=True),
         nn.Conv2d(16, 32, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 5))
 
