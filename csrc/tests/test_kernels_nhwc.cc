@@ -595,6 +595,13 @@ TEST(KernelsNhwc, BatchNormNhwcNeedsA4dInputAndChannelsLast) {
   expect_error(check("batch_norm_infer", {f32(x, {}), f32(v4, {}), f32(v4, {}), f32(v4, {}), f32(v4, {})}, {x}, a),
                "does not fit 3 channels", "channel dim");
   EXPECT_TRUE(check("batch_norm_infer", {f32(x, {}), f32(v3, {}), f32(v3, {}), f32(v3, {}), f32(v3, {})}, {x}, a).ok());
+  // the coefficients live on the stack (no workspace on the planned peak): up to 2048 channels
+  const std::vector<int64_t> wide{1, 1, 1, 2049}, v2049{2049};
+  expect_error(check("batch_norm_train", {f32(wide, {}), f32(v2049, {}), f32(v2049, {}), f32(v2049, {}), f32(v2049, {})},
+                     {wide, v2049, v2049, v2049, v2049}, a),
+               "up to 2048 channels", "channel limit");
+  for (const char* op : {"batch_norm_train", "batch_norm_infer", "batch_norm_backward"})
+    EXPECT_EQ(kernel(op).workspace, nullptr) << op;
 }
 
 }  // namespace

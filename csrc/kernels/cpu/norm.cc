@@ -23,10 +23,10 @@
 // first value, float terms added a few at a time and then in double, the mean as float hi + lo), but
 // vectorised over the channels of a row instead of along a channel's plane: the rows are cut into
 // a number of blocks fixed by the shape (row_blocks), each block sums groups of kRowGroup rows in
-// float lanes per channel and folds them into its own double sums per channel (in the workspace),
-// and the blocks are added in order, so the result does not depend on the thread count. The
-// normalising / dx pass then runs over rows in parallel with per-channel coefficients computed once
-// (the workspace again). NCHW and NHWC statistics differ only by the order of the sums (a few f32
+// float lanes per channel and folds them into its own double sums per channel (on the stack: no
+// workspace, see kMaxNhwcChannels), and the blocks are added in order, so the result does not
+// depend on the thread count. The normalising / dx pass then runs over rows in parallel with
+// per-channel coefficients computed once. NCHW and NHWC statistics differ only by the order of the sums (a few f32
 // roundings of the terms' absolute sum).
 #include <algorithm>
 #include <cmath>
@@ -201,6 +201,13 @@ Status read_mask(const KernelArgs& a, const char* op, int slot[3]) {
 
 // ---- batch norm ------------------------------------------------------------------------------
 
+// The block sums and the per-channel coefficients live on the stack, not in a workspace: a
+// workspace sits on the planned arena's peak whenever the norm does (MobileNetV2's first block),
+// and 50 KB of it there was the only thing that made the channels-last plans bigger. Hence a
+// channel limit (1280 is the largest of the CNNs here), and fewer blocks on wide layers.
+constexpr int64_t kMaxNhwcChannels = 2048;
+constexpr int64_t kStackSums = 2 * kMaxNhwcChannels;  // doubles: 2 * blocks * C fit
+
 struct BN {
   int64_t N, C, S;   // NHWC: S = H*W as well; the tensor is N*S rows of C channels
   bool nhwc = false;
@@ -212,6 +219,9 @@ Status bn_layout(const KernelArgs& a, const char* op, const TensorView& x, bool*
   ET_RETURN_IF_ERROR(nhwc::read_layout(a.attr(), op, nhwc));
   if (*nhwc && x.rank != 4)
     return invalid_argument(std::string(op) + ": layout nhwc needs a 4-d [N, H, W, C] input, got " + x.shape_string());
+  if (*nhwc && x.shape[3] > kMaxNhwcChannels)
+    return invalid_argument(std::string(op) + ": layout nhwc runs up to " + std::to_string(kMaxNhwcChannels) +
+                            " channels, got " + std::to_string(x.shape[3]));
   return Status::Ok();
 }
 
@@ -256,7 +266,10 @@ constexpr int64_t kRowGroup = 4;
 constexpr int64_t kMaxRowBlocks = 32;
 constexpr int64_t kMinBlockRows = 256;
 
-int64_t row_blocks(int64_t rows) { return std::max<int64_t>(1, std::min(kMaxRowBlocks, rows / kMinBlockRows)); }
+int64_t row_blocks(int64_t rows, int64_t C) {
+  const int64_t fit = kStackSums / (2 * std::max<int64_t>(C, 1));
+  return std::max<int64_t>(1, std::min({kMaxRowBlocks, rows / kMinBlockRows, fit}));
+}
 
 typedef double D8U __attribute__((vector_size(64), aligned(alignof(double)), may_alias));
 
@@ -314,11 +327,11 @@ void column_sums2(int64_t r0, int64_t r1, int64_t C, const Terms& terms, double*
 }
 
 // The per-channel sums of all rows: column_sums2 per block (in parallel), the blocks added in order
-// into s1, s2 (= block 0's sums, in place). sums: the workspace, 2 * row_blocks * C doubles.
+// into s1, s2 (= block 0's sums, in place). sums: 2 * row_blocks * C doubles (kStackSums).
 template <typename Terms>
 void channel_sums2(const KernelArgs& a, int64_t rows, int64_t C, const Terms& terms, double* sums, double** s1,
                    double** s2) {
-  const int64_t nb = row_blocks(rows);
+  const int64_t nb = row_blocks(rows, C);
   a.pool->parallel_for(nb, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b)
       column_sums2(rows * b / nb, rows * (b + 1) / nb, C, terms, sums + 2 * b * C, sums + (2 * b + 1) * C);
@@ -332,23 +345,9 @@ void channel_sums2(const KernelArgs& a, int64_t rows, int64_t C, const Terms& te
   *s2 = sums + C;
 }
 
-// workspace: the block sums (doubles), then `floats` per-channel float vectors of C
-size_t nhwc_workspace(const BN& bn, int floats) {
-  return static_cast<size_t>(2 * row_blocks(bn.count()) * bn.C) * sizeof(double) +
-         static_cast<size_t>(floats * bn.C) * sizeof(float);
-}
-constexpr int kTrainFloats = 4, kInferFloats = 2, kBackwardFloats = 3;
-
-Status expect_bn_workspace(const KernelArgs& a, const char* op, size_t need) {
-  if (a.workspace_bytes >= need && (a.workspace || need == 0)) return Status::Ok();
-  return internal_error(std::string(op) + ": workspace of " + std::to_string(a.workspace_bytes) + " bytes, needs " +
-                        std::to_string(need));
-}
-
 int64_t row_grain(const BN& bn) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(bn.C, 1)); }
 
 Status bn_train_nhwc(const KernelArgs& a, const BN& bn) {
-  ET_RETURN_IF_ERROR(expect_bn_workspace(a, "batch_norm_train", nhwc_workspace(bn, kTrainFloats)));
   const int64_t C = bn.C, rows = bn.count();
   const float* x = a.in(0).as<float>();
   const float *w = a.in(1).as<float>(), *b = a.in(2).as<float>();
@@ -359,9 +358,9 @@ Status bn_train_nhwc(const KernelArgs& a, const BN& bn) {
   const double eps = a.attr().get_float("eps", 1e-5), mom = a.attr().get_float("momentum", 0.1);
   float lo, hi;
   ET_RETURN_IF_ERROR(read_activation(a.attr(), "batch_norm_train", &lo, &hi));
-  double* sums = static_cast<double*>(a.workspace);
-  float* mh = reinterpret_cast<float*>(sums + 2 * row_blocks(rows) * C);
-  float *ml = mh + C, *scale = ml + C, *shift = scale + C;
+  double sums[kStackSums];
+  float coefficients[4 * kMaxNhwcChannels];
+  float *mh = coefficients, *ml = mh + C, *scale = ml + C, *shift = scale + C;
   // shifted sums (see row_shifted_sums): the shift of channel c is its first value, x[0, 0, 0, c],
   // the very element the NCHW path shifts by
   double *s1, *s2;
@@ -402,7 +401,6 @@ Status bn_train_nhwc(const KernelArgs& a, const BN& bn) {
 }
 
 Status bn_infer_nhwc(const KernelArgs& a, const BN& bn) {
-  ET_RETURN_IF_ERROR(expect_bn_workspace(a, "batch_norm_infer", nhwc_workspace(bn, kInferFloats)));
   const int64_t C = bn.C;
   const float* x = a.in(0).as<float>();
   const float *w = a.in(1).as<float>(), *b = a.in(2).as<float>();
@@ -411,8 +409,8 @@ Status bn_infer_nhwc(const KernelArgs& a, const BN& bn) {
   const float eps = static_cast<float>(a.attr().get_float("eps", 1e-5));
   float lo, hi;
   ET_RETURN_IF_ERROR(read_activation(a.attr(), "batch_norm_infer", &lo, &hi));
-  float* scale = reinterpret_cast<float*>(static_cast<double*>(a.workspace) + 2 * row_blocks(bn.count()) * C);
-  float* shift = scale + C;
+  float coefficients[2 * kMaxNhwcChannels];
+  float *scale = coefficients, *shift = scale + C;
   for (int64_t c = 0; c < C; ++c) {  // in float32, as the NCHW path and the reference compute them
     scale[c] = w[c] / std::sqrt(rv[c] + eps);
     shift[c] = b[c] - rm[c] * scale[c];
@@ -428,16 +426,15 @@ Status bn_infer_nhwc(const KernelArgs& a, const BN& bn) {
 }
 
 Status bn_backward_nhwc(const KernelArgs& a, const BN& bn, const int slot[3]) {
-  ET_RETURN_IF_ERROR(expect_bn_workspace(a, "batch_norm_backward", nhwc_workspace(bn, kBackwardFloats)));
   const int64_t C = bn.C, rows = bn.count();
   const float *dy = a.in(0).as<float>(), *x = a.in(1).as<float>(), *w = a.in(2).as<float>();
   const float *mean = a.in(3).as<float>(), *invstd = a.in(4).as<float>();
   float* dx = slot[0] >= 0 ? a.out(slot[0]).as<float>() : nullptr;
   float* dw = slot[1] >= 0 ? a.out(slot[1]).as<float>() : nullptr;
   float* db = slot[2] >= 0 ? a.out(slot[2]).as<float>() : nullptr;
-  double* sums = static_cast<double*>(a.workspace);
-  float* k = reinterpret_cast<float*>(sums + 2 * row_blocks(rows) * C);
-  float *c_dy = k + C, *c_xh = c_dy + C;
+  double sums[kStackSums];
+  float coefficients[3 * kMaxNhwcChannels];
+  float *k = coefficients, *c_dy = k + C, *c_xh = c_dy + C;
   double *s_dy, *s_dyx;  // sum dy, sum dy * (x - mean)
   channel_sums2(
       a, rows, C,
@@ -469,16 +466,6 @@ Status bn_backward_nhwc(const KernelArgs& a, const BN& bn, const int slot[3]) {
   return Status::Ok();
 }
 
-// workspace functions: 0 for NCHW (and for a node the check refuses)
-size_t bn_workspace(const KernelArgs& a, int x_slot, int floats) {
-  if (a.num_inputs <= x_slot) return 0;
-  bool is_nhwc = false;
-  if (!bn_layout(a, "batch_norm", a.in(x_slot), &is_nhwc).ok() || !is_nhwc) return 0;
-  return nhwc_workspace(bn_of(a, a.in(x_slot)), floats);
-}
-size_t bn_train_workspace(const KernelArgs& a) { return bn_workspace(a, 0, kTrainFloats); }
-size_t bn_infer_workspace(const KernelArgs& a) { return bn_workspace(a, 0, kInferFloats); }
-size_t bn_backward_workspace(const KernelArgs& a) { return bn_workspace(a, 1, kBackwardFloats); }
 
 Status bn_train_check(const KernelArgs& a) {
   ET_RETURN_IF_ERROR(expect_arity(a, "batch_norm_train", 5, 5, 5));
@@ -812,9 +799,9 @@ Status ln_backward_run(const KernelArgs& a) {
 }  // namespace
 
 void register_norm_kernels(KernelRegistry& r) {
-  r.add({"batch_norm_train", "batch_norm_train", bn_train_check, bn_train_workspace, bn_train_run});
-  r.add({"batch_norm_infer", "batch_norm_infer", bn_infer_check, bn_infer_workspace, bn_infer_run});
-  r.add({"batch_norm_backward", "batch_norm_backward", bn_backward_check, bn_backward_workspace, bn_backward_run});
+  r.add({"batch_norm_train", "batch_norm_train", bn_train_check, nullptr, bn_train_run});
+  r.add({"batch_norm_infer", "batch_norm_infer", bn_infer_check, nullptr, bn_infer_run});
+  r.add({"batch_norm_backward", "batch_norm_backward", bn_backward_check, nullptr, bn_backward_run});
   r.add({"layer_norm", "layer_norm", ln_check, nullptr, ln_run});
   r.add({"layer_norm_backward", "layer_norm_backward", ln_backward_check, nullptr, ln_backward_run});
 }
