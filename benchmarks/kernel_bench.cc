@@ -20,35 +20,6 @@ using namespace edgetune;
 
 namespace {
 
-Attr ints(const char* name, std::vector<int64_t> v) {
-  Attr a;
-  a.name = name;
-  a.kind = AttrKind::kInts;
-  a.ints = std::move(v);
-  return a;
-}
-Attr one(const char* name, int64_t v) {
-  Attr a;
-  a.name = name;
-  a.kind = AttrKind::kInt;
-  a.i = v;
-  return a;
-}
-Attr real(const char* name, double v) {
-  Attr a;
-  a.name = name;
-  a.kind = AttrKind::kFloat;
-  a.f = v;
-  return a;
-}
-Attr text(const char* name, const char* v) {
-  Attr a;
-  a.name = name;
-  a.kind = AttrKind::kString;
-  a.s = v;
-  return a;
-}
-
 struct Case {
   std::string what, kernel;
   std::vector<std::vector<int64_t>> ins, outs;
@@ -59,8 +30,8 @@ struct Case {
 };
 
 Attrs conv_attrs(int64_t s, int64_t p, int64_t g, std::vector<int64_t> extra_shape = {}, const char* extra = nullptr) {
-  Attrs a({ints("stride", {s, s}), ints("padding", {p, p}), ints("dilation", {1, 1}), one("groups", g)});
-  if (extra) a.add(ints(extra, std::move(extra_shape)));
+  Attrs a({ints_attr("stride", {s, s}), ints_attr("padding", {p, p}), ints_attr("dilation", {1, 1}), int_attr("groups", g)});
+  if (extra) a.add(ints_attr(extra, std::move(extra_shape)));
   return a;
 }
 
@@ -89,7 +60,7 @@ void add_conv_layouts(std::vector<Case>& cs, const std::string& what, int64_t n,
     std::vector<int64_t> y = nhwc ? std::vector<int64_t>{n, ho, ho, o} : std::vector<int64_t>{n, o, ho, ho};
     auto attrs = [&](std::vector<int64_t> extra_shape, const char* extra) {
       Attrs a = conv_attrs(s, p, g, std::move(extra_shape), extra);
-      if (nhwc) a.add(text("layout", "nhwc"));
+      if (nhwc) a.add(string_attr("layout", "nhwc"));
       return a;
     };
     cs.push_back({name + " fwd", "conv2d", {x, w, {o}}, {y}, {}, {}, attrs({}, nullptr), flops});
@@ -113,9 +84,9 @@ std::vector<Case> cases() {
   add_conv_layouts(cs, "dw 3x3 s1 960 @7", 8, 960, 7, 960, 3, 1, 1, 960);
   for (bool nhwc : {false, true}) {
     const std::string name = std::string("NHWC-vs-NCHW BN 8x96x112x112") + (nhwc ? " nhwc" : " nchw");
-    Attrs a({real("momentum", 0.1), real("eps", 1e-5)});
-    Attrs m({ints("output_mask", {1, 1, 1}), real("eps", 1e-5)});
-    if (nhwc) a.add(text("layout", "nhwc")), m.add(text("layout", "nhwc"));
+    Attrs a({float_attr("momentum", 0.1), float_attr("eps", 1e-5)});
+    Attrs m({ints_attr("output_mask", {1, 1, 1}), float_attr("eps", 1e-5)});
+    if (nhwc) a.add(string_attr("layout", "nhwc")), m.add(string_attr("layout", "nhwc"));
     std::vector<int64_t> x = nhwc ? std::vector<int64_t>{8, 112, 112, 96} : std::vector<int64_t>{8, 96, 112, 112};
     std::vector<int64_t> c{96};
     cs.push_back({name + " train", "batch_norm_train", {x, c, c, c, c}, {x, c, c, c, c}, {}, {}, a, 0});
@@ -132,23 +103,23 @@ std::vector<Case> cases() {
   add_conv(cs, "ResNet 3x3 256->256 @14", 8, 256, 14, 256, 3, 1, 1, 1);
   add_conv(cs, "ResNet stem 7x7 s2 3->64 @224", 8, 3, 224, 64, 7, 2, 3, 1);
   {
-    Attrs a({ints("kernel", {3, 3}), ints("stride", {2, 2}), ints("padding", {1, 1}), ints("dilation", {1, 1}),
-             one("ceil_mode", 0)});
+    Attrs a({ints_attr("kernel", {3, 3}), ints_attr("stride", {2, 2}), ints_attr("padding", {1, 1}), ints_attr("dilation", {1, 1}),
+             int_attr("ceil_mode", 0)});
     cs.push_back({"ResNet maxpool 3x3 s2 64 @112", "max_pool2d", {{8, 64, 112, 112}}, {{8, 64, 56, 56}, {8, 64, 56, 56}},
                   {DType::f32, DType::i64}, {}, a, 0});
-    Attrs b({ints("input_shape", {8, 64, 112, 112})});
+    Attrs b({ints_attr("input_shape", {8, 64, 112, 112})});
     cs.push_back({"ResNet maxpool backward", "max_pool2d_backward", {{8, 64, 56, 56}, {8, 64, 56, 56}}, {{8, 64, 112, 112}},
                   {}, {DType::f32, DType::i64}, b, 0});
   }
   {
-    Attrs a({real("momentum", 0.1), real("eps", 1e-5)});
+    Attrs a({float_attr("momentum", 0.1), float_attr("eps", 1e-5)});
     std::vector<int64_t> x{8, 96, 112, 112}, c{96};
     cs.push_back({"BN train 8x96x112x112", "batch_norm_train", {x, c, c, c, c}, {x, c, c, c, c}, {}, {}, a, 0});
-    Attrs m({ints("output_mask", {1, 1, 1}), real("eps", 1e-5)});
+    Attrs m({ints_attr("output_mask", {1, 1, 1}), float_attr("eps", 1e-5)});
     cs.push_back({"BN backward 8x96x112x112", "batch_norm_backward", {x, x, c, c, c}, {x, c, c}, {}, {}, m, 0});
   }
   {
-    Attrs a({ints("normalized_shape", {384}), real("eps", 1e-5)});
+    Attrs a({ints_attr("normalized_shape", {384}), float_attr("eps", 1e-5)});
     cs.push_back({"LN 8x128x384", "layer_norm", {{8, 128, 384}, {384}, {384}}, {{8, 128, 384}, {8, 128, 1}, {8, 128, 1}},
                   {}, {}, a, 0});
     cs.push_back({"linear 1024x384->1536", "linear", {{8, 128, 384}, {1536, 384}, {1536}}, {{8, 128, 1536}}, {}, {},

@@ -45,4 +45,35 @@ class Attrs {
   std::vector<Attr> attrs_;
 };
 
+// One attr by value, for C++ that builds attrs itself (tests, benchmarks); plan files and the
+// Python bridge decode theirs.
+inline Attr int_attr(const char* name, int64_t v) {
+  Attr a;
+  a.name = name;
+  a.kind = AttrKind::kInt;
+  a.i = v;
+  return a;
+}
+inline Attr float_attr(const char* name, double v) {
+  Attr a;
+  a.name = name;
+  a.kind = AttrKind::kFloat;
+  a.f = v;
+  return a;
+}
+inline Attr ints_attr(const char* name, std::vector<int64_t> v) {
+  Attr a;
+  a.name = name;
+  a.kind = AttrKind::kInts;
+  a.ints = std::move(v);
+  return a;
+}
+inline Attr string_attr(const char* name, std::string v) {
+  Attr a;
+  a.name = name;
+  a.kind = AttrKind::kString;
+  a.s = std::move(v);
+  return a;
+}
+
 }  // namespace edgetune

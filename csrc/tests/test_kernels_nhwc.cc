@@ -31,35 +31,6 @@
 namespace edgetune {
 namespace {
 
-Attr ints(const char* name, std::vector<int64_t> v) {
-  Attr a;
-  a.name = name;
-  a.kind = AttrKind::kInts;
-  a.ints = std::move(v);
-  return a;
-}
-Attr one(const char* name, int64_t v) {
-  Attr a;
-  a.name = name;
-  a.kind = AttrKind::kInt;
-  a.i = v;
-  return a;
-}
-Attr real(const char* name, double v) {
-  Attr a;
-  a.name = name;
-  a.kind = AttrKind::kFloat;
-  a.f = v;
-  return a;
-}
-Attr str(const char* name, const std::string& v) {
-  Attr a;
-  a.name = name;
-  a.kind = AttrKind::kString;
-  a.s = v;
-  return a;
-}
-
 // A tensor the test owns: f32 values or u8 bytes.
 struct Tensor {
   std::vector<int64_t> shape;
@@ -210,8 +181,8 @@ std::string describe(const ConvCase& c) {
 }
 
 Attrs conv_attrs(const ConvCase& c, bool nhwc) {
-  Attrs a({ints("stride", {c.S, c.S}), ints("padding", {c.P, c.P}), ints("dilation", {c.D, c.D}), one("groups", c.G)});
-  if (nhwc) a.add(str("layout", "nhwc"));
+  Attrs a({ints_attr("stride", {c.S, c.S}), ints_attr("padding", {c.P, c.P}), ints_attr("dilation", {c.D, c.D}), int_attr("groups", c.G)});
+  if (nhwc) a.add(string_attr("layout", "nhwc"));
   return a;
 }
 
@@ -235,11 +206,11 @@ int64_t out_size(int64_t size, const ConvCase& c) { return (size + 2 * c.P - c.D
 enum class Act { kNone, kRelu, kHardtanh };
 
 void add_activation(Attrs& a, Act act) {
-  if (act == Act::kRelu) a.add(str("activation", "relu"));
+  if (act == Act::kRelu) a.add(string_attr("activation", "relu"));
   if (act == Act::kHardtanh) {
-    a.add(str("activation", "hardtanh"));
-    a.add(real("act_min", -0.25));
-    a.add(real("act_max", 0.5));
+    a.add(string_attr("activation", "hardtanh"));
+    a.add(float_attr("act_min", -0.25));
+    a.add(float_attr("act_max", 0.5));
   }
 }
 
@@ -281,8 +252,8 @@ void check_grad_input(const ConvCase& c, Mask mask, bool exact, double tol) {
   const std::vector<float> w = random_values(c.O * (c.C / c.G) * c.K * c.K, rng);
   std::vector<int64_t> ws{c.O, c.C / c.G, c.K, c.K};
   Attrs nchw = conv_attrs(c, false), nhwc = conv_attrs(c, true);
-  nchw.add(ints("input_shape", {c.N, c.C, c.H, c.W}));
-  nhwc.add(ints("input_shape", {c.N, c.C, c.H, c.W}));  // logical order in either layout
+  nchw.add(ints_attr("input_shape", {c.N, c.C, c.H, c.W}));
+  nhwc.add(ints_attr("input_shape", {c.N, c.C, c.H, c.W}));  // logical order in either layout
   std::vector<Tensor> in_nchw{f32({c.N, c.O, HO, WO}, dy), f32(ws, w)};
   std::vector<Tensor> in_nhwc{f32({c.N, HO, WO, c.O}, to_nhwc(dy, c.N, c.O, HO, WO)), f32(ws, w)};
   if (mask == Mask::kBits) {  // one keep bit per logical element, packed in each layout's flat order
@@ -302,8 +273,8 @@ void check_grad_input(const ConvCase& c, Mask mask, bool exact, double tol) {
     in_nchw.push_back(f32({c.N, c.C, c.H, c.W}, y));
     in_nhwc.push_back(f32({c.N, c.H, c.W, c.C}, to_nhwc(y, c.N, c.C, c.H, c.W)));
     for (Attrs* a : {&nchw, &nhwc}) {
-      a->add(real("mask_min", 0.0));
-      a->add(real("mask_max", 6.0));
+      a->add(float_attr("mask_min", 0.0));
+      a->add(float_attr("mask_max", 6.0));
     }
   }
   const std::string what = describe(c) + " grad_input mask=" + std::to_string(static_cast<int>(mask));
@@ -324,8 +295,8 @@ void check_grad_weight(const ConvCase& c, double tol) {
   const std::vector<float> x = random_values(c.N * c.C * c.H * c.W, rng);
   std::vector<int64_t> ws{c.O, c.C / c.G, c.K, c.K};
   Attrs nchw = conv_attrs(c, false), nhwc = conv_attrs(c, true);
-  nchw.add(ints("weight_shape", ws));
-  nhwc.add(ints("weight_shape", ws));
+  nchw.add(ints_attr("weight_shape", ws));
+  nhwc.add(ints_attr("weight_shape", ws));
   const std::string what = describe(c) + " grad_weight";
   const auto want =
       run("conv2d_grad_weight", {f32({c.N, c.O, HO, WO}, dy), f32({c.N, c.C, c.H, c.W}, x)}, {ws}, nchw, 1);
@@ -375,7 +346,7 @@ TEST(KernelsNhwc, ExplicitNchwLayoutIsTheDefault) {
   const std::vector<float> x = random_values(c.N * c.C * c.H * c.W, rng), w = random_values(c.C * 9, rng);
   const int64_t HO = out_size(c.H, c), WO = out_size(c.W, c);
   Attrs plain = conv_attrs(c, false), named = conv_attrs(c, false);
-  named.add(str("layout", "nchw"));
+  named.add(string_attr("layout", "nchw"));
   std::vector<Tensor> ins{f32({c.N, c.C, c.H, c.W}, x), f32({c.C, 1, 3, 3}, w)};
   expect_equal(run("conv2d", ins, {{c.N, c.C, HO, WO}}, named, 2)[0], run("conv2d", ins, {{c.N, c.C, HO, WO}}, plain, 2)[0],
                "layout nchw");
@@ -405,8 +376,8 @@ TEST(KernelsNhwc, ForcedVariantsRefuseNhwc) {
     const std::vector<int64_t> x{c.N, c.H, c.W, c.C}, w{c.O, c.C / c.G, c.K, c.K}, y{c.N, c.H, c.W, c.O};
     const std::vector<Tensor> fwd{f32(x, {}), f32(w, {})}, gi{f32(y, {}), f32(w, {})}, gw{f32(y, {}), f32(x, {})};
     Attrs a = conv_attrs(c, true), ai = a, aw = a;
-    ai.add(ints("input_shape", {c.N, c.C, c.H, c.W}));
-    aw.add(ints("weight_shape", w));
+    ai.add(ints_attr("input_shape", {c.N, c.C, c.H, c.W}));
+    aw.add(ints_attr("weight_shape", w));
     for (const char* v : {".im2col", ".pointwise", ".depthwise", ".pointwise_batched", ".im2col_batched", ".winograd"}) {
       expect_error(check(std::string("conv2d") + v, fwd, {y}, a), "runs NCHW only", describe(c) + " conv2d" + v);
       expect_error(check(std::string("conv2d_grad_input") + v, gi, {x}, ai), "runs NCHW only",
@@ -443,7 +414,7 @@ TEST(KernelsNhwc, ConvChecksRefuseOtherNhwcGeometriesAndShapes) {
   expect_error(check("conv2d", {f32({1, 4, 4, 8}, {}), f32({16, 8, 1, 1}, {})}, {{1, 16, 4, 4}}, conv_attrs(c, true)),
                "layout nhwc", "nchw-shaped output");
   Attrs ai = conv_attrs(c, true);
-  ai.add(ints("input_shape", {1, 8, 4, 4}));
+  ai.add(ints_attr("input_shape", {1, 8, 4, 4}));
   expect_error(check("conv2d_grad_input", {f32({1, 4, 4, 16}, {}), f32({16, 8, 1, 1}, {})}, {{1, 8, 4, 4}}, ai),
                "input_shape", "nchw-shaped dx");
 }
@@ -451,19 +422,19 @@ TEST(KernelsNhwc, ConvChecksRefuseOtherNhwcGeometriesAndShapes) {
 TEST(KernelsNhwc, UnknownLayoutIsAnErrorEverywhere) {
   const ConvCase c{1, 8, 6, 6, 8, 3, 1, 1, 1, 1, "3x3"};
   Attrs a = conv_attrs(c, false);
-  a.add(str("layout", "nchwc"));
+  a.add(string_attr("layout", "nchwc"));
   const std::vector<Tensor> fwd{f32({1, 8, 6, 6}, {}), f32({8, 8, 3, 3}, {})};
   for (const char* k : {"conv2d", "conv2d.im2col", "conv2d.depthwise", "conv2d.winograd"})
     expect_error(check(k, fwd, {{1, 8, 6, 6}}, a), "unknown layout 'nchwc'", k);
   Attrs ai = a;
-  ai.add(ints("input_shape", {1, 8, 6, 6}));
+  ai.add(ints_attr("input_shape", {1, 8, 6, 6}));
   for (const char* k : {"conv2d_grad_input", "conv2d_grad_input.winograd"})
     expect_error(check(k, fwd, {{1, 8, 6, 6}}, ai), "unknown layout 'nchwc'", k);
   Attrs aw = a;
-  aw.add(ints("weight_shape", {8, 8, 3, 3}));
+  aw.add(ints_attr("weight_shape", {8, 8, 3, 3}));
   expect_error(check("conv2d_grad_weight", {f32({1, 8, 6, 6}, {}), f32({1, 8, 6, 6}, {})}, {{8, 8, 3, 3}}, aw),
                "unknown layout 'nchwc'", "conv2d_grad_weight");
-  Attrs bn({real("eps", 1e-5), real("momentum", 0.1), str("layout", "chw")});
+  Attrs bn({float_attr("eps", 1e-5), float_attr("momentum", 0.1), string_attr("layout", "chw")});
   const std::vector<int64_t> x{2, 3, 4, 4}, v{3};
   expect_error(check("batch_norm_train", {f32(x, {}), f32(v, {}), f32(v, {}), f32(v, {}), f32(v, {})},
                      {x, v, v, v, v}, bn),
@@ -471,7 +442,7 @@ TEST(KernelsNhwc, UnknownLayoutIsAnErrorEverywhere) {
   expect_error(check("batch_norm_infer", {f32(x, {}), f32(v, {}), f32(v, {}), f32(v, {}), f32(v, {})}, {x}, bn),
                "unknown layout 'chw'", "batch_norm_infer");
   Attrs bb = bn;
-  bb.add(ints("output_mask", {1, 1, 1}));
+  bb.add(ints_attr("output_mask", {1, 1, 1}));
   expect_error(check("batch_norm_backward", {f32(x, {}), f32(x, {}), f32(v, {}), f32(v, {}), f32(v, {})}, {x, v, v}, bb),
                "unknown layout 'chw'", "batch_norm_backward");
 }
@@ -509,10 +480,10 @@ TEST(KernelsNhwc, BatchNormTrainMatchesNchw) {
   for (const BnCase& c : kBn) {
     const BnData d = bn_data(c);
     for (Act act : {Act::kNone, Act::kRelu, Act::kHardtanh}) {
-      Attrs nchw({real("eps", 1e-5), real("momentum", 0.1)});
+      Attrs nchw({float_attr("eps", 1e-5), float_attr("momentum", 0.1)});
       add_activation(nchw, act);
       Attrs nhwc = nchw;
-      nhwc.add(str("layout", "nhwc"));
+      nhwc.add(string_attr("layout", "nhwc"));
       const std::vector<int64_t> xs{c.N, c.C, c.H, c.W}, xt{c.N, c.H, c.W, c.C}, v{c.C};
       const std::string what = describe(c) + " train act=" + std::to_string(static_cast<int>(act));
       const auto want = run("batch_norm_train", {f32(xs, d.x), f32(v, d.w), f32(v, d.b), f32(v, d.rm), f32(v, d.rv)},
@@ -532,10 +503,10 @@ TEST(KernelsNhwc, BatchNormInferMatchesNchwExactly) {
   for (const BnCase& c : kBn) {
     const BnData d = bn_data(c);
     for (Act act : {Act::kNone, Act::kHardtanh}) {
-      Attrs nchw({real("eps", 1e-5)});
+      Attrs nchw({float_attr("eps", 1e-5)});
       add_activation(nchw, act);
       Attrs nhwc = nchw;
-      nhwc.add(str("layout", "nhwc"));
+      nhwc.add(string_attr("layout", "nhwc"));
       const std::vector<int64_t> xs{c.N, c.C, c.H, c.W}, xt{c.N, c.H, c.W, c.C}, v{c.C};
       const std::string what = describe(c) + " infer act=" + std::to_string(static_cast<int>(act));
       const auto want =
@@ -555,16 +526,16 @@ TEST(KernelsNhwc, BatchNormBackwardMatchesNchwForEachOutputMask) {
     const std::vector<int64_t> xs{c.N, c.C, c.H, c.W}, xt{c.N, c.H, c.W, c.C}, v{c.C};
     // mean / invstd from the NCHW training kernel
     const auto stats = run("batch_norm_train", {f32(xs, d.x), f32(v, d.w), f32(v, d.b), f32(v, d.rm), f32(v, d.rv)},
-                           {xs, v, v, v, v}, Attrs({real("eps", 1e-5)}), 1);
+                           {xs, v, v, v, v}, Attrs({float_attr("eps", 1e-5)}), 1);
     for (int mask = 1; mask < 8; ++mask) {
       const std::vector<int64_t> om{mask & 1, (mask >> 1) & 1, (mask >> 2) & 1};
       std::vector<std::vector<int64_t>> outs_nchw, outs_nhwc;
       if (om[0]) outs_nchw.push_back(xs), outs_nhwc.push_back(xt);
       for (int i = 1; i < 3; ++i)
         if (om[i]) outs_nchw.push_back(v), outs_nhwc.push_back(v);
-      Attrs nchw({ints("output_mask", om), real("eps", 1e-5)});
+      Attrs nchw({ints_attr("output_mask", om), float_attr("eps", 1e-5)});
       Attrs nhwc = nchw;
-      nhwc.add(str("layout", "nhwc"));
+      nhwc.add(string_attr("layout", "nhwc"));
       const std::string what = describe(c) + " backward mask=" + std::to_string(mask);
       const auto want = run("batch_norm_backward",
                             {f32(xs, d.dy), f32(xs, d.x), f32(v, d.w), f32(v, stats[1]), f32(v, stats[2])}, outs_nchw,
@@ -585,7 +556,7 @@ TEST(KernelsNhwc, BatchNormBackwardMatchesNchwForEachOutputMask) {
 }
 
 TEST(KernelsNhwc, BatchNormNhwcNeedsA4dInputAndChannelsLast) {
-  Attrs a({real("eps", 1e-5), real("momentum", 0.1), str("layout", "nhwc")});
+  Attrs a({float_attr("eps", 1e-5), float_attr("momentum", 0.1), string_attr("layout", "nhwc")});
   const std::vector<int64_t> x2{4, 3}, v3{3};
   expect_error(check("batch_norm_train", {f32(x2, {}), f32(v3, {}), f32(v3, {}), f32(v3, {}), f32(v3, {})},
                      {x2, v3, v3, v3, v3}, a),
