@@ -24,6 +24,7 @@ built-in description (compiler/target.py says what that means).
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 
 from ..compiler.analysis.cost_model import RATES_BY_ARCH, estimated_seconds
@@ -67,6 +68,11 @@ class NativeTarget(Target):
         self.gemm_library = backend if self.arch == host_arch() and backend != "own" else None
         if self.gemm_library is None:
             self._kernels = [k for k in self._kernels if not k.endswith(".own")]
+        # the oneDNN conv variants exist in this build only (cmake/onednn.cmake): never pinned in a
+        # plan for another architecture, whose build may lack them, nor with EDGETUNE_ONEDNN=0 (a
+        # plan for an x86-64 device without libdnnl.so.3)
+        if self.arch != host_arch() or os.environ.get("EDGETUNE_ONEDNN", "").strip() == "0":
+            self._kernels = [k for k in self._kernels if not k.endswith(".onednn")]
         self._rates = RATES_BY_ARCH[self.arch]
         self._cache_key: str | None = None
 

@@ -20,10 +20,15 @@ class TargetRates:
     gemm_gflops: float  # sustained own-GEMM rate on large products, all threads
     direct_gflops: float  # direct (depthwise) loops
     bandwidth_gbs: float  # streaming memory bandwidth
+    # oneDNN's direct convolutions (the ".onednn" variants, kernels/cpu/conv_onednn.cc) as a
+    # fraction of gemm_gflops. x86-64: ResNet-18's 3x3 layers measured 310-400 GFLOP/s (Intel Xeon,
+    # AVX-512, 2 threads, batch 8, layout conversions included) against this 300. aarch64: not
+    # measured (oneDNN's NEON paths are mostly GEMM-based there), so ranked below im2col; -O3 times it.
+    onednn_efficiency: float = 0.5
 
 
 RATES_BY_ARCH = {
-    "x86_64": TargetRates(gemm_gflops=300.0, direct_gflops=25.0, bandwidth_gbs=12.0),
+    "x86_64": TargetRates(gemm_gflops=300.0, direct_gflops=25.0, bandwidth_gbs=12.0, onednn_efficiency=1.05),
     "aarch64": TargetRates(gemm_gflops=40.0, direct_gflops=6.0, bandwidth_gbs=4.0),
 }
 
@@ -150,4 +155,10 @@ def estimated_seconds(node: Node, kernel: str, rates: TargetRates, gemm_library:
         weight_bytes = 4 * 36 * o * c
         return 2 * macs / WINOGRAD_MULTIPLY_SAVING / (gemm * WINOGRAD_EFFICIENCY) + \
             (2 * transform_bytes + 2 * weight_bytes + in_bytes + out_bytes) / bw
+    if variant == "onednn":
+        # every run converts the input / dy and the weights into oneDNN's blocked layouts and the
+        # output back (a read and a write each), then runs one direct convolution
+        weight_bytes = 4 * o * (c // groups) * kh * kw
+        return 2 * macs / (gemm * rates.onednn_efficiency) + \
+            (3 * (in_bytes + out_bytes) + 2 * weight_bytes) / bw
     return float("inf")  # a variant the model does not know is never chosen by it

@@ -26,6 +26,7 @@
 #include "core/kernel.h"
 #include "core/runtime.h"
 #include "core/status.h"
+#include "kernels/cpu/conv_onednn.h"
 #include "kernels/cpu/gemm.h"
 #include "plan_generated.h"  // the section names of the plan schema (csrc/schema/plan.fbs)
 
@@ -532,4 +533,6 @@ PYBIND11_MODULE(_native, m) {
   // the GEMM library the op-named kernels (matmul, linear, conv2d, ...) use: "mkl", "openblas" or
   // "own" (the built-in kernel, which the ".own" variants always use); cmake/gemm.cmake chose it
   m.attr("gemm_backend") = sgemm_backend();
+  // the oneDNN version behind the ".onednn" conv variants, "" when this build has none (cmake/onednn.cmake)
+  m.attr("onednn") = onednn_version();
 }

@@ -14,6 +14,10 @@ its check, naming itself) where it cannot run them:
   * .im2col accepts every geometry; .pointwise / .depthwise refuse the ones they cannot run,
     and report their own workspace (none for pointwise and depthwise; pointwise_batched on
     small maps, where it packs several images per GEMM).
+The ".onednn" variants (kernels/cpu/conv_onednn.cc) exist only in builds that found oneDNN
+(cmake/onednn.cmake; the module's `onednn` is its version, "" without): they are checked the same
+way there and skipped elsewhere. They sum in oneDNN's order (approximate tolerance); forward and
+grad_input give the same bits for 1 and 2 threads, grad_weight's reduction over images is oneDNN's.
 """
 
 from __future__ import annotations
@@ -36,6 +40,20 @@ APPROX_TOL = 2e-4  # of max |output|: the other algorithms (Winograd) round in t
 VARIANTS = [f"{op}.{path}" for op in CONV_OPS
             for path in ("depthwise", "im2col", "im2col_batched", "pointwise", "pointwise_batched", "winograd")
             if (op, path) != ("conv2d_grad_weight", "winograd")]
+ONEDNN_VARIANTS = [f"{op}.onednn" for op in CONV_OPS]
+
+
+def has_onednn() -> bool:
+    return bool(getattr(native(), "onednn", ""))
+
+
+def built_variants() -> list[str]:
+    return VARIANTS + (ONEDNN_VARIANTS if has_onednn() else [])
+
+
+def _skip_unless_built(kernel):
+    if kernel.endswith(".onednn") and not has_onednn():
+        pytest.skip("this build has no oneDNN (cmake/onednn.cmake)")
 
 
 def _specs(op, inputs, attrs):
@@ -68,14 +86,15 @@ def accepts(kernel, inputs, attrs) -> bool:
 
 def test_the_variants_are_registered():
     registered = sorted(k for k in native().kernel_names("cpu") if "." in k and k.split(".")[0] in CONV_OPS)
-    assert registered == sorted(VARIANTS), "update VARIANTS to the registered conv variants"
+    assert registered == sorted(built_variants()), "update VARIANTS to the registered conv variants"
     for op in CONV_OPS:
         for path in ("im2col", "pointwise", "depthwise"):
             assert f"{op}.{path}" in VARIANTS, f"{op}.{path} is not registered"
 
 
-@pytest.mark.parametrize("kernel", VARIANTS)
+@pytest.mark.parametrize("kernel", VARIANTS + ONEDNN_VARIANTS)
 def test_variant_matches_reference_on_the_samples_it_accepts(kernel):
+    _skip_unless_built(kernel)
     op = kernel.split(".")[0]
     accepted = []
     for name, index, sample in (c.values for c in CASES):
@@ -87,8 +106,9 @@ def test_variant_matches_reference_on_the_samples_it_accepts(kernel):
             continue  # refused by its check: not a shape this variant runs
         expected = REGISTRY[op].reference([np.asarray(x) for x in sample.inputs], sample.attrs)[0]
         assert_close(kernel, got, expected, f"{kernel} on sample {index}")
-        np.testing.assert_array_equal(run(kernel, sample.inputs, sample.attrs, threads=2), got,
-                                      err_msg=f"{kernel} on sample {index}: 2 threads vs 1")
+        if kernel != "conv2d_grad_weight.onednn":
+            np.testing.assert_array_equal(run(kernel, sample.inputs, sample.attrs, threads=2), got,
+                                          err_msg=f"{kernel} on sample {index}: 2 threads vs 1")
         accepted.append(index)
     assert accepted, f"{kernel} accepts none of the {op} samples"
     if kernel.endswith(".im2col"):  # the fallback runs every NCHW geometry
@@ -96,8 +116,9 @@ def test_variant_matches_reference_on_the_samples_it_accepts(kernel):
         assert accepted == every, f"{kernel} refused samples {sorted(set(every) - set(accepted))}"
 
 
-@pytest.mark.parametrize("kernel", VARIANTS)
+@pytest.mark.parametrize("kernel", VARIANTS + ONEDNN_VARIANTS)
 def test_every_variant_refuses_nhwc_which_runs_on_the_op_named_kernel(kernel):
+    _skip_unless_built(kernel)
     op = kernel.split(".")[0]
     nhwc = [s for n, _, s in (c.values for c in CASES) if n == op and s.attrs.get("layout") == "nhwc"]
     assert nhwc
@@ -182,10 +203,11 @@ def test_variants_agree_on_layer_sized_shapes(layer):
         expected = REGISTRY[op].reference(inputs, attrs)[0]
         np.testing.assert_allclose(auto, expected, rtol=RTOL, atol=ATOL, err_msg=f"{op} {layer}")
         ran = set()
-        for kernel in (k for k in VARIANTS if k.split(".")[0] == op):
+        for kernel in (k for k in built_variants() if k.split(".")[0] == op):
             path = kernel.split(".", 1)[1]
             if not accepts(kernel, inputs, attrs):
                 assert path not in APPLICABLE[layer], f"{kernel} refuses {layer}"
+                assert path != "onednn" or attrs["groups"] > 1, f"{kernel} refuses {layer}"
                 continue
             got, msg = run(kernel, inputs, attrs), f"{kernel} vs {op} on {layer}"
             if path in DIRECT_PATHS:

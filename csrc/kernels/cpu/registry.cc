@@ -20,6 +20,9 @@ void register_optim_kernels(KernelRegistry& r);
 void register_fused_kernels(KernelRegistry& r);
 void register_mask_kernels(KernelRegistry& r);
 void register_winograd_kernels(KernelRegistry& r);
+#ifdef EDGETUNE_HAVE_ONEDNN
+void register_onednn_kernels(KernelRegistry& r);  // conv_onednn.cc: builds that found oneDNN only
+#endif
 
 void register_cpu_kernels(KernelRegistry& r) {
   register_elementwise_kernels(r);
@@ -37,6 +40,9 @@ void register_cpu_kernels(KernelRegistry& r) {
   register_fused_kernels(r);
   register_mask_kernels(r);
   register_winograd_kernels(r);
+#ifdef EDGETUNE_HAVE_ONEDNN
+  register_onednn_kernels(r);
+#endif
 }
 
 }  // namespace edgetune

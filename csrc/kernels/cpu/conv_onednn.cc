@@ -1,0 +1,448 @@
+// oneDNN convolutions (NCHW, f32, one group): the variants "conv2d.onednn",
+// "conv2d_grad_input.onednn" and "conv2d_grad_weight.onednn" of the own kernels in conv.cc. Built
+// only where cmake/onednn.cmake found oneDNN 3.x (EDGETUNE_HAVE_ONEDNN); the kernel-selection pass
+// times or estimates them against the own kernels per node, like every other variant.
+//
+// Why: a dense k x k convolution at ~90% of the machine's sgemm peak needs a direct convolution with
+// per-shape register blocking over a blocked layout (nChw16c on AVX-512). oneDNN's brgemm / JIT
+// convolutions are that (and are what PyTorch runs); im2col + sgemm stays near 60-75% because of
+// the column copies and the small GEMMs of late stages. Measured on ResNet-18's 3x3 layers (Intel
+// Xeon, 2 threads, batch 8, the layout conversions below included): 310-400 GFLOP/s against
+// 150-260 for the own kernels (benchmarks/kernel_bench.cc "oneDNN").
+//
+// Layout: the plan's tensors stay NCHW (plain); each run converts (oneDNN reorders) into the
+// layouts oneDNN's primitive asked for, in the node's workspace:
+//   [weights, blocked][input chunk, blocked][output chunk, blocked]
+// (a buffer is absent where the primitive takes the plain layout itself, e.g. a 3-channel input).
+// Weights are converted on every run (they may be trainable). Images go through in chunks of
+// `chunk_images` so the two activation buffers stay near kChunkBudget: the workspace is what the
+// memory planner sees, and the kernel-selection pass keeps the variant only where its workspace
+// leaves the planned peak where it was.
+//
+// grad_input: dx = conv_backward_data(dy, w), then the optional activation mask (u8 bits or the f32
+// activation output) zeroes dx where the producing activation had zero slope, per image as it lands.
+// grad_weight: dw = sum over chunks of conv_backward_weights(x chunk, dy chunk); chunk 0 writes dw,
+// later chunks add (a reorder with a sum post-op), so the chunking fixes the order of the sums.
+// Forward: bias and the fused activation (relu / hardtanh) are oneDNN attributes (an eltwise
+// post-op), computed while the output block is in registers.
+//
+// Threads: oneDNN here runs on OpenMP (the PyPI wheel's runtime); each run sets the calling thread's
+// OpenMP thread count to the session's (ThreadPool::num_threads), and primitives are created per
+// thread count. The forward and input-gradient results do not depend on it (each output element
+// is one thread's sum; the C++ tests compare 1 and 2 threads bitwise); the weight gradient's
+// reduction over images is oneDNN's and may round differently for another thread count.
+// oneDNN keeps its own scratchpad (library mode): a few KiB to the size of one image's blocked
+// rows per thread, outside the planned arena, allocated once per primitive.
+//
+// Primitives (JIT-compiled per shape) are created once per geometry, chunk size and thread count,
+// on first use (check / workspace at plan load), and cached for the process: a run looks them up
+// under a mutex and allocates nothing itself. Check refuses what oneDNN would run with its
+// reference implementation ("ref:any": orders of magnitude slower), grouped convolutions (the
+// depthwise kernels cover those) and layout nhwc.
+#include "kernels/cpu/conv_onednn.h"
+
+#ifdef EDGETUNE_HAVE_ONEDNN
+
+#include <oneapi/dnnl/dnnl.hpp>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <unordered_map>
+
+#include "core/kernel.h"
+#include "kernels/cpu/conv_nhwc.h"
+#include "kernels/cpu/cpu_util.h"
+#include "kernels/cpu/gemm.h"
+
+// libgomp's (the oneDNN wheel's OpenMP runtime): the calling thread's team size for the next run
+extern "C" void omp_set_num_threads(int num_threads);
+
+namespace edgetune {
+namespace {
+// Own namespace: unity builds put this file in one translation unit with conv.cc.
+namespace onednn {
+
+using dnnl::memory;
+using Tag = memory::format_tag;
+
+// Bytes of the two blocked activation buffers of one chunk (input + output) before a run splits
+// the batch into chunks. 4 MiB: ResNet-18 224's 56x56x64 stage runs two images per primitive call;
+// measured, the calls of more images were not faster per image beyond that (the primitive already
+// splits one image's rows and channel blocks across the threads).
+constexpr int64_t kChunkBudget = int64_t{4} << 20;
+constexpr size_t kAlign = 64;
+
+enum Op { kForward = 0, kGradInput = 1, kGradWeight = 2 };
+constexpr const char* kNames[3] = {"conv2d.onednn", "conv2d_grad_input.onednn", "conv2d_grad_weight.onednn"};
+
+struct Geometry {
+  int64_t N, C, H, W, O, KH, KW, HO, WO, SH, SW, PH, PW, DH, DW;
+  float act_lo = -std::numeric_limits<float>::infinity(), act_hi = std::numeric_limits<float>::infinity();
+  bool bias = false;
+  int64_t per_image_bytes() const { return (C * H * W + O * HO * WO) * static_cast<int64_t>(sizeof(float)); }
+  int64_t chunk_images() const { return std::max<int64_t>(1, std::min<int64_t>(N, kChunkBudget / per_image_bytes())); }
+  bool clamps() const {
+    return act_lo > -std::numeric_limits<float>::infinity() || act_hi < std::numeric_limits<float>::infinity();
+  }
+  // everything a primitive depends on, for the cache key
+  auto key(Op op, int64_t images, int threads) const {
+    return std::make_tuple(static_cast<int>(op), images, threads, C, H, W, O, KH, KW, SH, SW, PH, PW, DH, DW,
+                           act_lo, act_hi, bias);
+  }
+};
+using Key = decltype(std::declval<Geometry>().key(kForward, 0, 0));
+
+// Geometry from x's shape [N, C, H, W] (the logical input), the weight shape and the attrs; checks
+// that `y` (the output, or dy) is [N, O, HO, WO].
+Status make_geometry(Op op, const Attrs& attrs, const int64_t* xs, const int64_t* ws, const TensorView& y,
+                     Geometry* g) {
+  const char* kernel = kNames[op];
+  cpu::ConvParams cp;
+  ET_RETURN_IF_ERROR(cpu::read_conv_params(kernel, attrs, &cp));
+  if (cp.SH < 1 || cp.SW < 1 || cp.DH < 1 || cp.DW < 1 || cp.PH < 0 || cp.PW < 0)
+    return invalid_argument(std::string(kernel) + ": stride and dilation must be >= 1, padding >= 0");
+  if (cp.G != 1)
+    return invalid_argument(std::string(kernel) + ": runs one group only, got groups " + std::to_string(cp.G) +
+                            " (grouped and depthwise convolutions run on the conv2d kernels)");
+  if (xs[1] != ws[1])
+    return invalid_argument(std::string(kernel) + ": input channels " + std::to_string(xs[1]) +
+                            " do not fit weight " + cpu::dims_string(ws[0], ws[1], ws[2], ws[3]));
+  Geometry& c = *g;
+  c.N = xs[0], c.C = xs[1], c.H = xs[2], c.W = xs[3];
+  c.O = ws[0], c.KH = ws[2], c.KW = ws[3];
+  c.SH = cp.SH, c.SW = cp.SW, c.PH = cp.PH, c.PW = cp.PW, c.DH = cp.DH, c.DW = cp.DW;
+  if (c.KH < 1 || c.KW < 1) return invalid_argument(std::string(kernel) + ": empty kernel window");
+  c.HO = cpu::conv_out_size(c.H, c.KH, c.SH, c.PH, c.DH);
+  c.WO = cpu::conv_out_size(c.W, c.KW, c.SW, c.PW, c.DW);
+  if (c.HO <= 0 || c.WO <= 0) return invalid_argument(std::string(kernel) + ": output would be empty");
+  if (!cpu::is_shape(y, c.N, c.O, c.HO, c.WO))
+    return invalid_argument(std::string(kernel) + ": output/gradient " + y.shape_string() + " is not " +
+                            cpu::dims_string(c.N, c.O, c.HO, c.WO));
+  return Status::Ok();
+}
+
+// Geometry of a node, from its inputs / attrs, as each op stores it.
+Status read_geometry(Op op, const KernelArgs& a, Geometry* g) {
+  const char* kernel = kNames[op];
+  constexpr const char* kOwn[3] = {"the conv2d kernel", "the conv2d_grad_input kernel", "the conv2d_grad_weight kernel"};
+  ET_RETURN_IF_ERROR(nhwc::refuse_nhwc(a.attr(), kernel, kOwn[op]));
+  if (op == kForward) {
+    ET_RETURN_IF_ERROR(expect_arity(a, kernel, 2, 3, 1));
+    ET_RETURN_IF_ERROR(cpu::expect_all_f32(a, kernel, a.num_inputs));
+    const TensorView &x = a.in(0), &w = a.in(1);
+    if (x.rank != 4 || w.rank != 4)
+      return invalid_argument(std::string(kernel) + ": wants 4-d input and weight, got " + x.shape_string() +
+                              " and " + w.shape_string());
+    ET_RETURN_IF_ERROR(make_geometry(op, a.attr(), x.shape, w.shape, a.out(0), g));
+    if (a.num_inputs == 3 && (a.in(2).rank != 1 || a.in(2).shape[0] != g->O))
+      return invalid_argument(std::string(kernel) + ": bias " + a.in(2).shape_string() + " does not fit " +
+                              std::to_string(g->O) + " output channels");
+    g->bias = a.num_inputs == 3;
+    return read_activation(a.attr(), kernel, &g->act_lo, &g->act_hi);
+  }
+  if (op == kGradInput) {
+    ET_RETURN_IF_ERROR(expect_arity(a, kernel, 2, 3, 1));
+    ET_RETURN_IF_ERROR(cpu::expect_all_f32(a, kernel, 2));
+    const TensorView &dy = a.in(0), &w = a.in(1);
+    if (dy.rank != 4 || w.rank != 4)
+      return invalid_argument(std::string(kernel) + ": wants 4-d dy and weight, got " + dy.shape_string() + " and " +
+                              w.shape_string());
+    int64_t xs[4];
+    if (!cpu::read_shape4(a.attr(), "input_shape", xs))
+      return invalid_argument(std::string(kernel) + ": attr input_shape must be 4 ints");
+    if (!cpu::is_shape(a.out(0), xs[0], xs[1], xs[2], xs[3]))
+      return invalid_argument(std::string(kernel) + ": output " + a.out(0).shape_string() + " is not input_shape " +
+                              cpu::dims_string(xs[0], xs[1], xs[2], xs[3]));
+    ET_RETURN_IF_ERROR(make_geometry(op, a.attr(), xs, w.shape, dy, g));
+    OutputMask m;
+    return read_output_mask(a, 2, a.out(0), kernel, &m);
+  }
+  ET_RETURN_IF_ERROR(expect_arity(a, kernel, 2, 2, 1));
+  ET_RETURN_IF_ERROR(cpu::expect_all_f32(a, kernel, 2));
+  const TensorView &dy = a.in(0), &x = a.in(1);
+  if (dy.rank != 4 || x.rank != 4)
+    return invalid_argument(std::string(kernel) + ": wants 4-d dy and input, got " + dy.shape_string() + " and " +
+                            x.shape_string());
+  int64_t ws[4];
+  if (!cpu::read_shape4(a.attr(), "weight_shape", ws))
+    return invalid_argument(std::string(kernel) + ": attr weight_shape must be 4 ints");
+  if (!cpu::is_shape(a.out(0), ws[0], ws[1], ws[2], ws[3]))
+    return invalid_argument(std::string(kernel) + ": output " + a.out(0).shape_string() + " is not weight_shape " +
+                            cpu::dims_string(ws[0], ws[1], ws[2], ws[3]));
+  return make_geometry(op, a.attr(), x.shape, ws, dy, g);
+}
+
+// ---- primitives --------------------------------------------------------------------------------
+
+const dnnl::engine& cpu_engine() {
+  static const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+// One geometry's primitives for chunks of `images` images: the convolution, and the reorders
+// between the plan's plain layout and the one the convolution chose (absent where it is plain).
+struct Prim {
+  memory::desc x_plain, y_plain, w_plain;  // the plan's layouts: nchw / oihw
+  memory::desc x_conv, y_conv, w_conv;     // what the primitive wants (x: src or diff_src, y: dst or diff_dst)
+  dnnl::primitive conv;
+  dnnl::reorder x_in, y_in, w_in;          // plain -> conv layout (those the op reads)
+  dnnl::reorder x_out, y_out, w_out;       // conv -> plain (the op's output); w_out_add adds into dw
+  dnnl::reorder w_out_add;
+  std::string impl;
+  bool reorder_x() const { return x_conv != x_plain; }
+  bool reorder_y() const { return y_conv != y_plain; }
+  bool reorder_w() const { return w_conv != w_plain; }
+  // workspace: [w][x][y], each 64-byte aligned, where the layout is not the plain one
+  // (the weight gradient always has its buffer: each chunk's dw lands there, then is added to dw)
+  bool grad_weight = false;
+  size_t w_bytes() const { return reorder_w() || grad_weight ? round(w_conv.get_size()) : 0; }
+  size_t x_bytes() const { return reorder_x() ? round(x_conv.get_size()) : 0; }
+  size_t y_bytes() const { return reorder_y() ? round(y_conv.get_size()) : 0; }
+  size_t workspace_bytes() const { return w_bytes() + x_bytes() + y_bytes(); }
+  static size_t round(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+};
+
+dnnl::reorder reorder(const memory::desc& from, const memory::desc& to, bool add = false) {
+  const dnnl::engine& e = cpu_engine();
+  dnnl::primitive_attr attr;
+  if (add) {
+    dnnl::post_ops ops;
+    ops.append_sum(1.0f);
+    attr.set_post_ops(ops);
+  }
+  return dnnl::reorder(dnnl::reorder::primitive_desc(e, from, e, to, attr));
+}
+
+std::unique_ptr<Prim> make_prim(Op op, const Geometry& c, int64_t n) {
+  using dnnl::algorithm;
+  using dnnl::prop_kind;
+  const dnnl::engine& e = cpu_engine();
+  auto p = std::make_unique<Prim>();
+  const memory::dims xd = {n, c.C, c.H, c.W}, yd = {n, c.O, c.HO, c.WO}, wd = {c.O, c.C, c.KH, c.KW};
+  const memory::dims strides = {c.SH, c.SW}, dil = {c.DH - 1, c.DW - 1}, pad_l = {c.PH, c.PW};
+  // right padding: what makes oneDNN's output size the one PyTorch's formula gave
+  const memory::dims pad_r = {(c.HO - 1) * c.SH + (c.KH - 1) * c.DH + 1 - c.H - c.PH,
+                              (c.WO - 1) * c.SW + (c.KW - 1) * c.DW + 1 - c.W - c.PW};
+  const auto f32 = memory::data_type::f32;
+  p->x_plain = memory::desc(xd, f32, Tag::nchw);
+  p->y_plain = memory::desc(yd, f32, Tag::nchw);
+  p->w_plain = memory::desc(wd, f32, Tag::oihw);
+  const memory::desc x_any(xd, f32, Tag::any), y_any(yd, f32, Tag::any), w_any(wd, f32, Tag::any);
+  const memory::desc b_md = c.bias ? memory::desc({c.O}, f32, Tag::a) : memory::desc();
+  dnnl::primitive_attr attr;
+  if (op == kForward && c.clamps()) {
+    dnnl::post_ops ops;
+    if (c.act_lo == 0.0f && c.act_hi == std::numeric_limits<float>::infinity())
+      ops.append_eltwise(algorithm::eltwise_relu, 0.0f, 0.0f);
+    else
+      ops.append_eltwise(algorithm::eltwise_clip, c.act_lo, c.act_hi);
+    attr.set_post_ops(ops);
+  }
+  // the forward descriptor: the op itself, or the hint the backward ones need
+  const auto fwd = dnnl::convolution_forward::primitive_desc(
+      e, prop_kind::forward_training, algorithm::convolution_direct, x_any, w_any, op == kForward ? b_md : memory::desc(), y_any, strides, dil, pad_l, pad_r, attr);
+  if (op == kForward) {
+    p->x_conv = fwd.src_desc(), p->y_conv = fwd.dst_desc(), p->w_conv = fwd.weights_desc();
+    p->impl = fwd.impl_info_str();
+    p->conv = dnnl::convolution_forward(fwd);
+    if (p->reorder_x()) p->x_in = reorder(p->x_plain, p->x_conv);
+    if (p->reorder_w()) p->w_in = reorder(p->w_plain, p->w_conv);
+    if (p->reorder_y()) p->y_out = reorder(p->y_conv, p->y_plain);
+  } else if (op == kGradInput) {
+    const auto bwd = dnnl::convolution_backward_data::primitive_desc(e, algorithm::convolution_direct, x_any, w_any,
+                                                                     y_any, strides, dil, pad_l, pad_r, fwd);
+    p->x_conv = bwd.diff_src_desc(), p->y_conv = bwd.diff_dst_desc(), p->w_conv = bwd.weights_desc();
+    p->impl = bwd.impl_info_str();
+    p->conv = dnnl::convolution_backward_data(bwd);
+    if (p->reorder_y()) p->y_in = reorder(p->y_plain, p->y_conv);
+    if (p->reorder_w()) p->w_in = reorder(p->w_plain, p->w_conv);
+    if (p->reorder_x()) p->x_out = reorder(p->x_conv, p->x_plain);
+  } else {
+    const auto bwd = dnnl::convolution_backward_weights::primitive_desc(
+        e, algorithm::convolution_direct, x_any, w_any, y_any, strides, dil, pad_l, pad_r, fwd);
+    p->x_conv = bwd.src_desc(), p->y_conv = bwd.diff_dst_desc(), p->w_conv = bwd.diff_weights_desc();
+    p->impl = bwd.impl_info_str();
+    p->conv = dnnl::convolution_backward_weights(bwd);
+    p->grad_weight = true;
+    if (p->reorder_x()) p->x_in = reorder(p->x_plain, p->x_conv);
+    if (p->reorder_y()) p->y_in = reorder(p->y_plain, p->y_conv);
+    // dw: the first chunk writes, later ones add (in the blocked layout when there is one)
+    p->w_out = reorder(p->w_conv, p->w_plain);
+    p->w_out_add = reorder(p->w_conv, p->w_plain, /*add=*/true);
+  }
+  return p;
+}
+
+// The cached primitives of (op, geometry, chunk, threads); created on first use. A failure
+// (oneDNN has no implementation, or only its reference one) is cached too, as its message.
+struct Cached {
+  std::unique_ptr<Prim> prim;
+  std::string error;
+};
+
+Status get_prim(Op op, const Geometry& c, int64_t images, int threads, const Prim** out) {
+  static std::mutex mu;
+  static std::map<Key, Cached> cache;
+  const Key key = c.key(op, images, threads);
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(key);
+  if (it == cache.end()) {
+    Cached entry;
+    try {
+      omp_set_num_threads(threads);  // primitives size their work split for this many threads
+      entry.prim = make_prim(op, c, images);
+      if (entry.prim->impl.rfind("ref", 0) == 0) {
+        entry.error = "oneDNN has only its reference implementation (" + entry.prim->impl +
+                      ") for this geometry on this CPU";
+        entry.prim.reset();
+      }
+    } catch (const dnnl::error& e) {
+      entry.error = std::string("oneDNN cannot run this geometry: ") + e.what();
+    }
+    it = cache.emplace(key, std::move(entry)).first;
+  }
+  if (!it->second.prim)
+    return invalid_argument(std::string(kNames[op]) + ": " + it->second.error + " (" +
+                            cpu::dims_string(c.N, c.C, c.H, c.W) + " * " + cpu::dims_string(c.O, c.C, c.KH, c.KW) +
+                            ", stride " + std::to_string(c.SH) + "x" + std::to_string(c.SW) + ")");
+  *out = it->second.prim.get();
+  return Status::Ok();
+}
+
+int threads_of(const KernelArgs& a) { return a.pool ? std::max(1, a.pool->num_threads()) : 1; }
+
+// Workspace of a geometry: the biggest over the full chunk and the last, shorter one.
+Status workspace_of(Op op, const Geometry& c, int threads, size_t* bytes) {
+  const int64_t per = c.chunk_images(), tail = c.N % per;
+  const Prim* p = nullptr;
+  ET_RETURN_IF_ERROR(get_prim(op, c, per, threads, &p));
+  *bytes = p->workspace_bytes();
+  if (tail) {
+    ET_RETURN_IF_ERROR(get_prim(op, c, tail, threads, &p));
+    *bytes = std::max(*bytes, p->workspace_bytes());
+  }
+  return Status::Ok();
+}
+
+Status check(Op op, const KernelArgs& a) {
+  Geometry c;
+  ET_RETURN_IF_ERROR(read_geometry(op, a, &c));
+  size_t bytes = 0;
+  return workspace_of(op, c, threads_of(a), &bytes);
+}
+
+size_t workspace(Op op, const KernelArgs& a) {
+  Geometry c;
+  size_t bytes = 0;
+  if (!read_geometry(op, a, &c).ok() || !workspace_of(op, c, threads_of(a), &bytes).ok()) return 0;
+  return bytes;
+}
+
+Status run(Op op, const KernelArgs& a) {
+  const char* kernel = kNames[op];
+  Geometry c;
+  ET_RETURN_IF_ERROR(read_geometry(op, a, &c));
+  const int threads = threads_of(a);
+  size_t need = 0;
+  ET_RETURN_IF_ERROR(workspace_of(op, c, threads, &need));
+  if (a.workspace_bytes < need || (need && !a.workspace))
+    return internal_error(std::string(kernel) + ": workspace of " + std::to_string(a.workspace_bytes) +
+                          " bytes, needs " + std::to_string(need));
+  OutputMask mask;
+  if (op == kGradInput) ET_RETURN_IF_ERROR(read_output_mask(a, 2, a.out(0), kernel, &mask));
+  // the plan's tensors: x (input / dx), y (output / dy), w (weight / dw)
+  float* x = op == kForward ? const_cast<float*>(a.in(0).as<float>())
+                            : op == kGradInput ? a.out(0).as<float>() : const_cast<float*>(a.in(1).as<float>());
+  float* y = op == kForward ? a.out(0).as<float>() : const_cast<float*>(a.in(0).as<float>());
+  float* w = op == kGradWeight ? a.out(0).as<float>() : const_cast<float*>(a.in(1).as<float>());
+  const float* bias = op == kForward && c.bias ? a.in(2).as<float>() : nullptr;
+  const int64_t x_image = c.C * c.H * c.W, y_image = c.O * c.HO * c.WO;
+  try {
+    omp_set_num_threads(threads);
+    const dnnl::engine& e = cpu_engine();
+    dnnl::stream s(e);
+    const int64_t per = c.chunk_images();
+    char* ws = static_cast<char*>(a.workspace);
+    for (int64_t n0 = 0; n0 < c.N; n0 += per) {
+      const int64_t nb = std::min(per, c.N - n0);
+      const Prim* p = nullptr;
+      ET_RETURN_IF_ERROR(get_prim(op, c, nb, threads, &p));
+      memory w_plain(p->w_plain, e, w), x_plain(p->x_plain, e, x + n0 * x_image),
+          y_plain(p->y_plain, e, y + n0 * y_image);
+      memory w_conv = p->reorder_w() ? memory(p->w_conv, e, ws) : w_plain;
+      memory x_conv = p->reorder_x() ? memory(p->x_conv, e, ws + p->w_bytes()) : x_plain;
+      memory y_conv = p->reorder_y() ? memory(p->y_conv, e, ws + p->w_bytes() + p->x_bytes()) : y_plain;
+      if (op == kForward) {
+        if (n0 == 0 && p->reorder_w()) p->w_in.execute(s, w_plain, w_conv);
+        if (p->reorder_x()) p->x_in.execute(s, x_plain, x_conv);
+        std::unordered_map<int, memory> args = {
+            {DNNL_ARG_SRC, x_conv}, {DNNL_ARG_WEIGHTS, w_conv}, {DNNL_ARG_DST, y_conv}};
+        if (bias) args.emplace(DNNL_ARG_BIAS, memory(memory::desc({c.O}, memory::data_type::f32, Tag::a), e,
+                                                     const_cast<float*>(bias)));
+        p->conv.execute(s, args);
+        if (p->reorder_y()) p->y_out.execute(s, y_conv, y_plain);
+      } else if (op == kGradInput) {
+        if (n0 == 0 && p->reorder_w()) p->w_in.execute(s, w_plain, w_conv);
+        if (p->reorder_y()) p->y_in.execute(s, y_plain, y_conv);
+        p->conv.execute(s, {{DNNL_ARG_DIFF_DST, y_conv}, {DNNL_ARG_WEIGHTS, w_conv}, {DNNL_ARG_DIFF_SRC, x_conv}});
+        if (p->reorder_x()) p->x_out.execute(s, x_conv, x_plain);
+      } else {
+        if (p->reorder_x()) p->x_in.execute(s, x_plain, x_conv);
+        if (p->reorder_y()) p->y_in.execute(s, y_plain, y_conv);
+        // the chunk's dw in the weights buffer, then written (first chunk) or added into dw
+        memory dw_chunk(p->w_conv, e, ws);
+        p->conv.execute(s, {{DNNL_ARG_SRC, x_conv}, {DNNL_ARG_DIFF_DST, y_conv}, {DNNL_ARG_DIFF_WEIGHTS, dw_chunk}});
+        (n0 == 0 ? p->w_out : p->w_out_add).execute(s, dw_chunk, w_plain);
+      }
+      s.wait();
+      if (op == kGradInput && mask.active()) {
+        a.pool->parallel_for(nb * c.C, std::max<int64_t>(1, 16384 / std::max<int64_t>(c.H * c.W, 1)),
+                             [&](int64_t p0, int64_t p1) {
+                               const int64_t plane = c.H * c.W, first = n0 * x_image + p0 * plane;
+                               mask.apply(x + first, first, (p1 - p0) * plane);
+                             });
+      }
+    }
+  } catch (const dnnl::error& e) {
+    return internal_error(std::string(kernel) + ": oneDNN: " + e.what());
+  }
+  return Status::Ok();
+}
+
+template <Op O> Status check_at(const KernelArgs& a) { return check(O, a); }
+template <Op O> size_t workspace_at(const KernelArgs& a) { return workspace(O, a); }
+template <Op O> Status run_at(const KernelArgs& a) { return run(O, a); }
+
+}  // namespace onednn
+}  // namespace
+
+void register_onednn_kernels(KernelRegistry& r) {
+  using namespace onednn;
+  r.add({"conv2d", kNames[kForward], check_at<kForward>, workspace_at<kForward>, run_at<kForward>});
+  r.add({"conv2d_grad_input", kNames[kGradInput], check_at<kGradInput>, workspace_at<kGradInput>,
+         run_at<kGradInput>});
+  r.add({"conv2d_grad_weight", kNames[kGradWeight], check_at<kGradWeight>, workspace_at<kGradWeight>,
+         run_at<kGradWeight>});
+}
+
+std::string onednn_version() {
+  const dnnl_version_t* v = dnnl::version();
+  return std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch);
+}
+
+}  // namespace edgetune
+
+#else  // no oneDNN in this build
+
+namespace edgetune {
+std::string onednn_version() { return ""; }
+}  // namespace edgetune
+
+#endif  // EDGETUNE_HAVE_ONEDNN
