@@ -3,7 +3,7 @@
 #
 #   OFF   not used: the own kernels only
 #   ON    used; an error when it is not found
-#   AUTO  used if found (the default on native Linux builds; OFF for cross and sanitizer builds)
+#   AUTO  used if found (the default on native Linux builds; OFF for cross, sanitizer and fuzz builds)
 #
 # Why a library here: a 3x3 convolution at ~90% of the sgemm peak needs a direct (implicit-GEMM)
 # kernel with JIT-generated register blocking per shape; oneDNN's brgemm convolutions are that, and
@@ -28,7 +28,7 @@
 # appends to CMAKE_BUILD_RPATH / CMAKE_INSTALL_RPATH, for csrc/CMakeLists.txt (include it before
 # the targets are made).
 
-if(CMAKE_SYSTEM_NAME STREQUAL "Linux" AND NOT CMAKE_CROSSCOMPILING AND NOT EDGETUNE_SANITIZE)
+if(CMAKE_SYSTEM_NAME STREQUAL "Linux" AND NOT CMAKE_CROSSCOMPILING AND NOT EDGETUNE_SANITIZE AND NOT EDGETUNE_FUZZ)
   set(_onednn_default AUTO)
 else()
   set(_onednn_default OFF)

@@ -260,3 +260,34 @@ def test_variants_report_their_own_workspace():
     gi = {**dwa, "input_shape": [2, 32, 28, 28]}
     assert ws("conv2d_grad_input.im2col", [("f32", [2, 32, 28, 28]), ("f32", [32, 1, 3, 3])], [2, 32, 28, 28],
               gi) == 9 * 28 * 28 * 4
+
+
+def test_onednn_runs_big_layers_as_channel_parts_and_image_chunks():
+    """A layer whose weights pass conv_onednn.cc's 2 MiB budget runs as convolutions over slices of
+    the output channels (input channels for grad_input), and a batch whose blocked copies pass 4 MiB
+    in chunks of images: 160x160x5x5 weights (2.6 MB) give two parts of 80 channels, 160 channels at
+    40x40 (2 MB per image, input and output) chunks of 2 images, so batch 3 runs a full chunk and a
+    short one. Every slice lands where the op-named kernel puts it, bias, activation and mask too,
+    and grad_weight adds the chunks up."""
+    if not has_onednn():
+        pytest.skip("this build has no oneDNN (cmake/onednn.cmake)")
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 160, 40, 40)).astype(np.float32)
+    w = (rng.standard_normal((160, 160, 5, 5)) / 20).astype(np.float32)
+    b = rng.standard_normal(160).astype(np.float32)
+    attrs = _attrs(padding=2)
+    y = run("conv2d", [x, w], attrs)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    bits = np.packbits((rng.random(x.shape) < 0.5).ravel(), bitorder="little")
+    gi = {**attrs, "input_shape": list(x.shape)}
+    cases = [("conv2d", [x, w, b], {**attrs, "activation": "hardtanh", "act_min": -1.0, "act_max": 2.0}),
+             ("conv2d_grad_input", [dy, w, bits], gi),
+             ("conv2d_grad_weight", [dy, x], {**attrs, "weight_shape": list(w.shape)})]
+    for op, inputs, a in cases:
+        own = run(op, inputs, a)
+        got = run(op + ".onednn", inputs, a, threads=2)
+        scale = float(np.abs(own).max())
+        np.testing.assert_allclose(got, own, rtol=0, atol=1e-5 * scale, err_msg=op)
+        specs = [(dtype_of_numpy(np.asarray(t).dtype), list(np.shape(t))) for t in inputs]
+        ws = native().workspace_bytes("cpu", op + ".onednn", specs, _specs(op, inputs, a), a)
+        assert ws < w.nbytes + 2 * 2 * 160 * 40 * 40 * 4, f"{op}: workspace {ws} holds no more than a part and a chunk"

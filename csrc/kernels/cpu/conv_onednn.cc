@@ -77,6 +77,12 @@ using Tag = memory::format_tag;
 // measured, the calls of more images were not faster per image beyond that (the primitive already
 // splits one image's rows and channel blocks across the threads).
 constexpr int64_t kChunkBudget = int64_t{4} << 20;
+// Bytes of one part's blocked weights. Big layers (ResNet's 512x512x3x3: 9.4 MiB) run as several
+// convolutions over slices of the output channels (input channels for grad_input), so the weights'
+// blocked copy in the workspace stays small enough not to raise a plan's peak; measured, a 512->64
+// slice of that layer runs at 337 GFLOP/s against 358 for the whole (oneDNN alone, 2 threads).
+constexpr int64_t kWeightBudget = int64_t{2} << 20;
+constexpr int64_t kChannelBlock = 16;  // oneDNN's channel block on AVX-512
 constexpr size_t kAlign = 64;
 
 enum Op { kForward = 0, kGradInput = 1, kGradWeight = 2 };
@@ -88,16 +94,28 @@ struct Geometry {
   bool bias = false;
   int64_t per_image_bytes() const { return (C * H * W + O * HO * WO) * static_cast<int64_t>(sizeof(float)); }
   int64_t chunk_images() const { return std::max<int64_t>(1, std::min<int64_t>(N, kChunkBudget / per_image_bytes())); }
+  // The channels an op splits into parts (output channels; input channels for grad_input, whose
+  // output is dx) and the channels of every part but the last: weights of a part stay under
+  // kWeightBudget, in whole blocks of kChannelBlock.
+  int64_t split_dim(Op op) const { return op == kGradInput ? C : O; }
+  int64_t part_channels(Op op) const {
+    const int64_t dim = split_dim(op);
+    const int64_t bytes = O * C * KH * KW * static_cast<int64_t>(sizeof(float));
+    const int64_t parts = (bytes + kWeightBudget - 1) / kWeightBudget;
+    if (parts <= 1) return dim;
+    const int64_t per = ((dim + parts - 1) / parts + kChannelBlock - 1) / kChannelBlock * kChannelBlock;
+    return std::min(dim, per);
+  }
   bool clamps() const {
     return act_lo > -std::numeric_limits<float>::infinity() || act_hi < std::numeric_limits<float>::infinity();
   }
   // everything a primitive depends on, for the cache key
-  auto key(Op op, int64_t images, int threads) const {
-    return std::make_tuple(static_cast<int>(op), images, threads, C, H, W, O, KH, KW, SH, SW, PH, PW, DH, DW,
-                           act_lo, act_hi, bias);
+  auto key(Op op, int64_t images, int64_t part, int threads) const {
+    return std::make_tuple(static_cast<int>(op), images, part, threads, C, H, W, O, KH, KW, SH, SW, PH, PW, DH,
+                           DW, act_lo, act_hi, bias);
   }
 };
-using Key = decltype(std::declval<Geometry>().key(kForward, 0, 0));
+using Key = decltype(std::declval<Geometry>().key(kForward, 0, 0, 0));
 
 // Geometry from x's shape [N, C, H, W] (the logical input), the weight shape and the attrs; checks
 // that `y` (the output, or dy) is [N, O, HO, WO].
@@ -199,7 +217,7 @@ struct Prim {
   bool reorder_x() const { return x_conv != x_plain; }
   bool reorder_y() const { return y_conv != y_plain; }
   bool reorder_w() const { return w_conv != w_plain; }
-  // workspace: [w][x][y], each 64-byte aligned, where the layout is not the plain one
+  // bytes of each buffer in the workspace (Layout), 64-byte aligned; 0 where the layout is plain
   // (the weight gradient always has its buffer: each chunk's dw lands there, then is added to dw)
   bool grad_weight = false;
   size_t w_bytes() const { return reorder_w() || grad_weight ? round(w_conv.get_size()) : 0; }
@@ -220,22 +238,26 @@ dnnl::reorder reorder(const memory::desc& from, const memory::desc& to, bool add
   return dnnl::reorder(dnnl::reorder::primitive_desc(e, from, e, to, attr));
 }
 
-std::unique_ptr<Prim> make_prim(Op op, const Geometry& c, int64_t n) {
+// Primitives for `n` images and `part` channels of the split dimension (Geometry::split_dim): the
+// plain descriptors address that slice inside the plan's whole tensors (their strides are the
+// whole tensor's), so reorders read and write the slices in place.
+std::unique_ptr<Prim> make_prim(Op op, const Geometry& c, int64_t n, int64_t part) {
   using dnnl::algorithm;
   using dnnl::prop_kind;
   const dnnl::engine& e = cpu_engine();
   auto p = std::make_unique<Prim>();
-  const memory::dims xd = {n, c.C, c.H, c.W}, yd = {n, c.O, c.HO, c.WO}, wd = {c.O, c.C, c.KH, c.KW};
+  const int64_t Cp = op == kGradInput ? part : c.C, Op_ = op == kGradInput ? c.O : part;
+  const memory::dims xd = {n, Cp, c.H, c.W}, yd = {n, Op_, c.HO, c.WO}, wd = {Op_, Cp, c.KH, c.KW};
   const memory::dims strides = {c.SH, c.SW}, dil = {c.DH - 1, c.DW - 1}, pad_l = {c.PH, c.PW};
   // right padding: what makes oneDNN's output size the one PyTorch's formula gave
   const memory::dims pad_r = {(c.HO - 1) * c.SH + (c.KH - 1) * c.DH + 1 - c.H - c.PH,
                               (c.WO - 1) * c.SW + (c.KW - 1) * c.DW + 1 - c.W - c.PW};
   const auto f32 = memory::data_type::f32;
-  p->x_plain = memory::desc(xd, f32, Tag::nchw);
-  p->y_plain = memory::desc(yd, f32, Tag::nchw);
-  p->w_plain = memory::desc(wd, f32, Tag::oihw);
+  p->x_plain = memory::desc(xd, f32, memory::dims{c.C * c.H * c.W, c.H * c.W, c.W, 1});
+  p->y_plain = memory::desc(yd, f32, memory::dims{c.O * c.HO * c.WO, c.HO * c.WO, c.WO, 1});
+  p->w_plain = memory::desc(wd, f32, memory::dims{c.C * c.KH * c.KW, c.KH * c.KW, c.KW, 1});
+  const memory::desc b_md = c.bias ? memory::desc({Op_}, f32, Tag::a) : memory::desc();
   const memory::desc x_any(xd, f32, Tag::any), y_any(yd, f32, Tag::any), w_any(wd, f32, Tag::any);
-  const memory::desc b_md = c.bias ? memory::desc({c.O}, f32, Tag::a) : memory::desc();
   dnnl::primitive_attr attr;
   if (op == kForward && c.clamps()) {
     dnnl::post_ops ops;
@@ -287,17 +309,17 @@ struct Cached {
   std::string error;
 };
 
-Status get_prim(Op op, const Geometry& c, int64_t images, int threads, const Prim** out) {
+Status get_prim(Op op, const Geometry& c, int64_t images, int64_t part, int threads, const Prim** out) {
   static std::mutex mu;
   static std::map<Key, Cached> cache;
-  const Key key = c.key(op, images, threads);
+  const Key key = c.key(op, images, part, threads);
   std::lock_guard<std::mutex> lock(mu);
   auto it = cache.find(key);
   if (it == cache.end()) {
     Cached entry;
     try {
       omp_set_num_threads(threads);  // primitives size their work split for this many threads
-      entry.prim = make_prim(op, c, images);
+      entry.prim = make_prim(op, c, images, part);
       if (entry.prim->impl.rfind("ref", 0) == 0) {
         entry.error = "oneDNN has only its reference implementation (" + entry.prim->impl +
                       ") for this geometry on this CPU";
@@ -318,15 +340,31 @@ Status get_prim(Op op, const Geometry& c, int64_t images, int threads, const Pri
 
 int threads_of(const KernelArgs& a) { return a.pool ? std::max(1, a.pool->num_threads()) : 1; }
 
-// Workspace of a geometry: the biggest over the full chunk and the last, shorter one.
-Status workspace_of(Op op, const Geometry& c, int threads, size_t* bytes) {
-  const int64_t per = c.chunk_images(), tail = c.N % per;
-  const Prim* p = nullptr;
-  ET_RETURN_IF_ERROR(get_prim(op, c, per, threads, &p));
-  *bytes = p->workspace_bytes();
-  if (tail) {
-    ET_RETURN_IF_ERROR(get_prim(op, c, tail, threads, &p));
-    *bytes = std::max(*bytes, p->workspace_bytes());
+// The workspace, laid out the same for every chunk and part: [weights of a part][the tensor every
+// part reads (x; dy for grad_input)][the part's slice of the op's other tensor], each region as big
+// as the biggest chunk's first part (the largest) needs.
+struct Layout {
+  size_t w = 0, shared = 0, part = 0;
+  size_t bytes() const { return w + shared + part; }
+};
+
+// Which of a Prim's buffers is the shared one: x, except for grad_input (dy).
+size_t shared_bytes(Op op, const Prim& p) { return op == kGradInput ? p.y_bytes() : p.x_bytes(); }
+size_t part_bytes(Op op, const Prim& p) { return op == kGradInput ? p.x_bytes() : p.y_bytes(); }
+
+Status layout_of(Op op, const Geometry& c, int threads, Layout* out) {
+  const int64_t per = c.chunk_images(), tail = c.N % per, part = c.part_channels(op);
+  const int64_t last = c.split_dim(op) - (c.split_dim(op) - 1) / part * part;
+  *out = Layout{};
+  for (int64_t images : {per, tail}) {
+    if (!images) continue;
+    for (int64_t channels : {part, last}) {
+      const Prim* p = nullptr;
+      ET_RETURN_IF_ERROR(get_prim(op, c, images, channels, threads, &p));
+      out->w = std::max(out->w, p->w_bytes());
+      out->shared = std::max(out->shared, shared_bytes(op, *p));
+      out->part = std::max(out->part, part_bytes(op, *p));
+    }
   }
   return Status::Ok();
 }
@@ -334,15 +372,15 @@ Status workspace_of(Op op, const Geometry& c, int threads, size_t* bytes) {
 Status check(Op op, const KernelArgs& a) {
   Geometry c;
   ET_RETURN_IF_ERROR(read_geometry(op, a, &c));
-  size_t bytes = 0;
-  return workspace_of(op, c, threads_of(a), &bytes);
+  Layout l;
+  return layout_of(op, c, threads_of(a), &l);
 }
 
 size_t workspace(Op op, const KernelArgs& a) {
   Geometry c;
-  size_t bytes = 0;
-  if (!read_geometry(op, a, &c).ok() || !workspace_of(op, c, threads_of(a), &bytes).ok()) return 0;
-  return bytes;
+  Layout l;
+  if (!read_geometry(op, a, &c).ok() || !layout_of(op, c, threads_of(a), &l).ok()) return 0;
+  return l.bytes();
 }
 
 Status run(Op op, const KernelArgs& a) {
@@ -350,11 +388,11 @@ Status run(Op op, const KernelArgs& a) {
   Geometry c;
   ET_RETURN_IF_ERROR(read_geometry(op, a, &c));
   const int threads = threads_of(a);
-  size_t need = 0;
-  ET_RETURN_IF_ERROR(workspace_of(op, c, threads, &need));
-  if (a.workspace_bytes < need || (need && !a.workspace))
+  Layout l;
+  ET_RETURN_IF_ERROR(layout_of(op, c, threads, &l));
+  if (a.workspace_bytes < l.bytes() || (l.bytes() && !a.workspace))
     return internal_error(std::string(kernel) + ": workspace of " + std::to_string(a.workspace_bytes) +
-                          " bytes, needs " + std::to_string(need));
+                          " bytes, needs " + std::to_string(l.bytes()));
   OutputMask mask;
   if (op == kGradInput) ET_RETURN_IF_ERROR(read_output_mask(a, 2, a.out(0), kernel, &mask));
   // the plan's tensors: x (input / dx), y (output / dy), w (weight / dw)
@@ -364,42 +402,67 @@ Status run(Op op, const KernelArgs& a) {
   float* w = op == kGradWeight ? a.out(0).as<float>() : const_cast<float*>(a.in(1).as<float>());
   const float* bias = op == kForward && c.bias ? a.in(2).as<float>() : nullptr;
   const int64_t x_image = c.C * c.H * c.W, y_image = c.O * c.HO * c.WO;
+  const int64_t per = c.chunk_images(), part = c.part_channels(op), dim = c.split_dim(op);
+  char* ws = static_cast<char*>(a.workspace);
+  char* w_buf = ws;
+  char* shared_buf = ws + l.w;
+  char* part_buf = ws + l.w + l.shared;
   try {
     omp_set_num_threads(threads);
     const dnnl::engine& e = cpu_engine();
     dnnl::stream s(e);
-    const int64_t per = c.chunk_images();
-    char* ws = static_cast<char*>(a.workspace);
     for (int64_t n0 = 0; n0 < c.N; n0 += per) {
       const int64_t nb = std::min(per, c.N - n0);
-      const Prim* p = nullptr;
-      ET_RETURN_IF_ERROR(get_prim(op, c, nb, threads, &p));
-      memory w_plain(p->w_plain, e, w), x_plain(p->x_plain, e, x + n0 * x_image),
-          y_plain(p->y_plain, e, y + n0 * y_image);
-      memory w_conv = p->reorder_w() ? memory(p->w_conv, e, ws) : w_plain;
-      memory x_conv = p->reorder_x() ? memory(p->x_conv, e, ws + p->w_bytes()) : x_plain;
-      memory y_conv = p->reorder_y() ? memory(p->y_conv, e, ws + p->w_bytes() + p->x_bytes()) : y_plain;
-      if (op == kForward) {
-        if (n0 == 0 && p->reorder_w()) p->w_in.execute(s, w_plain, w_conv);
-        if (p->reorder_x()) p->x_in.execute(s, x_plain, x_conv);
-        std::unordered_map<int, memory> args = {
-            {DNNL_ARG_SRC, x_conv}, {DNNL_ARG_WEIGHTS, w_conv}, {DNNL_ARG_DST, y_conv}};
-        if (bias) args.emplace(DNNL_ARG_BIAS, memory(memory::desc({c.O}, memory::data_type::f32, Tag::a), e,
-                                                     const_cast<float*>(bias)));
-        p->conv.execute(s, args);
-        if (p->reorder_y()) p->y_out.execute(s, y_conv, y_plain);
-      } else if (op == kGradInput) {
-        if (n0 == 0 && p->reorder_w()) p->w_in.execute(s, w_plain, w_conv);
-        if (p->reorder_y()) p->y_in.execute(s, y_plain, y_conv);
-        p->conv.execute(s, {{DNNL_ARG_DIFF_DST, y_conv}, {DNNL_ARG_WEIGHTS, w_conv}, {DNNL_ARG_DIFF_SRC, x_conv}});
-        if (p->reorder_x()) p->x_out.execute(s, x_conv, x_plain);
-      } else {
-        if (p->reorder_x()) p->x_in.execute(s, x_plain, x_conv);
-        if (p->reorder_y()) p->y_in.execute(s, y_plain, y_conv);
-        // the chunk's dw in the weights buffer, then written (first chunk) or added into dw
-        memory dw_chunk(p->w_conv, e, ws);
-        p->conv.execute(s, {{DNNL_ARG_SRC, x_conv}, {DNNL_ARG_DIFF_DST, y_conv}, {DNNL_ARG_DIFF_WEIGHTS, dw_chunk}});
-        (n0 == 0 ? p->w_out : p->w_out_add).execute(s, dw_chunk, w_plain);
+      memory::desc shared_in_buffer;  // the layout the shared buffer holds for this chunk
+      for (int64_t c0 = 0; c0 < dim; c0 += part) {
+        const int64_t cp = std::min(part, dim - c0);
+        const Prim* p = nullptr;
+        ET_RETURN_IF_ERROR(get_prim(op, c, nb, cp, threads, &p));
+        // the slices of this chunk and part inside the plan's tensors
+        float* xs = x + n0 * x_image + (op == kGradInput ? c0 * c.H * c.W : 0);
+        float* ys = y + n0 * y_image + (op == kGradInput ? 0 : c0 * c.HO * c.WO);
+        float* wsl = w + (op == kGradInput ? c0 * c.KH * c.KW : c0 * c.C * c.KH * c.KW);
+        memory w_plain(p->w_plain, e, wsl), x_plain(p->x_plain, e, xs), y_plain(p->y_plain, e, ys);
+        char* x_at = op == kGradInput ? part_buf : shared_buf;
+        char* y_at = op == kGradInput ? shared_buf : part_buf;
+        memory w_conv = p->reorder_w() ? memory(p->w_conv, e, w_buf) : w_plain;
+        memory x_conv = p->reorder_x() ? memory(p->x_conv, e, x_at) : x_plain;
+        memory y_conv = p->reorder_y() ? memory(p->y_conv, e, y_at) : y_plain;
+        // the weights of one part stay in the buffer across chunks when there is only one part
+        const bool load_w = p->reorder_w() && (n0 == 0 || cp != dim);
+        if (op == kForward) {
+          if (load_w) p->w_in.execute(s, w_plain, w_conv);
+          if (p->reorder_x() && shared_in_buffer != p->x_conv) {
+            p->x_in.execute(s, x_plain, x_conv);
+            shared_in_buffer = p->x_conv;
+          }
+          std::unordered_map<int, memory> args = {
+              {DNNL_ARG_SRC, x_conv}, {DNNL_ARG_WEIGHTS, w_conv}, {DNNL_ARG_DST, y_conv}};
+          if (bias)
+            args.emplace(DNNL_ARG_BIAS, memory(memory::desc({cp}, memory::data_type::f32, Tag::a), e,
+                                               const_cast<float*>(bias + c0)));
+          p->conv.execute(s, args);
+          if (p->reorder_y()) p->y_out.execute(s, y_conv, y_plain);
+        } else if (op == kGradInput) {
+          if (load_w) p->w_in.execute(s, w_plain, w_conv);
+          if (p->reorder_y() && shared_in_buffer != p->y_conv) {
+            p->y_in.execute(s, y_plain, y_conv);
+            shared_in_buffer = p->y_conv;
+          }
+          p->conv.execute(s, {{DNNL_ARG_DIFF_DST, y_conv}, {DNNL_ARG_WEIGHTS, w_conv}, {DNNL_ARG_DIFF_SRC, x_conv}});
+          if (p->reorder_x()) p->x_out.execute(s, x_conv, x_plain);
+        } else {
+          if (p->reorder_x() && shared_in_buffer != p->x_conv) {
+            p->x_in.execute(s, x_plain, x_conv);
+            shared_in_buffer = p->x_conv;
+          }
+          if (p->reorder_y()) p->y_in.execute(s, y_plain, y_conv);
+          // the chunk's dw in the weights buffer, then written (first chunk) or added into dw
+          memory dw_chunk(p->w_conv, e, w_buf);
+          p->conv.execute(s,
+                          {{DNNL_ARG_SRC, x_conv}, {DNNL_ARG_DIFF_DST, y_conv}, {DNNL_ARG_DIFF_WEIGHTS, dw_chunk}});
+          (n0 == 0 ? p->w_out : p->w_out_add).execute(s, dw_chunk, w_plain);
+        }
       }
       s.wait();
       if (op == kGradInput && mask.active()) {
