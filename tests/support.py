@@ -114,6 +114,7 @@ EPS64 = float(np.finfo(np.float64).eps)
 # runtime's Winograd convolutions on train-mode BatchNorm statistics the worst), PyTorch float64
 # within ~3 of its bound's spread; 64 leaves an order of magnitude of headroom.
 COND_FACTOR = 64.0
+ROUNDING_SAMPLES = 3  # simulated-rounding runs per oracle (Float64Oracle._spread)
 FLOOR_ULPS = 4.0
 
 
@@ -165,8 +166,8 @@ class Float64Oracle:
     """The exact answer to a training run and how much float32 rounding can move it.
 
     `exact` is the float64 reference executor's run. Tolerances come from the problem's
-    conditioning, measured rather than assumed: `spread` is how far a float64 run lands when
-    float32's rounding is simulated at every value (each input, state, const and op output times
+    conditioning, measured rather than assumed: `spread` is how far float64 runs land (the widest
+    of ROUNDING_SAMPLES seeds) when float32's rounding is simulated at every value (each input, state, const and op output times
     (1 + EPS32 * s), random signs: see _RoundingModel), i.e. ~ conditioning x EPS32 per loss and
     per tensor, including the parts no input perturbation shows (a gradient that is exactly zero
     in exact arithmetic but rounding noise in float32, which Adam then normalises to a full-size
@@ -191,9 +192,23 @@ class Float64Oracle:
         self.loss_spread, self.spread = self._spread(consts_only=False)
 
     def _spread(self, consts_only):
-        losses, state = reference_run(self.prog, self.batches, consts=EPS32) if consts_only else \
-            reference_run(self.prog, self.batches, rounding=EPS32)
-        return np.abs(losses - self.losses), {k: np.abs(state[k] - self.state[k]) for k in self.state}
+        if consts_only:
+            losses, state = reference_run(self.prog, self.batches, consts=EPS32)
+            return np.abs(losses - self.losses), {k: np.abs(state[k] - self.state[k]) for k in self.state}
+        # the widest of ROUNDING_SAMPLES simulated roundings: a discrete event (an activation mask
+        # bit at a clip boundary, then Adam normalising a gradient that is rounding noise) makes
+        # the outcomes bimodal, and one sample can miss the far mode (EfficientNet-Lite0 Select +
+        # AdamW: seeds 0, 1, 3 land 2e-10 from exact, seeds 2 and 4 3.9e-7, where a float32 run
+        # whose stem convolution sums in another order lands too)
+        loss_spread, spread = None, {}
+        for seed in range(ROUNDING_SAMPLES):
+            losses, state = reference_run(self.prog, self.batches, rounding=EPS32, seed=seed)
+            d = np.abs(losses - self.losses)
+            loss_spread = d if loss_spread is None else np.maximum(loss_spread, d)
+            for k in self.state:
+                dk = np.abs(state[k] - self.state[k])
+                spread[k] = dk if k not in spread else np.maximum(spread[k], dk)
+        return loss_spread, spread
 
     @staticmethod
     def _check(got, exact, spread, what, eps):

@@ -38,7 +38,8 @@
 // on first use (check / workspace at plan load), and cached for the process: a run looks them up
 // under a mutex and allocates nothing itself. Check refuses what oneDNN would run with its
 // reference implementation ("ref:any": orders of magnitude slower), grouped convolutions (the
-// depthwise kernels cover those) and layout nhwc.
+// depthwise kernels cover those), pointwise ones (1x1, stride 1, no padding: a single GEMM on the
+// plan's own layout, conv.cc) and layout nhwc.
 #include "kernels/cpu/conv_onednn.h"
 
 #ifdef EDGETUNE_HAVE_ONEDNN
@@ -129,6 +130,10 @@ Status make_geometry(Op op, const Attrs& attrs, const int64_t* xs, const int64_t
   if (cp.G != 1)
     return invalid_argument(std::string(kernel) + ": runs one group only, got groups " + std::to_string(cp.G) +
                             " (grouped and depthwise convolutions run on the conv2d kernels)");
+  if (ws[2] == 1 && ws[3] == 1 && cp.SH == 1 && cp.SW == 1 && cp.PH == 0 && cp.PW == 0)
+    return invalid_argument(std::string(kernel) +
+                            ": 1x1 stride-1 unpadded convolutions run on the pointwise GEMM kernels (one GEMM each "
+                            "way; the conversions to oneDNN's layouts would only add)");
   if (xs[1] != ws[1])
     return invalid_argument(std::string(kernel) + ": input channels " + std::to_string(xs[1]) +
                             " do not fit weight " + cpu::dims_string(ws[0], ws[1], ws[2], ws[3]));
