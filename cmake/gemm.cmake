@@ -48,6 +48,7 @@ if(NOT _blas MATCHES "^(AUTO|MKL|OPENBLAS|OWN)$")
   message(FATAL_ERROR "EDGETUNE_BLAS=${EDGETUNE_BLAS}: want AUTO, MKL, OPENBLAS or OWN")
 endif()
 
+include(${CMAKE_CURRENT_LIST_DIR}/python_wheels.cmake)
 add_library(edgetune_gemm_library INTERFACE)
 set(EDGETUNE_GEMM_LIBRARY own)
 set(_gemm_where "")
@@ -81,42 +82,13 @@ if(_blas STREQUAL "AUTO" OR _blas STREQUAL "MKL")
     endif()
     # 2./3. the Python environment's wheels, then its prefix
     if(NOT _mkl_libs)
-      if(NOT Python_EXECUTABLE)
-        find_package(Python COMPONENTS Interpreter QUIET)
+      edgetune_wheel_dirs(mkl-static libmkl_core.a mkl-include mkl_cblas.h 0 _wheel_lib _wheel_inc _prefixes)
+      if(_wheel_lib AND _wheel_inc)
+        _edgetune_mkl_try("${_wheel_lib}" "${_wheel_inc}" "the mkl-static/mkl-include wheels (${_wheel_lib})")
       endif()
-      if(Python_EXECUTABLE)
-        execute_process(
-          COMMAND ${Python_EXECUTABLE} -c [=[
-import importlib.metadata as md, os, sys, sysconfig
-def where(dist, name):
-    try:
-        files = md.distribution(dist).files or []
-    except Exception:
-        return ""
-    for f in files:
-        if f.name == name:
-            return os.path.dirname(os.path.realpath(str(f.locate())))
-    return ""
-print(where("mkl-static", "libmkl_core.a"))
-print(where("mkl-include", "mkl_cblas.h"))
-for p in dict.fromkeys([sys.prefix, sysconfig.get_paths()["data"]]):
-    print(p)
-]=]
-          OUTPUT_VARIABLE _py_out OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
-        string(REPLACE "\n" ";" _py_lines "${_py_out}")
-        list(LENGTH _py_lines _n)
-        if(_n GREATER_EQUAL 2)
-          list(GET _py_lines 0 _wheel_lib)
-          list(GET _py_lines 1 _wheel_inc)
-          if(_wheel_lib AND _wheel_inc)
-            _edgetune_mkl_try("${_wheel_lib}" "${_wheel_inc}" "the mkl-static/mkl-include wheels (${_wheel_lib})")
-          endif()
-          list(SUBLIST _py_lines 2 -1 _prefixes)
-          foreach(_p IN LISTS _prefixes)
-            _edgetune_mkl_try("${_p}/lib" "${_p}/include" "the Python prefix ${_p}")
-          endforeach()
-        endif()
-      endif()
+      foreach(_p IN LISTS _prefixes)
+        _edgetune_mkl_try("${_p}/lib" "${_p}/include" "the Python prefix ${_p}")
+      endforeach()
     endif()
     if(_mkl_libs)
       set(EDGETUNE_GEMM_LIBRARY mkl)

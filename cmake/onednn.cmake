@@ -41,6 +41,7 @@ if(NOT _onednn MATCHES "^(AUTO|ON|OFF)$")
   message(FATAL_ERROR "EDGETUNE_ONEDNN=${EDGETUNE_ONEDNN}: want AUTO, ON or OFF")
 endif()
 
+include(${CMAKE_CURRENT_LIST_DIR}/python_wheels.cmake)
 add_library(edgetune_onednn_library INTERFACE)
 set(EDGETUNE_ONEDNN_FOUND OFF)
 set(_dnnl_lib "")
@@ -72,48 +73,19 @@ if(NOT _onednn STREQUAL "OFF")
   endif()
   # 2./3. the Python environment's wheels, then its prefix
   if(NOT _dnnl_lib)
-    if(NOT Python_EXECUTABLE)
-      find_package(Python COMPONENTS Interpreter QUIET)
+    # dnnl_common.hpp: only under include/oneapi/dnnl/ (the wheel also has include/dnnl.hpp shims)
+    edgetune_wheel_dirs(onednn-cpu-gomp libdnnl.so.3 onednn-devel-cpu-gomp dnnl_common.hpp 2 _wheel_lib _wheel_inc _prefixes)
+    if(_wheel_lib AND _wheel_inc)
+      _edgetune_dnnl_try("${_wheel_lib}" "${_wheel_inc}" "the onednn-cpu-gomp wheel (${_wheel_lib})")
     endif()
-    if(Python_EXECUTABLE)
-      execute_process(
-        COMMAND ${Python_EXECUTABLE} -c [=[
-import importlib.metadata as md, os, sys, sysconfig
-def where(dist, name, up=0):
-    try:
-        files = md.distribution(dist).files or []
-    except Exception:
-        return ""
-    for f in files:
-        if f.name == name:
-            d = os.path.dirname(os.path.realpath(str(f.locate())))
-            for _ in range(up):
-                d = os.path.dirname(d)
-            return d
-    return ""
-print(where("onednn-cpu-gomp", "libdnnl.so.3"))
-print(where("onednn-devel-cpu-gomp", "dnnl.hpp", up=2))  # include/oneapi/dnnl/dnnl.hpp -> include
-for p in dict.fromkeys([sys.prefix, sysconfig.get_paths()["data"]]):
-    print(p)
-]=]
-        OUTPUT_VARIABLE _py_out OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
-      string(REPLACE "\n" ";" _py_lines "${_py_out}")
-      list(LENGTH _py_lines _n)
-      if(_n GREATER_EQUAL 2)
-        list(GET _py_lines 0 _wheel_lib)
-        list(GET _py_lines 1 _wheel_inc)
-        if(_wheel_lib AND _wheel_inc)
-          _edgetune_dnnl_try("${_wheel_lib}" "${_wheel_inc}" "the onednn-cpu-gomp wheel (${_wheel_lib})")
-        endif()
-        list(SUBLIST _py_lines 2 -1 _prefixes)
-        foreach(_p IN LISTS _prefixes)
-          _edgetune_dnnl_try("${_p}/lib" "${_p}/include" "the Python prefix ${_p}")
-        endforeach()
-        # pip builds in a throw-away environment but with the interpreter it installs into, whose
-        # prefix gets the onednn-cpu-gomp dependency: an absolute RPATH entry for copies of
-        # edgetune-train made elsewhere (`edgetune compile --emit-binary`)
-        list(GET _prefixes 0 _dnnl_install_prefix)
-      endif()
+    foreach(_p IN LISTS _prefixes)
+      _edgetune_dnnl_try("${_p}/lib" "${_p}/include" "the Python prefix ${_p}")
+    endforeach()
+    # pip builds in a throw-away environment but with the interpreter it installs into, whose
+    # prefix gets the onednn-cpu-gomp dependency: an absolute RPATH entry for copies of
+    # edgetune-train made elsewhere (`edgetune compile --emit-binary`)
+    if(_prefixes)
+      list(GET _prefixes 0 _dnnl_install_prefix)
     endif()
   endif()
   # 3. the system
