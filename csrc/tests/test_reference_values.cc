@@ -176,9 +176,15 @@ TEST(ReferenceValues, EveryCpuKernelHasACase) {
     for (const Json& k : c.at("kernels").array()) covered.insert(k.string());
   const KernelRegistry* reg = KernelRegistry::for_backend("cpu");
   ASSERT_NE(reg, nullptr);
-  for (const std::string& name : reg->names())
+  // ".onednn" variants exist only in builds that found oneDNN (cmake/onednn.cmake); make_plans.py
+  // leaves them out so every build loads the same data (tests/kernels/test_conv_variants.py checks them)
+  const std::string optional = ".onednn";
+  for (const std::string& name : reg->names()) {
+    if (name.size() > optional.size() && name.compare(name.size() - optional.size(), optional.size(), optional) == 0)
+      continue;
     EXPECT_TRUE(covered.count(name)) << "CPU kernel '" << name << "' has no reference case: give its op a sample "
                                      << "it accepts and rerun csrc/tests/data/make_plans.py";
+  }
   for (const std::string& name : covered)
     EXPECT_NE(reg->find(name), nullptr) << "the reference data name kernel '" << name << "', not registered";
 }

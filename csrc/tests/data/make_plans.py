@@ -283,11 +283,18 @@ def _encoded_nbytes(arrays) -> int:
     return sum(TensorStore._encode(np.asarray(a))[0].nbytes for a in arrays)
 
 
+# Kernels only builds with an optional library register (cmake/onednn.cmake's ".onednn" variants):
+# no reference cases and no plan pins them, so the data is the same whichever build writes it and
+# every C++ build (ASan, aarch64, the venv build without oneDNN's headers) loads it. The Python
+# tests check those variants where the module has them (tests/kernels/test_conv_variants.py).
+OPTIONAL_KERNEL_SUFFIXES = (".onednn",)
+
+
 def kernel_cases(store: TensorStore) -> tuple[list[dict], list[dict]]:
     """(cases, skipped). A sample over SMALL_SAMPLE bytes whose tensors would take its op past
     OP_BUDGET bytes is left out (listed in `skipped`) unless a kernel accepting it has no case yet."""
     from edgetune.runtime.native import native
-    registered = set(native().kernel_names("cpu"))
+    registered = {k for k in native().kernel_names("cpu") if not k.endswith(OPTIONAL_KERNEL_SUFFIXES)}
     variants: dict[str, list[str]] = {}
     for k in sorted(registered):
         if "." in k:
@@ -407,6 +414,7 @@ def _dump_json(manifest: dict) -> str:
 
 
 def main():
+    os.environ["EDGETUNE_ONEDNN"] = "0"  # plans pin no optional kernel (OPTIONAL_KERNEL_SUFFIXES)
     store = TensorStore()
     plans = []
 
