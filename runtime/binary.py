@@ -1,7 +1,9 @@
 """Self-contained training binaries: the `edgetune-train` executable with a plan inside.
 
 `emit_binary(plan_bytes, "train")` writes `train`, which runs on the device with no plan file
-and no Python: `./train --inputs x.npy --targets y.npy --out tuned.safetensors`. The layout is
+and no Python: `./train --inputs x.npy --targets y.npy --out tuned.safetensors` (a model with
+several inputs takes one file each: `--inputs ids.npy,mask.npy`, or by the plan's input names,
+`--inputs input_ids=ids.npy,attention_mask=mask.npy`). The layout is
 the plain executable with a trailer appended (the reader is csrc/tools/embedded_plan.cc; the two
 must agree):
 

@@ -104,25 +104,58 @@ class Session:
         self.program = program if isinstance(program, Program) else None
 
     # ---- running ------------------------------------------------------------------------------
-    def step(self, *args) -> float:
-        """One training step on (model inputs..., target); returns the loss before the update."""
-        feeds = self._feeds(args, self._impl.input_specs)
+    def step(self, /, *args, **named) -> float:
+        """One training step on (model inputs..., target); returns the loss before the update.
+        Arrays are given in the program's input order (`sess.step(ids, mask, y)`), by the
+        program's input names (`sess.step(input_ids=ids, attention_mask=mask, target=y)`; see
+        `input_names`), or positionally first and by name for the rest."""
+        feeds = self._feeds(args, named, self._impl.input_specs, "step")
         with self._lock:
             loss = self._impl.step(feeds)
             self.steps += 1
         return loss
 
-    def forward(self, *inputs) -> np.ndarray:
-        """The model output for `inputs` under the current weights; no state changes. Runs the
-        forward section as compiled (train-mode BatchNorm uses batch statistics)."""
+    def forward(self, /, *inputs, **named) -> np.ndarray:
+        """The model output for `inputs` (the model inputs, in order or by name) under the
+        current weights; no state changes. Runs the forward section as compiled (train-mode
+        BatchNorm uses batch statistics)."""
         specs = self._impl.input_specs[:self._impl.num_model_inputs]
-        feeds = self._feeds(inputs, specs)
+        feeds = self._feeds(inputs, named, specs, "forward")
         with self._lock:
             return self._impl.forward(feeds)
 
-    def _feeds(self, args, specs) -> list[np.ndarray]:
-        if len(args) != len(specs):
-            raise InputError(f"expected {len(specs)} arrays ({', '.join(s[0] for s in specs)}), got {len(args)}")
+    @property
+    def input_names(self) -> list[str]:
+        """The names step() takes, in order: the model inputs, then the target."""
+        return [name for name, _, _ in self._impl.input_specs]
+
+    @property
+    def model_input_names(self) -> list[str]:
+        """The names forward() takes, in order (the model's inputs)."""
+        return self.input_names[:self._impl.num_model_inputs]
+
+    def _feeds(self, args, named, specs, what: str = "step") -> list[np.ndarray]:
+        names = [s[0] for s in specs]
+        listing = ", ".join(names)
+        if len(args) > len(specs):
+            raise InputError(f"expected {len(specs)} arrays ({listing}), got {len(args)}")
+        if named:
+            unknown = [k for k in named if k not in names]
+            if unknown:
+                extra = ""
+                if what == "forward" and any(k in self.input_names for k in unknown):
+                    extra = "; forward() takes no target"
+                raise InputError(f"{what}(): unknown input name(s) {unknown}; the program's inputs are "
+                                 f"{listing}{extra}")
+            twice = [k for k in names[:len(args)] if k in named]
+            if twice:
+                raise InputError(f"{what}(): {twice} given both by position and by name")
+            missing = [k for k in names[len(args):] if k not in named]
+            if missing:
+                raise InputError(f"{what}(): missing input(s) {missing}; the program's inputs are {listing}")
+            args = tuple(args) + tuple(named[k] for k in names[len(args):])
+        elif len(args) != len(specs):
+            raise InputError(f"expected {len(specs)} arrays ({listing}), got {len(args)}")
         return [_conform(_as_numpy(a, f"input '{name}'"), name, shape, dtype)
                 for a, (name, dtype, shape) in zip(args, specs)]
 
@@ -196,19 +229,23 @@ class Session:
         return self._impl.memory()
 
     # ---- profiling (cpu backend) -----------------------------------------------------------------
-    def profile(self, steps: int | None = None, *args) -> dict:
-        """Per-op time of the C++ runtime. `sess.profile(5, x, y)` runs 5 profiled steps and
+    def profile(self, steps: int | None = None, *args, **named) -> dict:
+        """Per-op time of the C++ runtime. `sess.profile(5, x, y)` (or `sess.profile(5, ids, mask,
+        y)`, or with the arrays by name as in step()) runs 5 profiled steps and
         returns {"ops": {op: ms per step}, "kernels": {kernel: ms per step}, "sections": {section: ms
         per step}, "nodes": [...]} (nodes: (op, source, section, ms per step, kernel), slowest first)."""
         rt = getattr(self._impl, "rt", None)
         if rt is None:
             raise InputError("profile() needs backend='cpu'")
+        if steps:  # checked once, before profiling starts
+            feeds = self._feeds(args, named, self._impl.input_specs, "profile")
         with self._lock:
             rt.reset_profile()
             rt.set_profiling(True)
             try:
                 for _ in range(steps or 0):
-                    self.step(*args)
+                    self._impl.step(feeds)
+                    self.steps += 1
             finally:
                 rt.set_profiling(False)
             records = rt.profile()

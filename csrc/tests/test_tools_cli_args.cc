@@ -144,6 +144,98 @@ TEST(ToolsCliArgs, Backend) {
   EXPECT_NE(usage_text(false).find("--backend"), std::string::npos);
 }
 
+TEST(ToolsCliArgs, InputsTakeCommaSeparatedLists) {
+  auto r = parse({"m.etp", "--inputs", "ids.npy,mask.npy", "--targets", "y.npy"});
+  ASSERT_TRUE(r.ok()) << r.status().to_string();
+  EXPECT_EQ(r->inputs, (std::vector<std::string>{"ids.npy", "mask.npy"}));
+  // a list and a repeated flag add up, in order
+  auto both = parse({"m.etp", "--inputs=a.npy,b.npy", "--inputs", "c.npy", "--targets", "y.npy"});
+  ASSERT_TRUE(both.ok()) << both.status().to_string();
+  EXPECT_EQ(both->inputs, (std::vector<std::string>{"a.npy", "b.npy", "c.npy"}));
+  auto named = parse({"m.etp", "--inputs", "attention_mask=mask.npy,input_ids=ids.npy", "--targets", "y.npy"});
+  ASSERT_TRUE(named.ok()) << named.status().to_string();
+  EXPECT_EQ(named->inputs, (std::vector<std::string>{"attention_mask=mask.npy", "input_ids=ids.npy"}));
+  for (const char* bad : {"a.npy,", ",a.npy", "a.npy,,b.npy", ","}) {
+    const std::string e = error_of({"m.etp", "--inputs", bad, "--targets", "y.npy"});
+    EXPECT_NE(e.find("--inputs: empty file name in '" + std::string(bad) + "'"), std::string::npos) << bad << ": " << e;
+  }
+  EXPECT_NE(usage_text(false).find("input_ids=ids.npy,attention_mask=mask.npy"), std::string::npos);
+}
+
+// order_inputs with a plan whose model inputs are (input_ids, attention_mask) and target is 'target'
+Result<std::vector<std::string>> ordered(std::initializer_list<const char*> inputs,
+                                         std::vector<std::string> model = {"input_ids", "attention_mask"}) {
+  TrainArgs a;
+  for (const char* i : inputs) a.inputs.push_back(i);
+  return order_inputs(a, model, {"target"});
+}
+
+std::string order_error(std::initializer_list<const char*> inputs,
+                        std::vector<std::string> model = {"input_ids", "attention_mask"}) {
+  auto r = ordered(inputs, std::move(model));
+  return r.ok() ? "" : r.status().message();
+}
+
+TEST(ToolsCliArgs, OrderInputsPositionalAndNamed) {
+  using V = std::vector<std::string>;
+  auto pos = ordered({"ids.npy", "mask.npy"});
+  ASSERT_TRUE(pos.ok()) << pos.status().to_string();
+  EXPECT_EQ(pos.value(), (V{"ids.npy", "mask.npy"}));
+  auto named = ordered({"attention_mask=m.npy", "input_ids=dir/i.npy"});  // any order: placed by name
+  ASSERT_TRUE(named.ok()) << named.status().to_string();
+  EXPECT_EQ(named.value(), (V{"dir/i.npy", "m.npy"}));
+  // a file name holding '=' stays a file when the part before it is no input name and has a '/' or '.'
+  auto paths = ordered({"./a=b.npy", "data/x=1.npy"});
+  ASSERT_TRUE(paths.ok()) << paths.status().to_string();
+  EXPECT_EQ(paths.value(), (V{"./a=b.npy", "data/x=1.npy"}));
+  // plan names with dots (ONNX names such as 'input.1') are still names
+  auto onnx = ordered({"mask.2=m.npy", "input.1=i.npy"}, {"input.1", "mask.2"});
+  ASSERT_TRUE(onnx.ok()) << onnx.status().to_string();
+  EXPECT_EQ(onnx.value(), (V{"i.npy", "m.npy"}));
+  // one input: the old single-file form
+  auto one = ordered({"x.npy"}, {"x"});
+  ASSERT_TRUE(one.ok());
+  EXPECT_EQ(one.value(), (V{"x.npy"}));
+  auto one_named = ordered({"x=x.npy"}, {"x"});
+  ASSERT_TRUE(one_named.ok());
+  EXPECT_EQ(one_named.value(), (V{"x.npy"}));
+}
+
+TEST(ToolsCliArgs, OrderInputsRejectsMistakesByName) {
+  // wrong count of positional files: the plan's names and the named form in the message
+  std::string e = order_error({"ids.npy"});
+  EXPECT_NE(e.find("the plan takes 2 model inputs (input_ids, attention_mask), got 1 --inputs file (ids.npy)"),
+            std::string::npos) << e;
+  EXPECT_NE(e.find("--inputs input_ids=FILE,attention_mask=FILE"), std::string::npos) << e;
+  e = order_error({"a.npy", "b.npy", "c.npy"});
+  EXPECT_NE(e.find("got 3 --inputs files (a.npy, b.npy, c.npy)"), std::string::npos) << e;
+  e = order_error({"a.npy", "b.npy"}, {"x"});
+  EXPECT_NE(e.find("the plan takes 1 model input (x), got 2"), std::string::npos) << e;
+  // unknown name, the target's name, a name twice, a name missing, an empty name or file
+  e = order_error({"input_ids=i.npy", "mask=m.npy"});
+  EXPECT_NE(e.find("the plan has no model input 'mask' (its model inputs: input_ids, attention_mask"),
+            std::string::npos) << e;
+  e = order_error({"input_ids=i.npy", "target=y.npy"});
+  EXPECT_NE(e.find("'target' is the plan's target"), std::string::npos) << e;
+  EXPECT_NE(e.find("--targets y.npy"), std::string::npos) << e;
+  e = order_error({"input_ids=i.npy", "input_ids=j.npy"});
+  EXPECT_NE(e.find("model input 'input_ids' is given twice (i.npy and j.npy)"), std::string::npos) << e;
+  e = order_error({"input_ids=i.npy"});
+  EXPECT_NE(e.find("no file for model input 'attention_mask'"), std::string::npos) << e;
+  e = order_error({"input_ids=i.npy", "attention_mask="});
+  EXPECT_NE(e.find("no file after 'attention_mask='"), std::string::npos) << e;
+  e = order_error({"=i.npy", "attention_mask=m.npy"});
+  EXPECT_NE(e.find("empty input name"), std::string::npos) << e;
+  // the two forms do not mix
+  e = order_error({"input_ids=i.npy", "m.npy"});
+  EXPECT_NE(e.find("name every file (NAME=FILE) or none: 'input_ids=i.npy' is named, 'm.npy' is not"),
+            std::string::npos) << e;
+  // "v=1.npy" looks like NAME=FILE: refused as an unknown name, with the way to say it is a file
+  e = order_error({"v=1.npy", "attention_mask=m.npy"});
+  EXPECT_NE(e.find("no model input 'v'"), std::string::npos) << e;
+  EXPECT_NE(e.find("./v=1.npy"), std::string::npos) << e;
+}
+
 }  // namespace
 }  // namespace tools
 }  // namespace edgetune

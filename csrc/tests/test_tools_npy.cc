@@ -302,6 +302,38 @@ TEST(ToolsNpy, BindConvertsDtype) {
   EXPECT_EQ(values<float>(b.value()), (std::vector<float>{1, 2, 3, 4}));
 }
 
+TEST(ToolsNpy, BoolInputs) {
+  // a mask saved by numpy: '|b1', bytes 0/1; binds to a bool input as is
+  auto m = parse(npy_bytes(dict("|b1", "(2, 3)"), std::string("\1\1\0\1\0\0", 6)));
+  ASSERT_TRUE(m.ok()) << m.status().to_string();
+  EXPECT_EQ(m->dtype, DType::boolean);
+  EXPECT_STREQ(npy_descr(DType::boolean), "|b1");
+  auto b = bind_to_input(m.value(), "mask.npy", "attention_mask", plan_input(DType::boolean, {4, 3}));
+  ASSERT_TRUE(b.ok()) << b.status().to_string();
+  EXPECT_EQ(b->data, m->data);  // no copy
+  // an int64 file for a bool input, and a bool file for an int64 one: both refused, naming the
+  // file, the input and the .npy dtypes
+  auto i = parse(npy_bytes(dict("<i8", "(2, 3)"), raw(std::vector<int64_t>{1, 1, 0, 1, 0, 0})));
+  ASSERT_TRUE(i.ok());
+  auto bad = bind_to_input(i.value(), "mask.npy", "attention_mask", plan_input(DType::boolean, {4, 3}));
+  ASSERT_FALSE(bad.ok());
+  std::string e = bad.status().message();
+  EXPECT_NE(e.find("mask.npy: holds i64 data ('<i8'), but plan input 'attention_mask' is bool ('|b1')"),
+            std::string::npos) << e;
+  EXPECT_NE(e.find("astype(bool)"), std::string::npos) << e;
+  auto bad2 = bind_to_input(m.value(), "mask.npy", "attention_mask", plan_input(DType::i64, {4, 3}));
+  ASSERT_FALSE(bad2.ok());
+  e = bad2.status().message();
+  EXPECT_NE(e.find("holds bool data ('|b1'), but plan input 'attention_mask' is i64 ('<i8')"), std::string::npos) << e;
+  // a '|b1' file whose bytes are not 0/1 (not what numpy writes) is refused at bind
+  auto junk = parse(npy_bytes(dict("|b1", "(2, 3)"), std::string("\1\1\0\2\0\0", 6)));
+  ASSERT_TRUE(junk.ok());
+  auto refused = bind_to_input(junk.value(), "mask.npy", "attention_mask", plan_input(DType::boolean, {4, 3}));
+  ASSERT_FALSE(refused.ok());
+  e = refused.status().message();
+  EXPECT_NE(e.find("mask.npy: byte 2 at flat index 3 is not a bool"), std::string::npos) << e;
+}
+
 TEST(ToolsNpy, GatherRowsCopiesSelectedSamples) {
   auto a = parse(npy_bytes(dict("<f4", "(4, 2)"), raw(std::vector<float>{0, 1, 10, 11, 20, 21, 30, 31})));
   ASSERT_TRUE(a.ok());

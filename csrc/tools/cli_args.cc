@@ -3,6 +3,7 @@
 
 #include <cctype>
 #include <cerrno>
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <limits>
@@ -133,8 +134,20 @@ Result<TrainArgs> parse_args(int argc, const char* const* argv, bool embedded) {
       if (value != "cpu" && value != "cuda") return invalid_argument("--backend: expected cpu or cuda, got '" + value + "'");
       a.backend = value;
     } else if (is("--inputs")) {
+      // a comma-separated list: one file (or NAME=FILE) per model input
       if (value.empty()) return invalid_argument("--inputs: empty file name");
-      a.inputs.push_back(value);
+      size_t start = 0;
+      while (true) {
+        const size_t comma = value.find(',', start);
+        std::string item = value.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+        if (item.empty()) {
+          return invalid_argument("--inputs: empty file name in '" + value +
+                                  "' (a list is FILE,FILE or NAME=FILE,NAME=FILE, with no empty entries)");
+        }
+        a.inputs.push_back(std::move(item));
+        if (comma == std::string::npos) break;
+        start = comma + 1;
+      }
     } else if (is("--targets")) {
       if (value.empty()) return invalid_argument("--targets: empty file name");
       a.targets.push_back(value);
@@ -199,14 +212,103 @@ Result<TrainArgs> parse_args(int argc, const char* const* argv, bool embedded) {
   if (a.resume == "auto" && a.checkpoint.empty())
     return invalid_argument("--resume auto resumes from --checkpoint PATH when it exists: give --checkpoint too");
   if (!a.checkpoint.empty() && !seen_every) a.checkpoint_every_seconds = 600;
-  if (a.inputs.empty()) return invalid_argument("missing --inputs FILE.npy (the model inputs, samples on the first axis)");
+  if (a.inputs.empty()) {
+    return invalid_argument("missing --inputs FILE.npy[,FILE.npy...] (the model inputs, samples on the first axis)");
+  }
   return a;
+}
+
+namespace {
+
+std::string join(const std::vector<std::string>& items, const char* quote = "") {
+  std::string s;
+  for (size_t i = 0; i < items.size(); ++i) s += (i ? ", " : "") + std::string(quote) + items[i] + quote;
+  return s;
+}
+
+bool contains(const std::vector<std::string>& v, const std::string& x) {
+  return std::find(v.begin(), v.end(), x) != v.end();
+}
+
+}  // namespace
+
+Result<std::vector<std::string>> order_inputs(const TrainArgs& args, const std::vector<std::string>& model_inputs,
+                                              const std::vector<std::string>& targets) {
+  const size_t n = model_inputs.size();
+  // which items are NAME=FILE
+  std::vector<std::string> names(args.inputs.size()), files(args.inputs.size());
+  std::vector<bool> is_named(args.inputs.size(), false);
+  int named = 0;
+  for (size_t i = 0; i < args.inputs.size(); ++i) {
+    const std::string& item = args.inputs[i];
+    const size_t eq = item.find('=');
+    files[i] = item;
+    if (eq == std::string::npos) continue;
+    const std::string name = item.substr(0, eq);
+    const bool plan_name = contains(model_inputs, name) || contains(targets, name);
+    if (!plan_name && name.find_first_of("/.") != std::string::npos) continue;  // a path with '=' in it
+    names[i] = name;
+    files[i] = item.substr(eq + 1);
+    is_named[i] = true;
+    ++named;
+  }
+  if (named == 0) {
+    if (args.inputs.size() == n) return args.inputs;
+    std::string message = "the plan takes " + std::to_string(n) + " model input" + (n == 1 ? "" : "s") + " (" +
+                          join(model_inputs) + "), got " + std::to_string(args.inputs.size()) + " --inputs file" +
+                          (args.inputs.size() == 1 ? "" : "s") + " (" + join(args.inputs) + ")";
+    if (n > 1) {
+      std::string by_name;
+      for (size_t k = 0; k < n; ++k) by_name += (k ? "," : "") + model_inputs[k] + "=FILE";
+      message += "; give one file per input, in that order (--inputs FILE,FILE...) or by name (--inputs " + by_name + ")";
+    }
+    return invalid_argument(message);
+  }
+  if (named != static_cast<int>(args.inputs.size())) {
+    size_t plain = 0, with_name = 0;
+    for (size_t i = 0; i < names.size(); ++i) (is_named[i] ? with_name : plain) = i;
+    return invalid_argument("--inputs: name every file (NAME=FILE) or none: '" + args.inputs[with_name] +
+                            "' is named, '" + args.inputs[plain] + "' is not (the plan's model inputs: " +
+                            join(model_inputs) + ")");
+  }
+  std::vector<std::string> out(n);
+  for (size_t i = 0; i < names.size(); ++i) {
+    const std::string& name = names[i];
+    const std::string& file = files[i];
+    if (name.empty()) return invalid_argument("--inputs " + args.inputs[i] + ": empty input name before '='");
+    if (file.empty()) return invalid_argument("--inputs " + args.inputs[i] + ": no file after '" + name + "='");
+    auto it = std::find(model_inputs.begin(), model_inputs.end(), name);
+    if (it == model_inputs.end()) {
+      if (contains(targets, name)) {
+        return invalid_argument("--inputs " + args.inputs[i] + ": '" + name + "' is the plan's target, not a model "
+                                "input; give it with --targets " + file);
+      }
+      return invalid_argument("--inputs " + args.inputs[i] + ": the plan has no model input '" + name +
+                              "' (its model inputs: " + join(model_inputs) + "; a file whose name holds '=' is "
+                              "given as ./" + args.inputs[i] + ")");
+    }
+    std::string& slot = out[static_cast<size_t>(it - model_inputs.begin())];
+    if (!slot.empty()) {
+      return invalid_argument("--inputs: model input '" + name + "' is given twice (" + slot + " and " + file +
+                              "); name each one once");
+    }
+    slot = file;
+  }
+  std::vector<std::string> missing;
+  for (size_t k = 0; k < n; ++k) {
+    if (out[k].empty()) missing.push_back(model_inputs[k]);
+  }
+  if (!missing.empty()) {
+    return invalid_argument("--inputs: no file for model input" + std::string(missing.size() == 1 ? " " : "s ") +
+                            join(missing, "'") + " (name every model input once: " + join(model_inputs) + ")");
+  }
+  return out;
 }
 
 std::string usage_text(bool embedded) {
   std::string plan = embedded ? "" : " PLAN.etp";
   std::string s;
-  s += "usage: edgetune-train" + plan + " --inputs X.npy [--inputs X2.npy ...] --targets Y.npy\n";
+  s += "usage: edgetune-train" + plan + " --inputs X.npy[,X2.npy...] --targets Y.npy\n";
   s += "                     [--epochs N | --steps N] [--batch B] [--seed S] [--threads T] [--lr LR]\n";
   s += "                     [--backend cpu|cuda]\n";
   s += "                     [--out tuned.safetensors] [--log-every K] [--no-shuffle] [--quiet]\n";
@@ -217,8 +319,10 @@ std::string usage_text(bool embedded) {
   } else {
     s += "Trains a model compiled by edgetune into PLAN.etp, with no Python on the device.\n\n";
   }
-  s += "  --inputs FILE    .npy (numpy.save) model input, samples on the first axis; repeat in the\n"
-       "                   plan's input order for models with several inputs\n"
+  s += "  --inputs FILES   .npy (numpy.save) model inputs, samples on the first axis: one file per\n"
+       "                   model input, comma-separated in the plan's input order (ids.npy,mask.npy)\n"
+       "                   or named in any order (input_ids=ids.npy,attention_mask=mask.npy; the\n"
+       "                   names --info lists); every input's file must have the same sample count\n"
        "  --targets FILE   .npy targets, same number of samples\n"
        "  --epochs N       passes over the data (default 1); the last partial batch is dropped\n"
        "  --steps N        train exactly N steps instead (epochs repeat as needed)\n"

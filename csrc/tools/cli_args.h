@@ -16,7 +16,11 @@ namespace tools {
 
 struct TrainArgs {
   std::string plan;                 // PLAN.etp (empty for a binary with the plan inside)
-  std::vector<std::string> inputs;  // --inputs, in the plan's model-input order
+  // --inputs: one item per model input, split at commas and collected over repeated flags:
+  // `--inputs a.npy,b.npy` (or `--inputs a.npy --inputs b.npy`) in the plan's model-input order,
+  // or `--inputs input_ids=a.npy,attention_mask=b.npy` by the plan's input names, in any order.
+  // Which items are NAME=FILE depends on the plan's names: order_inputs() below.
+  std::vector<std::string> inputs;
   std::vector<std::string> targets; // --targets (one per target input; plans have one)
   int64_t epochs = 0;               // 0 = not given
   int64_t steps = 0;                // 0 = not given; --epochs and --steps exclude each other
@@ -43,6 +47,16 @@ struct TrainArgs {
 Result<TrainArgs> parse_args(int argc, const char* const* argv, bool embedded);
 
 std::string usage_text(bool embedded);
+
+// The --inputs files in the plan's model-input order (`model_inputs`: the plan's model-input names,
+// in order; `targets`: its target names, only to say where those go). An item is NAME=FILE when
+// the text before its first '=' is one of the plan's input names, or looks like a name (no '/' and
+// no '.': "x=1.npy" is refused as an unknown name, "./x=1.npy" is a file); every item is named or
+// none is. Positional files must be as many as the plan's model inputs, in its order; named ones
+// must name every model input exactly once. Each mistake is an invalid_argument naming the
+// input(s) and file(s) involved.
+Result<std::vector<std::string>> order_inputs(const TrainArgs& args, const std::vector<std::string>& model_inputs,
+                                              const std::vector<std::string>& targets);
 
 }  // namespace tools
 }  // namespace edgetune

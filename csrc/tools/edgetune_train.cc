@@ -2,18 +2,21 @@
 // and writes the tuned weights as .safetensors.
 //
 //   edgetune-train PLAN.etp --inputs x.npy --targets y.npy --epochs 3 --out tuned.safetensors
+//   edgetune-train PLAN.etp --inputs ids.npy,mask.npy --targets y.npy ...     (several model inputs,
+//   edgetune-train PLAN.etp --inputs input_ids=ids.npy,attention_mask=mask.npy ...  in order or by name)
 //   ./train --inputs x.npy --targets y.npy ...      (a binary from --emit-binary: plan inside)
 //   edgetune-train PLAN.etp --info                  (what the plan takes, holds and needs)
 //
 // Flow, in run()'s four steps: load: find an embedded plan (embedded_plan.h) or load PLAN.etp
-// through the runtime API (core/runtime.h); bind: each .npy file to a plan input (npy.h: shape
-// check, same-kind dtype conversion), and check --out can be written *before* training; train:
-// for each step gather B shuffled rows (shuffle.h) into the inputs and call Runtime::step(),
-// with progress lines showing the mean loss over the steps since the previous line, and a
-// checkpoint (checkpoint.h) every --checkpoint-every; write: every weight under its state_dict
-// name (safetensors.h, atomically: atomic_file.h). --resume restores a checkpoint after bind and
-// continues from its step: same batches, same dropout stream, so the weights end bit-identical
-// to a run that was never stopped.
+// through the runtime API (core/runtime.h); bind: the --inputs files put in the plan's input
+// order (cli_args.h order_inputs), each .npy file to a plan input (npy.h: shape check, same-kind
+// dtype conversion, same sample count in every file), and check --out can be written *before*
+// training; train: for each step gather the same B shuffled rows (shuffle.h) of every file into
+// the inputs and call Runtime::step(), with progress lines showing the mean loss over the steps
+// since the previous line, and a checkpoint (checkpoint.h) every --checkpoint-every; write: every
+// weight under its state_dict name (safetensors.h, atomically: atomic_file.h). --resume restores a
+// checkpoint after bind and continues from its step: same batches, same dropout stream, so the
+// weights end bit-identical to a run that was never stopped.
 //
 // Errors are one "edgetune-train: error: ..." line on stderr. Exit status: 0 ok; 1 plan or
 // runtime failure (the loader's message, a failed write of the result, memory that could not be
@@ -144,9 +147,24 @@ int print_info(const Runtime& rt, const std::string& source) {
   const int w = static_cast<int>(width);
   std::printf("inputs (step() order%s):\n",
               !ins.empty() && ins[0].view.rank > 0 ? (", batch " + std::to_string(ins[0].view.shape[0])).c_str() : "");
+  const int n_model = rt.num_model_inputs();
   for (size_t i = 0; i < ins.size(); ++i) {
-    std::printf("  %-*s  %-18s  %s\n", w, ins[i].name.c_str(), ins[i].view.shape_string().c_str(),
-                static_cast<int>(i) < rt.num_model_inputs() ? "model input (--inputs)" : "target (--targets)");
+    // what the .npy file for it holds: dtype and shape, N samples first
+    std::string file = "N";
+    for (int d = 1; d < ins[i].view.rank; ++d) file += "," + std::to_string(ins[i].view.shape[d]);
+    const char* descr = npy_descr(ins[i].view.dtype);
+    file = std::string(".npy '") + (*descr ? descr : dtype_name(ins[i].view.dtype)) + "' [" + file + "]";
+    const std::string role = static_cast<int>(i) < n_model
+                                 ? (n_model > 1 ? "model input " + std::to_string(i + 1) + " of " + std::to_string(n_model)
+                                                : std::string("model input")) + " (--inputs)"
+                                 : std::string("target (--targets)");
+    std::printf("  %-*s  %-18s  %s: %s\n", w, ins[i].name.c_str(), ins[i].view.shape_string().c_str(), role.c_str(),
+                file.c_str());
+  }
+  if (n_model > 1) {
+    std::string named;
+    for (int i = 0; i < n_model; ++i) named += (i ? "," : "") + ins[static_cast<size_t>(i)].name + "=FILE.npy";
+    std::printf("data: --inputs %s (or the files in this order, comma-separated) --targets FILE.npy\n", named.c_str());
   }
   std::printf("outputs:\n");
   for (const char* name : {"loss", "output"}) {
@@ -378,24 +396,24 @@ int load_plan(const TrainArgs& args, const char* argv0, LoadedPlan* plan) {
 
 // ---- bind: the plan's inputs, the output path, the data files, the learning rate -----------------
 
-// As many --inputs / --targets as the plan takes, one batch size for all its inputs (*batch).
-int check_plan_inputs(const TrainArgs& args, const Runtime& rt, int64_t* batch_out) {
+// One --inputs file per model input (put in the plan's order: order_inputs() in cli_args.h) and as
+// many --targets as the plan takes; one batch size for all its inputs (*batch).
+int check_plan_inputs(TrainArgs* args, const Runtime& rt, int64_t* batch_out) {
   const auto& ins = rt.inputs();
   const int n_model = rt.num_model_inputs();
   const int n_target = static_cast<int>(ins.size()) - n_model;
-  auto names = [&](int from, int to) {
-    std::string s;
-    for (int i = from; i < to; ++i) s += (i > from ? ", " : "") + ins[static_cast<size_t>(i)].name;
-    return s;
-  };
-  if (static_cast<int>(args.inputs.size()) != n_model) {
-    return fail(kExitUsage, "the plan takes " + std::to_string(n_model) + " model input(s) (" + names(0, n_model) +
-                                "), got " + std::to_string(args.inputs.size()) + " --inputs");
+  std::vector<std::string> model_names, target_names;
+  for (int i = 0; i < static_cast<int>(ins.size()); ++i) {
+    (i < n_model ? model_names : target_names).push_back(ins[static_cast<size_t>(i)].name);
   }
-  if (static_cast<int>(args.targets.size()) != n_target) {
-    return fail(kExitUsage, "the plan takes " + std::to_string(n_target) + " target(s) (" +
-                                names(n_model, static_cast<int>(ins.size())) + "), got " +
-                                std::to_string(args.targets.size()) + " --targets");
+  auto ordered = order_inputs(*args, model_names, target_names);
+  if (!ordered.ok()) return fail(kExitUsage, ordered.status().message());
+  args->inputs = std::move(ordered.value());
+  if (static_cast<int>(args->targets.size()) != n_target) {
+    std::string names;
+    for (const auto& t : target_names) names += (names.empty() ? "" : ", ") + t;
+    return fail(kExitUsage, "the plan takes " + std::to_string(n_target) + " target(s) (" + names + "), got " +
+                                std::to_string(args->targets.size()) + " --targets");
   }
   int64_t batch = -1;
   for (const auto& b : ins) {
@@ -410,10 +428,10 @@ int check_plan_inputs(const TrainArgs& args, const Runtime& rt, int64_t* batch_o
     batch = b.view.shape[0];
   }
   if (batch <= 0) return fail(kExitRuntime, "the plan has no inputs with a batch axis");
-  if (args.batch != 0 && args.batch != batch) {
-    return fail(kExitUsage, "--batch " + std::to_string(args.batch) + " does not match the plan's batch size " +
+  if (args->batch != 0 && args->batch != batch) {
+    return fail(kExitUsage, "--batch " + std::to_string(args->batch) + " does not match the plan's batch size " +
                                 std::to_string(batch) + " (batch sizes are fixed at compile time: recompile for " +
-                                std::to_string(args.batch) + ", or drop --batch)");
+                                std::to_string(args->batch) + ", or drop --batch)");
   }
   *batch_out = batch;
   return kContinue;
@@ -452,8 +470,10 @@ int bind_data(const TrainArgs& args, const Runtime& rt, int64_t batch, Schedule*
     const std::string& path = is_model ? args.inputs[i] : args.targets[i - static_cast<size_t>(n_model)];
     auto arr = read_npy(path);
     if (!arr.ok()) {
+      // with several model inputs, say which one the file was for
+      const std::string what = is_model && n_model > 1 ? " (model input '" + ins[i].name + "')" : "";
       return fail(exit_code_for(arr.status(), kExitUsage),
-                  (is_model ? "--inputs " : "--targets ") + arr.status().message());
+                  (is_model ? "--inputs " : "--targets ") + arr.status().message() + what);
     }
     auto bound = bind_to_input(arr.value(), path, ins[i].name, ins[i].view);
     if (!bound.ok()) return fail(exit_code_for(bound.status(), kExitUsage), bound.status().message());
@@ -468,8 +488,10 @@ int bind_data(const TrainArgs& args, const Runtime& rt, int64_t batch, Schedule*
   const int64_t rows = data[0].array.rows();
   for (const auto& d : data) {
     if (d.array.rows() != rows) {
-      return fail(kExitUsage, "the data files disagree on the number of samples: " + data[0].path + " has " +
-                                  std::to_string(rows) + ", " + d.path + " has " + std::to_string(d.array.rows()));
+      auto named = [&](const BoundData& b) { return b.path + " ('" + ins[static_cast<size_t>(b.input)].name + "')"; };
+      return fail(kExitUsage, "the data files disagree on the number of samples: " + named(data[0]) + " has " +
+                                  std::to_string(rows) + ", " + named(d) + " has " + std::to_string(d.array.rows()) +
+                                  " (every --inputs and --targets file holds one row per sample)");
     }
   }
   if (rows < batch) {
@@ -906,7 +928,7 @@ int run(int argc, char** argv) {
   // bind
   int64_t batch = 0;
   Schedule sched;
-  if ((rc = check_plan_inputs(args, *plan.rt, &batch)) != kContinue) return rc;
+  if ((rc = check_plan_inputs(&args, *plan.rt, &batch)) != kContinue) return rc;
   if ((rc = check_output_paths(args, plan.embedded.found)) != kContinue) return rc;
   if ((rc = bind_data(args, *plan.rt, batch, &sched)) != kContinue) return rc;
   if (!args.checkpoint.empty() || !args.resume.empty()) fingerprint_data(&sched);

@@ -261,6 +261,19 @@ std::string shape_list(const std::vector<int64_t>& shape) {
   return s + "]";
 }
 
+const char* npy_descr(DType t) {
+  switch (t) {
+    case DType::f32: return "<f4";
+    case DType::f64: return "<f8";
+    case DType::i64: return "<i8";
+    case DType::i32: return "<i4";
+    case DType::i8: return "|i1";
+    case DType::u8: return "|u1";
+    case DType::boolean: return "|b1";
+    default: return "";
+  }
+}
+
 std::string NpyArray::shape_string() const { return std::string(dtype_name(dtype)) + shape_list(shape); }
 
 Result<NpyArray> parse_npy(const uint8_t* bytes, size_t size, const std::string& where,
@@ -430,9 +443,18 @@ Result<NpyArray> convert_dtype(const NpyArray& a, DType to, const std::string& w
   const bool floats = is_float(a.dtype) && is_float(to);
   const bool ints = is_int(a.dtype) && is_int(to);
   if (!floats && !ints) {
-    return invalid_argument(where + ": holds " + dtype_name(a.dtype) + " data, but " + what + " is " + dtype_name(to) +
-                            " (only float->float and integer->integer conversions are done; convert the array "
-                            "before saving it)");
+    // e.g. "mask.npy: holds i64 data ('<i8'), but plan input 'mask' is bool ('|b1') (...)"
+    std::string hint = "only float->float and integer->integer conversions are done; convert the array before "
+                       "saving it";
+    const char* want = npy_descr(to);
+    if (to == DType::boolean) {
+      hint += ", e.g. np.save(path, a.astype(bool)) for a mask";
+    } else if (*want) {
+      hint += std::string(", e.g. np.save(path, a.astype('") + want + "'))";
+    }
+    return invalid_argument(where + ": holds " + dtype_name(a.dtype) + " data ('" + npy_descr(a.dtype) + "'), but " +
+                            what + " is " + dtype_name(to) + (*want ? std::string(" ('") + want + "')" : "") + " (" +
+                            hint + ")");
   }
   const int64_t n = a.numel();
   const size_t nbytes = static_cast<size_t>(n) * dtype_size(to);
@@ -480,7 +502,18 @@ Result<NpyArray> bind_to_input(const NpyArray& a, const std::string& path, const
                             ") does not match plan input '" + name + "' " + input.shape_string() +
                             ", which expects per-sample shape " + shape_list(want));
   }
-  return convert_dtype(a, input.dtype, path, "plan input '" + name + "'");
+  ET_ASSIGN_OR_RETURN(NpyArray out, convert_dtype(a, input.dtype, path, "plan input '" + name + "'"));
+  if (out.dtype == DType::boolean) {
+    // numpy's bools are bytes 0 and 1; a kernel reads any other byte as an undefined bool
+    for (size_t i = 0; i < out.nbytes; ++i) {
+      if (out.data[i] > 1) {
+        return invalid_argument(path + ": byte " + std::to_string(out.data[i]) + " at flat index " + std::to_string(i) +
+                                " is not a bool (0 or 1) for plan input '" + name +
+                                "'; save the mask with np.save(path, a.astype(bool))");
+      }
+    }
+  }
+  return out;
 }
 
 void gather_rows(const NpyArray& a, const int64_t* rows, int64_t count, void* dst) {

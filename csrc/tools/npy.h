@@ -39,6 +39,10 @@ struct NpyArray {
 // "[100,32]" — shapes in messages are written the same way everywhere.
 std::string shape_list(const std::vector<int64_t>& shape);
 
+// The .npy dtype string ('descr') numpy.save writes for `t`: "<f4", "<i8", "|b1", ...; "" for a
+// dtype edgetune-train does not read (f16, bf16).
+const char* npy_descr(DType t);
+
 // Parses an in-memory .npy image. `where` names it in errors (a path). `storage` is kept in the
 // result and must own `bytes`.
 Result<NpyArray> parse_npy(const uint8_t* bytes, size_t size, const std::string& where,
@@ -52,7 +56,7 @@ Result<NpyArray> read_npy(const std::string& path);
 Result<NpyArray> convert_dtype(const NpyArray& a, DType to, const std::string& where, const std::string& what);
 
 // Checks file `path` (array `a`) against plan input `name` whose full shape (batch first) is
-// `input`; returns the array converted to the input's dtype.
+// `input`; returns the array converted to the input's dtype. A bool input's bytes must be 0 or 1.
 Result<NpyArray> bind_to_input(const NpyArray& a, const std::string& path, const std::string& name,
                                const TensorView& input);
 
