@@ -692,6 +692,26 @@ def _fold_gather(im, node, xs, a):
     return np.take(xs[0], xs[1].astype(np.int64), axis=a.get("axis", 0))
 
 
+@folds("GatherElements")
+def _fold_gather_elements(im, node, xs, a):
+    x, idx = xs
+    axis = norm_dim(int(a.get("axis", 0)), x.ndim)
+    idx = np.where(idx < 0, idx + x.shape[axis], idx).astype(np.int64)
+    part = x[tuple(slice(None) if d == axis else slice(0, idx.shape[d]) for d in range(x.ndim))]
+    return np.take_along_axis(part, idx, axis=axis)
+
+
+@folds("CumSum")
+def _fold_cumsum(im, node, xs, a):
+    x = xs[0]
+    axis = norm_dim(int(np.asarray(xs[1]).reshape(())), x.ndim)
+    y = np.flip(x, axis) if a.get("reverse", 0) else x
+    y = np.cumsum(y, axis=axis, dtype=x.dtype)
+    if a.get("exclusive", 0):
+        y = y - (np.flip(x, axis) if a.get("reverse", 0) else x)
+    return np.ascontiguousarray(np.flip(y, axis) if a.get("reverse", 0) else y)
+
+
 @folds("Concat")
 def _fold_concat(im, node, xs, a):
     return np.concatenate([x for x in xs if x is not None], axis=a["axis"])
@@ -1234,6 +1254,68 @@ def _gather(im, node, a):
     else:
         raise _Unsupported(f"{len(flat)} scattered constant indices")
     return lower_reshape(im, y, out_shape)
+
+
+# ---- comparisons, Not, CumSum, GatherElements (compiler/ops/elementwise.py, ops/indexing.py) -------
+_COMPARE_DTYPES = ("f32", "f64", "i64", "i32", "bool")
+
+
+def _compare(op):
+    def handler(im, node, a):
+        x, y = im.operand(0), im.operand(1)
+        if not isinstance(x, Value):
+            x = im.like(x, y)
+        if not isinstance(y, Value):
+            y = im.like(y, x)
+        if x.dtype != y.dtype:
+            raise _Unsupported(f"operands of different dtypes {x.dtype} and {y.dtype}")
+        if x.dtype not in _COMPARE_DTYPES:
+            raise _Unsupported(f"{x.dtype} operands (comparisons take {', '.join(_COMPARE_DTYPES)})")
+        return im.emit1(op, [x, y])
+    return handler
+
+
+for _onnx_op, _op in (("Equal", "eq"), ("Less", "lt"), ("LessOrEqual", "le"), ("Greater", "gt"),
+                      ("GreaterOrEqual", "ge")):
+    HANDLERS[_onnx_op] = _compare(_op)
+
+
+@handles("Not")
+def _not(im, node, a):
+    """Not(b) = (b == False)."""
+    x = im.inp(0)
+    if x.dtype != "bool":
+        raise _Unsupported(f"Not of {x.dtype}")
+    return im.emit1("eq", [x, im.b.const(False, "bool")])
+
+
+@handles("CumSum")
+def _cumsum(im, node, a):
+    """Inclusive CumSum (reverse 0 or 1) along a compile-time axis; exclusive=1 is not lowered."""
+    if a.get("exclusive", 0):
+        raise _Unsupported("exclusive=1 (only the inclusive sum, exclusive=0)")
+    x = im.inp(0)
+    axis = im.static(1, "the axis")
+    if x.dtype not in ("f32", "f64", "i64", "i32"):
+        raise _Unsupported(f"a sum of {x.dtype} values")
+    if x.type.rank == 0:
+        return x
+    attrs = {"dim": norm_dim(int(np.asarray(axis).reshape(())), x.type.rank)}
+    if a.get("reverse", 0):
+        attrs["reverse"] = True
+    return im.emit1("cumsum", [x], attrs)
+
+
+@handles("GatherElements")
+def _gather_elements(im, node, a):
+    """torch.gather's ONNX form. Compile-time indices may be negative (ONNX allows [-s, s)) and are
+    wrapped here; run-time ones must be in [0, s), as torch.gather's are (the kernel refuses others)."""
+    x = im.inp(0)
+    axis = norm_dim(int(a.get("axis", 0)), x.type.rank)
+    idx = im.operand(1)
+    if not isinstance(idx, Value):
+        idx = im.const(np.where(idx < 0, idx + x.shape[axis], idx).astype(np.int64))
+    return im.emit1("gather", [x, idx], {"dim": axis})
 
 
 @handles("Where")

@@ -1,4 +1,5 @@
-"""Elementwise ops: broadcasting arithmetic, activations, math functions, and their backward ops.
+"""Elementwise ops: broadcasting arithmetic, comparisons (eq ne lt le gt ge -> bool), activations,
+math functions, and their backward ops.
 
 Forward activations whose derivative needs more than a product get a dedicated `*_backward`
 op (matching ATen's, so kernels and the torch check line up); simple derivatives are composed
@@ -80,6 +81,58 @@ register(OpDef("mul", _binary_infer, lambda x, a: [np.multiply(x[0], x[1])], _mu
                _binary_samples, lambda t, a: [t[0] * t[1]]))
 register(OpDef("div", _binary_infer, lambda x, a: [np.divide(x[0], x[1])], _div_grad,
                lambda rng: _binary_samples(rng, positive_rhs=True), lambda t, a: [t[0] / t[1]]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparisons eq ne lt le gt ge: broadcast like the arithmetic above, both inputs of one dtype,
+# output bool. NOT_DIFFERENTIABLE, as in torch: a bool output carries no gradient (autodiff's
+# requires_grad spreads only through differentiable ops, and only to float outputs), so an
+# input that needs one (x in `where(x > 0, x, 0)`) gets it through its other readers only.
+# NaN compares unequal to everything (ne true, the rest false), as in IEEE, numpy and torch.
+# ---------------------------------------------------------------------------------------------
+COMPARE_DTYPES = ("f32", "f64", "i64", "i32", "bool")
+
+
+def _compare_infer(ts, attrs):
+    dt = same_dtype(ts)
+    check(dt in COMPARE_DTYPES, f"comparison of {dt} values (takes {', '.join(COMPARE_DTYPES)})")
+    return [TensorType(broadcast_shapes(ts[0].shape, ts[1].shape), "bool")]
+
+
+def _ties(rng, *shape, dtype=np.float32) -> np.ndarray:
+    """Multiples of 1/2 in [-1, 1]: equal pairs occur, so eq / le / ge meet their boundary."""
+    return np.asarray(rng.integers(-2, 3, size=shape) / 2, dtype=dtype)
+
+
+def _compare_samples(rng):
+    with_nan = _ties(rng, 2, 3)
+    with_nan[0, 1] = with_nan[1, 2] = np.nan
+    other = _ties(rng, 2, 3)
+    other[1, 0] = other[1, 2] = np.nan
+    return [
+        Sample([_ties(rng, 2, 3), _ties(rng, 2, 3)]),
+        Sample([_ties(rng, 2, 3, 4), _ties(rng, 3, 1)], note="broadcast rhs"),
+        Sample([_ties(rng, 1, 4), _ties(rng, 3, 1)], note="broadcast both"),
+        Sample([_ties(rng, 2, 3), _ties(rng)], note="scalar rhs"),
+        Sample([_ties(rng), _ties(rng, 4)], note="scalar lhs"),
+        Sample([with_nan, other], note="nan"),
+        Sample([_ties(rng, 3, 4, dtype=np.float64), _ties(rng, 4, dtype=np.float64)], note="f64"),
+        Sample([rng.integers(-3, 3, size=(2, 5)), rng.integers(-3, 3, size=(5,))], note="i64"),
+        Sample([rng.integers(-3, 3, size=(3, 1, 4)).astype(np.int32),
+                rng.integers(-3, 3, size=(2, 1)).astype(np.int32)], note="i32 broadcast"),
+        Sample([rng.random((3, 4)) > 0.5, rng.random((1, 4)) > 0.5], note="bool"),
+    ]
+
+
+def _compare(name, np_fn, torch_name):
+    register(OpDef(name, _compare_infer, lambda x, a: [np.asarray(np_fn(x[0], x[1]))], NOT_DIFFERENTIABLE,
+                   _compare_samples, lambda t, a: [getattr(T(), torch_name)(t[0], t[1])],
+                   doc=f"{name}(a, b) -> bool, numpy broadcasting"))
+
+
+for _name, _np_fn in (("eq", np.equal), ("ne", np.not_equal), ("lt", np.less), ("le", np.less_equal),
+                      ("gt", np.greater), ("ge", np.greater_equal)):
+    _compare(_name, _np_fn, _name)
 
 
 # ---------------------------------------------------------------------------------------------

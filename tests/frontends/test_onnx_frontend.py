@@ -463,6 +463,94 @@ def test_avg_pool_ceil_mode_and_max_pool_dilation():
     matches_onnx_reference(model, {"x": x})
 
 
+def test_comparisons_not_cumsum_gather_elements():
+    """Equal / Less / LessOrEqual / Greater / GreaterOrEqual / Not -> the comparison ops, CumSum
+    (reverse 0 and 1) -> cumsum, GatherElements with run-time indices and with compile-time ones
+    (negative entries wrapped, as ONNX allows) -> gather; RoBERTa-style position ids on the way."""
+    rng = np.random.default_rng(3)
+    nodes = [
+        helper.make_node("Equal", ["ids", "pad"], ["is_pad"]),
+        helper.make_node("Not", ["is_pad"], ["keep"]),
+        helper.make_node("Cast", ["keep"], ["mask"], to=TensorProto.INT64),
+        helper.make_node("CumSum", ["mask", "axis1"], ["count"]),
+        helper.make_node("Mul", ["count", "mask"], ["pos0"]),
+        helper.make_node("Add", ["pos0", "pad"], ["pos"]),                      # RoBERTa's position ids
+        helper.make_node("Cast", ["pos"], ["posf"], to=TensorProto.FLOAT),
+        helper.make_node("Less", ["x", "half"], ["lt"]),
+        helper.make_node("Where", ["lt", "x", "posf"], ["w0"]),
+        helper.make_node("GreaterOrEqual", ["w0", "posf"], ["ge"]),
+        helper.make_node("LessOrEqual", ["x", "w0"], ["le"]),
+        helper.make_node("Greater", ["x", "minus_half"], ["gt"]),
+        helper.make_node("Where", ["ge", "w0", "x"], ["w1"]),
+        helper.make_node("Where", ["le", "w1", "half"], ["w2"]),
+        helper.make_node("Where", ["gt", "w2", "minus_half"], ["w3"]),
+        helper.make_node("CumSum", ["w3", "axis1"], ["rc"], reverse=1),
+        helper.make_node("CumSum", ["rc", "axis0"], ["fc"], reverse=0),
+        helper.make_node("GatherElements", ["fc", "pick"], ["g0"], axis=1),    # run-time indices [2, 3]
+        helper.make_node("GatherElements", ["table", "rows"], ["g1"], axis=0),  # constant, negative entries
+        helper.make_node("Add", ["g0", "g1"], ["y"]),
+    ]
+    inits = [ints("pad", 1), ints("axis1", 1), ints("axis0", [0]), ints("rows", [[0, -1, 2], [-3, 1, 1]]),
+             numpy_helper.from_array(np.float32(0.5), "half"), numpy_helper.from_array(np.float32(-0.5), "minus_half"),
+             numpy_helper.from_array(rng.standard_normal((3, 3)).astype(np.float32), "table")]
+    model = make_model(nodes, [tensor_info("x", [2, 5]), tensor_info("ids", [2, 5], TensorProto.INT64),
+                               tensor_info("pick", [2, 3], TensorProto.INT64)],
+                       [tensor_info("y", [2, 3])], inits)
+    ids = np.array([[5, 1, 7, 3, 1], [2, 2, 9, 1, 1]], np.int64)
+    imported = matches_onnx_reference(model, {"x": rng.standard_normal((2, 5)).astype(np.float32), "ids": ids,
+                                              "pick": np.array([[4, 0, 4], [1, 3, 2]], np.int64)})
+    g = imported.graph
+    ops = ops_of(g)
+    for op in ("eq", "lt", "le", "gt", "ge", "cumsum", "gather"):
+        assert op in ops, (op, ops)
+    assert [n.attrs for n in g.nodes if n.op == "cumsum"] == [{"dim": 1}, {"dim": 1, "reverse": True}, {"dim": 0}]
+    gathers = [n for n in g.nodes if n.op == "gather"]
+    assert [n.attrs["dim"] for n in gathers] == [1, 0]
+    assert g.initial[gathers[1].inputs[1].name].min() >= 0  # the constant indices were wrapped
+    assert gathers[1].inputs[0].name == "table" and "table" in param_names(g)
+
+
+def test_cumsum_exclusive_is_unsupported():
+    nodes = [helper.make_node("CumSum", ["x", "axis"], ["y"], exclusive=1, name="excl")]
+    model = make_model(nodes, [tensor_info("x", [2, 3])], [tensor_info("y", [2, 3])], [ints("axis", 1)])
+    with pytest.raises(et.UnsupportedOpError) as info:
+        import_onnx(model, (np.zeros((2, 3), np.float32),))
+    assert info.value.items == ["CumSum (exclusive=1 (only the inclusive sum, exclusive=0)) at node 'excl'"]
+
+
+class GatherCumsum(nn.Module):
+    """torch.gather on a trainable table (exported as GatherElements), a cumsum, comparisons."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(3, 8))
+        self.head = nn.Linear(5, 2)
+
+    def forward(self, x, idx):
+        h = torch.gather(self.table, 1, idx) * x
+        h = torch.cumsum(h, dim=1) + (idx > 3).float() - (x <= 0).float() * 0.5 + idx.eq(2).float()
+        return self.head(torch.where(h > 0, h, h * 0.1))
+
+
+def test_torch_gather_cumsum_comparisons_export_and_train(tmp_path):
+    torch.manual_seed(0)
+    m = GatherCumsum().eval()
+    x, idx = torch.randn(3, 5), torch.randint(0, 8, (3, 5))
+    imported = forward_matches_torch(m, (x, idx), tmp_path)
+    ops = ops_of(imported.graph)
+    assert {"gather", "cumsum", "gt", "le", "eq"} <= set(ops), ops
+    path = export(m, (x, idx), tmp_path / "gc.onnx")
+    y = torch.tensor([0, 1, 1])
+    prog = et.compile(str(path), (x, idx), y, peft=et.peft.Full(), optimizer=et.optim.SGD(lr=0.1, momentum=0.9))
+    assert "gather_backward" in [n.op for n in prog.graph.section_nodes("backward")]
+    batches = [((x, idx), y)] * 3
+    losses, state, _ = support.edgetune_run(prog, [((x.numpy(), idx.numpy()), y.numpy())] * 3)
+    ref_losses, ref_state = support.torch_reference_run(m, prog, batches)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-4, atol=1e-5)
+    for name in prog.trainable_names:
+        np.testing.assert_allclose(state[name], ref_state[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
 # ---------------------------------------------------------------------------------------------
 # Errors
 # ---------------------------------------------------------------------------------------------

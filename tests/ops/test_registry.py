@@ -21,6 +21,9 @@ EXPECTED_OPS = {
     "exp", "log", "sqrt", "rsqrt", "pow_scalar",
     "relu_backward", "hardtanh_backward", "hardsigmoid_backward", "hardswish_backward",
     "sigmoid_backward", "tanh_backward", "silu_backward", "gelu_backward",
+    # comparisons (bool outputs), prefix sums and gathers along a dim (issue 14)
+    "eq", "ne", "lt", "le", "gt", "ge",
+    "cumsum", "gather", "gather_backward",
     # matrix products and convolution
     "matmul", "linear",
     "conv2d", "conv2d_grad_input", "conv2d_grad_weight",
@@ -57,6 +60,9 @@ REQUIRED_OPS = [
 OPTIMIZER_OPS = {"sgd_update", "adamw_update"}
 # Ops that only optimisation passes put in the graph (after autodiff), so no rule emits them.
 PASS_OPS = {"fused_elementwise", "activation_mask", "mask_grad"}
+# Forward ops without a gradient, as in torch: their bool outputs carry none, so no rule emits
+# them and autodiff never asks them for one.
+NO_GRAD_FORWARD_OPS = {"eq", "ne", "lt", "le", "gt", "ge"}
 
 ROLES = {"weight", "bias", "norm"}
 
@@ -88,7 +94,7 @@ def test_registered_ops_are_exactly_the_expected_set():
     missing, extra = sorted(EXPECTED_OPS - got), sorted(got - EXPECTED_OPS)
     assert not missing and not extra, (
         f"registry changed: missing {missing}, unexpected {extra}; update EXPECTED_OPS in {__file__}")
-    assert len(REGISTRY) == len(EXPECTED_OPS) == 68
+    assert len(REGISTRY) == len(EXPECTED_OPS) == 77
 
 
 def test_required_coverage():
@@ -219,10 +225,30 @@ def test_every_backward_op_is_emitted_by_some_rule():
     emitted = _emitted_by_rules()
     assert set(emitted) <= set(REGISTRY), sorted(set(emitted) - set(REGISTRY))
     orphans = sorted(n for n in OPS if not REGISTRY[n].differentiable and n not in OPTIMIZER_OPS and n not in PASS_OPS
-                     and n not in emitted)
+                     and n not in NO_GRAD_FORWARD_OPS and n not in emitted)
     assert not orphans, f"backward ops emitted by no gradient rule: {orphans}"
 
 
 def test_optimizer_ops_are_not_differentiable():
     for n in OPTIMIZER_OPS:
         assert REGISTRY[n].grad == NOT_DIFFERENTIABLE
+
+
+def test_comparisons_have_no_gradient_and_stop_requires_grad():
+    """A comparison of a value that needs a gradient is no path for one: its bool output never
+    requires grad, and autodiff reaches the input only through its differentiable readers."""
+    from edgetune.compiler.autodiff import differentiate, requires_grad_set
+    for n in NO_GRAD_FORWARD_OPS:
+        assert REGISTRY[n].grad == NOT_DIFFERENTIABLE
+        assert all(REGISTRY[n].infer([_type_of(x) for x in s.inputs], s.attrs)[0].dtype == "bool"
+                   for s in _samples(REGISTRY[n]))
+    g = Graph("cmp")
+    x = g.add_source("x", "param", np.array([-1.0, 0.5, 2.0], np.float32), trainable=True)
+    b = Builder(g, "forward")
+    mask = b.emit1("gt", [x, b.const(0.0, "f32")])
+    y = b.emit1("where", [mask, x, b.const(0.0, "f32")])
+    loss = Builder(g, "loss").emit1("sum", [y], {"dims": [0], "keepdim": False})
+    assert id(mask) not in requires_grad_set(g, [x]) and id(y) in requires_grad_set(g, [x])
+    grads = differentiate(g, loss, [x])
+    assert set(grads) == {"x"}
+    assert not [n for n in g.section_nodes("backward") if n.op in NO_GRAD_FORWARD_OPS]

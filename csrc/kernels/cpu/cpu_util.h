@@ -75,6 +75,17 @@ bool visit_value(DType t, Fn&& fn) {
   }
 }
 
+// What the comparisons (eq ne lt le gt ge) take: the arithmetic types and bool, read as its
+// bytes (0/1: ordered False < True; never a C++ bool load of a byte that might not be 0/1).
+template <typename Fn>
+bool visit_compare(DType t, Fn&& fn) {
+  if (t == DType::boolean) {
+    fn(Tag<uint8_t>{});
+    return true;
+  }
+  return visit_arith(t, fn);
+}
+
 // Dtype-generic data movement: an unsigned integer of the element's size moves the bits.
 template <typename Fn>
 bool visit_bits(DType t, Fn&& fn) {
@@ -90,6 +101,7 @@ bool visit_bits(DType t, Fn&& fn) {
 inline bool is_float(DType t) { return t == DType::f32 || t == DType::f64; }
 inline bool is_arith(DType t) { return is_float(t) || t == DType::i64 || t == DType::i32; }
 inline bool is_index(DType t) { return t == DType::i64 || t == DType::i32; }
+inline bool is_compare(DType t) { return is_arith(t) || t == DType::boolean; }
 
 // ---- check() building blocks -------------------------------------------------------------------
 inline Status want_float(const char* what, const TensorView& t) {

@@ -1,7 +1,8 @@
-// CPU kernels for compiler/ops/elementwise.py: broadcasting arithmetic (add sub mul div), where,
-// unary activations and math functions, and the activation backward ops (dy, saved) -> dx.
+// CPU kernels for compiler/ops/elementwise.py: broadcasting arithmetic (add sub mul div), the
+// comparisons (eq ne lt le gt ge -> bool), where, unary activations and math functions, and the
+// activation backward ops (dy, saved) -> dx.
 //
-// Every loop is a flat pass the compiler can vectorize: binary ops and where go through
+// Every loop is a flat pass the compiler can vectorize: binary ops, comparisons and where go through
 // Broadcast<N> (same shapes collapse to one run; a broadcast operand becomes a scalar or a
 // repeated row), unary and backward ops are contiguous. For f32, exp/tanh/erfc are the
 // vectorizable versions of cpu_util.h (within 3 ulp; erfc within ~1e-7 relative where it
@@ -76,9 +77,10 @@ Status check_binary(const KernelArgs& a) {
   return Status::Ok();
 }
 
-// One run: each operand's inner stride is 1 (walks with the output) or 0 (held fixed).
-template <typename Op, typename T>
-void binary_run(T* o, const T* x, int64_t sx, const T* y, int64_t sy, int64_t n) {
+// One run: each operand's inner stride is 1 (walks with the output) or 0 (held fixed). O is T for
+// arithmetic, uint8_t (bool) for the comparisons.
+template <typename Op, typename T, typename O = T>
+void binary_run(O* o, const T* x, int64_t sx, const T* y, int64_t sy, int64_t n) {
   if (sx == 1 && sy == 1) {
     for (int64_t i = 0; i < n; ++i) o[i] = Op::f(x[i], y[i]);
   } else if (sx == 1 && sy == 0) {
@@ -111,6 +113,78 @@ Status run_binary(const KernelArgs& a) {
     });
   });
   return ok ? Status::Ok() : internal_error("binary op: dtype not dispatched");
+}
+
+// ---- comparisons eq ne lt le gt ge: two inputs of one dtype, broadcast, bool output (0/1 bytes) --
+// Bool inputs are read as their bytes (0/1), so ordering is False < True as in numpy and torch.
+// NaN: the C++ operators are IEEE's (ne true, every other comparison false), as numpy's are.
+struct EqOp {
+  static constexpr const char* kName = "eq";
+  template <typename T>
+  static bool f(T a, T b) { return a == b; }
+};
+struct NeOp {
+  static constexpr const char* kName = "ne";
+  template <typename T>
+  static bool f(T a, T b) { return a != b; }
+};
+struct LtOp {
+  static constexpr const char* kName = "lt";
+  template <typename T>
+  static bool f(T a, T b) { return a < b; }
+};
+struct LeOp {
+  static constexpr const char* kName = "le";
+  template <typename T>
+  static bool f(T a, T b) { return a <= b; }
+};
+struct GtOp {
+  static constexpr const char* kName = "gt";
+  template <typename T>
+  static bool f(T a, T b) { return a > b; }
+};
+struct GeOp {
+  static constexpr const char* kName = "ge";
+  template <typename T>
+  static bool f(T a, T b) { return a >= b; }
+};
+
+template <typename Op>
+Status check_compare(const KernelArgs& a) {
+  ET_RETURN_IF_ERROR(expect_arity(a, Op::kName, 2, 2, 1));
+  const TensorView &x = a.in(0), &y = a.in(1), &out = a.out(0);
+  if (!cpu::is_compare(x.dtype))
+    return unimplemented(std::string(Op::kName) + " input 0 is " + x.shape_string() +
+                         "; this kernel takes f32, f64, i64, i32 or bool");
+  ET_RETURN_IF_ERROR(cpu::want_same_dtype("input 1", y, x));
+  ET_RETURN_IF_ERROR(expect_dtype(a, (std::string(Op::kName) + " output").c_str(), out, DType::boolean));
+  cpu::Broadcast<2> bc;
+  const TensorView* ins[2] = {&x, &y};
+  if (!bc.init(out, ins))
+    return invalid_argument(std::string(Op::kName) + " inputs " + x.shape_string() + " and " + y.shape_string() +
+                            " do not broadcast to " + out.shape_string());
+  return Status::Ok();
+}
+
+template <typename Op>
+Status run_compare(const KernelArgs& a) {
+  const TensorView &x = a.in(0), &y = a.in(1), &out = a.out(0);
+  cpu::Broadcast<2> bc;
+  const TensorView* ins[2] = {&x, &y};
+  if (!bc.init(out, ins)) return internal_error(std::string(Op::kName) + ": shapes changed after check");
+  const int64_t sx = bc.inner_stride(0), sy = bc.inner_stride(1);
+  bool ok = cpu::visit_compare(x.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const T* xp = x.as<T>();
+    const T* yp = y.as<T>();
+    uint8_t* op = out.as<uint8_t>();
+    cpu::parallel_for(a, bc.numel, cpu::kGrain, [&](int64_t b, int64_t e) {
+      bc.for_runs(b, e, [&](int64_t o, const int64_t* off, int64_t n) {
+        binary_run<Op, T, uint8_t>(op + o, xp + off[0], sx, yp + off[1], sy, n);
+      });
+    });
+  });
+  return ok ? Status::Ok() : internal_error(std::string(Op::kName) + ": dtype not dispatched");
 }
 
 // ---- unary ops and backward ops ----------------------------------------------------------------
@@ -388,6 +462,10 @@ template <typename Op>
 void add_binary(KernelRegistry& r) {
   r.add(KernelDef{Op::kName, Op::kName, &check_binary<Op>, nullptr, &run_binary<Op>});
 }
+template <typename Op>
+void add_compare(KernelRegistry& r) {
+  r.add(KernelDef{Op::kName, Op::kName, &check_compare<Op>, nullptr, &run_compare<Op>});
+}
 
 }  // namespace
 
@@ -396,6 +474,12 @@ void register_elementwise_kernels(KernelRegistry& r) {
   add_binary<SubOp>(r);
   add_binary<MulOp>(r);
   add_binary<DivOp>(r);
+  add_compare<EqOp>(r);
+  add_compare<NeOp>(r);
+  add_compare<LtOp>(r);
+  add_compare<LeOp>(r);
+  add_compare<GtOp>(r);
+  add_compare<GeOp>(r);
   r.add(KernelDef{"neg", "neg", &check_unary<Neg, true>, nullptr, &run_unary<Neg, true>});
   add_unary<Relu>(r, "relu");
   add_backward<ReluBackward>(r, "relu_backward");

@@ -14,6 +14,7 @@ void register_norm_kernels(KernelRegistry& r);
 void register_softmax_kernels(KernelRegistry& r);
 void register_pool_kernels(KernelRegistry& r);
 void register_embedding_kernels(KernelRegistry& r);
+void register_indexing_kernels(KernelRegistry& r);
 void register_dropout_kernels(KernelRegistry& r);
 void register_loss_kernels(KernelRegistry& r);
 void register_optim_kernels(KernelRegistry& r);
@@ -34,6 +35,7 @@ void register_cpu_kernels(KernelRegistry& r) {
   register_softmax_kernels(r);
   register_pool_kernels(r);
   register_embedding_kernels(r);
+  register_indexing_kernels(r);
   register_dropout_kernels(r);
   register_loss_kernels(r);
   register_optim_kernels(r);

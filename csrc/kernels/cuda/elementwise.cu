@@ -1,9 +1,10 @@
 // CUDA kernels for compiler/ops/elementwise.py (kernels/cpu/elementwise.cc on the device): add sub
-// mul div with numpy broadcasting, where, the unary activations and math functions, and the
-// activation backward ops (dy, saved) -> dx. One thread per output element (grid-stride); the
-// float formulas are elementwise_math.h's, compiled for the device too, and the library is built
-// with --fmad=false, so these kernels compute what the CPU kernels compute (log / sqrt / pow are
-// CUDA's libdevice, within an ulp or two of glibc's). Checks are the CPU kernels'.
+// mul div and the comparisons eq ne lt le gt ge (bool output) with numpy broadcasting, where, the
+// unary activations and math functions, and the activation backward ops (dy, saved) -> dx. One
+// thread per output element (grid-stride); the float formulas are elementwise_math.h's, compiled
+// for the device too, and the library is built with --fmad=false, so these kernels compute what the
+// CPU kernels compute (log / sqrt / pow are CUDA's libdevice, within an ulp or two of glibc's).
+// Checks are the CPU kernels'.
 #include <type_traits>
 
 #include "kernels/cpu/broadcast.h"
@@ -75,6 +76,70 @@ Status run_binary(const KernelArgs& a) {
     else binary_bcast<Op, T><<<grid_for(n), kBlock, 0, ctx->stream>>>(x.as<T>(), y.as<T>(), out.as<T>(), n, bi);
   });
   if (!ok) return internal_error("binary op: dtype not dispatched");
+  ET_CUDA_LAUNCHED(Op::kName);
+  return Status::Ok();
+}
+
+// ---- comparisons eq ne lt le gt ge: bool output (0/1 bytes); bool inputs read as their bytes ----
+struct EqOp {
+  static constexpr const char* kName = "eq";
+  template <typename T>
+  __device__ static bool f(T a, T b) { return a == b; }
+};
+struct NeOp {
+  static constexpr const char* kName = "ne";
+  template <typename T>
+  __device__ static bool f(T a, T b) { return a != b; }
+};
+struct LtOp {
+  static constexpr const char* kName = "lt";
+  template <typename T>
+  __device__ static bool f(T a, T b) { return a < b; }
+};
+struct LeOp {
+  static constexpr const char* kName = "le";
+  template <typename T>
+  __device__ static bool f(T a, T b) { return a <= b; }
+};
+struct GtOp {
+  static constexpr const char* kName = "gt";
+  template <typename T>
+  __device__ static bool f(T a, T b) { return a > b; }
+};
+struct GeOp {
+  static constexpr const char* kName = "ge";
+  template <typename T>
+  __device__ static bool f(T a, T b) { return a >= b; }
+};
+
+template <typename Op, typename T>
+__global__ void compare_same(const T* x, const T* y, uint8_t* o, int64_t n) {
+  ET_GRID_LOOP(i, n) o[i] = Op::template f<T>(x[i], y[i]);
+}
+
+template <typename Op, typename T>
+__global__ void compare_bcast(const T* x, const T* y, uint8_t* o, int64_t n, BcastIndex<2> bc) {
+  ET_GRID_LOOP(i, n) o[i] = Op::template f<T>(x[bc.offset(0, i)], y[bc.offset(1, i)]);
+}
+
+template <typename Op>
+Status run_compare(const KernelArgs& a) {
+  ET_CUDA_CONTEXT(ctx, a);
+  const TensorView &x = a.in(0), &y = a.in(1), &out = a.out(0);
+  cpu::Broadcast<2> bc;
+  const TensorView* ins[2] = {&x, &y};
+  if (!bc.init(out, ins)) return internal_error("comparison: shapes changed after check");
+  const int64_t n = bc.numel;
+  if (n == 0) return Status::Ok();
+  const bool same = cpu::same_shape(x, out) && cpu::same_shape(y, out);
+  const BcastIndex<2> bi = bcast_index(bc);
+  uint8_t* o = out.as<uint8_t>();
+  bool ok = cpu::visit_compare(x.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    if (same) compare_same<Op, T><<<grid_for(n), kBlock, 0, ctx->stream>>>(x.as<T>(), y.as<T>(), o, n);
+    else compare_bcast<Op, T><<<grid_for(n), kBlock, 0, ctx->stream>>>(x.as<T>(), y.as<T>(), o, n, bi);
+  });
+  if (!ok) return internal_error("comparison: dtype not dispatched");
   ET_CUDA_LAUNCHED(Op::kName);
   return Status::Ok();
 }
@@ -261,6 +326,10 @@ template <typename Op>
 void add_binary(KernelRegistry& r) {
   add_like_cpu(r, Op::kName, Op::kName, nullptr, &run_binary<Op>);
 }
+template <typename Op>
+void add_compare(KernelRegistry& r) {
+  add_like_cpu(r, Op::kName, Op::kName, nullptr, &run_compare<Op>);
+}
 
 }  // namespace
 
@@ -269,6 +338,12 @@ void register_elementwise_kernels(KernelRegistry& r) {
   add_binary<SubOp>(r);
   add_binary<MulOp>(r);
   add_binary<DivOp>(r);
+  add_compare<EqOp>(r);
+  add_compare<NeOp>(r);
+  add_compare<LtOp>(r);
+  add_compare<LeOp>(r);
+  add_compare<GtOp>(r);
+  add_compare<GeOp>(r);
   add_like_cpu(r, "neg", "neg", nullptr, &run_unary<Neg, true>);
   add_unary<Relu>(r, "relu");
   add_backward<ReluBackward>(r, "relu_backward");

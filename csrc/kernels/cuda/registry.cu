@@ -15,6 +15,7 @@ void register_norm_kernels(KernelRegistry& r);
 void register_softmax_kernels(KernelRegistry& r);
 void register_pool_kernels(KernelRegistry& r);
 void register_embedding_kernels(KernelRegistry& r);
+void register_indexing_kernels(KernelRegistry& r);
 void register_dropout_kernels(KernelRegistry& r);
 void register_loss_kernels(KernelRegistry& r);
 void register_optim_kernels(KernelRegistry& r);
@@ -43,6 +44,7 @@ void register_cuda_kernels(KernelRegistry& r) {
   cuda::register_softmax_kernels(r);
   cuda::register_pool_kernels(r);
   cuda::register_embedding_kernels(r);
+  cuda::register_indexing_kernels(r);
   cuda::register_dropout_kernels(r);
   cuda::register_loss_kernels(r);
   cuda::register_optim_kernels(r);

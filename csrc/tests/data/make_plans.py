@@ -259,6 +259,11 @@ def _terms(op: str, ins: list[np.ndarray], attrs: dict, outs: list[np.ndarray]) 
         return [max(_scatter_terms(row) for row in idx)]
     if op == "embedding_backward":
         return [_scatter_terms(ins[1])]
+    if op == "gather_backward":  # the most dy entries one dx element receives
+        ones = np.ones(ins[1].shape, np.float64)
+        return [max(1, int(REGISTRY[op].reference([ones, ins[1]], attrs)[0].max(initial=0)))]
+    if op == "cumsum":
+        return [x.shape[attrs["dim"]]]
     if op == "fused_elementwise":
         return [max(1, attrs["program"].count("("))] * n
     return [1] * n
