@@ -32,30 +32,44 @@ def check_options(peft: Spec | None, optimizer: Optimizer | None, opt_level: int
     peft = Full() if peft is None else peft
     optimizer = SGD() if optimizer is None else optimizer
     if not isinstance(peft, Spec):
-        raise SpecError(f"peft must be an edgetune.peft spec (Full, BiasOnly, LastK, Select), got {peft!r}")
+        raise SpecError(f"peft must be an edgetune.peft spec (Full, BiasOnly, LastK, Select, Union, FreezeEmbeddings), got {peft!r}")
     if not isinstance(optimizer, Optimizer):
         raise SpecError(f"optimizer must be edgetune.optim.SGD or AdamW, got {optimizer!r}")
     return peft, optimizer
 
 
+def _output_list(outputs) -> str:
+    return ", ".join(f"{i} ({v.type})" for i, v in enumerate(outputs)) or "none"
+
+
 def compile_imported(imported: ImportedModel, example_target, loss: str | LossBuilder = "cross_entropy",
                      peft: Spec | None = None, optimizer: Optimizer | None = None, name: str | None = None,
                      opt_level: int = DEFAULT_OPT_LEVEL, disable_passes=(), passes=None, backend="cpu",
-                     arch: str | None = None) -> Program:
+                     arch: str | None = None, output: int | None = None) -> Program:
     """The training program for a frontend's forward graph (`imported` is consumed).
 
-    example_target: an example target array (class indices for cross_entropy);
-    loss: "cross_entropy", "mse", or a LossBuilder (compiler/loss.py) that emits the loss in IR;
+    example_target: an example target array (class indices for cross_entropy, the input ids
+    for causal_lm);
+    loss: "cross_entropy", "causal_lm", "mse", or a LossBuilder (compiler/loss.py) that emits
+    the loss in IR;
+    output: for a frontend that hands over several outputs (ONNX), the index of the one the
+    loss reads (the torch frontend picks its output itself, frontends/from_torch.py); the
+    others stop being outputs and dead-code elimination drops what only they need;
     the other options as in `et.compile` (edgetune/api.py)."""
     peft, optimizer = check_options(peft, optimizer, opt_level, disable_passes, passes)
     g = imported.graph
     if name:
         g.name = name
-    if len(imported.output_values) != 1:
-        raise LossError(f"the model returns {len(imported.output_values)} outputs; edgetune trains models with "
-                        "exactly one output tensor (wrap the model to pick the one the loss reads)")
+    outputs = imported.output_values
+    if output is not None and (isinstance(output, bool) or not isinstance(output, int)
+                               or not -len(outputs) <= output < len(outputs)):
+        raise LossError(f"output={output!r}: the {imported.frontend} model {g.name!r} has {len(outputs)} output(s); "
+                        f"pick one by index: {_output_list(outputs)}")
+    if output is None and len(outputs) != 1:
+        raise LossError(f"the {imported.frontend} model {g.name!r} returns {len(outputs)} outputs: pass output=<index> "
+                        f"to pick the one the loss reads: {_output_list(outputs)}")
     names = NameGen(g)
-    output = imported.output_values[0]
+    output = outputs[0 if output is None else output]
     loss_value = append_loss(g, output, example_target, loss, names)
     target_name = g.inputs[-1].name
     g.outputs = {"loss": loss_value, "output": output}

@@ -137,9 +137,9 @@ def cmd_compile(args) -> int:
         initializers = {init.name for init in proto.graph.initializer}
         # symbolic dims (usually the batch) take --batch; image/sequence data is random, as
         # only shapes and dtypes matter to compilation
-        shapes = [[d.dim_value or args.batch for d in i.type.tensor_type.shape.dim]
-                  for i in proto.graph.input if i.name not in initializers]
-        inputs = tuple(torch.randn(*s) for s in shapes)
+        graph_inputs = [i for i in proto.graph.input if i.name not in initializers]
+        shapes = [[d.dim_value or args.batch for d in i.type.tensor_type.shape.dim] for i in graph_inputs]
+        inputs = tuple(_onnx_example(torch, i.type.tensor_type.elem_type, s) for i, s in zip(graph_inputs, shapes))
         target = torch.zeros(shapes[0][0] if shapes and shapes[0] else args.batch, dtype=torch.int64)
         model = args.onnx  # the path, so the program is named after the file
     else:
@@ -193,6 +193,24 @@ def cmd_op_profile(argv: list[str]) -> int:
     return op_profile_main(argv)
 
 
+def _onnx_example(torch, elem_type: int, shape):
+    """An example input of an ONNX graph input's element type: ids (int) are zeros, a mask (bool)
+    all true, floats random; only shapes and dtypes matter to compilation."""
+    import onnx
+    dtype = {onnx.TensorProto.BOOL: torch.bool, onnx.TensorProto.INT64: torch.int64,
+             onnx.TensorProto.INT32: torch.int32, onnx.TensorProto.DOUBLE: torch.float64}.get(elem_type)
+    if dtype is torch.bool:
+        return torch.ones(*shape, dtype=torch.bool)
+    if dtype is not None and not dtype.is_floating_point:
+        return torch.zeros(*shape, dtype=dtype)
+    return torch.randn(*shape, dtype=dtype or torch.float32)
+
+
+def cmd_doctor(args) -> int:
+    from .doctor import doctor_main
+    return doctor_main(args.target, args.input)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .compiler.passes.pipeline import DEFAULT_OPT_LEVEL, PASS_NAMES
     try:  # the zoo is plain torch; help and plan-file work must not need torch installed
@@ -206,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sp):
         sp.add_argument("--model", default="small_cnn", choices=model_names)
         sp.add_argument("--peft", default="last-k:3", type=parse_peft,
-                        help="full | bias-only | last-k:N | select:GLOB,!GLOB (default: last-k:3)")
+                        help="full | bias-only | last-k:N | select:GLOB,!GLOB | freeze-embeddings:SPEC (default: last-k:3)")
         sp.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
         sp.add_argument("--lr", type=float, default=0.1)
         sp.add_argument("--momentum", type=float, default=0.9)
@@ -236,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "(benchmarks/bench.py; `edgetune bench --help`)")
     sub.add_parser("op-profile", help="edgetune's per-op profile beside torch.profiler on the same step, by op "
                    "family, GFLOP/s vs the sgemm peak (benchmarks/op_profile.py; `edgetune op-profile --help`)")
+    doc = sub.add_parser("doctor", help="which ops a model uses and which edgetune cannot compile, without compiling")
+    doc.add_argument("target", help="MODEL.onnx | package.module:attr (a module, class or factory) | "
+                     "hf:MODEL_TYPE or hf:LOCAL_DIR (a Hugging Face architecture from its config, shrunk, random weights)")
+    doc.add_argument("--input", action="append", default=[], metavar="SHAPExDTYPE",
+                     help="an example input for module:attr targets, e.g. 2x3x32x32xf32 or 2x8xi64 (repeatable)")
     comp = sub.add_parser("compile", help="compile and write a plan file, a training binary or the text IR")
     common(comp)
     comp.add_argument("source", nargs="?", help="an ONNX file to compile (default: the zoo model --model)")
@@ -272,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from .compiler.errors import EdgetuneError
     try:
-        return {"demo": cmd_demo, "compile": cmd_compile}[args.command](args)
+        return {"demo": cmd_demo, "compile": cmd_compile, "doctor": cmd_doctor}[args.command](args)
     except EdgetuneError as e:
         console.print(f"[bold red]error:[/bold red] {e}", markup=True, highlight=False)
         return 2

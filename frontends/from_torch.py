@@ -36,13 +36,15 @@ def _torch():
     return torch
 
 
-def export_program(fn_or_module, example_inputs: tuple, what: str):
+def export_program(fn_or_module, example_inputs: tuple, what: str, kwargs: dict | None = None):
+    """torch.export of `fn_or_module(*example_inputs, **kwargs)`, decomposed to core ATen (less
+    the composites in _KEEP_COMPOSITE)."""
     torch = _torch()
     module = fn_or_module if isinstance(fn_or_module, torch.nn.Module) else _make_function_module()(fn_or_module)
     try:
         with warnings.catch_warnings():  # torch.export's own deprecation chatter is not the user's concern
             warnings.simplefilter("ignore", FutureWarning)
-            ep = torch.export.export(module, tuple(example_inputs))
+            ep = torch.export.export(module, tuple(example_inputs), kwargs=dict(kwargs or {}))
     except Exception as e:  # torch raises many types here; all mean "could not capture"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CaptureError(f"torch.export could not capture {what} ({type(module).__name__}): "
@@ -204,23 +206,46 @@ class TorchImporter(Emitter):
         except _Unsupported as e:
             self._unsupported(node, f"{name} ({e})")
             return
+        except Exception:  # noqa: BLE001
+            if not self.unsupported:
+                raise
+            # downstream of an op already reported (its placeholder's shape may not fit): keep going
+            # quietly, the error lists the ops that caused it
+            self.env[node] = self._typed_placeholders(node)
+            return
         self.env[node] = result
 
     def _unsupported(self, node, what: str):
         src = _source_of(node)
         self.unsupported.append(f"{what} at node '{node.name}'" + (f" ({src})" if src else ""))
         # keep going with a typed placeholder so every later unsupported op is reported too
+        self.env[node] = self._typed_placeholders(node)
+
+    def _typed_placeholders(self, node):
         val = node.meta.get("val")
         if isinstance(val, (list, tuple)):
-            self.env[node] = tuple(self._placeholder(v) for v in val)
-        else:
-            self.env[node] = self._placeholder(val)
+            return tuple(self._placeholder(v) for v in val)
+        return self._placeholder(val)
 
     def _placeholder(self, val):
         if val is None or not hasattr(val, "shape"):
             return None
-        return self.g.add_source(self.names("unsupported"), "const",
-                                 np.zeros(tuple(val.shape), dtype=_np_dtype(val.dtype)))
+        # a data-dependent size (torch's unbacked SymInt, e.g. after boolean indexing) stands as 1
+        shape = tuple(int(d) if isinstance(d, int) or hasattr(d, "__index__") and _concrete(d) else 1
+                      for d in val.shape)
+        try:
+            dtype = _np_dtype(val.dtype)
+        except EdgetuneError:  # complex and the like: its own op is reported; the stand-in only needs a shape
+            dtype = np.float32
+        return self.g.add_source(self.names("unsupported"), "const", np.zeros(shape, dtype=dtype))
+
+
+def _concrete(d) -> bool:
+    try:
+        int(d)
+        return True
+    except Exception:  # noqa: BLE001  torch's GuardOnDataDependentSymNode and friends
+        return False
 
 
 class _Unsupported(Exception):
@@ -372,13 +397,21 @@ def _hardtanh(im, node, x, min_val=-1.0, max_val=1.0):
     return im.emit1("hardtanh", [x], {"min": float(min_val), "max": float(max_val)})
 
 
-@handles("clamp")
+@handles("clamp", "clamp_min", "clamp_max")
 def _clamp(im, node, x, min=None, max=None):
-    if min is not None and max is not None:
-        return im.emit1("hardtanh", [x], {"min": float(min), "max": float(max)})
+    """clamp / clamp_min / clamp_max: hardtanh, an absent bound at -inf / +inf (relu for clamp(min=0)).
+    Its gradient is hardtanh's (1 strictly inside the bounds), where torch's clamp also passes
+    the gradient at a value exactly equal to a bound."""
+    name = _op_name(node.target)
+    if name == "clamp_max":
+        min, max = None, min
+    if isinstance(min, Value) or isinstance(max, Value):
+        raise _Unsupported("clamp with tensor bounds")
     if min == 0 and max is None:
         return im.emit1("relu", [x])
-    raise _Unsupported("clamp with a single non-zero bound")
+    lo = float(min) if min is not None else float("-inf")
+    hi = float(max) if max is not None else float("inf")
+    return im.emit1("hardtanh", [x], {"min": lo, "max": hi})
 
 
 @handles("gelu")
@@ -540,6 +573,13 @@ def _identity(im, node, x, *rest, **kw):
     return x
 
 
+@handles("_assert_tensor_metadata")
+def _assert_metadata(im, node, *args, **kw):
+    """torch.export's record of a `.to(dtype)` it checked at trace time (every RMSNorm has one):
+    a run-time assertion on a value's dtype/shape that the static IR already guarantees."""
+    return None
+
+
 @handles("_to_copy")
 def _to_copy(im, node, x, dtype=None, **kw):
     if dtype is None or _ir_dtype(dtype) == x.dtype:
@@ -608,6 +648,67 @@ def _where(im, node, cond, a, b):
     return im.emit1("where", [cond, a, b])
 
 
+# ---- comparisons, cumsum, gather (ops/compare + ops/indexing) ----
+# (the comparison ops are registered in compiler/ops/elementwise.py, cumsum and gather in
+# compiler/ops/indexing.py)
+_COMPARE_DTYPES = ("f32", "f64", "i64", "i32", "bool")
+_WIDENED = {"f16": "f32", "i8": "i32", "u8": "i32"}  # compared exactly after a lossless cast
+
+
+def _torch_dtype(ir_dtype: str):
+    torch = _torch()
+    return {"f32": torch.float32, "f64": torch.float64, "f16": torch.float16, "i64": torch.int64,
+            "i32": torch.int32, "i8": torch.int8, "u8": torch.uint8, "bool": torch.bool}[ir_dtype]
+
+
+def _compare(op):
+    def handler(im, node, a, b):
+        """eq / ne / lt / le / gt / ge, .Tensor and .Scalar: both operands in torch's promoted
+        dtype (torch.result_type: `ids > 0.5` compares in float, `mask == 1` in int64)."""
+        torch = _torch()
+
+        def probe(v):  # what torch.result_type needs of a Value: dtype, and 0-d or not
+            if isinstance(v, Value):
+                return torch.empty(() if v.type.rank == 0 else (1,), dtype=_torch_dtype(v.dtype))
+            return v
+        dtype = _ir_dtype(torch.result_type(probe(a), probe(b)))
+        dtype = _WIDENED.get(dtype, dtype)
+        if dtype not in _COMPARE_DTYPES:
+            raise _Unsupported(f"comparison in {dtype}")
+        a, b = (im.emit1("cast", [v], {"dtype": dtype}) if isinstance(v, Value) and v.dtype != dtype
+                else v if isinstance(v, Value) else im.b.const(v, dtype) for v in (a, b))
+        return im.emit1(op, [a, b])
+    return handler
+
+
+for _name in ("eq", "ne", "lt", "le", "gt", "ge"):
+    for _ov in ("Tensor", "Scalar"):
+        HANDLERS[f"{_name}.{_ov}"] = _compare(_name)
+
+
+@handles("cumsum")
+def _cumsum(im, node, x, dim, dtype=None):
+    """torch.cumsum: in `dtype` when given, else in x's dtype, integers and bool in int64 (torch's
+    promotion); a cast first where that differs from x's dtype."""
+    target = _ir_dtype(dtype) if dtype is not None else \
+        ("i64" if x.dtype in ("bool", "i8", "u8", "i32", "i64") else x.dtype)
+    if target not in ("f32", "f64", "i64", "i32"):
+        raise _Unsupported(f"cumsum in {target}")
+    if x.dtype != target:
+        x = im.emit1("cast", [x], {"dtype": target})
+    if x.type.rank == 0:
+        return x
+    return im.emit1("cumsum", [x], {"dim": norm_dim(dim, x.type.rank)})
+
+
+@handles("gather")
+def _gather(im, node, x, dim, index, sparse_grad=False):
+    """torch.gather along dim (indices checked by the kernels: outside [0, size) is an error)."""
+    if x.type.rank == 0:
+        raise _Unsupported("gather from a 0-d tensor")
+    return im.emit1("gather", [x, index], {"dim": norm_dim(dim, x.type.rank)})
+
+
 @handles("masked_fill.Scalar", "masked_fill.Tensor")
 def _masked_fill(im, node, x, mask, value):
     return im.emit1("where", [mask, im.value(float(value) if not isinstance(value, Value) else value, like=x), x])
@@ -616,11 +717,9 @@ def _masked_fill(im, node, x, mask, value):
 @handles("scaled_dot_product_attention")
 def _sdpa(im, node, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
     """Decomposed attention: softmax(q k^T * scale + mask) v."""
-    if dropout_p:
-        raise _Unsupported("attention dropout")
-    if enable_gqa:
-        raise _Unsupported("grouped-query attention")
     rank = q.type.rank
+    if enable_gqa and k.shape[-3] != q.shape[-3]:  # each key/value head serves a group of query heads
+        k, v = (_repeat_heads(im, t, q.shape[-3] // t.shape[-3]) for t in (k, v))
     e = q.shape[-1]
     scale = 1.0 / math.sqrt(e) if scale is None else float(scale)
     kt = im.emit1("permute", [k], {"dims": list(range(rank - 2)) + [rank - 1, rank - 2]})
@@ -636,7 +735,18 @@ def _sdpa(im, node, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, sca
         else:
             scores = im.emit1("add", [scores, attn_mask])
     probs = im.emit1("softmax", [scores], {"dim": rank - 1})
+    if dropout_p:  # train-mode attention dropout: edgetune's own random stream (ops/dropout.py)
+        probs = _dropout(im, node, probs, float(dropout_p), True)[0]
     return im.emit1("matmul", [probs, v])
+
+
+def _repeat_heads(im, t, group: int):
+    """[..., H, S, E] -> [..., H * group, S, E], each head repeated `group` times in place
+    (repeat_interleave over heads, as grouped-query attention reads them)."""
+    *lead, h, s, e = t.shape
+    t5 = lower_reshape(im, t, lead + [h, 1, s, e])
+    t5 = im.emit1("expand", [t5], {"shape": lead + [h, group, s, e]})
+    return lower_reshape(im, t5, lead + [h * group, s, e])
 
 
 _REDUCTIONS = {0: "none", 1: "mean", 2: "sum"}
@@ -670,14 +780,413 @@ def _mse(im, node, a, b, reduction=1):
     return im.emit1("mse_loss", [a, b], {"reduction": _REDUCTIONS[reduction]})
 
 
+# ---- indexing, views and resampling lowered onto existing ops (issue 14) ----------------------
+# Each of these is a data movement with a static pattern (the shapes and, for as_strided, the
+# strides are compile-time facts), so it lowers to ops that already have kernels and gradient
+# rules: an embedding row gather (its backward is the scatter-add a trainable table needs),
+# concat / slice, permute / reshape, matmul with constant interpolation matrices.
+
+def _gather_rows(im, x, dim: int, idx: Value):
+    """x indexed by the integer tensor idx along dim (torch: x.shape[:dim] + idx.shape +
+    x.shape[dim+1:]), as one embedding lookup over x's rows along dim."""
+    rank = x.type.rank
+    front = [dim] + [d for d in range(rank) if d != dim]
+    moved = x if dim == 0 else im.emit1("permute", [x], {"dims": front})
+    rest = [x.shape[d] for d in front[1:]]
+    inner = int(np.prod(rest, dtype=np.int64)) if rest else 1
+    table = lower_reshape(im, moved, [x.shape[dim], inner])
+    if idx.dtype not in ("i64", "i32"):
+        idx = im.emit1("cast", [idx], {"dtype": "i64"})
+    rows = im.emit1("embedding", [table, idx], {"padding_idx": None})  # idx.shape + [inner]
+    k = idx.type.rank
+    y = lower_reshape(im, rows, list(idx.shape) + rest)
+    if dim == 0:
+        return y
+    # y is [idx..., x dims without dim]: put idx's dims back where dim was
+    order = list(range(k, k + dim)) + list(range(k)) + list(range(k + dim, k + rank - 1))
+    return im.emit1("permute", [y], {"dims": order})
+
+
+def _const_index(im, node_arg, value: Value, size: int):
+    """A compile-time index array (negative entries wrapped), or None when only known at run time."""
+    if node_arg in im.known:
+        arr = im.known[node_arg].detach().cpu().numpy().astype(np.int64)
+        if arr.size and (arr.min() < -size or arr.max() >= size):
+            raise _Unsupported(f"index out of range for a dimension of size {size}")
+        return np.where(arr < 0, arr + size, arr)
+    return None
+
+
+@handles("index.Tensor")
+def _index(im, node, x, indices):
+    """Advanced indexing x[..., idx, ...]: integer index tensors on one dim or on adjacent dims
+    (a relative-position bias table gathered by an index buffer, Swin-style)."""
+    fx_indices = node.args[1]
+    used = [d for d, i in enumerate(indices) if i is not None]
+    if not used:
+        return x
+    if any(indices[d].dtype == "bool" for d in used):
+        raise _Unsupported("boolean-mask indexing (its result's shape depends on the data)")
+    if used != list(range(used[0], used[-1] + 1)):
+        raise _Unsupported("index tensors on non-adjacent dims")
+    d0 = used[0]
+    if len(used) == 1:
+        arr = _const_index(im, fx_indices[d0], indices[d0], x.shape[d0])
+        idx = indices[d0] if arr is None else im.const_tensor(_torch().from_numpy(arr))
+        return _gather_rows(im, x, d0, idx)
+    # several adjacent index tensors: one linear index into the merged dims (compile-time only)
+    arrays = [_const_index(im, fx_indices[d], indices[d], x.shape[d]) for d in used]
+    if any(a is None for a in arrays):
+        raise _Unsupported("several index tensors that are only known at run time")
+    arrays = np.broadcast_arrays(*arrays)
+    linear = np.zeros(arrays[0].shape, np.int64)
+    for d, a in zip(used, arrays):
+        linear = linear * x.shape[d] + a
+    merged = list(x.shape[:d0]) + [int(np.prod([x.shape[d] for d in used]))] + list(x.shape[used[-1] + 1:])
+    flat = lower_reshape(im, x, merged)
+    return _gather_rows(im, flat, d0, im.const_tensor(_torch().from_numpy(linear)))
+
+
+@handles("index_select")
+def _index_select(im, node, x, dim, index):
+    dim = norm_dim(dim, x.type.rank)
+    arr = _const_index(im, node.args[2], index, x.shape[dim])
+    return _gather_rows(im, x, dim, index if arr is None else im.const_tensor(_torch().from_numpy(arr)))
+
+
+@handles("as_strided", "as_strided_copy")
+def _as_strided(im, node, x, size, stride, storage_offset=None):
+    """as_strided over x's storage as torch.export saw it (the input's own strides, from the
+    trace): the identity, a permute, or else a static gather of x's elements (an embedding
+    lookup over x as a column, one index per output element; exact, and differentiable, but
+    it stores the index: say so in the docs). Storage that x does not cover densely, or reads
+    outside it, is refused."""
+    size, stride = [int(v) for v in size], [int(v) for v in stride]
+    offset = int(storage_offset or 0)
+    meta = node.args[0].meta.get("val")
+    shape = list(x.shape)
+    x_strides = list(meta.stride()) if meta is not None else contiguous_strides(shape)
+    x_offset = int(meta.storage_offset()) if meta is not None else 0
+    numel = int(np.prod(shape, dtype=np.int64))
+    # storage position -> x's row-major element index, for a dense x (strides a permuted layout)
+    positions = np.zeros(shape, np.int64) + x_offset
+    for d, (n, st) in enumerate(zip(shape, x_strides)):
+        positions += (np.arange(n, dtype=np.int64) * st).reshape([-1 if k == d else 1 for k in range(len(shape))])
+    lo = x_offset
+    if numel == 0 or positions.min() != lo or positions.max() != lo + numel - 1 or \
+            len(np.unique(positions)) != numel:
+        raise _Unsupported("as_strided over an input that is not a dense tensor")
+    element_at = np.empty(numel, np.int64)
+    element_at[positions.reshape(-1) - lo] = np.arange(numel, dtype=np.int64)
+    want = np.zeros(size, np.int64) + offset
+    for d, (n, st) in enumerate(zip(size, stride)):
+        want += (np.arange(n, dtype=np.int64) * st).reshape([-1 if k == d else 1 for k in range(len(size))])
+    if want.size and (want.min() < lo or want.max() > lo + numel - 1):
+        raise _Unsupported("as_strided reading outside its input's storage")
+    index = element_at[want - lo] if want.size else want
+    if index.size == numel and np.array_equal(index.reshape(-1), np.arange(numel)):
+        return _reshape_to(im, x, size)  # x's elements in row-major order: a reshape
+    for perm in _permutations_matching(shape, size):
+        if np.array_equal(np.arange(numel).reshape(shape).transpose(perm), index):
+            return im.emit1("permute", [x], {"dims": list(perm)})
+    column = lower_reshape(im, x, [numel, 1])
+    rows = im.emit1("embedding", [column, im.const_tensor(_torch().from_numpy(index.reshape(-1).copy()))],
+                    {"padding_idx": None})
+    return lower_reshape(im, rows, size)
+
+
+def contiguous_strides(shape) -> list[int]:
+    out, acc = [], 1
+    for d in reversed(list(shape)):
+        out.append(acc)
+        acc *= d
+    return out[::-1]
+
+
+def _permutations_matching(shape, size):
+    """Permutations p with shape[p[k]] == size[k] (few: dims are matched by size)."""
+    import itertools
+    if len(shape) != len(size) or sorted(shape) != sorted(size) or len(shape) > 6:
+        return []
+    return [p for p in itertools.permutations(range(len(shape))) if all(shape[p[k]] == size[k] for k in range(len(size)))]
+
+
+@handles("constant_pad_nd")
+def _constant_pad(im, node, x, pad, value=0.0):
+    """pad = [last_lo, last_hi, second_last_lo, ...]: a concat with constant blocks per padded dim
+    (negative amounts crop: a slice)."""
+    pad = [int(p) for p in pad]
+    y = x
+    for k in range(len(pad) // 2):
+        dim = x.type.rank - 1 - k
+        lo, hi = pad[2 * k], pad[2 * k + 1]
+        if lo < 0 or hi < 0:
+            size = y.shape[dim]
+            y = lower_slice(im, y, dim, max(0, -lo), size - max(0, -hi))
+            lo, hi = max(lo, 0), max(hi, 0)
+        parts = []
+        for amount in (lo, hi):
+            if amount > 0:
+                shape = list(y.shape)
+                shape[dim] = amount
+                fill = np.full(shape, value, dtype=_np_dtype_of(y.dtype))
+                parts.append(im.g.add_source(im.names("pad"), "const", fill))
+            else:
+                parts.append(None)
+        pieces = [p for p in (parts[0], y, parts[1]) if p is not None]
+        if len(pieces) > 1:
+            y = im.emit1("concat", pieces, {"dim": dim})
+    return y
+
+
+def _np_dtype_of(ir_dtype: str):
+    from ..compiler.ir import numpy_dtype
+    return numpy_dtype(ir_dtype)
+
+
+def _interpolation_matrix(in_size: int, out_size: int, align_corners: bool, scale, mode: str) -> np.ndarray:
+    """[out, in] weights PyTorch's upsample kernels use (area_pixel_compute_source_index)."""
+    m = np.zeros((out_size, in_size), np.float64)
+    for o in range(out_size):
+        if mode == "nearest":
+            ratio = (1.0 / scale) if scale else in_size / out_size
+            m[o, min(int(math.floor(o * ratio)), in_size - 1)] = 1.0
+            continue
+        if align_corners:
+            src = o * (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
+        else:
+            ratio = (1.0 / scale) if scale else in_size / out_size
+            src = max((o + 0.5) * ratio - 0.5, 0.0)
+        i0 = min(int(math.floor(src)), in_size - 1)
+        i1 = min(i0 + 1, in_size - 1)
+        lam = src - i0
+        m[o, i0] += 1.0 - lam
+        m[o, i1] += lam
+    return m.astype(np.float32)
+
+
+def _upsample(im, node, x, output_size, align_corners, scale_factors, mode):
+    n, c, h, w = x.shape
+    scales = list(scale_factors) if scale_factors else [None, None]
+    if output_size:
+        oh, ow = [int(v) for v in output_size]
+    else:
+        oh, ow = int(math.floor(h * scales[0])), int(math.floor(w * scales[1]))
+    ah = _interpolation_matrix(h, oh, bool(align_corners), scales[0], mode)
+    aw = _interpolation_matrix(w, ow, bool(align_corners), scales[1], mode)
+    y = x
+    if ow != w or not np.array_equal(aw, np.eye(w, dtype=np.float32)):
+        awt = im.g.add_source(im.names("interp_w"), "const", np.ascontiguousarray(aw.T))
+        y = im.emit1("matmul", [y, awt])  # [N, C, H, OW]
+    if oh != h or not np.array_equal(ah, np.eye(h, dtype=np.float32)):
+        ahc = im.g.add_source(im.names("interp_h"), "const", ah)
+        y = im.emit1("matmul", [ahc, y])  # [OH, H] @ [N, C, H, OW]
+    return y
+
+
+@handles("upsample_bilinear2d.vec", "upsample_bilinear2d")
+def _upsample_bilinear(im, node, x, output_size, align_corners, scale_factors=None, *rest):
+    if not isinstance(scale_factors, (list, tuple)) and scale_factors is not None:  # .default: scales_h, scales_w
+        scale_factors = [scale_factors] + list(rest[:1])
+    return _upsample(im, node, x, output_size, align_corners, scale_factors, "bilinear")
+
+
+@handles("upsample_nearest2d.vec", "upsample_nearest2d")
+def _upsample_nearest(im, node, x, output_size, scale_factors=None, *rest):
+    if not isinstance(scale_factors, (list, tuple)) and scale_factors is not None:
+        scale_factors = [scale_factors] + list(rest[:1])
+    return _upsample(im, node, x, output_size, False, scale_factors, "nearest")
+
+
+def _logical(kind):
+    """Boolean and / or / not (attention masks combine padding and causal masks with `&`) as a
+    select: a & b = where(a, b, false), a | b = where(a, true, b), ~a = where(a, false, true)."""
+    def handler(im, node, a, b=None):
+        if not isinstance(a, Value) or a.dtype != "bool" or (b is not None and (not isinstance(b, Value)
+                                                                                 or b.dtype != "bool")):
+            raise _Unsupported("bitwise / logical ops on non-bool tensors")
+        false, true = im.b.const(False, "bool"), im.b.const(True, "bool")
+        if kind == "and":
+            return im.emit1("where", [a, b, false])
+        if kind == "or":
+            return im.emit1("where", [a, true, b])
+        return im.emit1("where", [a, false, true])
+    return handler
+
+
+for _name, _kind in (("bitwise_and.Tensor", "and"), ("logical_and", "and"), ("bitwise_or.Tensor", "or"),
+                     ("logical_or", "or"), ("bitwise_not", "not"), ("logical_not", "not")):
+    HANDLERS[_name] = _logical(_kind)
+
+
+@handles("linalg_vector_norm")
+def _vector_norm(im, node, x, ord=2, dim=None, keepdim=False, dtype=None):
+    """The 2-norm (F.normalize's) as sqrt(sum(x * x)); other orders are not lowered."""
+    if ord != 2:
+        raise _Unsupported(f"vector norm of order {ord} (only 2)")
+    rank = x.type.rank
+    dims = list(range(rank)) if dim is None or list(dim) == [] else sorted({norm_dim(d, rank) for d in dim})
+    squares = im.emit1("mul", [x, x])
+    return im.emit1("sqrt", [im.emit1("sum", [squares], {"dims": dims, "keepdim": bool(keepdim)})])
+
+
 # =============================================================================================
 # Entry points
 # =============================================================================================
-def import_module(module, example_inputs: tuple) -> ImportedModel:
+def _training_kwargs(module, args: tuple, kwargs: dict) -> dict:
+    """`kwargs` plus use_cache=False for a Hugging Face model (one whose `config` has `use_cache`
+    and whose forward takes it) unless the caller set it: a training step returns no KV cache,
+    and torch.export cannot return a transformers Cache object."""
+    import inspect
+    config = getattr(module, "config", None)
+    if "use_cache" in kwargs or not getattr(config, "use_cache", False):
+        return kwargs
+    try:
+        params = list(inspect.signature(module.forward).parameters)
+    except (TypeError, ValueError):
+        return kwargs
+    if "use_cache" in params and params.index("use_cache") >= len(args):
+        return {**kwargs, "use_cache": False}
+    return kwargs
+
+
+def _bind_user_inputs(g: Graph, names: NameGen, ep, args: tuple, kwargs: dict, placeholders: dict) -> list:
+    """Graph inputs for the exported program's user inputs: the positional ones (named as
+    forward names them), then the keyword ones in `kwargs`' order, named by their keys.
+    Returns, per USER_INPUT of the export (its order), the Value it reads (None for a non-tensor
+    constant, which torch.export baked into the graph)."""
+    from torch.utils import _pytree as pytree
+    specs = [s for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    in_spec = ep.call_spec.in_spec
+    if in_spec is None or in_spec.num_leaves != len(specs):
+        raise CaptureError(f"torch.export's input structure ({in_spec}) does not match its {len(specs)} user inputs")
+    leaf_args, leaf_kwargs = pytree.tree_unflatten(list(range(len(specs))), in_spec)
+    order = [(i, None) for a in leaf_args for i in pytree.tree_leaves(a)]
+    for key in kwargs:
+        if key in leaf_kwargs:
+            leaves = pytree.tree_leaves(leaf_kwargs[key])
+            order += [(i, key if len(leaves) == 1 else None) for i in leaves]
+    bound: list = [None] * len(specs)
+    for i, key in order:
+        spec = specs[i]
+        if type(spec.arg).__name__ != "TensorArgument":
+            continue  # a constant (True, 0.5, a string): specialised into the graph by torch.export
+        val = placeholders[spec.arg.name].meta["val"]
+        bound[i] = g.add_input(names.reserve(key or spec.arg.name),
+                               TensorType(tuple(val.shape), dtype_of_numpy(_np_dtype(val.dtype))))
+    return bound
+
+
+def _describe_output(obj, types: dict) -> str:
+    """'f32[2,8,64]' for a leaf (a 0-d tensor holding its leaf index), 'a tuple of 3 tensors'..."""
+    torch = _torch()
+    if isinstance(obj, torch.Tensor):
+        return types[int(obj)]
+    from torch.utils import _pytree as pytree
+    n = len(pytree.tree_leaves(obj))
+    return f"a {type(obj).__name__} of {n} value{'s' * (n != 1)}"
+
+
+def _output_choices(obj, types: dict) -> str:
+    from collections.abc import Mapping
+    if isinstance(obj, Mapping):
+        return ", ".join(f"{k!r} ({_describe_output(v, types)})" for k, v in obj.items())
+    return ", ".join(f"{i} ({_describe_output(v, types)})" for i, v in enumerate(obj))
+
+
+def select_output(out_spec, types: list[str], output, where: str) -> int:
+    """Which leaf of a model's (flattened) output the loss reads.
+
+    `out_spec` is torch.export's output pytree; `types[i]` describes leaf i ('f32[2,8,64]').
+    output=None: the single tensor if there is one, else the "logits" entry of a dict or
+    ModelOutput; a str: that key of a dict / ModelOutput (or field of a namedtuple); an int: that
+    index of a tuple or list (or ModelOutput, as `model(x)[i]` reads it); a tuple/list of those
+    walks into nested outputs, e.g. ("hidden_states", -1). Raises LossError listing the choices."""
+    from collections.abc import Mapping
+    from torch.utils import _pytree as pytree
+    from ..compiler.errors import LossError
+    torch = _torch()
+    n = len(types)
+    tree = pytree.tree_unflatten([torch.tensor(i) for i in range(n)], out_spec)
+    by_index = dict(enumerate(types))
+    tensors = [i for i, t in enumerate(types) if not t.startswith("the constant")]
+    if output is None:
+        if len(tensors) == 1:
+            return tensors[0]
+        if isinstance(tree, Mapping) and "logits" in tree and isinstance(tree["logits"], torch.Tensor):
+            return int(tree["logits"])
+        if isinstance(tree, (Mapping, tuple, list)) and len(tree):
+            kind = "key" if isinstance(tree, Mapping) else "index"
+            raise LossError(f"{where} returns a {type(tree).__name__} of {len(tensors)} tensors and no 'logits': "
+                            f"pass output=<{kind}> to et.compile to pick the one the loss reads; "
+                            f"its {'keys' if kind == 'key' else 'indices'} are: {_output_choices(tree, by_index)}")
+        raise LossError(f"{where} returns no tensor ({_describe_output(tree, by_index)}); edgetune trains models "
+                        "that return a tensor, or a dict / ModelOutput / tuple holding one")
+    path = list(output) if isinstance(output, (tuple, list)) else [output]
+    obj, walked = tree, []
+    for step in path:
+        child = None
+        if isinstance(obj, Mapping):
+            if isinstance(step, str) and step in obj:
+                child = obj[step]
+            elif isinstance(step, int) and not isinstance(step, bool) and hasattr(obj, "to_tuple") \
+                    and -len(obj) <= step < len(obj):
+                child = list(obj.values())[step]  # ModelOutput: model(x)[i]
+        elif isinstance(obj, (tuple, list)):
+            if isinstance(step, int) and not isinstance(step, bool) and -len(obj) <= step < len(obj):
+                child = obj[step]
+            elif isinstance(step, str) and step in getattr(obj, "_fields", ()):
+                child = getattr(obj, step)
+        here = f"{where}'s output" + "".join(f"[{s!r}]" for s in walked)
+        if child is None:
+            if isinstance(obj, torch.Tensor):
+                raise LossError(f"output={output!r}: {here} is a tensor ({_describe_output(obj, by_index)}), "
+                                f"it cannot be indexed with {step!r}")
+            if isinstance(obj, (Mapping, tuple, list)):
+                kind = "keys" if isinstance(obj, Mapping) else "indices"
+                raise LossError(f"output={output!r}: {step!r} is not in {here}, a {type(obj).__name__}; "
+                                f"its {kind} are: {_output_choices(obj, by_index)}")
+            raise LossError(f"output={output!r}: {here} is a {type(obj).__name__}, which edgetune cannot index")
+        obj = child
+        walked.append(step)
+    if not isinstance(obj, torch.Tensor):
+        here = f"{where}'s output" + "".join(f"[{s!r}]" for s in walked)
+        choices = _output_choices(obj, by_index) if isinstance(obj, (Mapping, tuple, list)) else ""
+        raise LossError(f"output={output!r}: {here} is {_describe_output(obj, by_index)}, not one tensor; "
+                        f"pick one inside it with a path, output=({output!r}, <key or index>)"
+                        + (f"; its entries: {choices}" if choices else ""))
+    if by_index[int(obj)].startswith("the constant"):
+        raise LossError(f"output={output!r}: {where}'s output there is {by_index[int(obj)]}, not a tensor")
+    return int(obj)
+
+
+def import_module(module, example_inputs: tuple = (), kwargs: dict | None = None, output=None) -> ImportedModel:
+    """The forward graph of `module(*example_inputs, **kwargs)`, captured with torch.export.
+
+    Program inputs: the tensors of `example_inputs` (named as forward names them), then those of
+    `kwargs` in the dict's order, named by their keys; non-tensor keyword values (True, a float)
+    are constants torch.export bakes in. A Hugging Face model is captured with use_cache=False
+    (_training_kwargs). The model output is one tensor: picked from a dict, ModelOutput, tuple or
+    list result by `output` (select_output); the other results are not outputs of the graph, so
+    the compiler's dead-code elimination drops what only they need."""
     torch = _torch()
     if not isinstance(module, torch.nn.Module):
         raise CaptureError(f"expected a torch.nn.Module, got {type(module).__name__}")
-    ep = export_program(module, example_inputs, "the model")
+    example_inputs = tuple(example_inputs)
+    kwargs = _training_kwargs(module, example_inputs, dict(kwargs or {}))
+    ep = export_program(module, example_inputs, "the model", kwargs)
+    where = type(module).__name__
+    out_node = next(n for n in ep.graph.nodes if n.op == "output")
+    user_out = [(spec, arg) for spec, arg in zip(ep.graph_signature.output_specs, out_node.args[0])
+                if spec.kind.name == "USER_OUTPUT"]
+    types = []
+    for spec, arg in user_out:
+        val = arg.meta.get("val") if isinstance(arg, torch.fx.Node) else None
+        if isinstance(val, torch.Tensor):
+            types.append(str(TensorType(tuple(val.shape), _ir_dtype(val.dtype))))
+        else:
+            types.append(f"the constant {getattr(spec.arg, 'value', arg)!r}")
+    picked = select_output(ep.call_spec.out_spec, types, output, where)
     g = Graph(name=re.sub(r"\W", "_", type(module).__name__).lower())
     names = NameGen(g)
     param_values: dict[str, Value] = {}
@@ -702,8 +1211,10 @@ def import_module(module, example_inputs: tuple) -> ImportedModel:
         by_identity[id(tensor)] = spec.target
         if kind == "BUFFER" and spec.target not in mutated:
             frozen_buffers[spec.target] = tensor
+    placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
+    bound = _bind_user_inputs(g, names, ep, example_inputs, kwargs, placeholders)
     importer = TorchImporter(g, "forward", names, frozen_buffers)
-    outputs = importer.run(ep, None, param_values)
+    outputs = importer.run(ep, bound, param_values)
     if importer.unsupported:
         raise UnsupportedOpError(importer.unsupported, "PyTorch")
     user_outputs = []
@@ -711,14 +1222,15 @@ def import_module(module, example_inputs: tuple) -> ImportedModel:
         if spec.kind.name == "BUFFER_MUTATION":
             g.assigns[spec.target] = val if isinstance(val, Value) else importer.value(val)
         elif spec.kind.name == "USER_OUTPUT":
-            if not isinstance(val, Value):
-                raise CaptureError(f"model output {spec.arg.name} is not a tensor")
             user_outputs.append(val)
         else:
             raise CaptureError(f"unsupported export output kind {spec.kind.name}")
-    for i, v in enumerate(user_outputs):
-        g.outputs["output" if len(user_outputs) == 1 else f"output{i}"] = v
-    return ImportedModel(g, "torch", [v.name for v in g.inputs], user_outputs, train_mode=module.training)
+    chosen = user_outputs[picked]
+    if not isinstance(chosen, Value):  # a compile-time constant: nothing to train through
+        raise CaptureError(f"{where}'s output {user_out[picked][0].arg.name} ({types[picked]}) does not depend on "
+                           "the model's inputs or parameters: it is a constant, nothing can be trained through it")
+    g.outputs["output"] = chosen
+    return ImportedModel(g, "torch", [v.name for v in g.inputs], [chosen], train_mode=module.training)
 
 
 def import_function_into(graph: Graph, fn, bound: list[Value], example_tensors: tuple, section: str,
