@@ -855,15 +855,21 @@ def _reduce_dims(im, node, rank, a, axes_input) -> list[int] | None:
 HANDLERS, handles = handler_table()
 
 
+def _two_operands(im):
+    """A binary node's operands as Values of one dtype (a constant takes the other's)."""
+    x, y = im.operand(0), im.operand(1)
+    if not isinstance(x, Value):
+        x = im.like(x, y)
+    if not isinstance(y, Value):
+        y = im.like(y, x)
+    if x.dtype != y.dtype:
+        raise _Unsupported(f"operands of different dtypes {x.dtype} and {y.dtype}")
+    return x, y
+
+
 def _binary(op):
     def handler(im, node, a):
-        x, y = im.operand(0), im.operand(1)
-        if not isinstance(x, Value):
-            x = im.like(x, y)
-        if not isinstance(y, Value):
-            y = im.like(y, x)
-        if x.dtype != y.dtype:
-            raise _Unsupported(f"operands of different dtypes {x.dtype} and {y.dtype}")
+        x, y = _two_operands(im)
         # a bias-like param goes second: `add` marks its input 1 as the bias (PEFT BiasOnly)
         if op in ("add", "mul") and x.kind == "param" and y.kind != "param":
             x, y = y, x
@@ -1262,13 +1268,7 @@ _COMPARE_DTYPES = ("f32", "f64", "i64", "i32", "bool")
 
 def _compare(op):
     def handler(im, node, a):
-        x, y = im.operand(0), im.operand(1)
-        if not isinstance(x, Value):
-            x = im.like(x, y)
-        if not isinstance(y, Value):
-            y = im.like(y, x)
-        if x.dtype != y.dtype:
-            raise _Unsupported(f"operands of different dtypes {x.dtype} and {y.dtype}")
+        x, y = _two_operands(im)
         if x.dtype not in _COMPARE_DTYPES:
             raise _Unsupported(f"{x.dtype} operands (comparisons take {', '.join(_COMPARE_DTYPES)})")
         return im.emit1(op, [x, y])

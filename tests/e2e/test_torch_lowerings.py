@@ -216,13 +216,16 @@ def test_sdpa_dropout_uses_edgetunes_stream():
     prog = et.compile(model, (x,), y, optimizer=et.optim.SGD(lr=0.05))
     drops = [n for n in prog.graph.nodes if n.op == "dropout"]
     assert len(drops) == 1 and drops[0].attrs["p"] == 0.5
-    sess = et.Session(prog, backend="cpu")
-    a, b = sess.forward(x.numpy()), sess.forward(x.numpy())
-    assert np.isfinite(a).all()
     model.dropout = 0.0
     prog0 = et.compile(model, (x,), y, optimizer=et.optim.SGD(lr=0.05))
     assert not any(n.op == "dropout" for n in prog0.graph.nodes)
     assert_training_matches_torch(model, prog0, batches)
+    # the same stream on both backends (portable), and it changes the step: a dropped-out loss
+    # differs from the p = 0 program's on the same weights and batch
+    dropped = [et.Session(prog, backend=b).step(x.numpy(), y.numpy()) for b in ("reference", "cpu")]
+    plain = et.Session(prog0, backend="cpu").step(x.numpy(), y.numpy())
+    np.testing.assert_allclose(dropped[0], dropped[1], rtol=1e-5)
+    assert abs(dropped[1] - plain) > 1e-4 * abs(plain)
 
 
 def test_what_is_not_lowered_is_reported_with_its_source():
@@ -231,7 +234,7 @@ def test_what_is_not_lowered_is_reported_with_its_source():
             return x[x > 0].sum().reshape(1, 1).expand(x.shape[0], 2)  # a data-dependent shape
     with pytest.raises(et.UnsupportedOpError) as e:
         et.compile(M(), (torch.randn(4, 3),), torch.zeros(4, dtype=torch.long))
-    assert "test_torch_lowerings.py" in str(e.value) or "index" in str(e.value) or "nonzero" in str(e.value)
+    assert "index.Tensor (boolean-mask indexing" in str(e.value), str(e.value)
 
 
 # ---- whole blocks of modern vision families, in plain torch ------------------------------------------
