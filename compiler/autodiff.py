@@ -12,6 +12,9 @@ Two walks over the forward+loss nodes:
    grad. Rules emit only what is needed (no conv2d_grad_weight for a frozen weight, no
    conv2d_grad_input into the first layer), so pruning is by construction, not by a later DCE.
 
+A node tagged "stop_gradient" passes no gradient (DoRA's weight norm, compiler/adapters/lora.py:
+PEFT detaches it): its outputs never require one, so nothing upstream is differentiated through it.
+
 A value read by several nodes (a residual, a tied weight) gets the sum of its gradients.
 Backward nodes go in section "backward"; nodes producing a weight's gradient are tagged
 "weight_grad" for summary().
@@ -28,6 +31,8 @@ def requires_grad_set(graph: Graph, wrt: list[Value]) -> set[int]:
     req = {id(v) for v in wrt}
     for node in graph.nodes:
         if node.section not in ("forward", "loss"):
+            continue
+        if "stop_gradient" in node.tags:
             continue
         if get_op(node.op).differentiable and any(id(v) in req for v in node.inputs):
             req.update(id(o) for o in node.outputs if o.type.is_float)

@@ -74,7 +74,7 @@ def compile_imported(imported: ImportedModel, example_target, loss: str | LossBu
     target_name = g.inputs[-1].name
     g.outputs = {"loss": loss_value, "output": output}
 
-    trainable = peft.apply(g)
+    trainable = peft.apply(g, names)
     grads = differentiate(g, loss_value, trainable, names)
     unused = [p for p in trainable if p.name not in grads]
     if len(unused) == len(trainable):

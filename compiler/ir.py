@@ -155,6 +155,8 @@ class Graph:
     aliases: dict[str, str] = field(default_factory=dict)  # extra state_dict name -> source name
     # frozen params/buffers whose values were folded into consts at compile time (fold_constants)
     baked: set[str] = field(default_factory=set)
+    # what the adapters a spec inserted export (compiler/adapters/export.py ExportTable), else None
+    adapters: Any = None
 
     # ---- construction -------------------------------------------------------------------
     def _taken(self, name: str) -> bool:

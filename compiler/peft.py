@@ -27,11 +27,11 @@ import fnmatch
 from dataclasses import dataclass, field
 
 from .errors import SpecError
-from .ir import Graph, Value
+from .ir import Graph, NameGen, Value
 from .ops.registry import get_op
 
 __all__ = ["Spec", "Full", "BiasOnly", "LastK", "Select", "Union", "FreezeEmbeddings", "parse_spec",
-           "param_roles", "layers", "embedding_params"]
+           "param_roles", "layers", "embedding_params", "LoRA"]
 
 _NORM_OPS = ("batch_norm_train", "batch_norm_infer", "layer_norm")
 _LAYOUT_OPS = ("cast", "reshape", "expand", "permute")  # carry a parameter's identity (dtype / layout only)
@@ -395,19 +395,39 @@ def embedding_params(graph: Graph) -> list[str]:
 
 
 class Spec:
-    """Base class of fine-tuning specs. `select` returns the names of trainable params."""
+    """Base class of fine-tuning specs. `select` returns the names of existing params to train;
+    an adapter spec (compiler/adapters/) returns none and instead `rewrite`s the graph, adding
+    new trainable params and the ops that use them; `adapters()` lists the adapter specs inside
+    a spec (itself, or a Union's members)."""
 
     def select(self, graph: Graph) -> list[str]:
         raise NotImplementedError
 
-    def apply(self, graph: Graph) -> list[Value]:
-        names = self.select(graph)
-        if not names:
+    def adapters(self) -> list["Spec"]:
+        return []
+
+    def rewrite(self, graph: Graph, names: NameGen) -> list[Value]:
+        return []
+
+    def apply(self, graph: Graph, names: NameGen | None = None) -> list[Value]:
+        """Mark the trainable params (selections are read on the graph as imported, before any
+        adapter rewrites it) and apply the adapters; returns the trainable params."""
+        chosen = set(self.select(graph))
+        added: list[Value] = []
+        adapters = self.adapters()
+        if adapters:
+            from .adapters.export import ExportTable
+            names = names or NameGen(graph)
+            if graph.adapters is None:
+                graph.adapters = ExportTable()
+            for spec in adapters:
+                added += spec.rewrite(graph, names)
+        if not chosen and not added:
             raise SpecError(f"{self!r} selects no parameter of '{graph.name}' "
                             f"({len(graph.params())} parameters: {_preview([p.name for p in graph.params()])})")
-        chosen = set(names)
+        new = {id(v) for v in added}
         for p in graph.params():
-            p.trainable = p.name in chosen
+            p.trainable = p.name in chosen or id(p) in new
         return [p for p in graph.params() if p.trainable]
 
 
@@ -498,6 +518,9 @@ class Union(Spec):
             chosen |= set(s.select(graph))
         return [p.name for p in graph.params() if p.name in chosen]
 
+    def adapters(self):
+        return [a for s in self.specs for a in s.adapters()]
+
     def __repr__(self):
         return " + ".join(repr(s) for s in self.specs)
 
@@ -521,6 +544,9 @@ class FreezeEmbeddings(Spec):
         if not frozen:
             raise SpecError(f"{self!r}: '{graph.name}' has no embedding to freeze")
         return [n for n in self.spec.select(graph) if n not in frozen]
+
+    def adapters(self):
+        return self.spec.adapters()
 
 
 def parse_spec(text: str) -> Spec:
@@ -549,3 +575,7 @@ def parse_spec(text: str) -> Spec:
         return Select(include=include, exclude=[g[1:] for g in globs if g.startswith("!")])
     raise SpecError(f"unknown spec {text!r}: use full, bias-only, last-k:N, select:GLOBS "
                     "or freeze-embeddings:SPEC")
+
+
+# adapter specs (graph rewrites) live in compiler/adapters/; they subclass Spec, so they come last
+from .adapters import LoRA  # noqa: E402
