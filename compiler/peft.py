@@ -551,9 +551,19 @@ class FreezeEmbeddings(Spec):
 
 def parse_spec(text: str) -> Spec:
     """A spec from its command-line form: 'full', 'bias-only', 'last-k:N', 'select:GLOB[,GLOB]'
-    (prefix a glob with ! to exclude), 'freeze-embeddings:SPEC' (SPEC in one of these forms)."""
+    (prefix a glob with ! to exclude), 'freeze-embeddings:SPEC' (SPEC in one of these forms), an
+    adapter 'lora:r=8,alpha=16,targets=q_proj|v_proj' ('dora:...' = lora with use_dora; 'ssf:...',
+    'ia3:...', 'channels:...' likewise: KEY=VALUE with the spec's own argument names, lists
+    separated by |, a bare KEY for a true flag such as dora or rslora), and several of these
+    joined by + for their Union ('lora:r=4,targets=*attn*+bias-only')."""
+    parts = [p for p in text.split("+") if p.strip()]
+    if len(parts) > 1:
+        return Union(*(parse_spec(p) for p in parts))
+    text = text.strip()
     kind, _, arg = text.partition(":")
     kind = kind.replace("_", "-").lower()
+    if kind in _ADAPTER_KINDS:
+        return _parse_adapter(kind, arg)
     if kind in ("freeze-embeddings", "freeze-embedding", "freeze-emb"):
         if not arg:
             raise SpecError("freeze-embeddings needs a spec, e.g. freeze-embeddings:last-k:2")
@@ -573,8 +583,66 @@ def parse_spec(text: str) -> Spec:
             raise SpecError("select needs patterns, e.g. select:classifier.*,!*.bias")
         include = [g for g in globs if not g.startswith("!")] or ["*"]
         return Select(include=include, exclude=[g[1:] for g in globs if g.startswith("!")])
-    raise SpecError(f"unknown spec {text!r}: use full, bias-only, last-k:N, select:GLOBS "
-                    "or freeze-embeddings:SPEC")
+    raise SpecError(f"unknown spec {text!r}: use full, bias-only, last-k:N, select:GLOBS, freeze-embeddings:SPEC, "
+                    f"{', '.join(k + ':...' for k in _ADAPTER_KINDS)}, or several joined by +")
+
+
+# command-line adapter kind -> (spec class name in compiler/adapters, fixed arguments)
+_ADAPTER_KINDS = {"lora": ("LoRA", {}), "dora": ("LoRA", {"use_dora": True}), "ssf": ("SSF", {}),
+                  "ia3": ("IA3", {}), "channels": ("Channels", {})}
+_KEY_ALIASES = {"target": "targets", "dora": "use_dora", "rslora": "use_rslora", "lora-alpha": "alpha",
+                "lora-dropout": "dropout", "feedforward-modules": "feedforward", "rank": "r"}
+
+
+def _parse_value(cls_name: str, key: str, default, value: str):
+    try:
+        if key == "channels":  # 0-31|40|48-55
+            out = []
+            for piece in value.split("|"):
+                lo, dash, hi = piece.partition("-")
+                out += list(range(int(lo), int(hi) + 1)) if dash else [int(lo)]
+            return out
+        if isinstance(default, bool):
+            if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError(value)
+            return value.lower() in ("1", "true", "yes")
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float) or key in ("fraction", "alpha", "dropout"):
+            return float(value)
+        if isinstance(default, (list, tuple)):
+            return [v for v in value.split("|") if v]
+        return value
+    except ValueError:
+        raise SpecError(f"{cls_name}: {key}={value!r} is not a valid value") from None
+
+
+def _parse_adapter(kind: str, arg: str) -> Spec:
+    import dataclasses
+    from . import adapters
+    cls_name, fixed = _ADAPTER_KINDS[kind]
+    cls = getattr(adapters, cls_name, None)
+    if cls is None:
+        raise SpecError(f"{kind}: this edgetune has no {cls_name} adapter")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = dict(fixed)
+    for item in (i for i in arg.split(",") if i.strip()):
+        key, eq, value = item.partition("=")
+        key = key.strip().lower()
+        key = _KEY_ALIASES.get(key, key).replace("-", "_")
+        if key not in fields:
+            known = ", ".join(n for n in fields if n not in ("calibration",))
+            raise SpecError(f"{kind}: unknown option {key!r} (options: {known})")
+        f = fields[key]
+        default = f.default if f.default is not dataclasses.MISSING else \
+            (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        if not eq:
+            if not isinstance(default, bool):
+                raise SpecError(f"{kind}: option {key!r} needs a value ({key}=...)")
+            kwargs[key] = True
+        else:
+            kwargs[key] = _parse_value(cls_name, key, default, value.strip())
+    return cls(**kwargs)
 
 
 # adapter specs (graph rewrites) live in compiler/adapters/; they subclass Spec, so they come last

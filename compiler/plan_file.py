@@ -11,11 +11,14 @@ FlatBuffers) from a good one before trusting any byte of it.
 `build_plan(program, backend)` plans memory (asking the backend's target description for kernel
 workspaces, compiler/target.py) and
 returns the bytes; `write_plan` writes them atomically. `read_plan_header` is a pure-Python
-reader of the high-level fields, for tools and tests.
+reader of the high-level fields, for tools and tests; `read_export` gives back the adapters'
+export table (compiler/adapters/export.py) a plan carries, so a Session loaded from a plan file
+exports what one built from the Program does (and edgetune-train --adapter-out the same files).
 """
 
 from __future__ import annotations
 
+import json
 import struct
 import zlib
 
@@ -26,6 +29,9 @@ from . import __version__
 from .generated.plan_schema import Attr as fb_attr
 from .generated.plan_schema import Binding as fb_binding
 from .generated.plan_schema import Copy as fb_copy
+from .generated.plan_schema import Export as fb_export
+from .generated.plan_schema import ExportStep as fb_export_step
+from .generated.plan_schema import ExportTensor as fb_export_tensor
 from .generated.plan_schema import Node as fb_node
 from .generated.plan_schema import Plan as fb_plan
 from .generated.plan_schema import Tensor as fb_tensor
@@ -122,6 +128,62 @@ class _Writer:
             fb_binding.BindingAddTensor(self.b, index)
             offs.append(fb_binding.BindingEnd(self.b))
         return self.offsets(offs)
+
+
+def _json_text(config: dict) -> str:
+    """A config as the adapter's .json file holds it (compiler/adapters/export.py adapter_files):
+    edgetune-train writes this text verbatim, so both give byte-identical files."""
+    return json.dumps(config, indent=2, sort_keys=True) + "\n"
+
+
+def _export_tensors(w: _Writer, recipes: dict) -> int:
+    b = w.b
+    offs = []
+    for key, steps in recipes.items():
+        step_offs = []
+        for op, name, ints, f in steps:
+            op_off = b.CreateString(op)
+            name_off = b.CreateString(name) if name else None
+            ints_off = w.longs(ints) if len(ints) else None
+            fb_export_step.ExportStepStart(b)
+            fb_export_step.ExportStepAddOp(b, op_off)
+            if name_off is not None:
+                fb_export_step.ExportStepAddName(b, name_off)
+            if ints_off is not None:
+                fb_export_step.ExportStepAddInts(b, ints_off)
+            fb_export_step.ExportStepAddF(b, float(f))
+            step_offs.append(fb_export_step.ExportStepEnd(b))
+        steps_vec = w.offsets(step_offs)
+        key_off = b.CreateString(key)
+        fb_export_tensor.ExportTensorStart(b)
+        fb_export_tensor.ExportTensorAddName(b, key_off)
+        fb_export_tensor.ExportTensorAddSteps(b, steps_vec)
+        offs.append(fb_export_tensor.ExportTensorEnd(b))
+    return w.offsets(offs)
+
+
+def _write_export(w: _Writer, table) -> int:
+    """Plan.export (csrc/schema/plan.fbs) from an ExportTable."""
+    b = w.b
+    peft_config = b.CreateString(_json_text(table.peft_config)) if table.peft_config is not None else None
+    peft_tensors = _export_tensors(w, table.peft_tensors)
+    own_config = b.CreateString(_json_text(table.own_config))
+    own_tensors = _export_tensors(w, table.own_tensors)
+    merged = _export_tensors(w, table.merged)
+    drop = w.strings(list(table.drop_when_merged))
+    hidden = w.strings(list(table.hidden))
+    unmergeable = w.strings(list(table.unmergeable))
+    fb_export.ExportStart(b)
+    if peft_config is not None:
+        fb_export.ExportAddPeftConfig(b, peft_config)
+    fb_export.ExportAddPeftTensors(b, peft_tensors)
+    fb_export.ExportAddOwnConfig(b, own_config)
+    fb_export.ExportAddOwnTensors(b, own_tensors)
+    fb_export.ExportAddMerged(b, merged)
+    fb_export.ExportAddDropWhenMerged(b, drop)
+    fb_export.ExportAddHidden(b, hidden)
+    fb_export.ExportAddUnmergeable(b, unmergeable)
+    return fb_export.ExportEnd(b)
 
 
 def model_label(program) -> str:
@@ -235,6 +297,7 @@ def build_plan(program, backend: str = "cpu", memory: MemoryPlan | None = None) 
     copies_vec = w.offsets(copy_offs)
     producer = b.CreateString(f"edgetune {__version__}")
     label = b.CreateString(model_label(program))
+    export = _write_export(w, g.adapters) if getattr(g, "adapters", None) is not None else None
 
     fb_plan.PlanStart(b)
     fb_plan.PlanAddFormatVersion(b, FORMAT_VERSION)
@@ -255,6 +318,8 @@ def build_plan(program, backend: str = "cpu", memory: MemoryPlan | None = None) 
     fb_plan.PlanAddInputBytes(b, memory.input_bytes)
     fb_plan.PlanAddAlignment(b, ALIGNMENT)
     fb_plan.PlanAddPersistentInit(b, init_vec)
+    if export is not None:
+        fb_plan.PlanAddExport(b, export)
     root = fb_plan.PlanEnd(b)
     b.Finish(root, file_identifier=FILE_IDENTIFIER)
     body = bytes(b.Output())
@@ -315,4 +380,51 @@ def _plan_header(p) -> dict:
         "persistent_bytes": p.PersistentBytes(),
         "arena_bytes": p.ArenaBytes(),
         "input_bytes": p.InputBytes(),
+        "adapters": p.Export() is not None,  # an export table (edgetune-train --adapter-out works)
     }
+
+
+def read_export(data: bytes):
+    """The adapters' export table a plan carries (compiler/adapters/export.py ExportTable, its
+    configs parsed back from JSON), or None for a plan without adapters. PlanError when the
+    plan is damaged."""
+    body = split_footer(data)
+    try:
+        e = fb_plan.Plan.GetRootAs(body, 0).Export()
+        return None if e is None else _export_table(e)
+    except (IndexError, struct.error, UnicodeDecodeError, ValueError, TypeError, AttributeError) as err:
+        raise PlanError(f"plan file is damaged: its export table does not read ({type(err).__name__}: {err})") from None
+
+
+def _export_table(e):
+    from .adapters.export import ExportTable
+
+    def strings(n, get):
+        return [get(i).decode() for i in range(n)]
+
+    def recipes(n, get):
+        out = {}
+        for i in range(n):
+            t = get(i)
+            steps = []
+            for j in range(t.StepsLength()):
+                s = t.Steps(j)
+                steps.append((s.Op().decode(), (s.Name() or b"").decode(),
+                              [int(s.Ints(k)) for k in range(s.IntsLength())], float(s.F())))
+            out[t.Name().decode()] = steps
+        return out
+
+    peft = e.PeftConfig()
+    own = e.OwnConfig()
+    table = ExportTable(
+        peft_config=json.loads(peft.decode()) if peft is not None else None,
+        peft_tensors=recipes(e.PeftTensorsLength(), e.PeftTensors),
+        own_tensors=recipes(e.OwnTensorsLength(), e.OwnTensors),
+        merged=recipes(e.MergedLength(), e.Merged),
+        drop_when_merged=strings(e.DropWhenMergedLength(), e.DropWhenMerged),
+        hidden=strings(e.HiddenLength(), e.Hidden),
+        unmergeable=strings(e.UnmergeableLength(), e.Unmergeable),
+    )
+    if own is not None:
+        table.own_config = json.loads(own.decode())
+    return table

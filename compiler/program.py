@@ -50,6 +50,9 @@ class Summary:
     forward_ops: int
     state_bytes: int
     opt_level: int = 0
+    adapter_params: int = 0  # parameters the adapters added (all trainable), and their tensors
+    adapter_tensors: int = 0
+    optimizer_state_bytes: int = 0
     passes: list = field(default_factory=list)  # PassRecord per pass: ops and planned bytes before/after
     extra: dict = field(default_factory=dict)
 
@@ -68,6 +71,10 @@ class Summary:
                  "  section        ops        FLOPs"]
         for s in SECTIONS:
             lines.append(f"  {s:<10} {self.ops.get(s, 0):>7} {self.flops.get(s, 0):>12,}")
+        if self.adapter_tensors:
+            lines.append(f"  adapters     {self.adapter_params:,} parameters in {self.adapter_tensors} tensors "
+                         f"(of the trainable above)")
+        lines.append(f"  optimizer state: {mb(self.optimizer_state_bytes)}")
         lines.append(f"  activations kept for backward: {self.activations_kept} tensors, "
                      f"{mb(self.activation_bytes_kept)} (all forward activations: {mb(self.forward_activation_bytes)})")
         by_op = ", ".join(f"{k} {v}" for k, v in sorted(self.weight_grad_ops_by_op.items())) or "none"
@@ -188,6 +195,10 @@ class Program:
             i, n = first
             first_desc = f"{n.op} -> %{n.outputs[0].name}" + (f" ({n.source})" if n.source else "")
         state_bytes = sum(v.type.nbytes for v in g.sources.values() if v.kind in ("param", "buffer", "state"))
+        from .analysis.memory_plan import adapter_sources
+        adapter_names = adapter_sources(g)[0]
+        adapters = [p for p in params if p.name in adapter_names]
+        optimizer_bytes = sum(v.type.nbytes for n, v in g.sources.items() if v.kind == "state" and n.startswith("optim."))
         return Summary(
             name=g.name, frontend=self.frontend, spec=repr(self.spec), optimizer=repr(self.optimizer),
             params_trainable=sum(p.type.numel for p in trainable), params_frozen=sum(p.type.numel for p in frozen),
@@ -195,4 +206,6 @@ class Program:
             activations_kept=len(kept), activation_bytes_kept=sum(v.type.nbytes for v in kept.values()),
             forward_activation_bytes=forward_bytes, weight_grad_ops=len(weight_grads), weight_grad_ops_by_op=by_op,
             first_grad_op=first_desc, first_grad_index=first[0] if first else None, forward_ops=len(forward_nodes),
-            state_bytes=state_bytes, opt_level=self.opt_level, passes=list(self.pass_report))
+            state_bytes=state_bytes, opt_level=self.opt_level, passes=list(self.pass_report),
+            adapter_params=sum(p.type.numel for p in adapters), adapter_tensors=len(adapters),
+            optimizer_state_bytes=optimizer_bytes)

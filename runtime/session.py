@@ -160,9 +160,33 @@ class Session:
                 for a, (name, dtype, shape) in zip(args, specs)]
 
     # ---- state --------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, np.ndarray]:
+    def state_dict(self, merged: bool = False) -> dict[str, np.ndarray]:
+        """The model's weights under its state_dict names (adapter parameters included, under
+        Hugging Face PEFT's names without the adapter name: `q_proj.lora_A.weight`). `merged=True`:
+        the *base* model's state_dict with every adapter folded into its weights (LoRA/DoRA/(IA)³/
+        SSF/Channels), loadable into the original module."""
+        from ..compiler.adapters.export import merged_state, model_state
         with self._lock:
-            return self._impl.state_dict()
+            raw = self._impl.state_dict()
+            table = self._impl.export_table()
+        return merged_state(table, raw) if merged else model_state(table, raw)
+
+    def save_adapter(self, directory, metadata: dict | None = None) -> list[str]:
+        """Write the trained adapters into `directory`: adapter_config.json +
+        adapter_model.safetensors in Hugging Face PEFT's format (loadable with
+        `peft.PeftModel.from_pretrained(base_model, directory)`) when the program has a LoRA/DoRA
+        or (IA)³ adapter, and edgetune_adapter.json + edgetune_adapter.safetensors (every adapter,
+        SSF and Channels included). Each file is written atomically. Returns the file names."""
+        from ..compiler.adapters.export import adapter_files, write_adapter
+        with self._lock:
+            table = self._impl.export_table()
+            if table is None:
+                raise InputError("save_adapter: this program has no adapter (its spec trains existing parameters; "
+                                 "use save_weights)")
+            meta = {"producer": "edgetune", "steps": str(self.steps), **(metadata or {})}
+            files = adapter_files(table, self._impl.state_dict(), meta)
+        write_adapter(directory, files)
+        return sorted(files)
 
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
         """All or nothing: every tensor is converted and checked (name, shape, dtype kind, finite
@@ -172,8 +196,9 @@ class Session:
             raise InputError(f"load_state_dict needs a dict of name -> array, got {type(state).__name__}")
         with self._lock:
             current = self._impl.state_dict()
+            hidden = set(getattr(self._impl.export_table(), "hidden", ()))  # export-only: loadable, not required
             unknown = sorted(set(state) - set(current))
-            missing = sorted(set(current) - set(state))
+            missing = sorted(set(current) - set(state) - hidden)
             if strict and (unknown or missing):
                 raise InputError(f"load_state_dict: unknown keys {unknown[:8]}, missing keys {missing[:8]}")
             staged = []
@@ -338,13 +363,14 @@ class Session:
         return sess
 
     # ---- weights as files -------------------------------------------------------------------------
-    def save_weights(self, path) -> None:
+    def save_weights(self, path, merged: bool = False) -> None:
         """All weights (params and buffers, under the model's state_dict names) as safetensors,
-        written atomically: an existing file is replaced only by a complete new one."""
+        written atomically: an existing file is replaced only by a complete new one. `merged`:
+        the base model's weights with the adapters folded in (see state_dict)."""
         from safetensors.numpy import save
         from ..compiler.files import write_bytes_atomic
         with self._lock:  # the weights and the step count of one moment
-            tensors = {k: np.ascontiguousarray(v) for k, v in self.state_dict().items()}
+            tensors = {k: np.ascontiguousarray(v) for k, v in self.state_dict(merged=merged).items()}
             steps = self.steps
         meta = {"producer": "edgetune", "steps": str(steps), "backend": self.backend}
         write_bytes_atomic(path, save(tensors, metadata=meta), error=InputError)
@@ -418,6 +444,9 @@ class _ReferenceBackend:
     def optimizer_state(self) -> dict[str, np.ndarray]:
         return {n: self.state[n].copy() for n, v in self.program.graph.sources.items() if v.kind == "state"}
 
+    def export_table(self):
+        return self.program.graph.adapters
+
     def set_state(self, name: str, arr: np.ndarray) -> None:
         self.state[name] = arr
 
@@ -460,6 +489,11 @@ class _NativeBackend:
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise InputError(f"threads must be a positive int, got {threads!r}")
         self.rt = self._call(mod.Runtime, data, backend, threads or 0)
+        if isinstance(program, Program):
+            self._export = program.graph.adapters
+        else:  # the adapters' export recipes travel in the plan
+            from ..compiler.plan_file import read_export
+            self._export = read_export(data)
         self.input_specs = [(n, d, tuple(s)) for n, d, s in self.rt.inputs()]
         self.num_model_inputs = self.rt.num_model_inputs
 
@@ -483,6 +517,9 @@ class _NativeBackend:
 
     def optimizer_state(self):
         return self.rt.optimizer_state()
+
+    def export_table(self):
+        return self._export
 
     def set_state(self, name, arr):
         self._call(self.rt.set_state, name, arr)

@@ -79,7 +79,9 @@ class MemoryPlan:
         return "\n".join([
             "memory plan (exactly what the runtime allocates at load):",
             f"  persistent {mb(self.persistent_bytes):>12}   params {mb(k.get('param', 0))}, "
-            f"buffers {mb(k.get('buffer', 0))}, optimizer state {mb(k.get('state', 0))}, "
+            + (f"adapter params {mb(k['adapter'])}, " if "adapter" in k else "")
+            + (f"adapter export copies {mb(k['export'])}, " if "export" in k else "")
+            + f"buffers {mb(k.get('buffer', 0))}, optimizer state {mb(k.get('state', 0))}, "
             f"constants {mb(k.get('const', 0))}",
             f"  arena      {mb(self.arena_bytes):>12}   activations, gradients, workspaces (planned peak)",
             f"  inputs     {mb(self.input_bytes):>12}",
@@ -158,19 +160,29 @@ def _place_greedy(order: list[tuple[int, int, int, object]]) -> tuple[dict[objec
     return offsets, peak
 
 
+def adapter_sources(g: Graph) -> tuple[set[str], set[str]]:
+    """(params the adapters added, export-only weights they keep), from the export table."""
+    table = g.adapters
+    if table is None:
+        return set(), set()
+    return set(table.drop_when_merged), set(table.hidden)
+
+
 def plan_memory(g: Graph, workspace_bytes) -> MemoryPlan:
     """Plan `g`. `workspace_bytes(node) -> int` is the kernel's scratch request (asked from the
     runtime that will run the plan)."""
     placements: dict[int, Placement] = {}
     by_kind: dict[str, int] = {}
 
+    adapter_params, export_only = adapter_sources(g)
     offset = 0
     for name, v in g.sources.items():
         if g.initial.get(name) is None:
             raise PlanError(f"source '{name}' ({v.kind}) has no initial value; cannot build a plan")
         placements[id(v)] = Placement("persistent", offset, v.type.nbytes)
         offset += _align(v.type.nbytes)
-        by_kind[v.kind] = by_kind.get(v.kind, 0) + v.type.nbytes
+        kind = "adapter" if name in adapter_params else "export" if name in export_only else v.kind
+        by_kind[kind] = by_kind.get(kind, 0) + v.type.nbytes
     persistent_bytes = offset
 
     offset = 0
