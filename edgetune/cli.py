@@ -224,7 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sp):
         sp.add_argument("--model", default="small_cnn", choices=model_names)
         sp.add_argument("--peft", default="last-k:3", type=parse_peft,
-                        help="full | bias-only | last-k:N | select:GLOB,!GLOB | freeze-embeddings:SPEC (default: last-k:3)")
+                        help="full | bias-only | last-k:N | select:GLOB,!GLOB | freeze-embeddings:SPEC | "
+                             "lora:r=8,alpha=16,targets=q_proj|v_proj[,dropout=P,init=pissa,dora,rslora] | dora:... | "
+                             "ssf:targets=... | ia3:targets=...,feedforward=... | channels:targets=...,fraction=F; "
+                             "join several with + (default: last-k:3)")
         sp.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
         sp.add_argument("--lr", type=float, default=0.1)
         sp.add_argument("--momentum", type=float, default=0.9)
