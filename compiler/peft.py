@@ -31,7 +31,7 @@ from .ir import Graph, NameGen, Value
 from .ops.registry import get_op
 
 __all__ = ["Spec", "Full", "BiasOnly", "LastK", "Select", "Union", "FreezeEmbeddings", "parse_spec",
-           "param_roles", "layers", "embedding_params", "LoRA"]
+           "param_roles", "layers", "embedding_params", "LoRA", "SSF", "IA3", "Channels"]
 
 _NORM_OPS = ("batch_norm_train", "batch_norm_infer", "layer_norm")
 _LAYOUT_OPS = ("cast", "reshape", "expand", "permute")  # carry a parameter's identity (dtype / layout only)
@@ -646,4 +646,4 @@ def _parse_adapter(kind: str, arg: str) -> Spec:
 
 
 # adapter specs (graph rewrites) live in compiler/adapters/; they subclass Spec, so they come last
-from .adapters import LoRA  # noqa: E402
+from .adapters import LoRA, SSF, IA3, Channels  # noqa: E402

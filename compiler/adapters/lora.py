@@ -264,19 +264,24 @@ def _dora(spec: LoRA, g: Graph, bld, layer: Layer, xd, y, delta, a, b, record):
     record["magnitude"] = m_name
     g.adapters.peft_tensors[f"base_model.model.{m_name}"] = Expr.w(m_name).steps
 
-    # n = ||W + s·B·A|| per output channel, without gradient
-    b2 = bld.emit1("reshape", [b], {"shape": [out, spec.r]}) if op == "conv2d" else b
-    a2 = bld.emit1("reshape", [a], {"shape": [spec.r, layer.in_features]}) if op == "conv2d" else a
-    ba = bld.emit1("matmul", [b2, a2])
-    ba.producer.tags.add("stop_gradient")
-    if op == "conv2d":
-        wc = bld.emit1("reshape", [w], {"shape": [out, layer.in_features]})
-    elif op == "matmul":
-        wc = bld.emit1("permute", [w], {"dims": [1, 0]})
+    # n = ||W + s·B·A|| per output channel, without gradient; the product is brought into W's own
+    # layout (W is read as it is, never transposed or reshaped into a copy)
+    first = len(bld.graph.nodes)
+    if op == "matmul":  # W [in, out]: (B·A)ᵀ = Aᵀ·Bᵀ
+        ba = bld.emit1("matmul", [bld.emit1("permute", [a], {"dims": [1, 0]}), bld.emit1("permute", [b], {"dims": [1, 0]})])
+        reduce_dims = [0]
+    elif op == "conv2d":  # W [out, in, kh, kw]: reshape(B [out, r] · A [r, in*kh*kw])
+        b2 = bld.emit1("reshape", [b], {"shape": [out, spec.r]})
+        a2 = bld.emit1("reshape", [a], {"shape": [spec.r, layer.in_features]})
+        ba = bld.emit1("reshape", [bld.emit1("matmul", [b2, a2])], {"shape": list(w.type.shape)})
+        reduce_dims = [1, 2, 3]
     else:
-        wc = w
-    v = bld.emit1("add", [wc, bld.emit1("mul", [ba, bld.const(s)])])
-    n = bld.emit1("sqrt", [bld.emit1("sum", [bld.emit1("mul", [v, v])], {"dims": [1], "keepdim": False})])
+        ba = bld.emit1("matmul", [b, a])
+        reduce_dims = [1]
+    v = bld.emit1("add", [w, bld.emit1("mul", [ba, bld.const(s)])])
+    n = bld.emit1("sqrt", [bld.emit1("sum", [bld.emit1("mul", [v, v])], {"dims": reduce_dims, "keepdim": False})])
+    for node_ in bld.graph.nodes[first:]:
+        node_.tags.add("stop_gradient")
     m_flat = bld.emit1("reshape", [m], {"shape": [out]}) if op == "conv2d" else m
     ratio = bld.emit1("div", [m_flat, n])
     if op == "conv2d":

@@ -85,6 +85,7 @@ Result<std::unique_ptr<Runtime>> PlanLoader::load(const uint8_t* data, size_t si
   ET_RETURN_IF_ERROR(loader.allocate_memory());
   ET_RETURN_IF_ERROR(loader.load_nodes());
   ET_RETURN_IF_ERROR(loader.load_bindings());
+  ET_RETURN_IF_ERROR(loader.load_export());
   ET_RETURN_IF_ERROR(loader.rt_->device_->prepare(*loader.rt_));  // cuda: guard, pinned loss, step split
   loader.rt_->plan_sha256_ = sha256_hex(data, size);  // the whole file, footer included: what a checkpoint names
   return std::move(loader.rt_);
@@ -375,6 +376,50 @@ Status PlanLoader::load_bindings() {
       rt_->copies_.push_back({s.view, d.view});
     }
   rt_->model_label_ = plan_->model() ? plan_->model()->str() : "";
+  return Status::Ok();
+}
+
+// ---- 6. export: the adapters' recipes, copied out ------------------------------------------------
+Status PlanLoader::load_export() {
+  const fb::Export* e = plan_->export_();
+  if (!e) return Status::Ok();
+  auto strings = [](const flatbuffers::Vector<flatbuffers::Offset<flatbuffers::String>>* v) {
+    std::vector<std::string> out;
+    if (v)
+      for (const auto* s : *v) out.push_back(s ? s->str() : std::string());
+    return out;
+  };
+  auto tensors = [](const flatbuffers::Vector<flatbuffers::Offset<fb::ExportTensor>>* v) {
+    std::vector<ExportTensor> out;
+    if (!v) return out;
+    out.reserve(v->size());
+    for (const fb::ExportTensor* t : *v) {
+      ExportTensor et;
+      et.name = t->name()->str();
+      if (t->steps())
+        for (const fb::ExportStep* s : *t->steps()) {
+          ExportStep step;
+          step.op = s->op()->str();
+          step.name = s->name() ? s->name()->str() : std::string();
+          step.ints = copy_vector(s->ints());
+          step.f = s->f();
+          et.steps.push_back(std::move(step));
+        }
+      out.push_back(std::move(et));
+    }
+    return out;
+  };
+  auto table = std::make_unique<ExportTable>();
+  table->has_peft = e->peft_config() != nullptr;
+  table->peft_config = e->peft_config() ? e->peft_config()->str() : std::string();
+  table->peft_tensors = tensors(e->peft_tensors());
+  table->own_config = e->own_config() ? e->own_config()->str() : std::string();
+  table->own_tensors = tensors(e->own_tensors());
+  table->merged = tensors(e->merged());
+  table->drop_when_merged = strings(e->drop_when_merged());
+  table->hidden = strings(e->hidden());
+  table->unmergeable = strings(e->unmergeable());
+  rt_->export_ = std::move(table);
   return Status::Ok();
 }
 

@@ -12,6 +12,8 @@
 //                 workspace bounds, the kernel's own check() and its workspace request
 //   5. bindings   inputs, outputs, weights, optimizer state, baked and trainable names, the
 //                 scalar f32 'loss', state copies
+//   6. export     the adapters' export table copied out as plain data (core/export_table.h);
+//                 its recipes are checked when they run (tools/adapter_export.h)
 //
 // Runtime::load() and Runtime::load_file() (core/runtime.h) are the way in; the file itself is
 // written by compiler/plan_file.py.
@@ -54,6 +56,7 @@ class PlanLoader {
   Status allocate_memory();
   Status load_nodes();
   Status load_bindings();
+  Status load_export();
 
   uint64_t region_size(plan::Region r) const;
   bool tensor_index_ok(uint32_t index) const { return index < placed_.size(); }

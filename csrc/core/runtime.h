@@ -22,6 +22,7 @@
 
 #include "core/attrs.h"
 #include "core/device.h"
+#include "core/export_table.h"
 #include "core/kernel.h"
 #include "core/status.h"
 #include "core/tensor.h"
@@ -123,6 +124,8 @@ class Runtime {
   // SHA-256 of the plan file's bytes (core/sha256.h): the identity a checkpoint records.
   const std::string& plan_sha256() const { return plan_sha256_; }
   const std::string& model_label() const { return model_label_; }
+  // What the plan's adapters export (core/export_table.h); null for a plan without adapters.
+  const ExportTable* export_table() const { return export_.get(); }
   int num_threads() const { return pool_->num_threads(); }
   size_t num_nodes() const { return nodes_.size(); }
 
@@ -171,6 +174,7 @@ class Runtime {
   bool profiling_ = false;
   std::string model_label_;
   std::string plan_sha256_;
+  std::unique_ptr<ExportTable> export_;
 };
 
 }  // namespace edgetune

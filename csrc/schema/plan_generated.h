@@ -31,6 +31,15 @@ struct BindingBuilder;
 struct Copy;
 struct CopyBuilder;
 
+struct ExportStep;
+struct ExportStepBuilder;
+
+struct ExportTensor;
+struct ExportTensorBuilder;
+
+struct Export;
+struct ExportBuilder;
+
 struct Plan;
 struct PlanBuilder;
 
@@ -717,6 +726,323 @@ inline ::flatbuffers::Offset<Copy> CreateCopy(
   return builder_.Finish();
 }
 
+struct ExportStep FLATBUFFERS_FINAL_CLASS : private ::flatbuffers::Table {
+  typedef ExportStepBuilder Builder;
+  enum FlatBuffersVTableOffset FLATBUFFERS_VTABLE_UNDERLYING_TYPE {
+    VT_OP = 4,
+    VT_NAME = 6,
+    VT_INTS = 8,
+    VT_F = 10
+  };
+  const ::flatbuffers::String *op() const {
+    return GetPointer<const ::flatbuffers::String *>(VT_OP);
+  }
+  const ::flatbuffers::String *name() const {
+    return GetPointer<const ::flatbuffers::String *>(VT_NAME);
+  }
+  const ::flatbuffers::Vector<int64_t> *ints() const {
+    return GetPointer<const ::flatbuffers::Vector<int64_t> *>(VT_INTS);
+  }
+  double f() const {
+    return GetField<double>(VT_F, 0.0);
+  }
+  template <bool B = false>
+  bool Verify(::flatbuffers::VerifierTemplate<B> &verifier) const {
+    return VerifyTableStart(verifier) &&
+           VerifyOffsetRequired(verifier, VT_OP) &&
+           verifier.VerifyString(op()) &&
+           VerifyOffset(verifier, VT_NAME) &&
+           verifier.VerifyString(name()) &&
+           VerifyOffset(verifier, VT_INTS) &&
+           verifier.VerifyVector(ints()) &&
+           VerifyField<double>(verifier, VT_F, 8) &&
+           verifier.EndTable();
+  }
+};
+
+struct ExportStepBuilder {
+  typedef ExportStep Table;
+  ::flatbuffers::FlatBufferBuilder &fbb_;
+  ::flatbuffers::uoffset_t start_;
+  void add_op(::flatbuffers::Offset<::flatbuffers::String> op) {
+    fbb_.AddOffset(ExportStep::VT_OP, op);
+  }
+  void add_name(::flatbuffers::Offset<::flatbuffers::String> name) {
+    fbb_.AddOffset(ExportStep::VT_NAME, name);
+  }
+  void add_ints(::flatbuffers::Offset<::flatbuffers::Vector<int64_t>> ints) {
+    fbb_.AddOffset(ExportStep::VT_INTS, ints);
+  }
+  void add_f(double f) {
+    fbb_.AddElement<double>(ExportStep::VT_F, f, 0.0);
+  }
+  explicit ExportStepBuilder(::flatbuffers::FlatBufferBuilder &_fbb)
+        : fbb_(_fbb) {
+    start_ = fbb_.StartTable();
+  }
+  ::flatbuffers::Offset<ExportStep> Finish() {
+    const auto end = fbb_.EndTable(start_);
+    auto o = ::flatbuffers::Offset<ExportStep>(end);
+    fbb_.Required(o, ExportStep::VT_OP);
+    return o;
+  }
+};
+
+inline ::flatbuffers::Offset<ExportStep> CreateExportStep(
+    ::flatbuffers::FlatBufferBuilder &_fbb,
+    ::flatbuffers::Offset<::flatbuffers::String> op = 0,
+    ::flatbuffers::Offset<::flatbuffers::String> name = 0,
+    ::flatbuffers::Offset<::flatbuffers::Vector<int64_t>> ints = 0,
+    double f = 0.0) {
+  ExportStepBuilder builder_(_fbb);
+  builder_.add_f(f);
+  builder_.add_ints(ints);
+  builder_.add_name(name);
+  builder_.add_op(op);
+  return builder_.Finish();
+}
+
+inline ::flatbuffers::Offset<ExportStep> CreateExportStepDirect(
+    ::flatbuffers::FlatBufferBuilder &_fbb,
+    const char *op = nullptr,
+    const char *name = nullptr,
+    const std::vector<int64_t> *ints = nullptr,
+    double f = 0.0) {
+  auto op__ = op ? _fbb.CreateString(op) : 0;
+  auto name__ = name ? _fbb.CreateString(name) : 0;
+  auto ints__ = ints ? _fbb.CreateVector<int64_t>(*ints) : 0;
+  return edgetune::plan::CreateExportStep(
+      _fbb,
+      op__,
+      name__,
+      ints__,
+      f);
+}
+
+struct ExportTensor FLATBUFFERS_FINAL_CLASS : private ::flatbuffers::Table {
+  typedef ExportTensorBuilder Builder;
+  enum FlatBuffersVTableOffset FLATBUFFERS_VTABLE_UNDERLYING_TYPE {
+    VT_NAME = 4,
+    VT_STEPS = 6
+  };
+  const ::flatbuffers::String *name() const {
+    return GetPointer<const ::flatbuffers::String *>(VT_NAME);
+  }
+  const ::flatbuffers::Vector<::flatbuffers::Offset<edgetune::plan::ExportStep>> *steps() const {
+    return GetPointer<const ::flatbuffers::Vector<::flatbuffers::Offset<edgetune::plan::ExportStep>> *>(VT_STEPS);
+  }
+  template <bool B = false>
+  bool Verify(::flatbuffers::VerifierTemplate<B> &verifier) const {
+    return VerifyTableStart(verifier) &&
+           VerifyOffsetRequired(verifier, VT_NAME) &&
+           verifier.VerifyString(name()) &&
+           VerifyOffset(verifier, VT_STEPS) &&
+           verifier.VerifyVector(steps()) &&
+           verifier.VerifyVectorOfTables(steps()) &&
+           verifier.EndTable();
+  }
+};
+
+struct ExportTensorBuilder {
+  typedef ExportTensor Table;
+  ::flatbuffers::FlatBufferBuilder &fbb_;
+  ::flatbuffers::uoffset_t start_;
+  void add_name(::flatbuffers::Offset<::flatbuffers::String> name) {
+    fbb_.AddOffset(ExportTensor::VT_NAME, name);
+  }
+  void add_steps(::flatbuffers::Offset<::flatbuffers::Vector<::flatbuffers::Offset<edgetune::plan::ExportStep>>> steps) {
+    fbb_.AddOffset(ExportTensor::VT_STEPS, steps);
+  }
+  explicit ExportTensorBuilder(::flatbuffers::FlatBufferBuilder &_fbb)
+        : fbb_(_fbb) {
+    start_ = fbb_.StartTable();
+  }
+  ::flatbuffers::Offset<ExportTensor> Finish() {
+    const auto end = fbb_.EndTable(start_);
+    auto o = ::flatbuffers::Offset<ExportTensor>(end);
+    fbb_.Required(o, ExportTensor::VT_NAME);
+    return o;
+  }
+};
+
+inline ::flatbuffers::Offset<ExportTensor> CreateExportTensor(
+    ::flatbuffers::FlatBufferBuilder &_fbb,
+    ::flatbuffers::Offset<::flatbuffers::String> name = 0,
+    ::flatbuffers::Offset<::flatbuffers::Vector<::flatbuffers::Offset<edgetune::plan::ExportStep>>> steps = 0) {
+  ExportTensorBuilder builder_(_fbb);
+  builder_.add_steps(steps);
+  builder_.add_name(name);
+  return builder_.Finish();
+}
+
+inline ::flatbuffers::Offset<ExportTensor> CreateExportTensorDirect(
+    ::flatbuffers::FlatBufferBuilder &_fbb,
+    const char *name = nullptr,
+    const std::vector<::flatbuffers::Offset<edgetune::plan::ExportStep>> *steps = nullptr) {
+  auto name__ = name ? _fbb.CreateString(name) : 0;
+  auto steps__ = steps ? _fbb.CreateVector<::flatbuffers::Offset<edgetune::plan::ExportStep>>(*steps) : 0;
+  return edgetune::plan::CreateExportTensor(
+      _fbb,
+      name__,
+      steps__);
+}
+
+struct Export FLATBUFFERS_FINAL_CLASS : private ::flatbuffers::Table {
+  typedef ExportBuilder Builder;
+  enum FlatBuffersVTableOffset FLATBUFFERS_VTABLE_UNDERLYING_TYPE {
+    VT_PEFT_CONFIG = 4,
+    VT_PEFT_TENSORS = 6,
+    VT_OWN_CONFIG = 8,
+    VT_OWN_TENSORS = 10,
+    VT_MERGED = 12,
+    VT_DROP_WHEN_MERGED = 14,
+    VT_HIDDEN = 16,
+    VT_UNMERGEABLE = 18
+  };
+  const ::flatbuffers::String *peft_config() const {
+    return GetPointer<const ::flatbuffers::String *>(VT_PEFT_CONFIG);
+  }
+  const ::flatbuffers::Vector<::flatbuffers::Offset<edgetune::plan::ExportTensor>> *peft_tensors() const {
+    return GetPointer<const ::flatbuffers::Vector<::flatbuffers::Offset<edgetune::plan::ExportTensor>> *>(VT_PEFT_TENSORS);
+  }
+  const ::flatbuffers::String *own_config() const {
+    return GetPointer<const ::flatbuffers::String *>(VT_OWN_CONFIG);
+  }
+  const ::flatbuffers::Vector<::flatbuffers::Offset<edgetune::plan::ExportTensor>> *own_tensors() const {
+    return GetPointer<const ::flatbuffers::Vector<::flatbuffers::Offset<edgetune::plan::ExportTensor>> *>(VT_OWN_TENSORS);
+  }
+  const ::flatbuffers::Vector<::flatbuffers::Offset<edgetune::plan::ExportTensor>> *merged() const {
+    return GetPointer<const ::flatbuffers::Vector<::flatbuffers::Offset<edgetune::plan::ExportTensor>> *>(VT_MERGED);
+  }
+  const ::flatbuffers::Vector<::flatbuffers::Offset<::flatbuffers::String>> *drop_when_merged() const {
+    return GetPointer<const ::flatbuffers::Vector<::flatbuffers::Offset<::flatbuffers::String>> *>(VT_DROP_WHEN_MERGED);
+  }
+  const ::flatbuffers::Vector<::flatbuffers::Offset<::flatbuffers::String>> *hidden() const {
+    return GetPointer<const ::flatbuffers::Vector<::flatbuffers::Offset<::flatbuffers::String>> *>(VT_HIDDEN);
+  }
+  const ::flatbuffers::Vector<::flatbuffers::Offset<::flatbuffers::String>> *unmergeable() const {
+    return GetPointer<const ::flatbuffers::Vector<::flatbuffers::Offset<::flatbuffers::String>> *>(VT_UNMERGEABLE);
+  }
+  template <bool B = false>
+  bool Verify(::flatbuffers::VerifierTemplate<B> &verifier) const {
+    return VerifyTableStart(verifier) &&
+           VerifyOffset(verifier, VT_PEFT_CONFIG) &&
+           verifier.VerifyString(peft_config()) &&
+           VerifyOffset(verifier, VT_PEFT_TENSORS) &&
+           verifier.VerifyVector(peft_tensors()) &&
+           verifier.VerifyVectorOfTables(peft_tensors()) &&
+           VerifyOffset(verifier, VT_OWN_CONFIG) &&
+           verifier.VerifyString(own_config()) &&
+           VerifyOffset(verifier, VT_OWN_TENSORS) &&
+           verifier.VerifyVector(own_tensors()) &&
+           verifier.VerifyVectorOfTables(own_tensors()) &&
+           VerifyOffset(verifier, VT_MERGED) &&
+           verifier.VerifyVector(merged()) &&
+           verifier.VerifyVectorOfTables(merged()) &&
+           VerifyOffset(verifier, VT_DROP_WHEN_MERGED) &&
+           verifier.VerifyVector(drop_when_merged()) &&
+           verifier.VerifyVectorOfStrings(drop_when_merged()) &&
+           VerifyOffset(verifier, VT_HIDDEN) &&
+           verifier.VerifyVector(hidden()) &&
+           verifier.VerifyVectorOfStrings(hidden()) &&
+           VerifyOffset(verifier, VT_UNMERGEABLE) &&
+           verifier.VerifyVector(unmergeable()) &&
+           verifier.VerifyVectorOfStrings(unmergeable()) &&
+           verifier.EndTable();
+  }
+};
+
+struct ExportBuilder {
+  typedef Export Table;
+  ::flatbuffers::FlatBufferBuilder &fbb_;
+  ::flatbuffers::uoffset_t start_;
+  void add_peft_config(::flatbuffers::Offset<::flatbuffers::String> peft_config) {
+    fbb_.AddOffset(Export::VT_PEFT_CONFIG, peft_config);
+  }
+  void add_peft_tensors(::flatbuffers::Offset<::flatbuffers::Vector<::flatbuffers::Offset<edgetune::plan::ExportTensor>>> peft_tensors) {
+    fbb_.AddOffset(Export::VT_PEFT_TENSORS, peft_tensors);
+  }
+  void add_own_config(::flatbuffers::Offset<::flatbuffers::String> own_config) {
+    fbb_.AddOffset(Export::VT_OWN_CONFIG, own_config);
+  }
+  void add_own_tensors(::flatbuffers::Offset<::flatbuffers::Vector<::flatbuffers::Offset<edgetune::plan::ExportTensor>>> own_tensors) {
+    fbb_.AddOffset(Export::VT_OWN_TENSORS, own_tensors);
+  }
+  void add_merged(::flatbuffers::Offset<::flatbuffers::Vector<::flatbuffers::Offset<edgetune::plan::ExportTensor>>> merged) {
+    fbb_.AddOffset(Export::VT_MERGED, merged);
+  }
+  void add_drop_when_merged(::flatbuffers::Offset<::flatbuffers::Vector<::flatbuffers::Offset<::flatbuffers::String>>> drop_when_merged) {
+    fbb_.AddOffset(Export::VT_DROP_WHEN_MERGED, drop_when_merged);
+  }
+  void add_hidden(::flatbuffers::Offset<::flatbuffers::Vector<::flatbuffers::Offset<::flatbuffers::String>>> hidden) {
+    fbb_.AddOffset(Export::VT_HIDDEN, hidden);
+  }
+  void add_unmergeable(::flatbuffers::Offset<::flatbuffers::Vector<::flatbuffers::Offset<::flatbuffers::String>>> unmergeable) {
+    fbb_.AddOffset(Export::VT_UNMERGEABLE, unmergeable);
+  }
+  explicit ExportBuilder(::flatbuffers::FlatBufferBuilder &_fbb)
+        : fbb_(_fbb) {
+    start_ = fbb_.StartTable();
+  }
+  ::flatbuffers::Offset<Export> Finish() {
+    const auto end = fbb_.EndTable(start_);
+    auto o = ::flatbuffers::Offset<Export>(end);
+    return o;
+  }
+};
+
+inline ::flatbuffers::Offset<Export> CreateExport(
+    ::flatbuffers::FlatBufferBuilder &_fbb,
+    ::flatbuffers::Offset<::flatbuffers::String> peft_config = 0,
+    ::flatbuffers::Offset<::flatbuffers::Vector<::flatbuffers::Offset<edgetune::plan::ExportTensor>>> peft_tensors = 0,
+    ::flatbuffers::Offset<::flatbuffers::String> own_config = 0,
+    ::flatbuffers::Offset<::flatbuffers::Vector<::flatbuffers::Offset<edgetune::plan::ExportTensor>>> own_tensors = 0,
+    ::flatbuffers::Offset<::flatbuffers::Vector<::flatbuffers::Offset<edgetune::plan::ExportTensor>>> merged = 0,
+    ::flatbuffers::Offset<::flatbuffers::Vector<::flatbuffers::Offset<::flatbuffers::String>>> drop_when_merged = 0,
+    ::flatbuffers::Offset<::flatbuffers::Vector<::flatbuffers::Offset<::flatbuffers::String>>> hidden = 0,
+    ::flatbuffers::Offset<::flatbuffers::Vector<::flatbuffers::Offset<::flatbuffers::String>>> unmergeable = 0) {
+  ExportBuilder builder_(_fbb);
+  builder_.add_unmergeable(unmergeable);
+  builder_.add_hidden(hidden);
+  builder_.add_drop_when_merged(drop_when_merged);
+  builder_.add_merged(merged);
+  builder_.add_own_tensors(own_tensors);
+  builder_.add_own_config(own_config);
+  builder_.add_peft_tensors(peft_tensors);
+  builder_.add_peft_config(peft_config);
+  return builder_.Finish();
+}
+
+inline ::flatbuffers::Offset<Export> CreateExportDirect(
+    ::flatbuffers::FlatBufferBuilder &_fbb,
+    const char *peft_config = nullptr,
+    const std::vector<::flatbuffers::Offset<edgetune::plan::ExportTensor>> *peft_tensors = nullptr,
+    const char *own_config = nullptr,
+    const std::vector<::flatbuffers::Offset<edgetune::plan::ExportTensor>> *own_tensors = nullptr,
+    const std::vector<::flatbuffers::Offset<edgetune::plan::ExportTensor>> *merged = nullptr,
+    const std::vector<::flatbuffers::Offset<::flatbuffers::String>> *drop_when_merged = nullptr,
+    const std::vector<::flatbuffers::Offset<::flatbuffers::String>> *hidden = nullptr,
+    const std::vector<::flatbuffers::Offset<::flatbuffers::String>> *unmergeable = nullptr) {
+  auto peft_config__ = peft_config ? _fbb.CreateString(peft_config) : 0;
+  auto peft_tensors__ = peft_tensors ? _fbb.CreateVector<::flatbuffers::Offset<edgetune::plan::ExportTensor>>(*peft_tensors) : 0;
+  auto own_config__ = own_config ? _fbb.CreateString(own_config) : 0;
+  auto own_tensors__ = own_tensors ? _fbb.CreateVector<::flatbuffers::Offset<edgetune::plan::ExportTensor>>(*own_tensors) : 0;
+  auto merged__ = merged ? _fbb.CreateVector<::flatbuffers::Offset<edgetune::plan::ExportTensor>>(*merged) : 0;
+  auto drop_when_merged__ = drop_when_merged ? _fbb.CreateVector<::flatbuffers::Offset<::flatbuffers::String>>(*drop_when_merged) : 0;
+  auto hidden__ = hidden ? _fbb.CreateVector<::flatbuffers::Offset<::flatbuffers::String>>(*hidden) : 0;
+  auto unmergeable__ = unmergeable ? _fbb.CreateVector<::flatbuffers::Offset<::flatbuffers::String>>(*unmergeable) : 0;
+  return edgetune::plan::CreateExport(
+      _fbb,
+      peft_config__,
+      peft_tensors__,
+      own_config__,
+      own_tensors__,
+      merged__,
+      drop_when_merged__,
+      hidden__,
+      unmergeable__);
+}
+
 struct Plan FLATBUFFERS_FINAL_CLASS : private ::flatbuffers::Table {
   typedef PlanBuilder Builder;
   enum FlatBuffersVTableOffset FLATBUFFERS_VTABLE_UNDERLYING_TYPE {
@@ -737,7 +1063,8 @@ struct Plan FLATBUFFERS_FINAL_CLASS : private ::flatbuffers::Table {
     VT_INPUT_BYTES = 32,
     VT_ALIGNMENT = 34,
     VT_PERSISTENT_INIT = 36,
-    VT_BAKED = 38
+    VT_BAKED = 38,
+    VT_EXPORT_ = 40
   };
   uint32_t format_version() const {
     return GetField<uint32_t>(VT_FORMAT_VERSION, 0);
@@ -793,6 +1120,9 @@ struct Plan FLATBUFFERS_FINAL_CLASS : private ::flatbuffers::Table {
   const ::flatbuffers::Vector<::flatbuffers::Offset<::flatbuffers::String>> *baked() const {
     return GetPointer<const ::flatbuffers::Vector<::flatbuffers::Offset<::flatbuffers::String>> *>(VT_BAKED);
   }
+  const edgetune::plan::Export *export_() const {
+    return GetPointer<const edgetune::plan::Export *>(VT_EXPORT_);
+  }
   template <bool B = false>
   bool Verify(::flatbuffers::VerifierTemplate<B> &verifier) const {
     return VerifyTableStart(verifier) &&
@@ -835,6 +1165,8 @@ struct Plan FLATBUFFERS_FINAL_CLASS : private ::flatbuffers::Table {
            VerifyOffset(verifier, VT_BAKED) &&
            verifier.VerifyVector(baked()) &&
            verifier.VerifyVectorOfStrings(baked()) &&
+           VerifyOffset(verifier, VT_EXPORT_) &&
+           verifier.VerifyTable(export_()) &&
            verifier.EndTable();
   }
 };
@@ -897,6 +1229,9 @@ struct PlanBuilder {
   void add_baked(::flatbuffers::Offset<::flatbuffers::Vector<::flatbuffers::Offset<::flatbuffers::String>>> baked) {
     fbb_.AddOffset(Plan::VT_BAKED, baked);
   }
+  void add_export_(::flatbuffers::Offset<edgetune::plan::Export> export_) {
+    fbb_.AddOffset(Plan::VT_EXPORT_, export_);
+  }
   explicit PlanBuilder(::flatbuffers::FlatBufferBuilder &_fbb)
         : fbb_(_fbb) {
     start_ = fbb_.StartTable();
@@ -927,11 +1262,13 @@ inline ::flatbuffers::Offset<Plan> CreatePlan(
     uint64_t input_bytes = 0,
     uint32_t alignment = 0,
     ::flatbuffers::Offset<::flatbuffers::Vector<uint8_t>> persistent_init = 0,
-    ::flatbuffers::Offset<::flatbuffers::Vector<::flatbuffers::Offset<::flatbuffers::String>>> baked = 0) {
+    ::flatbuffers::Offset<::flatbuffers::Vector<::flatbuffers::Offset<::flatbuffers::String>>> baked = 0,
+    ::flatbuffers::Offset<edgetune::plan::Export> export_ = 0) {
   PlanBuilder builder_(_fbb);
   builder_.add_input_bytes(input_bytes);
   builder_.add_arena_bytes(arena_bytes);
   builder_.add_persistent_bytes(persistent_bytes);
+  builder_.add_export_(export_);
   builder_.add_baked(baked);
   builder_.add_persistent_init(persistent_init);
   builder_.add_alignment(alignment);
@@ -969,7 +1306,8 @@ inline ::flatbuffers::Offset<Plan> CreatePlanDirect(
     uint64_t input_bytes = 0,
     uint32_t alignment = 0,
     const std::vector<uint8_t> *persistent_init = nullptr,
-    const std::vector<::flatbuffers::Offset<::flatbuffers::String>> *baked = nullptr) {
+    const std::vector<::flatbuffers::Offset<::flatbuffers::String>> *baked = nullptr,
+    ::flatbuffers::Offset<edgetune::plan::Export> export_ = 0) {
   auto producer__ = producer ? _fbb.CreateString(producer) : 0;
   auto model__ = model ? _fbb.CreateString(model) : 0;
   auto tensors__ = tensors ? _fbb.CreateVector<::flatbuffers::Offset<edgetune::plan::Tensor>>(*tensors) : 0;
@@ -1002,7 +1340,8 @@ inline ::flatbuffers::Offset<Plan> CreatePlanDirect(
       input_bytes,
       alignment,
       persistent_init__,
-      baked__);
+      baked__,
+      export_);
 }
 
 inline const edgetune::plan::Plan *GetPlan(const void *buf) {

@@ -80,7 +80,7 @@ Result<TrainArgs> parse_args(int argc, const char* const* argv, bool embedded) {
   std::vector<std::string> positional;
   bool seen_epochs = false, seen_steps = false, seen_batch = false, seen_seed = false, seen_threads = false,
        seen_out = false, seen_log = false, seen_checkpoint = false, seen_every = false, seen_resume = false,
-       seen_backend = false;
+       seen_backend = false, seen_adapter_out = false, seen_merged_out = false;
   bool options_done = false;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
@@ -115,7 +115,8 @@ Result<TrainArgs> parse_args(int argc, const char* const* argv, bool embedded) {
     }
     static const char* const kValued[] = {"--inputs", "--targets", "--epochs", "--steps",  "--batch",
                                           "--seed",   "--threads", "--lr",     "--out",    "--log-every",
-                                          "--checkpoint", "--checkpoint-every", "--resume", "--backend"};
+                                          "--checkpoint", "--checkpoint-every", "--resume", "--backend",
+                                          "--adapter-out", "--merged-out"};
     bool known = false;
     for (const char* k : kValued) known = known || is(k);
     if (!known) return invalid_argument("unknown option '" + flag + "' (see --help)");
@@ -176,6 +177,14 @@ Result<TrainArgs> parse_args(int argc, const char* const* argv, bool embedded) {
       ET_RETURN_IF_ERROR(once(&seen_out));
       if (value.empty()) return invalid_argument("--out: empty file name");
       a.out = value;
+    } else if (is("--adapter-out")) {
+      ET_RETURN_IF_ERROR(once(&seen_adapter_out));
+      if (value.empty()) return invalid_argument("--adapter-out: empty directory name");
+      a.adapter_out = value;
+    } else if (is("--merged-out")) {
+      ET_RETURN_IF_ERROR(once(&seen_merged_out));
+      if (value.empty()) return invalid_argument("--merged-out: empty file name");
+      a.merged_out = value;
     } else if (is("--checkpoint")) {
       ET_RETURN_IF_ERROR(once(&seen_checkpoint));
       if (value.empty()) return invalid_argument("--checkpoint: empty file name");
@@ -311,7 +320,8 @@ std::string usage_text(bool embedded) {
   s += "usage: edgetune-train" + plan + " --inputs X.npy[,X2.npy...] --targets Y.npy\n";
   s += "                     [--epochs N | --steps N] [--batch B] [--seed S] [--threads T] [--lr LR]\n";
   s += "                     [--backend cpu|cuda]\n";
-  s += "                     [--out tuned.safetensors] [--log-every K] [--no-shuffle] [--quiet]\n";
+  s += "                     [--out tuned.safetensors] [--adapter-out DIR] [--merged-out merged.safetensors]\n";
+  s += "                     [--log-every K] [--no-shuffle] [--quiet]\n";
   s += "                     [--checkpoint CKPT [--checkpoint-every N|30s|10m]] [--resume CKPT|auto]\n";
   s += "       edgetune-train" + plan + " --info [--backend cpu|cuda]\n\n";
   if (embedded) {
@@ -334,6 +344,12 @@ std::string usage_text(bool embedded) {
        "  --backend B      cpu (default) or cuda: train on the GPU (a build with the CUDA backend);\n"
        "                   the same plan, checkpoints and --out on either\n"
        "  --out FILE       write the tuned weights (all of them, state_dict names) as safetensors\n"
+       "  --adapter-out DIR  (a plan with adapters: LoRA, DoRA, ...) write the trained adapter into\n"
+       "                   DIR, as Session.save_adapter does: adapter_config.json +\n"
+       "                   adapter_model.safetensors (Hugging Face PEFT: PeftModel.from_pretrained(\n"
+       "                   base_model, DIR)) and edgetune_adapter.json + edgetune_adapter.safetensors\n"
+       "  --merged-out FILE  (a plan with adapters) the base model's weights with the adapters merged\n"
+       "                   in, as safetensors: loads into the original model, no PEFT needed\n"
        "  --log-every K    a progress line every K steps (default: about 20 lines per run)\n"
        "  --checkpoint F   keep a checkpoint in F (weights, optimizer state, data position),\n"
        "                   replaced atomically; written at the end and when a signal stops the run\n"
@@ -344,7 +360,7 @@ std::string usage_text(bool embedded) {
        "  --quiet          print nothing but errors\n"
        "  --info           print the plan's inputs, outputs, weights, memory and backend, then exit\n\n"
        "exit status: 0 ok, 1 plan or runtime failure, 2 usage or input error, 3 loss or update became\n"
-       "NaN/Inf, 128+N stopped by signal N after finishing a step (checkpoint and --out written)\n";
+       "NaN/Inf, 128+N stopped by signal N after finishing a step (checkpoint and outputs written)\n";
   return s;
 }
 

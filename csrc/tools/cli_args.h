@@ -30,7 +30,9 @@ struct TrainArgs {
   std::string backend = "cpu";      // --backend cpu|cuda (RuntimeOptions::backend)
   double lr = 0;
   bool has_lr = false;
-  std::string out;
+  std::string out;                  // --out FILE: every weight (state_dict names) as safetensors
+  std::string adapter_out;          // --adapter-out DIR: the adapter files (Session.save_adapter's)
+  std::string merged_out;           // --merged-out FILE: the base weights with the adapters merged in
   int64_t log_every = 0;            // 0 = about 20 lines per run
   std::string checkpoint;           // --checkpoint PATH (tools/checkpoint.h)
   int64_t checkpoint_every_steps = 0;      // --checkpoint-every N

@@ -6,6 +6,8 @@
 //   edgetune-train PLAN.etp --inputs input_ids=ids.npy,attention_mask=mask.npy ...  in order or by name)
 //   ./train --inputs x.npy --targets y.npy ...      (a binary from --emit-binary: plan inside)
 //   edgetune-train PLAN.etp --info                  (what the plan takes, holds and needs)
+//   edgetune-train LORA.etp ... --adapter-out adapter/ --merged-out merged.safetensors
+//                                                   (a plan with adapters: PEFT files, merged weights)
 //
 // Flow, in run()'s four steps: load: find an embedded plan (embedded_plan.h) or load PLAN.etp
 // through the runtime API (core/runtime.h); bind: the --inputs files put in the plan's input
@@ -14,7 +16,10 @@
 // training; train: for each step gather the same B shuffled rows (shuffle.h) of every file into
 // the inputs and call Runtime::step(), with progress lines showing the mean loss over the steps
 // since the previous line, and a checkpoint (checkpoint.h) every --checkpoint-every; write: every
-// weight under its state_dict name (safetensors.h, atomically: atomic_file.h). --resume restores a
+// weight under its state_dict name (safetensors.h, atomically: atomic_file.h); for a plan with
+// adapters, --adapter-out's files and --merged-out's weights from the plan's export recipes
+// (adapter_export.h: the files Session.save_adapter / state_dict(merged=True) give, with no
+// Python; checked against the plan, created and reserved before training). --resume restores a
 // checkpoint after bind and continues from its step: same batches, same dropout stream, so the
 // weights end bit-identical to a run that was never stopped.
 //
@@ -48,6 +53,7 @@
 
 #include "core/crc32.h"
 #include "core/runtime.h"
+#include "tools/adapter_export.h"
 #include "tools/atomic_file.h"
 #include "tools/checkpoint.h"
 #include "tools/cli_args.h"
@@ -199,6 +205,13 @@ int print_info(const Runtime& rt, const std::string& source) {
     } else {
       std::printf("  %-*s  %s\n", w, b.name.c_str(), b.view.shape_string().c_str());
     }
+  }
+  if (const ExportTable* ex = rt.export_table()) {
+    std::string files = ex->has_peft ? "Hugging Face PEFT + edgetune adapter files" : "edgetune adapter files";
+    std::string merged = ex->unmergeable.empty()
+                             ? std::to_string(ex->merged.size()) + " weights merged with --merged-out"
+                             : "not mergeable: " + unmergeable_reasons(*ex);
+    std::printf("adapters: %s with --adapter-out DIR; %s\n", files.c_str(), merged.c_str());
   }
   MemoryStats m = rt.memory();
   std::printf("memory: %s (persistent %s + arena %s + inputs %s)\n", human_bytes(static_cast<double>(m.total())).c_str(),
@@ -437,25 +450,85 @@ int check_plan_inputs(TrainArgs* args, const Runtime& rt, int64_t* batch_out) {
   return kContinue;
 }
 
-// --out and --checkpoint can be written, and are none of the files this run reads (nor each
-// other): checked before training.
-int check_output_paths(const TrainArgs& args, bool embedded) {
+// The files --adapter-out writes into its directory (the names Session.save_adapter uses).
+std::vector<std::string> adapter_paths(const TrainArgs& args, const Runtime& rt) {
+  std::vector<std::string> out;
+  const ExportTable* ex = rt.export_table();
+  if (args.adapter_out.empty() || !ex) return out;
+  if (ex->has_peft) {
+    out.push_back(join_path(args.adapter_out, "adapter_config.json"));
+    out.push_back(join_path(args.adapter_out, "adapter_model.safetensors"));
+  }
+  out.push_back(join_path(args.adapter_out, "edgetune_adapter.json"));
+  out.push_back(join_path(args.adapter_out, "edgetune_adapter.safetensors"));
+  return out;
+}
+
+// --adapter-out and --merged-out need a plan with adapters (and --merged-out mergeable ones); the
+// plan's recipes are checked against its weights now (shapes only), so a bad one fails before
+// training, not after; the adapter directory is created.
+int check_export_outputs(const TrainArgs& args, const Runtime& rt) {
+  if (args.adapter_out.empty() && args.merged_out.empty()) return kContinue;
+  const ExportTable* ex = rt.export_table();
+  const char* flag = args.adapter_out.empty() ? "--merged-out" : "--adapter-out";
+  if (!ex)
+    return fail(kExitUsage, std::string(flag) + ": this plan has no adapters to export (its spec trains the model's "
+                            "own weights; --out FILE writes them)");
+  if (!args.merged_out.empty() && !ex->unmergeable.empty())
+    return fail(kExitUsage, "--merged-out: the adapters cannot be merged into the base weights: " +
+                                unmergeable_reasons(*ex) + " (--adapter-out writes them unmerged)");
+  std::vector<SafetensorsEntry> weights;  // names, dtypes and shapes: enough to check the recipes
+  for (const auto& b : rt.weights()) {
+    SafetensorsEntry e;
+    e.name = b.name;
+    e.dtype = b.view.dtype;
+    e.shape = view_shape(b.view);
+    e.nbytes = b.view.nbytes();
+    weights.push_back(std::move(e));
+  }
+  RecipeState state(weights);
+  if (!args.adapter_out.empty()) {
+    auto files = adapter_files(*ex, state, /*shapes_only=*/true);
+    if (!files.ok()) return fail(kExitRuntime, "--adapter-out: the plan's export table: " + files.status().message());
+  }
+  if (!args.merged_out.empty()) {
+    auto merged = merged_tensors(*ex, state, /*shapes_only=*/true);
+    if (!merged.ok()) return fail(kExitRuntime, "--merged-out: the plan's export table: " + merged.status().message());
+  }
+  if (!args.adapter_out.empty()) {
+    Status s = make_directories(args.adapter_out);
+    if (!s.ok()) return fail(kExitUsage, "--adapter-out: " + s.message());
+  }
+  return kContinue;
+}
+
+// --out, --adapter-out's files, --merged-out and --checkpoint can be written, and are none of the
+// files this run reads (nor each other): checked before training.
+int check_output_paths(const TrainArgs& args, const Runtime& rt, bool embedded) {
   // `--out y.npy` (a slip of the keyboard) would replace the training data with weights.
   std::vector<std::string> sources = args.inputs;
   sources.insert(sources.end(), args.targets.begin(), args.targets.end());
   if (!embedded) sources.push_back(args.plan);
-  for (const auto& [flag, path] : {std::make_pair("--out", args.out), std::make_pair("--checkpoint", args.checkpoint)}) {
+  std::vector<std::pair<std::string, std::string>> outputs = {
+      {"--out", args.out}, {"--merged-out", args.merged_out}, {"--checkpoint", args.checkpoint}};
+  for (const auto& path : adapter_paths(args, rt)) outputs.emplace_back("--adapter-out", path);
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    const auto& [flag, path] = outputs[i];
     if (path.empty()) continue;
     Status s = check_writable(path);
-    if (!s.ok()) return fail(kExitUsage, std::string(flag) + ": " + s.message());
+    if (!s.ok()) return fail(kExitUsage, flag + ": " + s.message());
     for (const auto& src : sources) {
       if (same_file(path, src)) {
-        return fail(kExitUsage, std::string(flag) + " " + path + " is the same file as " + src + ", which this run reads");
+        return fail(kExitUsage, flag + " " + path + " is the same file as " + src + ", which this run reads");
       }
     }
+    for (size_t j = 0; j < i; ++j) {
+      const auto& [other_flag, other] = outputs[j];
+      if (!other.empty() && (path == other || same_file(path, other)))
+        return fail(kExitUsage, other_flag + " and " + flag + " name the same file " + path +
+                                    "; give them different names");
+    }
   }
-  if (!args.out.empty() && (args.out == args.checkpoint || same_file(args.out, args.checkpoint)))
-    return fail(kExitUsage, "--out and --checkpoint name the same file " + args.out + "; give them different names");
   return kContinue;
 }
 
@@ -735,7 +808,8 @@ void print_header(const TrainArgs& args, const LoadedPlan& plan, const Schedule&
   if (!sched.resumed_from.empty())
     std::printf("resumed: from %s at step %lld of %lld\n", sched.resumed_from.c_str(),
                 static_cast<long long>(sched.start_step), static_cast<long long>(sched.total_steps));
-  if (args.out.empty()) std::printf("note: no --out given: the tuned weights will not be saved\n");
+  if (args.out.empty() && args.adapter_out.empty() && args.merged_out.empty())
+    std::printf("note: no --out given: the tuned weights will not be saved\n");
   std::fflush(stdout);
 }
 
@@ -773,7 +847,11 @@ int train(const TrainArgs& args, Runtime& rt, Schedule& sched, Checkpointer& che
     const std::string where = "step " + std::to_string(step + 1) + " (epoch " + std::to_string(epoch + 1) + ")";
     if (!r.ok() || !std::isfinite(r.value())) {
       progress.end();
-      std::string keep = args.out.empty() ? "" : "; " + args.out + " was not written";
+      std::string outputs;
+      int n_outputs = 0;
+      for (const std::string* o : {&args.out, &args.adapter_out, &args.merged_out})
+        if (!o->empty()) outputs += (n_outputs++ ? ", " : "") + *o;
+      std::string keep = outputs.empty() ? "" : "; " + outputs + (n_outputs > 1 ? " were" : " was") + " not written";
       if (!r.ok() && r.status().code() != StatusCode::kNumericError) {
         return fail(kExitRuntime, where + ": " + r.status().to_string() + keep);
       }
@@ -807,7 +885,8 @@ int train(const TrainArgs& args, Runtime& rt, Schedule& sched, Checkpointer& che
       progress.end();
       std::string writing;
       if (checkpointer.enabled()) writing += args.checkpoint;
-      if (!args.out.empty()) writing += (writing.empty() ? "" : " and ") + args.out;
+      for (const std::string* o : {&args.out, &args.adapter_out, &args.merged_out})
+        if (!o->empty()) writing += (writing.empty() ? "" : " and ") + *o;
       std::fprintf(stderr, "edgetune-train: %s: stopped after step %lld of %lld%s\n", signal_name(stop),
                    static_cast<long long>(step + 1), static_cast<long long>(total_steps),
                    writing.empty() ? "" : ("; writing " + writing).c_str());
@@ -821,7 +900,8 @@ int train(const TrainArgs& args, Runtime& rt, Schedule& sched, Checkpointer& che
 
 // ---- write: the tuned weights, the summary -----------------------------------------------------------
 
-// Every weight under its state_dict name, with the run's metadata (losses as given). With
+// Every weight under its state_dict name (the model's: an adapter's hidden export-only buffers
+// are left out, as Session.save_weights does), with the run's metadata (losses as given). With
 // `staging`, the entries' data are read from the runtime (tools/checkpoint.h read_entries: in place
 // on cpu, copied back from the GPU on cuda); without, only names, shapes and sizes are filled.
 Status weight_entries(const TrainArgs& args, const LoadedPlan& plan, const Schedule& sched, double first_loss,
@@ -831,6 +911,7 @@ Status weight_entries(const TrainArgs& args, const LoadedPlan& plan, const Sched
   *data_bytes = 0;
   std::vector<const Binding*> bindings;
   for (const auto& b : rt.weights()) {
+    if (is_hidden(rt.export_table(), b.name)) continue;  // export-only (PiSSA's initial factors): not the model's
     SafetensorsEntry e;
     e.name = b.name;
     e.dtype = b.view.dtype;
@@ -875,8 +956,9 @@ int reserve_output(const TrainArgs& args, const LoadedPlan& plan, const Schedule
 // Every weight under its state_dict name, atomically, into the reserved file; *written_bytes:
 // their data bytes.
 int write_weights(const TrainArgs& args, const LoadedPlan& plan, const Schedule& sched, const TrainResult& result,
-                  AtomicFile* file, const KillPoint& kill, size_t* written_bytes) {
+                  AtomicFile* file, const KillPoint& kill, size_t* written_bytes, size_t* written_tensors) {
   *written_bytes = 0;
+  *written_tensors = 0;
   if (args.out.empty() || file == nullptr) return kContinue;
   if (kill.out_write) file->kill_after_bytes(1024);
   std::vector<SafetensorsEntry> entries;
@@ -886,11 +968,103 @@ int write_weights(const TrainArgs& args, const LoadedPlan& plan, const Schedule&
                             &staging);
   if (s.ok()) s = write_safetensors(*file, entries, meta);
   if (!s.ok()) return fail(exit_code_for(s, kExitRuntime), "writing the tuned weights: " + s.message());
+  *written_tensors = entries.size();
+  return kContinue;
+}
+
+// ---- the adapters' exports: --adapter-out DIR, --merged-out FILE ------------------------------------
+
+// Every weight (hidden export-only ones included: recipes read them) by name, for the recipes;
+// `data`: with their bytes read from the runtime (in place on cpu), else names and shapes only.
+Status all_weights(const Runtime& rt, bool data, std::vector<SafetensorsEntry>* entries,
+                   std::unique_ptr<uint8_t[]>* staging) {
+  std::vector<const Binding*> bindings;
+  for (const auto& b : rt.weights()) {
+    SafetensorsEntry e;
+    e.name = b.name;
+    e.dtype = b.view.dtype;
+    e.shape = view_shape(b.view);
+    e.nbytes = b.view.nbytes();
+    entries->push_back(std::move(e));
+    bindings.push_back(&b);
+  }
+  return data ? read_entries(rt, bindings, entries, staging) : Status::Ok();
+}
+
+// The merged weights' metadata: the run's, as --out's.
+Metadata merged_metadata(const TrainArgs& args, const LoadedPlan& plan, const Schedule& sched, double first_loss,
+                         double last_loss) {
+  std::vector<SafetensorsEntry> unused;
+  Metadata meta;
+  size_t bytes = 0;
+  (void)weight_entries(args, plan, sched, first_loss, last_loss, &unused, &meta, &bytes);
+  meta.emplace_back("merged", "1");
+  return meta;
+}
+
+// --merged-out's temp file created and its space reserved before training (as --out's).
+int reserve_merged(const TrainArgs& args, const LoadedPlan& plan, const Schedule& sched,
+                   std::unique_ptr<AtomicFile>* out) {
+  if (args.merged_out.empty()) return kContinue;
+  std::vector<SafetensorsEntry> weights;
+  (void)all_weights(*plan.rt, false, &weights, nullptr);
+  RecipeState state(weights);
+  auto merged = merged_tensors(*plan.rt->export_table(), state, /*shapes_only=*/true);
+  if (!merged.ok()) return fail(kExitRuntime, "--merged-out: " + merged.status().message());
+  auto header = safetensors_header(merged.value().entries,
+                                   merged_metadata(args, plan, sched, -1.23456789e-300, -1.23456789e-300));
+  if (!header.ok()) return fail(kExitRuntime, "--merged-out: " + header.status().message());
+  auto file = AtomicFile::create(args.merged_out);
+  if (!file.ok()) return fail(kExitUsage, "--merged-out: " + file.status().message());
+  Status s = file.value()->reserve(header.value().size() + merged.value().data_bytes());
+  if (!s.ok()) return fail(kExitUsage, "--merged-out: " + s.message());
+  *out = std::move(file.value());
+  return kContinue;
+}
+
+struct ExportSummary {
+  std::vector<std::string> adapter_files;
+  size_t adapter_tensors = 0, adapter_bytes = 0, merged_tensors = 0, merged_bytes = 0;
+};
+
+// The adapter files and the merged weights from the trained weights (every recipe computed before
+// the first file is written: a failure leaves the outputs as they were).
+int write_exports(const TrainArgs& args, const LoadedPlan& plan, const Schedule& sched, const TrainResult& result,
+                  AtomicFile* merged_file, ExportSummary* summary) {
+  if (args.adapter_out.empty() && args.merged_out.empty()) return kContinue;
+  const Runtime& rt = *plan.rt;
+  const ExportTable& ex = *rt.export_table();
+  std::vector<SafetensorsEntry> weights;
+  std::unique_ptr<uint8_t[]> staging;  // cuda: the weights read back from the GPU
+  Status s = all_weights(rt, true, &weights, &staging);
+  if (!s.ok()) return fail(exit_code_for(s, kExitRuntime), "exporting the adapters: " + s.message());
+  RecipeState state(weights);
+  if (!args.adapter_out.empty()) {
+    auto files = adapter_files(ex, state, /*shapes_only=*/false);
+    if (files.ok()) s = write_adapter_files(args.adapter_out, files.value(), export_metadata(rt.steps_done()));
+    else s = files.status();
+    if (!s.ok()) return fail(exit_code_for(s, kExitRuntime), "--adapter-out " + args.adapter_out + ": " + s.message());
+    for (const auto& f : files.value()) {
+      summary->adapter_files.push_back(f.name);
+      summary->adapter_tensors += f.tensors.entries.size();
+      summary->adapter_bytes += f.json ? f.text.size() : f.tensors.data_bytes();
+    }
+  }
+  if (!args.merged_out.empty() && merged_file != nullptr) {
+    auto merged = merged_tensors(ex, state, /*shapes_only=*/false);
+    if (merged.ok())
+      s = write_safetensors(*merged_file, merged.value().entries,
+                            merged_metadata(args, plan, sched, result.first_loss, result.last_loss));
+    else s = merged.status();
+    if (!s.ok()) return fail(exit_code_for(s, kExitRuntime), "--merged-out " + args.merged_out + ": " + s.message());
+    summary->merged_tensors = merged.value().entries.size();
+    summary->merged_bytes = merged.value().data_bytes();
+  }
   return kContinue;
 }
 
 void print_summary(const TrainArgs& args, const Runtime& rt, const Schedule& sched, const TrainResult& result,
-                   size_t written_bytes) {
+                   size_t written_bytes, size_t written_tensors, const ExportSummary& exported) {
   if (args.quiet) return;
   MemoryStats m = rt.memory();
   size_t data_bytes = 0;
@@ -910,8 +1084,18 @@ void print_summary(const TrainArgs& args, const Runtime& rt, const Schedule& sch
               human_bytes(static_cast<double>(m.input_bytes)).c_str(),
               human_bytes(static_cast<double>(data_bytes)).c_str());
   if (!args.out.empty()) {
-    std::printf("wrote %s: %zu tensors, %s\n", args.out.c_str(), rt.weights().size(),
+    std::printf("wrote %s: %zu tensors, %s\n", args.out.c_str(), written_tensors,
                 human_bytes(static_cast<double>(written_bytes)).c_str());
+  }
+  if (!args.adapter_out.empty()) {
+    std::string names;
+    for (const auto& f : exported.adapter_files) names += (names.empty() ? "" : ", ") + f;
+    std::printf("wrote %s: %s (%zu tensors, %s)\n", args.adapter_out.c_str(), names.c_str(), exported.adapter_tensors,
+                human_bytes(static_cast<double>(exported.adapter_bytes)).c_str());
+  }
+  if (!args.merged_out.empty()) {
+    std::printf("wrote %s: %zu merged weights, %s\n", args.merged_out.c_str(), exported.merged_tensors,
+                human_bytes(static_cast<double>(exported.merged_bytes)).c_str());
   }
 }
 
@@ -929,7 +1113,8 @@ int run(int argc, char** argv) {
   int64_t batch = 0;
   Schedule sched;
   if ((rc = check_plan_inputs(&args, *plan.rt, &batch)) != kContinue) return rc;
-  if ((rc = check_output_paths(args, plan.embedded.found)) != kContinue) return rc;
+  if ((rc = check_export_outputs(args, *plan.rt)) != kContinue) return rc;
+  if ((rc = check_output_paths(args, *plan.rt, plan.embedded.found)) != kContinue) return rc;
   if ((rc = bind_data(args, *plan.rt, batch, &sched)) != kContinue) return rc;
   if (!args.checkpoint.empty() || !args.resume.empty()) fingerprint_data(&sched);
   TrainResult result;
@@ -938,6 +1123,8 @@ int run(int argc, char** argv) {
   if ((rc = set_learning_rate(args, *plan.rt, &sched)) != kContinue) return rc;
   std::unique_ptr<AtomicFile> out_file;  // removed again unless the run ends with a commit
   if ((rc = reserve_output(args, plan, sched, &out_file)) != kContinue) return rc;
+  std::unique_ptr<AtomicFile> merged_file;
+  if ((rc = reserve_merged(args, plan, sched, &merged_file)) != kContinue) return rc;
   const KillPoint kill = kill_point_from_env();
   Checkpointer checkpointer(args, sched, kill);
   if ((rc = checkpointer.reserve_first(*plan.rt)) != kContinue) return rc;
@@ -950,9 +1137,12 @@ int run(int argc, char** argv) {
   // write: the checkpoint first, so a kill during the --out write resumes straight to writing it
   Progress quiet_progress(true);
   if (plan.rt->steps_done() > sched.start_step) checkpointer.write(*plan.rt, result, quiet_progress, /*last=*/true);
-  size_t written_bytes = 0;
-  if ((rc = write_weights(args, plan, sched, result, out_file.get(), kill, &written_bytes)) != kContinue) return rc;
-  print_summary(args, *plan.rt, sched, result, written_bytes);
+  size_t written_bytes = 0, written_tensors = 0;
+  if ((rc = write_weights(args, plan, sched, result, out_file.get(), kill, &written_bytes, &written_tensors)) != kContinue)
+    return rc;
+  ExportSummary exported;
+  if ((rc = write_exports(args, plan, sched, result, merged_file.get(), &exported)) != kContinue) return rc;
+  print_summary(args, *plan.rt, sched, result, written_bytes, written_tensors, exported);
   return result.stop_signal ? 128 + result.stop_signal : kExitOk;
 }
 

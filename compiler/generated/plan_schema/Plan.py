@@ -326,8 +326,19 @@ class Plan(object):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(38))
         return o == 0
 
+    # Plan
+    def Export(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(40))
+        if o != 0:
+            x = self._tab.Indirect(o + self._tab.Pos)
+            from edgetune.compiler.generated.plan_schema.Export import Export
+            obj = Export()
+            obj.Init(self._tab.Bytes, x)
+            return obj
+        return None
+
 def PlanStart(builder):
-    builder.StartObject(18)
+    builder.StartObject(19)
 
 def Start(builder):
     PlanStart(builder)
@@ -499,6 +510,12 @@ def PlanStartBakedVector(builder, numElems):
 
 def StartBakedVector(builder, numElems):
     return PlanStartBakedVector(builder, numElems)
+
+def PlanAddExport(builder, export):
+    builder.PrependUOffsetTRelativeSlot(18, flatbuffers.number_types.UOffsetTFlags.py_type(export), 0)
+
+def AddExport(builder, export):
+    PlanAddExport(builder, export)
 
 def PlanEnd(builder):
     return builder.EndObject()
