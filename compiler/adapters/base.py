@@ -186,6 +186,52 @@ def next_dropout_stream(graph: Graph) -> int:
     return max((int(n.attrs.get("stream", 0)) + 1 for n in graph.nodes if n.op == "dropout"), default=0)
 
 
+def check_free(spec, graph: Graph, layer: Layer) -> None:
+    """One adapter per layer: a second one would give its weight two merge recipes."""
+    if graph.adapters is not None and layer.weight.name in graph.adapters.merged:
+        raise SpecError(f"{spec!r}: {layer.describe()} already has an adapter; apply one adapter kind per layer "
+                        "(narrow the targets or add exclude=[...])")
+
+
+def check_layer(spec, graph: Graph, layer: Layer) -> None:
+    """What every output-side adapter (SSF, (IA)³, Channels) needs of a layer: no other adapter,
+    an NCHW conv, no fused activation, a weight no other layer reads (a tied weight would fold
+    one adapter into both layers)."""
+    node, what = layer.node, layer.describe()
+    check_free(spec, graph, layer)
+    if node.op == "conv2d" and node.attrs.get("layout", "nchw") != "nchw":
+        raise SpecError(f"{spec!r}: {what} has layout {node.attrs['layout']!r}; adapters rewrite NCHW convs")
+    if node.attrs.get("activation", "none") != "none":
+        raise SpecError(f"{spec!r}: {what} has a fused activation")
+    readers = sum(1 for n in graph.nodes for v in n.inputs if v is layer.weight)
+    if readers > 1 or any(t == layer.weight.name for t in graph.aliases.values()):
+        raise SpecError(f"{spec!r}: {what}'s weight is shared (tied) with another layer; merging the adapter "
+                        "would change both; exclude it")
+
+
+def following_bias(graph: Graph, layer: Layer) -> tuple[Node, Value] | None:
+    """For an ONNX MatMul layer whose output's only reader is `add(y, b)` with a parameter b of
+    [out] elements (the bias of the Linear it was exported from): (that add node, b); else None.
+    Adapters that act on the layer's output (SSF, (IA)³) then act after the add, as they would on
+    the original Linear, and fold into b when merged."""
+    if layer.op != "matmul":
+        return None
+    y = layer.node.outputs[0]
+    if any(v is y for v in graph.outputs.values()):
+        return None
+    users = [n for n in graph.nodes if any(v is y for v in n.inputs)]
+    if len(users) != 1 or users[0].op != "add" or users[0].section != "forward" or len(users[0].inputs) != 2:
+        return None
+    add = users[0]
+    other = add.inputs[1] if add.inputs[0] is y else add.inputs[0]
+    if other is y or other.kind != "param" or other.type.numel != layer.out_features \
+            or sum(d != 1 for d in other.type.shape) > 1 or add.outputs[0].type.shape != y.type.shape:
+        return None
+    if other.type.rank > 0 and other.type.shape[-1] != layer.out_features:
+        return None  # a [out, 1] vector would broadcast along the wrong dim
+    return add, other
+
+
 class After:
     """Emit nodes right after `node`, then make every other reader of its output read a new value:
 
@@ -221,5 +267,5 @@ class After:
                 self.graph.outputs[k] = new
 
 
-__all__ = ["Adapter", "Layer", "find_layers", "match_targets", "as_list", "add_param", "dropout_counter",
+__all__ = ["Adapter", "Layer", "check_free", "check_layer", "following_bias", "find_layers", "match_targets", "as_list", "add_param", "dropout_counter",
            "next_dropout_stream", "After", "module_of"]

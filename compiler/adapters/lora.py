@@ -39,7 +39,7 @@ import numpy as np
 
 from ..errors import SpecError
 from ..ir import Graph, NameGen
-from .base import Adapter, After, Layer, add_param, as_list, dropout_counter, match_targets, next_dropout_stream
+from .base import Adapter, After, Layer, add_param, as_list, check_free, dropout_counter, match_targets, next_dropout_stream
 from .export import Expr
 
 INITS = ("kaiming", "gaussian", "pissa", "olora")
@@ -113,6 +113,7 @@ class LoRA(Adapter):
 
 def _check_layer(spec: LoRA, graph: Graph, layer: Layer) -> None:
     node, what = layer.node, layer.describe()
+    check_free(spec, graph, layer)
     if node.op == "conv2d":
         if node.attrs.get("groups", 1) != 1:
             raise SpecError(f"{spec!r}: {what} is a grouped/depthwise conv (groups={node.attrs['groups']}); LoRA "
@@ -166,6 +167,8 @@ def _initial_factors(spec: LoRA, layer: Layer, weight: np.ndarray, rng) -> tuple
 def _rewrite_layer(spec: LoRA, g: Graph, names: NameGen, layer: Layer, rng) -> list:
     node, op, mod, s = layer.node, layer.op, layer.module, spec.scaling
     a0, b0, residual = _initial_factors(spec, layer, g.initial[layer.weight.name], rng)
+    tied = sum(1 for n in g.nodes if n.section == "forward" and any(v is layer.weight for v in n.inputs)) > 1 \
+        or any(t == layer.weight.name for t in g.aliases.values())
     emb = op == "embedding"
     a_name = f"{mod}.lora_embedding_A" if emb else f"{mod}.lora_A.weight"
     b_name = f"{mod}.lora_embedding_B" if emb else f"{mod}.lora_B.weight"
@@ -228,6 +231,9 @@ def _rewrite_layer(spec: LoRA, g: Graph, names: NameGen, layer: Layer, rng) -> l
     else:
         merged_c = _canonical_expr(wexpr, layer) + delta_c
     table.merged[layer.weight.name] = _from_canonical(merged_c, layer).steps
+    if tied:
+        table.unmergeable.append(f"{spec!r} on {mod}: its weight {layer.weight.name} is shared (tied) with another "
+                                 "layer, so folding the adapter in would change that layer too; use save_adapter")
     table.drop_when_merged += [v.name for v in new]
     for v in new:
         table.own_tensors[v.name] = Expr.w(v.name).steps

@@ -35,7 +35,8 @@ def _grad(g):
     w, idx = g.inputs
     dw = g.emit1("embedding_backward", [g.douts[0], idx],
                  {"num_weights": w.shape[0], "padding_idx": g.attrs.get("padding_idx")})
-    dw.producer.tags.add("weight_grad")
+    if w.kind == "param":  # a gather of an activation (a channel-major row gather) is no weight gradient
+        dw.producer.tags.add("weight_grad")
     return [dw, None]
 
 
