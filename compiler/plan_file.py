@@ -392,7 +392,8 @@ def read_export(data: bytes):
     try:
         e = fb_plan.Plan.GetRootAs(body, 0).Export()
         return None if e is None else _export_table(e)
-    except (IndexError, struct.error, UnicodeDecodeError, ValueError, TypeError, AttributeError) as err:
+    except (IndexError, struct.error, UnicodeDecodeError, ValueError, TypeError, AttributeError,
+            RecursionError) as err:  # (RecursionError: JSON nested too deep)
         raise PlanError(f"plan file is damaged: its export table does not read ({type(err).__name__}: {err})") from None
 
 

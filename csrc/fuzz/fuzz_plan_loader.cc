@@ -6,6 +6,9 @@
 //      "ETCK" appended), so mutations of a valid plan get past the checksum and reach the
 //      FlatBuffers verifier, the region/tensor/node/binding checks and the kernels' check().
 // Loading must return a Status for every input: a crash, a sanitizer report or a leak is a bug.
+// A plan with an adapter export table (seed: corpus/plan_loader/mlp_dora_pissa.etp) also has its
+// recipes checked against its weights (tools/adapter_export.h, shapes only: no values are
+// computed, so a recipe's result size cannot exhaust memory): a Status again, never a crash.
 //
 // Resource cap: the loader allocates the three regions a verified plan declares, up to 1 TiB each
 // by design (kMaxRegionBytes; a failed allocation is kOutOfMemory), so an 8 KB input can ask for
@@ -19,6 +22,7 @@
 #include "core/crc32.h"
 #include "core/runtime.h"
 #include "plan_generated.h"
+#include "tools/adapter_export.h"
 
 namespace {
 
@@ -46,6 +50,15 @@ void load(const uint8_t* data, size_t size) {
     for (const auto& b : runtime.inputs()) (void)b.view.nbytes();
     for (const auto& b : runtime.weights()) (void)b.view.nbytes();
     (void)runtime.memory().total();
+    if (const edgetune::ExportTable* table = runtime.export_table()) {
+      std::vector<edgetune::tools::SafetensorsEntry> weights;
+      for (const auto& b : runtime.weights())
+        weights.push_back({b.name, b.view.dtype, std::vector<int64_t>(b.view.shape, b.view.shape + b.view.rank),
+                           nullptr, b.view.nbytes()});
+      edgetune::tools::RecipeState state(weights);
+      (void)edgetune::tools::adapter_files(*table, state, /*shapes_only=*/true).ok();
+      (void)edgetune::tools::merged_tensors(*table, state, /*shapes_only=*/true).ok();
+    }
   }
 }
 

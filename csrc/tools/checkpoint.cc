@@ -7,6 +7,7 @@
 #include <new>
 
 #include "core/crc32.h"
+#include "tools/adapter_export.h"
 
 namespace edgetune {
 namespace tools {
@@ -159,10 +160,11 @@ Status restore_checkpoint(Runtime& rt, const SafetensorsFile& ckpt) {
   };
   std::vector<Pending> pending;
   size_t expected = 0;
-  auto match = [&](const std::string& prefix, const Binding& b, const char* what) -> Status {
-    ++expected;
+  auto match = [&](const std::string& prefix, const Binding& b, const char* what, bool optional) -> Status {
     const SafetensorsTensor* t = ckpt.find(prefix + b.name);
+    if (!t && optional) return Status::Ok();  // an export-only buffer (never trained): keeps the plan's value
     if (!t) return invalid_argument(std::string("the checkpoint has no ") + what + " '" + b.name + "'");
+    ++expected;
     std::vector<int64_t> shape(b.view.shape, b.view.shape + b.view.rank);
     if (t->dtype != b.view.dtype || t->shape != shape)
       return invalid_argument(std::string("the checkpoint's ") + what + " '" + b.name + "' is " +
@@ -179,8 +181,9 @@ Status restore_checkpoint(Runtime& rt, const SafetensorsFile& ckpt) {
     pending.push_back({&b, t});
     return Status::Ok();
   };
-  for (const Binding& b : rt.weights()) ET_RETURN_IF_ERROR(match(kWeightPrefix, b, "weight"));
-  for (const Binding& b : rt.optimizer_state()) ET_RETURN_IF_ERROR(match(kStatePrefix, b, "optimizer state"));
+  for (const Binding& b : rt.weights())
+    ET_RETURN_IF_ERROR(match(kWeightPrefix, b, "weight", is_hidden(rt.export_table(), b.name)));
+  for (const Binding& b : rt.optimizer_state()) ET_RETURN_IF_ERROR(match(kStatePrefix, b, "optimizer state", false));
   if (ckpt.tensors.size() != expected) {
     for (const auto& t : ckpt.tensors) {
       bool known = false;

@@ -63,7 +63,9 @@ Result<SafetensorsFile> read_checkpoint(const std::string& path);
 
 // Puts a checkpoint read by read_checkpoint into `rt`, or changes nothing and says why: another
 // plan's checkpoint, a missing or extra tensor, a wrong dtype or shape, a non-finite value, a
-// frozen (constant-folded) weight whose value differs.
+// frozen (constant-folded) weight whose value differs. An adapter's hidden export-only buffer
+// (core/export_table.h `hidden`: PiSSA's initial factors, never trained) may be missing — the
+// Python Session's checkpoints leave them out, as its state_dict does — and keeps its value.
 Status restore_checkpoint(Runtime& rt, const SafetensorsFile& checkpoint);
 
 }  // namespace tools

@@ -1094,7 +1094,7 @@ void print_summary(const TrainArgs& args, const Runtime& rt, const Schedule& sch
                 human_bytes(static_cast<double>(exported.adapter_bytes)).c_str());
   }
   if (!args.merged_out.empty()) {
-    std::printf("wrote %s: %zu merged weights, %s\n", args.merged_out.c_str(), exported.merged_tensors,
+    std::printf("wrote %s: %zu tensors (adapters merged), %s\n", args.merged_out.c_str(), exported.merged_tensors,
                 human_bytes(static_cast<double>(exported.merged_bytes)).c_str());
   }
 }
