@@ -314,3 +314,27 @@ def test_onnx_matmul_weights_train_like_peft_on_the_linear_model(tmp_path):
     assert merged["fc1.weight"].shape == (6, 8)
     np.testing.assert_allclose(merged["fc1.weight"].T, pm.base_model.model.fc1.get_delta_weight("default").detach().numpy()
                                + w1.T, rtol=1e-5, atol=1e-6)
+
+
+def test_tied_lm_head_lora_exports_but_does_not_merge(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=30, n_positions=8,
+                                  resid_pdrop=0.0, attn_pdrop=0.0, embd_pdrop=0.0)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    ids = torch.randint(0, 30, (2, 6), generator=torch.Generator().manual_seed(2))
+    prog = et.compile(model, {"input_ids": ids}, ids, loss="causal_lm",
+                      peft=et.peft.LoRA(r=2, targets=["lm_head"], init="gaussian"), optimizer=et.optim.SGD(lr=0.5))
+    assert prog.graph.adapters.peft_config["target_modules"] == ["lm_head"]  # the head, not the lookup
+    sess = et.Session(prog, backend="cpu")
+    sess.step(ids.numpy(), ids.numpy())
+    assert "adapter_model.safetensors" in sess.save_adapter(tmp_path)
+    with pytest.raises(et.InputError, match="lm_head: its weight .* is shared"):
+        sess.state_dict(merged=True)
+
+
+def test_one_adapter_per_layer():
+    model, data = _model(), _data()
+    spec = et.peft.Union(et.peft.SSF(targets=["q"]), et.peft.LoRA(r=2, targets=["q"]))
+    with pytest.raises(et.SpecError, match="q .* already has an adapter"):
+        et.compile(model, data[:2], data[2], peft=spec)
