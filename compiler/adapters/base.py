@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import SpecError
 from ..ir import Graph, NameGen, Node, Value
-from ..peft import Spec
+from ..spec import Spec
 from ..rewrite import EmitBefore
 
 LAYER_OPS = ("linear", "matmul", "conv2d", "embedding")
@@ -45,6 +45,14 @@ class Adapter(Spec):
 
     def rewrite(self, graph: Graph, names: NameGen) -> list[Value]:
         raise NotImplementedError
+
+
+def export_table(graph: Graph):
+    """The graph's adapter export table (compiler/adapters/export.py), made on first use."""
+    from .export import ExportTable
+    if graph.adapters is None:
+        graph.adapters = ExportTable()
+    return graph.adapters
 
 
 @dataclass
@@ -108,7 +116,7 @@ def find_layers(graph: Graph) -> list[Layer]:
     return out
 
 
-def _matches(pattern: str, module: str) -> bool:
+def matches(pattern: str, module: str) -> bool:
     if any(c in pattern for c in "*?["):
         return fnmatch.fnmatchcase(module, pattern)
     return module == pattern or module.endswith("." + pattern)
@@ -123,7 +131,7 @@ def match_targets(graph: Graph, targets: list[str], exclude: list[str], who: str
     modules = list(dict.fromkeys(layer.module for layer in layers))
     chosen: dict[int, Layer] = {}
     for pattern in targets:
-        hit = [layer for layer in layers if _matches(pattern, layer.module)]
+        hit = [layer for layer in layers if matches(pattern, layer.module)]
         if not hit:
             near = difflib.get_close_matches(pattern.strip("*."), modules, n=5, cutoff=0.3) or modules[:5]
             raise SpecError(f"{who}: target {pattern!r} matches no layer of '{graph.name}'; "
@@ -131,7 +139,7 @@ def match_targets(graph: Graph, targets: list[str], exclude: list[str], who: str
         for layer in hit:
             chosen.setdefault(id(layer.node), layer)
     for pattern in exclude:
-        hit = [k for k, layer in chosen.items() if _matches(pattern, layer.module)]
+        hit = [k for k, layer in chosen.items() if matches(pattern, layer.module)]
         if not hit:
             raise SpecError(f"{who}: exclude pattern {pattern!r} matches none of the targeted layers "
                             f"({', '.join(sorted({layer.module for layer in chosen.values()})[:6])} ...)")
@@ -267,5 +275,5 @@ class After:
                 self.graph.outputs[k] = new
 
 
-__all__ = ["Adapter", "Layer", "check_free", "check_layer", "following_bias", "find_layers", "match_targets", "as_list", "add_param", "dropout_counter",
+__all__ = ["Adapter", "export_table", "Layer", "check_free", "check_layer", "following_bias", "find_layers", "match_targets", "as_list", "add_param", "dropout_counter",
            "next_dropout_stream", "After", "module_of"]

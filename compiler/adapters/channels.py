@@ -27,7 +27,7 @@ S comes from `channels` (indices or a range, the same for every targeted layer),
 `fraction` (k = ceil(fraction · C) per layer) with by="first" (channels 0..k-1) or
 "importance": the k channels whose weight rows have the largest gradient norm on the
 `calibration` batch (inputs..., target), computed at compile time with the program's own loss
-by the reference executor.
+by the ops' numpy references.
 
 Exports: merged, W with its rows S replaced by W_S (`rows`); edgetune's own adapter file holds
 W_S and the channel indices. Channels has no Hugging Face PEFT format.
@@ -42,7 +42,7 @@ import numpy as np
 
 from ..errors import SpecError
 from ..ir import Graph, NameGen, Value, numpy_dtype
-from .base import Adapter, After, Layer, add_param, as_list, check_layer, match_targets
+from .base import Adapter, After, Layer, add_param, as_list, check_layer, export_table, match_targets
 from .export import Expr
 
 BY = ("first", "importance")
@@ -101,6 +101,7 @@ class Channels(Adapter):
             raise SpecError("Channels: calibration= is only used with by='importance'")
 
     def rewrite(self, graph: Graph, names: NameGen) -> list:
+        export_table(graph)
         who = repr(self)
         layers = match_targets(graph, self.targets, self.exclude, who, ops=("linear", "matmul", "conv2d"))
         for layer in layers:
@@ -155,10 +156,10 @@ def _as_array(x, where: str) -> np.ndarray:
 
 def channel_importance(graph: Graph, layers: list[Layer], calibration, who: str) -> list[np.ndarray]:
     """Per layer, the norm of each output channel's weight gradient on the calibration batch:
-    the program's loss differentiated with the targeted weights trainable, run once by the
-    reference executor. The graph is left as it was."""
+    the program's loss differentiated with the targeted weights trainable, run once on the ops'
+    numpy references. The graph is left as it was."""
     from ..autodiff import differentiate
-    from ...runtime.reference import ReferenceExecutor
+    from ..ops.registry import run_reference
 
     if isinstance(calibration, dict) or not isinstance(calibration, (list, tuple)):
         raise SpecError(f"{who}: calibration must be a tuple (inputs..., target), got {type(calibration).__name__}")
@@ -187,8 +188,12 @@ def channel_importance(graph: Graph, layers: list[Layer], calibration, who: str)
         dead = [layer.describe() for layer in layers if layer.weight.name not in grads]
         if dead:
             raise SpecError(f"{who}: {', '.join(dead[:4])} do(es) not influence the loss")
-        state = {name: graph.initial[name] for name, v in graph.sources.items() if v.kind != "const"}
-        _, _, env = ReferenceExecutor(graph).run(feeds, state, collect=True)
+        # one pass of the ops' numpy references (the compiler does not reach up to runtime/)
+        env = dict(feeds)
+        env.update({name: graph.initial[name] for name in graph.sources})
+        for node in graph.nodes:
+            for v, r in zip(node.outputs, run_reference(node.op, [env[i.name] for i in node.inputs], node.attrs)):
+                env[v.name] = np.asarray(r)
         out = []
         for layer in layers:
             g = np.asarray(env[grads[layer.weight.name].name], dtype=np.float64)

@@ -28,7 +28,8 @@ import numpy as np
 from ..errors import SpecError
 from ..ir import Graph, NameGen
 from ..rewrite import EmitBefore
-from .base import Adapter, After, Layer, _matches, add_param, as_list, check_layer, following_bias, match_targets
+from .base import (Adapter, After, Layer, add_param, as_list, check_layer, export_table, matches,
+                   following_bias, match_targets)
 from .export import Expr
 
 
@@ -51,6 +52,7 @@ class IA3(Adapter):
                             "feedforward=['down_proj'])")
 
     def rewrite(self, graph: Graph, names: NameGen) -> list:
+        export_table(graph)
         who = repr(self)
         layers = match_targets(graph, self.targets, self.exclude, who)
         emb = [layer for layer in layers if layer.op == "embedding"]
@@ -61,7 +63,7 @@ class IA3(Adapter):
         targeted = {layer.module for layer in layers}
         feedforward: set[str] = set()
         for pattern in self.feedforward:
-            hit = {layer.module for layer in layers if _matches(pattern, layer.module)}
+            hit = {layer.module for layer in layers if matches(pattern, layer.module)}
             if not hit:
                 raise SpecError(f"{who}: feedforward pattern {pattern!r} names none of the targeted layers "
                                 f"({', '.join(sorted(targeted)[:6])}{' ...' if len(targeted) > 6 else ''}); "

@@ -39,7 +39,8 @@ import numpy as np
 
 from ..errors import SpecError
 from ..ir import Graph, NameGen
-from .base import Adapter, After, Layer, add_param, as_list, check_free, dropout_counter, match_targets, next_dropout_stream
+from .base import (Adapter, After, Layer, add_param, as_list, check_free, dropout_counter, export_table,
+                   match_targets, next_dropout_stream)
 from .export import Expr
 
 INITS = ("kaiming", "gaussian", "pissa", "olora")
@@ -82,6 +83,7 @@ class LoRA(Adapter):
         return self.alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
 
     def rewrite(self, graph: Graph, names: NameGen) -> list:
+        export_table(graph)
         who = repr(self)
         layers = match_targets(graph, self.targets, self.exclude, who)
         for layer in layers:

@@ -32,7 +32,8 @@ import numpy as np
 
 from ..errors import SpecError
 from ..ir import Graph, NameGen, Node, Value
-from .base import Adapter, After, Layer, add_param, as_list, check_layer, following_bias, match_targets
+from .base import (Adapter, After, Layer, add_param, as_list, check_layer, export_table, following_bias,
+                   match_targets)
 from .export import Expr
 
 
@@ -59,6 +60,7 @@ class SSF(Adapter):
             raise SpecError(f"SSF: seed must be a non-negative integer, got {self.seed!r}")
 
     def rewrite(self, graph: Graph, names: NameGen) -> list:
+        export_table(graph)
         layers = match_targets(graph, self.targets, self.exclude, repr(self))
         for layer in layers:
             check_layer(self, graph, layer)
