@@ -366,3 +366,27 @@ def full_filesystem(tmp_path):
         yield mnt
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+def matmul_mlp_onnx(path, seed: int = 0):
+    """An ONNX MLP in MatMul + Add form (weights stored [in, out], as many exporters write them)
+    saved at `path`, and the torch Sequential(fc1, relu, fc2) holding the same weights as Linear
+    layers. Returns (torch model, {initializer name: array}, x [4, 6], class targets y [4])."""
+    from onnx import TensorProto, helper, numpy_helper, save
+    rng = np.random.default_rng(seed)
+    w1, b1 = rng.standard_normal((6, 8)).astype(np.float32) * 0.4, rng.standard_normal(8).astype(np.float32) * 0.1
+    w2, b2 = rng.standard_normal((8, 3)).astype(np.float32) * 0.4, rng.standard_normal(3).astype(np.float32) * 0.1
+    weights = {"fc1.weight": w1, "fc1.bias": b1, "fc2.weight": w2, "fc2.bias": b2}
+    nodes = [helper.make_node("MatMul", ["x", "fc1.weight"], ["h0"]), helper.make_node("Add", ["h0", "fc1.bias"], ["h1"]),
+             helper.make_node("Relu", ["h1"], ["h2"]), helper.make_node("MatMul", ["h2", "fc2.weight"], ["h3"]),
+             helper.make_node("Add", ["h3", "fc2.bias"], ["y"])]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 3])],
+                              [numpy_helper.from_array(a, n) for n, a in weights.items()])
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    model = torch.nn.Sequential()
+    model.add_module("fc1", torch.nn.Linear(6, 8))
+    model.add_module("relu", torch.nn.ReLU())
+    model.add_module("fc2", torch.nn.Linear(8, 3))
+    model.load_state_dict({k: torch.from_numpy(v.T.copy() if v.ndim == 2 else v) for k, v in weights.items()})
+    return model, weights, rng.standard_normal((4, 6)).astype(np.float32), np.array([0, 2, 1, 2])

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import edgetune as et
+from support import matmul_mlp_onnx
 
 peft = pytest.importorskip("peft")
 
@@ -264,37 +265,14 @@ def test_parse_spec_adapters():
         et.peft.parse_spec("lora:rr=2,targets=q")
 
 
-def _matmul_onnx(path, w1, b1, w2, b2):
-    """An ONNX MLP in MatMul + Add form: weights stored [in, out] (what many exporters write)."""
-    from onnx import TensorProto, helper, numpy_helper, save
-    nodes = [helper.make_node("MatMul", ["x", "fc1.weight"], ["h0"]), helper.make_node("Add", ["h0", "fc1.bias"], ["h1"]),
-             helper.make_node("Relu", ["h1"], ["h2"]), helper.make_node("MatMul", ["h2", "fc2.weight"], ["h3"]),
-             helper.make_node("Add", ["h3", "fc2.bias"], ["y"])]
-    inits = [numpy_helper.from_array(a, n) for a, n in ((w1, "fc1.weight"), (b1, "fc1.bias"), (w2, "fc2.weight"),
-                                                         (b2, "fc2.bias"))]
-    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 6])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 3])], inits)
-    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-
-
 def test_onnx_matmul_weights_train_like_peft_on_the_linear_model(tmp_path):
     """ONNX MatMul with an [in, out] initializer: the same LoRA as PEFT on the torch Linear
     holding the transposed weight."""
-    rng = np.random.default_rng(0)
-    w1, b1 = rng.standard_normal((6, 8)).astype(np.float32) * 0.4, rng.standard_normal(8).astype(np.float32) * 0.1
-    w2, b2 = rng.standard_normal((8, 3)).astype(np.float32) * 0.4, rng.standard_normal(3).astype(np.float32) * 0.1
     path = tmp_path / "mlp.onnx"
-    _matmul_onnx(path, w1, b1, w2, b2)
-    x, y = rng.standard_normal((4, 6)).astype(np.float32), np.array([0, 2, 1, 2])
+    torch_model, weights, x, y = matmul_mlp_onnx(path)
     spec = et.peft.parse_spec("lora:r=2,alpha=4,targets=fc1|fc2,init=gaussian")
     prog = et.compile(str(path), (x,), y, peft=spec, optimizer=et.optim.SGD(lr=0.2))
     initial = et.Session(prog).state_dict()
-    torch_model = torch.nn.Sequential()
-    torch_model.add_module("fc1", torch.nn.Linear(6, 8))
-    torch_model.add_module("relu", torch.nn.ReLU())
-    torch_model.add_module("fc2", torch.nn.Linear(8, 3))
-    torch_model.load_state_dict({"fc1.weight": torch.from_numpy(w1.T.copy()), "fc1.bias": torch.from_numpy(b1),
-                                 "fc2.weight": torch.from_numpy(w2.T.copy()), "fc2.bias": torch.from_numpy(b2)})
     pm = peft.get_peft_model(torch_model, peft.LoraConfig(r=2, lora_alpha=4, target_modules=["fc1", "fc2"]))
     pm.load_state_dict({n: torch.from_numpy(initial[_peft_key(n)]) for n, p in pm.named_parameters() if p.requires_grad},
                        strict=False)
@@ -313,7 +291,7 @@ def test_onnx_matmul_weights_train_like_peft_on_the_linear_model(tmp_path):
     merged = sess.state_dict(merged=True)  # back in the ONNX file's [in, out] layout
     assert merged["fc1.weight"].shape == (6, 8)
     np.testing.assert_allclose(merged["fc1.weight"].T, pm.base_model.model.fc1.get_delta_weight("default").detach().numpy()
-                               + w1.T, rtol=1e-5, atol=1e-6)
+                               + weights["fc1.weight"].T, rtol=1e-5, atol=1e-6)
 
 
 def test_tied_lm_head_lora_exports_but_does_not_merge(tmp_path):

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import edgetune as et
+from support import matmul_mlp_onnx
 
 peft = pytest.importorskip("peft")
 
@@ -334,38 +335,14 @@ def test_channels_with_bias_only_trains_biases_as_usual():
 
 
 # ---- ONNX MatMul + Add layers ---------------------------------------------------------------------
-def _matmul_onnx(path, w1, b1, w2, b2):
-    """An ONNX MLP in MatMul + Add form: weights stored [in, out]."""
-    from onnx import TensorProto, helper, numpy_helper, save
-    nodes = [helper.make_node("MatMul", ["x", "fc1.weight"], ["h0"]),
-             helper.make_node("Add", ["h0", "fc1.bias"], ["h1"]), helper.make_node("Relu", ["h1"], ["h2"]),
-             helper.make_node("MatMul", ["h2", "fc2.weight"], ["h3"]),
-             helper.make_node("Add", ["h3", "fc2.bias"], ["y"])]
-    inits = [numpy_helper.from_array(a, n) for a, n in ((w1, "fc1.weight"), (b1, "fc1.bias"), (w2, "fc2.weight"),
-                                                         (b2, "fc2.bias"))]
-    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 6])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 3])], inits)
-    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-
-
 def test_onnx_matmul_layers(tmp_path):
     """ONNX MatMul ([in, out] weights) + bias Add: (IA)³ and SSF act after the Add, as on the
     torch Linear the file stands for; merged weights come back in the file's layout."""
     pytest.importorskip("onnx")
-    rng = np.random.default_rng(0)
-    w1, b1 = rng.standard_normal((6, 8)).astype(np.float32) * 0.4, rng.standard_normal(8).astype(np.float32) * 0.1
-    w2, b2 = rng.standard_normal((8, 3)).astype(np.float32) * 0.4, rng.standard_normal(3).astype(np.float32) * 0.1
     path = tmp_path / "mlp.onnx"
-    _matmul_onnx(path, w1, b1, w2, b2)
-    x, y = rng.standard_normal((4, 6)).astype(np.float32), np.array([0, 2, 1, 2])
+    linear, onnx_state, x, y = matmul_mlp_onnx(path)
+    w1 = onnx_state["fc1.weight"]
     data = (torch.from_numpy(x), torch.from_numpy(y))
-    linear = torch.nn.Sequential()
-    linear.add_module("fc1", torch.nn.Linear(6, 8))
-    linear.add_module("relu", torch.nn.ReLU())
-    linear.add_module("fc2", torch.nn.Linear(8, 3))
-    linear.load_state_dict({"fc1.weight": torch.from_numpy(w1.T.copy()), "fc1.bias": torch.from_numpy(b1),
-                            "fc2.weight": torch.from_numpy(w2.T.copy()), "fc2.bias": torch.from_numpy(b2)})
-    onnx_state = {"fc1.weight": w1, "fc1.bias": b1, "fc2.weight": w2, "fc2.bias": b2}
 
     def run(spec):
         prog = et.compile(str(path), (x,), y, peft=spec, optimizer=et.optim.SGD(lr=0.3))
