@@ -46,6 +46,20 @@ TEST(ToolsCliArgs, ParsesAFullCommandLine) {
   EXPECT_FALSE(a.shuffle);
 }
 
+TEST(ToolsCliArgs, AdapterOutputs) {
+  auto r = parse({"m.etp", "--inputs", "x.npy", "--targets", "y.npy", "--out", "adapter/", "--merged-out", "m.st"});
+  ASSERT_TRUE(r.ok()) << r.status().to_string();
+  EXPECT_EQ(r.value().adapter_out, "adapter/");  // a trailing slash: the adapter directory
+  EXPECT_EQ(r.value().out, "");
+  EXPECT_EQ(r.value().merged_out, "m.st");
+  auto both = parse({"m.etp", "--inputs", "x.npy", "--targets", "y.npy", "--out", "w.st", "--adapter-out", "a"});
+  ASSERT_TRUE(both.ok()) << both.status().to_string();
+  EXPECT_EQ(both.value().out, "w.st");
+  EXPECT_EQ(both.value().adapter_out, "a");
+  EXPECT_NE(error_of({"m.etp", "--inputs", "x.npy", "--out", "a/", "--adapter-out", "b"}).find("twice"),
+            std::string::npos);
+}
+
 TEST(ToolsCliArgs, Defaults) {
   auto r = parse({"m.etp", "--inputs", "x.npy", "--targets", "y.npy"});
   ASSERT_TRUE(r.ok());

@@ -173,6 +173,10 @@ Result<TrainArgs> parse_args(int argc, const char* const* argv, bool embedded) {
       if (a.has_lr) return invalid_argument("--lr given twice");
       ET_RETURN_IF_ERROR(parse_positive_float(flag, value, &a.lr));
       a.has_lr = true;
+    } else if (is("--out") && !value.empty() && value.back() == '/') {
+      // `--out adapter/`: a directory is where the adapter goes (the same as --adapter-out)
+      ET_RETURN_IF_ERROR(once(&seen_adapter_out));
+      a.adapter_out = value;
     } else if (is("--out")) {
       ET_RETURN_IF_ERROR(once(&seen_out));
       if (value.empty()) return invalid_argument("--out: empty file name");
@@ -343,7 +347,8 @@ std::string usage_text(bool embedded) {
        "  --lr LR          learning rate instead of the one compiled into the plan\n"
        "  --backend B      cpu (default) or cuda: train on the GPU (a build with the CUDA backend);\n"
        "                   the same plan, checkpoints and --out on either\n"
-       "  --out FILE       write the tuned weights (all of them, state_dict names) as safetensors\n"
+       "  --out FILE       write the tuned weights (all of them, state_dict names) as safetensors;\n"
+       "                   --out DIR/ (a trailing slash) is --adapter-out DIR\n"
        "  --adapter-out DIR  write the trained adapter (a plan with LoRA, DoRA, ...) into DIR as\n"
        "                   Session.save_adapter does: adapter_config.json + adapter_model.safetensors\n"
        "                   (Hugging Face PEFT: PeftModel.from_pretrained(model, DIR)) when the adapter\n"

@@ -221,7 +221,7 @@ def test_binary_resumes_a_python_checkpoint_and_exports(train_exe, adapted, data
         sess.step(xs[i * BATCH:(i + 1) * BATCH], ys[i * BATCH:(i + 1) * BATCH])
     sess.save_checkpoint(tmp_path / "py.ckpt")
     proc = run(train_exe, plan, "--inputs", x, "--targets", y, "--steps", STEPS, "--no-shuffle", "--threads", 1,
-               "--resume", tmp_path / "py.ckpt", "--adapter-out", tmp_path / "adapter")
+               "--resume", tmp_path / "py.ckpt", "--out", f"{tmp_path / 'adapter'}/")  # --out DIR/ = --adapter-out
     assert proc.returncode == 0, proc.stderr
     assert "resumed: from" in proc.stdout
     ref = _train_session(plan, xs, ys)
