@@ -316,3 +316,24 @@ def test_one_adapter_per_layer():
     spec = et.peft.Union(et.peft.SSF(targets=["q"]), et.peft.LoRA(r=2, targets=["q"]))
     with pytest.raises(et.SpecError, match="q .* already has an adapter"):
         et.compile(model, data[:2], data[2], peft=spec)
+
+
+def test_cli_compiles_an_onnx_model_with_a_lora_spec(tmp_path, capsys):
+    from edgetune.cli import main
+    path = tmp_path / "mlp.onnx"
+    _, _, x, y = matmul_mlp_onnx(path)
+    plan = tmp_path / "p.etp"
+    assert main(["compile", str(path), "--peft", "lora:r=2,alpha=4,targets=fc1|fc2+bias-only", "--batch", "4",
+                 "-o", str(plan)]) == 0
+    assert "adapters" in capsys.readouterr().out  # the summary's adapter line
+    sess = et.Session(str(plan), backend="cpu")
+    sess.step(x, y)
+    from edgetune.compiler.plan_file import read_plan_header
+    header = read_plan_header(plan.read_bytes())
+    assert set(header["trainable"]) == {"fc1.lora_A.weight", "fc1.lora_B.weight", "fc2.lora_A.weight",
+                                        "fc2.lora_B.weight", "fc1.bias", "fc2.bias"}
+    files = sess.save_adapter(tmp_path / "adapter")
+    assert "adapter_config.json" in files
+    import json
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["target_modules"] == ["fc1", "fc2"] and config["r"] == 2 and config["fan_in_fan_out"] is True
