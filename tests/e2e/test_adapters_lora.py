@@ -337,3 +337,17 @@ def test_cli_compiles_an_onnx_model_with_a_lora_spec(tmp_path, capsys):
     import json
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert config["target_modules"] == ["fc1", "fc2"] and config["r"] == 2 and config["fan_in_fan_out"] is True
+
+
+def test_seeds_make_initialisations_reproducible():
+    model, data = _model(), _data()
+
+    def initial(seed):
+        prog = et.compile(model, data[:2], data[2], peft=et.peft.LoRA(r=2, targets=["q", "c"], seed=seed))
+        return et.Session(prog).state_dict()
+
+    a, b, c = initial(0), initial(0), initial(1)
+    np.testing.assert_array_equal(a["q.lora_A.weight"], b["q.lora_A.weight"])
+    assert not np.array_equal(a["q.lora_A.weight"], c["q.lora_A.weight"])
+    assert not np.array_equal(a["q.lora_A.weight"].ravel()[:4], a["c.lora_A.weight"].ravel()[:4])  # per layer
+    np.testing.assert_array_equal(a["q.lora_B.weight"], 0.0)  # kaiming: B = 0, the model starts unchanged
