@@ -17,6 +17,14 @@ The peers run in their own venvs under build/peers/ (made on first use, see peer
 
 Schemes: full; bias-only; last-k (LastK(4)); sparse (all biases + the weights of the last 2
 layers: BiasOnly() | LastK(2)); head-only (LastK(1): the classifier / LM head).
+
+The LLM row (LLM_CASES, scheme "lora"): a LLaMA-style decoder built by `transformers` from a
+config (random weights, seed 0), a batch of random token ids, the causal-LM loss, LoRA r=8
+alpha=16 on q_proj/v_proj (nothing else trains), against PyTorch + Hugging Face PEFT training the
+same adapters from the same initial values (train mode; ONNX Runtime and TVM cells say n/a).
+Reported besides the step: tokens/s, the peak RSS of the whole process and of the steps alone
+(the count is reset after the model is loaded/built), the compile time. `llama_hf_tiny` is the
+same path on a tiny config (the CI smoke test, tests/benchmarks/test_bench_llm_smoke.py).
 Results: RESULTS/bench.json, bench.md, bench_<model>.png (latency and peak RSS per scheme).
 A cell a runtime cannot run says why, in its place in the table.
 
@@ -46,7 +54,7 @@ RUNTIMES = ["edgetune", "pytorch", "ort", "tvm"]
 LABELS = {"edgetune": "edgetune", "pytorch": "PyTorch", "ort": "ORT", "tvm": "TVM"}
 SCHEMES = ["full", "bias-only", "last-k", "sparse", "head-only"]
 SCHEME_LABELS = {"full": "full", "bias-only": "bias-only", "last-k": "last 4", "sparse": "sparse",
-                 "head-only": "head-only"}
+                 "head-only": "head-only", "lora": "LoRA r=8 q,v"}
 # model name -> build kwargs and input size (batch from --batch)
 CASES = {
     "mobilenet_v2": {"model_kwargs": {"num_classes": 1000}, "resolution": 224},
@@ -56,13 +64,47 @@ CASES = {
     "llama": {"model_kwargs": {}, "seq_len": 128},
     "mlp": {"model_kwargs": {}},
 }
-DEFAULT_MODELS = ["mobilenet_v2", "resnet18", "efficientnet_lite0", "bert", "llama"]
+DEFAULT_MODELS = ["mobilenet_v2", "resnet18", "efficientnet_lite0", "bert", "llama", "llama_hf"]
 SMOKE = {"models": ["mlp"], "schemes": ["full", "sparse"], "warmup": 1, "steps": 2}
+
+# LLM rows: a `transformers` causal LM from a config (random weights), LoRA adapters, batch and
+# sequence fixed here (not --batch). llama_hf: 105.8M parameters (untied LM head, as LLaMA;
+# 24.6M of them the embedding, 24.6M the head), 8 layers of hidden 768, 12 heads, SwiGLU 2048.
+LLM_LORA = {"r": 8, "alpha": 16, "targets": ["q_proj", "v_proj"]}
+LLM_SCHEMES = ["lora"]
+LLM_CASES = {
+    "llama_hf": {"hf_class": "LlamaForCausalLM", "hf_config_class": "LlamaConfig",
+                 "hf_config": {"vocab_size": 32000, "hidden_size": 768, "intermediate_size": 2048,
+                               "num_hidden_layers": 8, "num_attention_heads": 12, "num_key_value_heads": 12,
+                               "max_position_embeddings": 256, "tie_word_embeddings": False},
+                 "seq_len": 256, "batch": 4, "schemes": LLM_SCHEMES, "lora": LLM_LORA},
+    "llama_hf_tiny": {"hf_class": "LlamaForCausalLM", "hf_config_class": "LlamaConfig",
+                      "hf_config": {"vocab_size": 256, "hidden_size": 64, "intermediate_size": 128,
+                                    "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
+                                    "max_position_embeddings": 32, "tie_word_embeddings": False},
+                      "seq_len": 32, "batch": 2, "schemes": LLM_SCHEMES, "lora": LLM_LORA},
+}
 
 
 def available_models() -> list[str]:
     from edgetune import models
     return list(models.MODELS)
+
+
+def llm_missing() -> str | None:
+    """Why the LLM rows cannot run in this environment (transformers / peft missing), or None."""
+    import importlib.util
+    missing = [m for m in ("transformers", "peft") if importlib.util.find_spec(m) is None]
+    return f"needs {' and '.join(missing)} (pip install {' '.join(missing)})" if missing else None
+
+
+def schemes_for(model: str, schemes: list[str], given: bool) -> list[str]:
+    """The schemes a model runs: an LLM case its own (those of --schemes among them, when given),
+    any other model the --schemes that are not LLM-only."""
+    if model in LLM_CASES:
+        own = LLM_CASES[model]["schemes"]
+        return [s for s in own if s in schemes] if given else list(own)
+    return [s for s in schemes if s in SCHEMES]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,6 +281,7 @@ def write_markdown(report: dict, path: str) -> None:
                 notes.append(f"- {row['model']} / {row['scheme']} / {LABELS[r]}: {res[r]['note']}")
     lines += ["", "Ratios are the other runtime's step time over edgetune's (> 1: edgetune is faster). "
               "GFLOP/s uses edgetune's FLOP count for the scheme's sparse program.", ""]
+    lines += llm_markdown(report)
     if notes:
         lines += ["## Notes per cell", ""] + notes + [""]
     plots = report.get("plots") or []
@@ -246,6 +289,52 @@ def write_markdown(report: dict, path: str) -> None:
         lines += ["## Plots", ""] + [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots] + [""]
     with open(path, "w") as f:
         f.write("\n".join(lines))
+
+
+def llm_markdown(report: dict) -> list[str]:
+    """The LLM rows' own table: tokens/s and peak memory, edgetune vs PyTorch + PEFT."""
+    rows = [r for r in report["rows"] if (r.get("program") or {}).get("tokens_per_step")]
+    if not rows:
+        return []
+    lines = ["## LLM: LoRA on a LLaMA-style decoder (edgetune vs PyTorch + PEFT)", "",
+             "Random-weight `transformers` decoder, causal-LM loss, LoRA on q_proj/v_proj only; PyTorch + PEFT "
+             "trains the same adapters from the same initial values (train mode). Peak RSS: the whole process "
+             "(edgetune: the plan's bytes are held while it loads) / the training steps alone. Compile: "
+             "`et.compile` (capture, autodiff, passes, memory plan) and the compiling process's peak RSS "
+             "(the torch model included), then writing the plan file.", "",
+             "| model | params | trainable | batch × seq | compile s (peak RSS MB) | plan save s | edgetune tokens/s | "
+             "PyTorch + PEFT tokens/s | vs PyTorch | edgetune peak RSS MB (steps) | PyTorch peak RSS MB (steps) | "
+             "planned total MiB | first loss edgetune / PyTorch |",
+             "|" + "---|" * 13]
+    for row in rows:
+        prog, res = row["program"], row["results"]
+        et, pt = res.get("edgetune", {}), res.get("pytorch", {})
+        tok = prog["tokens_per_step"]
+
+        def tps(r):
+            if r.get("status") != "ok":
+                return "n/a: " + _short(r.get("reason", "?"), 60)
+            return f"{tok / (r['step_ms'] / 1e3):,.0f}"
+
+        def rss(r):
+            if r.get("status") != "ok":
+                return "–"
+            steps = r.get("peak_rss_steps_mb")
+            return f"{r['peak_rss_mb']:.0f}" + (f" ({steps:.0f})" if steps is not None else "")
+
+        both = et.get("status") == "ok" and pt.get("status") == "ok"
+        cfg = row.get("case", {})
+        lines.append("| " + " | ".join([
+            row["model"], f"{prog.get('params_total', 0) / 1e6:.1f}M", f"{prog['params_trainable']:,}",
+            f"{cfg.get('batch', '?')} × {cfg.get('seq_len', '?')}",
+            _fmt(prog.get("compile_s")) + (f" ({prog['compile_peak_rss_mb']:,.0f})" if prog.get("compile_peak_rss_mb")
+                                           else ""),
+            _fmt(prog.get("plan_save_s")), tps(et), tps(pt),
+            f"{pt['step_ms'] / et['step_ms']:.2f}×" if both else "–", rss(et), rss(pt),
+            _fmt(prog["planned_total_bytes"] / 2**20) if "planned_total_bytes" in prog else "–",
+            f"{_fmt(et.get('loss_first'), 4)} / {_fmt(pt.get('loss_first'), 4)}" if both else "–"]) + " |")
+    lines.append("")
+    return lines
 
 
 def write_plots(report: dict, out: str) -> list[str]:
@@ -358,13 +447,16 @@ def parse_args(argv):
     ap.add_argument("--smoke", action="store_true", help="tiny MLP, 2 steps, every runtime (a CI check)")
     ap.add_argument("--models", type=_csv(None), help=f"comma-separated (default: {', '.join(DEFAULT_MODELS)}"
                     " where present in edgetune.models)")
-    ap.add_argument("--schemes", type=_csv(SCHEMES), help=f"comma-separated from {', '.join(SCHEMES)} (default: all)")
+    ap.add_argument("--schemes", type=_csv(SCHEMES + LLM_SCHEMES),
+                    help=f"comma-separated from {', '.join(SCHEMES + LLM_SCHEMES)} (default: all; an LLM case "
+                         f"({', '.join(LLM_CASES)}) runs {', '.join(LLM_SCHEMES)}, the others the rest)")
     ap.add_argument("--runtimes", type=_csv(RUNTIMES), default=list(RUNTIMES), help="default: all four")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     add_run_options(ap, "bench", "cell")
     ap.add_argument("--peers-dir", default=peers_env.DEFAULT_ROOT, help="where the peers' venvs live")
     args = ap.parse_args(argv)
+    args.schemes_given = args.schemes is not None  # an LLM case runs its own schemes unless told
     apply_run_defaults(args, SMOKE)
     args.schemes = args.schemes or list(SCHEMES)
     args.runtimes = [r for r in RUNTIMES if r in args.runtimes]  # table columns in a fixed order
@@ -380,7 +472,7 @@ def main(argv=None) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True)
-    present = available_models()
+    present = available_models() + list(LLM_CASES)
     if args.models:
         unknown = [m for m in args.models if m not in present]
         if unknown:
@@ -392,6 +484,10 @@ def main(argv=None) -> int:
         missing = [m for m in DEFAULT_MODELS if m not in present]
         if missing:
             console.print(f"not in edgetune.models yet, skipped: {', '.join(missing)}")
+        why = llm_missing()
+        if why and any(m in LLM_CASES for m in model_names):
+            console.print(f"LLM rows skipped: {why}")
+            model_names = [m for m in model_names if m not in LLM_CASES]
     make_run_folders(args)
     t_start = time.perf_counter()
     report = {"started": utc_now(),
@@ -402,7 +498,11 @@ def main(argv=None) -> int:
                          "smoke": args.smoke, "omp_wait_policy": OMP_WAIT_POLICY or os.environ.get("OMP_WAIT_POLICY")},
               "rows": []}
     peers = [r for r in args.runtimes if r in peers_env.PEERS]
-    pairs = [(m, s) for m in model_names for s in args.schemes]
+    pairs = [(m, s) for m in model_names for s in schemes_for(m, args.schemes, args.schemes_given)]
+    for m in model_names:
+        if not schemes_for(m, args.schemes, args.schemes_given):
+            console.print(f"{m}: none of --schemes applies (it runs "
+                          f"{', '.join(LLM_CASES[m]['schemes'] if m in LLM_CASES else SCHEMES)})")
     total = 1 + len(peers) + len(pairs) * (1 + len(args.runtimes))
     with Progress(TextColumn("[bold]{task.description:<44}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=False) as progress:
@@ -421,9 +521,10 @@ def main(argv=None) -> int:
         for model, scheme in pairs:
             cell = os.path.join(args.work, f"{model}__{scheme}")
             os.makedirs(cell)
+            case = LLM_CASES.get(model) or CASES.get(model, {"model_kwargs": {}})
             cfg = {"model": model, "scheme": scheme, "batch": args.batch, "threads": args.threads,
                    "warmup": args.warmup, "steps": args.steps, "optimizer": args.optimizer, "lr": args.lr,
-                   "momentum": args.momentum, **CASES.get(model, {"model_kwargs": {}})}
+                   "momentum": args.momentum, **case}
             with open(os.path.join(cell, "config.json"), "w") as f:
                 json.dump(cfg, f, indent=2)
             progress.update(task, description=f"{model} / {scheme}: compile + export")
@@ -431,6 +532,8 @@ def main(argv=None) -> int:
                             _env(args.threads))
             progress.advance(task)
             row = {"model": model, "scheme": scheme, "results": {}}
+            if model in LLM_CASES:
+                row["case"] = {k: case[k] for k in ("hf_class", "hf_config", "seq_len", "batch", "lora")}
             meta_path = os.path.join(cell, "meta.json")
             if rc != 0 or not os.path.exists(meta_path):
                 why = f"compile failed: {tail}" if rc != 124 else f"compile timed out after {args.timeout} s"
@@ -443,7 +546,9 @@ def main(argv=None) -> int:
             row["program"] = {k: meta[k] for k in (
                 "spec", "params_trainable", "params_frozen", "flops_per_step", "flops_by_section",
                 "planned_arena_bytes", "planned_persistent_bytes", "planned_input_bytes", "planned_total_bytes",
-                "compile_s") if k in meta}
+                "compile_s", "plan_save_s", "plan_bytes", "params_total", "tokens_per_step", "attn_implementation",
+                "rss_before_compile_mb", "compile_peak_rss_mb")
+                if k in meta}
             row["program"]["trainable_tensors"] = len(meta["trainable_names"])
             for rt in args.runtimes:
                 progress.update(task, description=f"{model} / {scheme}: {LABELS[rt]}")

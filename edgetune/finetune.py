@@ -33,11 +33,16 @@ model on the same batches with the same trainable set and the same optimizer (to
 classifier in `modules_to_save`), its adapters starting from the values edgetune's session starts
 from (copied from `Session.state_dict()`), and it always runs every step: the largest difference
 between the two sides' trained parameters is the row's correctness check (`max_abs_diff_trained`,
-reported for every row whose PyTorch side ran every step). Accuracy is measured on the held-out
-split with PyTorch in eval mode after `load_state_dict(..., strict=True)` of the weights edgetune
-produced (`lora`: `Session.state_dict(merged=True)`, the adapters folded into the base weights). Models are compiled in eval mode: BatchNorm uses
-its ImageNet running statistics (frozen, the usual choice for small-data fine-tuning) and dropout
-is off, so edgetune and PyTorch compute the same function.
+reported for every row whose PyTorch side ran every step; `max_abs_diff_loss` compares the
+per-step losses). With AdamW that difference is not float32 rounding alone: Adam divides by the
+gradient's own running size, so an element whose gradient is ~0 (lora_A's while B is still ~0)
+moves by up to ~lr on either side, in the direction its rounding noise points; with SGD the lora
+sides agree to float32 rounding (3 steps: ~1e-8 text, ~4e-7 vision; tests/e2e/test_finetune.py).
+Accuracy is measured on the held-out split with PyTorch in eval mode after `load_state_dict(...,
+strict=True)` of the weights edgetune produced (`lora`: `Session.state_dict(merged=True)`, the
+adapters folded into the base weights). Models are compiled in eval mode: BatchNorm uses its ImageNet running statistics
+(frozen, the usual choice for small-data fine-tuning) and dropout is off, so edgetune and PyTorch
+compute the same function.
 
 Memory: edgetune's is the planned total the runtime allocates at load (params, buffers, optimizer
 state, arena, inputs); PyTorch's is the peak of live tensor storage during its first training
@@ -518,8 +523,9 @@ def peft_model(model, trainable: list[str], initial: dict[str, np.ndarray]):
     pm = peft.get_peft_model(model, config)
     params = {peft_to_edgetune_name(n): p for n, p in pm.named_parameters() if p.requires_grad}
     if set(params) != set(trainable):
-        raise EdgetuneError(f"PEFT trains other parameters than edgetune: only PEFT {sorted(set(params) - set(trainable))[:4]}, "
-                            f"only edgetune {sorted(set(trainable) - set(params))[:4]}")
+        only_peft, only_ours = sorted(set(params) - set(trainable)), sorted(set(trainable) - set(params))
+        raise EdgetuneError(f"PEFT trains other parameters than edgetune: only PEFT {only_peft[:4]}, "
+                            f"only edgetune {only_ours[:4]}")
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(torch.from_numpy(np.asarray(initial[name])))
@@ -610,7 +616,8 @@ _STEP_LINE = re.compile(r"step (\d+)/\d+\s+epoch \d+\s+loss (\S+)\s+ms/step (\S+
 def binary_train(prog, batches, x, y, threads: int, workdir: Path) -> dict:
     """The standalone binary: edgetune-train with the plan inside, fed .npy files whose rows are
     the batches in order (--no-shuffle), one `--inputs` file per model input in the plan's order
-    (text: ids, attention mask), weights read back from the safetensors it writes."""
+    (text: ids, attention mask), weights read back from the safetensors it writes (with adapters:
+    --merged-out's merged weights, as session_train returns them)."""
     from safetensors.numpy import load_file
 
     from .compiler.errors import EdgetuneError
@@ -622,17 +629,21 @@ def binary_train(prog, batches, x, y, threads: int, workdir: Path) -> dict:
         np.save(workdir / f"x{i}.npy", a)
         inputs += ["--inputs", str(workdir / f"x{i}.npy")]
     np.save(workdir / "y.npy", np.ascontiguousarray(y[order]))
-    out = workdir / "tuned.safetensors"
+    out, merged = workdir / "tuned.safetensors", workdir / "merged.safetensors"
+    adapters = prog.graph.adapters is not None
     cmd = [str(exe), *inputs, "--targets", str(workdir / "y.npy"), "--no-shuffle",
            "--steps", str(len(batches)), "--batch", str(len(batches[0])), "--threads", str(threads),
-           "--log-every", "1", "--out", str(out)]
+           "--log-every", "1", "--out", str(out)] + (["--merged-out", str(merged)] if adapters else [])
     r = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if r.returncode != 0:
         raise EdgetuneError(f"edgetune-train exited with {r.returncode}: {(r.stderr or r.stdout).strip()[-500:]}")
     steps = [(int(m[1]), float(m[2]), float(m[3])) for m in _STEP_LINE.finditer(r.stdout + r.stderr)]
     times = [ms for s, _, ms in steps if s > 1]
-    return {"ms": statistics.median(times) if times else float("nan"), "loss": [l for _, l, _ in steps],
-            "weights": load_file(str(out)), "how": "edgetune-train binary (plan embedded)"}
+    result = {"ms": statistics.median(times) if times else float("nan"), "loss": [l for _, l, _ in steps],
+              "weights": load_file(str(out)), "how": "edgetune-train binary (plan embedded)"}
+    if adapters:  # as session_train: the merged base weights, and the adapters' own before/after
+        result.update(weights=load_file(str(merged)), trained=result["weights"], initial=prog.initial_state())
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -725,12 +736,15 @@ def run_task(task: str, settings: Settings, workdir: Path, log) -> tuple[list[di
         every_step = len(torch_batches) == len(batches)
         acc_torch = accuracy(ref_model, data.x_test, data.y_test) if every_step else None
         diff = max_abs_diff(ours_trained, ref_params, trainable) if every_step else None
+        loss_diff = max(abs(a - b) for a, b in zip(ours["loss"], theirs["loss"]))
         row = {"task": task, "model": info["model"], "scheme": scheme, "spec": repr(prog.spec), "optimizer": repr(opt),
                "trainable_params": n_trainable, "total_params": sum(p.numel() for p in model0.parameters()),
                "acc_before": before, "acc_after": acc, "acc_after_torch": acc_torch,
                "edgetune_ms": ours["ms"], "torch_ms": theirs["ms"], "edgetune_planned_bytes": prog.memory.total_bytes,
                "torch_peak_bytes": theirs["peak_bytes"], "ran_on": ours["how"], "torch_ran": torch_how,
-               "max_abs_diff_trained": diff, "lr": lr, "steps": st.steps, "batch": st.batch,
+               "max_abs_diff_trained": diff, "max_abs_diff_loss": loss_diff, "lr": lr,
+               "losses": ours["loss"], "torch_losses": theirs["loss"],
+               "steps": st.steps, "batch": st.batch,
                "first_loss": ours["loss"][0], "last_loss": ours["loss"][-1],
                "torch_steps": len(torch_batches), "torch_first_loss": theirs["loss"][0],
                "torch_last_loss": theirs["loss"][-1],
@@ -854,9 +868,6 @@ def run(settings: Settings, results_dir: str | None, log=print, console=None) ->
     from .compiler.errors import EdgetuneError
     if "lora" in settings.schemes:  # checked before any work: PEFT is the lora rows' baseline
         datasets.package_dir("peft", "the lora scheme's baseline (PyTorch + Hugging Face PEFT)")
-    if "lora" in settings.binary_schemes:
-        raise EdgetuneError("--binary: the lora scheme runs on the Session only (its accuracy is measured on the "
-                            "adapters merged into the base weights, Session.state_dict(merged=True))")
     torch.set_num_threads(settings.threads)
     t0 = time.perf_counter()
     rows, infos = [], {}

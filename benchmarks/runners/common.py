@@ -31,6 +31,19 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def reset_peak_rss() -> float | None:
+    """The peak resident set so far (MiB), then restart the count from the current RSS (Linux:
+    /proc/self/clear_refs "5" resets VmHWM), so that a later `peak_rss_mb()` is the peak of what
+    ran in between. None (nothing reset) where that is not possible."""
+    before = peak_rss_mb()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    return before
+
+
 def load_meta(cell: str) -> dict:
     with open(os.path.join(cell, "meta.json")) as f:
         return json.load(f)
@@ -66,10 +79,17 @@ def write_result(cell: str, runtime: str, result: dict) -> None:
     os.replace(tmp, path)
 
 
-def ok_result(ms: list[float], losses: list[float], **extra) -> dict:
-    return {"status": "ok", "step_ms": statistics.median(ms), "steps_ms": ms,
-            "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
-            "peak_rss_mb": peak_rss_mb(), **extra}
+def ok_result(ms: list[float], losses: list[float], peak_before_steps_mb: float | None = None, **extra) -> dict:
+    """A cell's result. peak_rss_mb: the process's peak RSS over its whole life; with
+    `peak_before_steps_mb` (what `reset_peak_rss()` returned before the first step) also
+    peak_rss_steps_mb, the peak while the steps ran (the model's load and build excluded)."""
+    now = peak_rss_mb()
+    out = {"status": "ok", "step_ms": statistics.median(ms), "steps_ms": ms,
+           "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
+           "peak_rss_mb": now if peak_before_steps_mb is None else max(now, peak_before_steps_mb)}
+    if peak_before_steps_mb is not None:
+        out["peak_rss_steps_mb"] = now
+    return {**out, **extra}
 
 
 def run_main(runtime: str, body) -> int:

@@ -16,6 +16,8 @@ def load_models(path: str):
 
 def build_model(cfg: dict, models):
     import torch
+    if "hf_config" in cfg:
+        return build_hf_model(cfg)
     torch.manual_seed(0)
     model = models.build(cfg["model"], **cfg.get("model_kwargs", {})).train()
     kw = {}
@@ -25,6 +27,26 @@ def build_model(cfg: dict, models):
         kw["seq_len"] = cfg["seq_len"]
     (x,), y = models.example_inputs(cfg["model"], model, batch=cfg["batch"], **kw)
     return model, x, y
+
+
+def build_hf_model(cfg: dict):
+    """A `transformers` causal LM from the cell's config (an LLM case of bench.py: `hf_class`,
+    `hf_config`), random weights (seed 0), train mode, and a batch of random token ids [batch,
+    seq_len] (seed 1); the target is the ids themselves (causal-LM loss)."""
+    import torch
+    import transformers
+    config = getattr(transformers, cfg["hf_config_class"])(**cfg["hf_config"])
+    torch.manual_seed(0)
+    model = getattr(transformers, cfg["hf_class"])(config).train()
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, config.vocab_size, (cfg["batch"], cfg["seq_len"]), generator=g)
+    return model, ids, ids.clone()
+
+
+def causal_lm_loss(logits, target):
+    """Next-token cross-entropy, Hugging Face's labels=input_ids: logits[:, :-1] against target[:, 1:]."""
+    import torch
+    return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), target[:, 1:].reshape(-1))
 
 
 def time_torch_training(model, cell: str, meta: dict, time_steps) -> tuple[list[float], list[float]]:

