@@ -459,7 +459,12 @@ PYBIND11_MODULE(_native, m) {
       if (p) std::rethrow_exception(p);
     } catch (const NativeError& e) {
       py::object cls = py::reinterpret_borrow<py::object>(native_error.ptr());
-      py::object err = cls(py::str(e.status.message()));
+      // a message quotes plan strings (names, kernels) that a damaged file may hold as any bytes:
+      // decode with U+FFFD for invalid UTF-8, or the translator itself would raise UnicodeDecodeError
+      const std::string& msg = e.status.message();
+      py::object text = py::reinterpret_steal<py::object>(
+          PyUnicode_DecodeUTF8(msg.data(), static_cast<Py_ssize_t>(msg.size()), "replace"));
+      py::object err = cls(text);
       err.attr("code") = py::str(status_code_name(e.status.code()));
       PyErr_SetObject(native_error.ptr(), err.ptr());
     }
