@@ -108,6 +108,16 @@ std::string fmt_ms(double ms) { return fmt(ms < 1 ? "%.3f" : ms < 10 ? "%.2f" : 
 
 std::vector<int64_t> view_shape(const TensorView& v) { return std::vector<int64_t>(v.shape, v.shape + v.rank); }
 
+// A safetensors entry (name, dtype, shape, size; no data yet) for one weight binding.
+SafetensorsEntry entry_for(const Binding& b) {
+  SafetensorsEntry e;
+  e.name = b.name;
+  e.dtype = b.view.dtype;
+  e.shape = view_shape(b.view);
+  e.nbytes = b.view.nbytes();
+  return e;
+}
+
 const Binding* find_state(const Runtime& rt, const std::string& name) {
   for (const auto& b : rt.optimizer_state()) {
     if (b.name == name) return &b;
@@ -478,14 +488,7 @@ int check_export_outputs(const TrainArgs& args, const Runtime& rt) {
     return fail(kExitUsage, "--merged-out: the adapters cannot be merged into the base weights: " +
                                 unmergeable_reasons(*ex) + " (--adapter-out writes them unmerged)");
   std::vector<SafetensorsEntry> weights;  // names, dtypes and shapes: enough to check the recipes
-  for (const auto& b : rt.weights()) {
-    SafetensorsEntry e;
-    e.name = b.name;
-    e.dtype = b.view.dtype;
-    e.shape = view_shape(b.view);
-    e.nbytes = b.view.nbytes();
-    weights.push_back(std::move(e));
-  }
+  for (const auto& b : rt.weights()) weights.push_back(entry_for(b));
   RecipeState state(weights);
   if (!args.adapter_out.empty()) {
     auto files = adapter_files(*ex, state, /*shapes_only=*/true);
@@ -912,13 +915,8 @@ Status weight_entries(const TrainArgs& args, const LoadedPlan& plan, const Sched
   std::vector<const Binding*> bindings;
   for (const auto& b : rt.weights()) {
     if (is_hidden(rt.export_table(), b.name)) continue;  // export-only (PiSSA's initial factors): not the model's
-    SafetensorsEntry e;
-    e.name = b.name;
-    e.dtype = b.view.dtype;
-    e.shape = view_shape(b.view);
-    e.nbytes = b.view.nbytes();
-    *data_bytes += e.nbytes;
-    entries->push_back(std::move(e));
+    entries->push_back(entry_for(b));
+    *data_bytes += entries->back().nbytes;
     bindings.push_back(&b);
   }
   *meta = {{"format", "pt"},  // what transformers' loaders look for
@@ -980,12 +978,7 @@ Status all_weights(const Runtime& rt, bool data, std::vector<SafetensorsEntry>* 
                    std::unique_ptr<uint8_t[]>* staging) {
   std::vector<const Binding*> bindings;
   for (const auto& b : rt.weights()) {
-    SafetensorsEntry e;
-    e.name = b.name;
-    e.dtype = b.view.dtype;
-    e.shape = view_shape(b.view);
-    e.nbytes = b.view.nbytes();
-    entries->push_back(std::move(e));
+    entries->push_back(entry_for(b));
     bindings.push_back(&b);
   }
   return data ? read_entries(rt, bindings, entries, staging) : Status::Ok();
