@@ -24,6 +24,35 @@ constexpr char kFooterMagic[4] = {'E', 'T', 'C', 'K'};
 constexpr size_t kFooterSize = 8;                        // CRC-32 (little-endian) + "ETCK"
 constexpr uint64_t kMaxRegionBytes = uint64_t{1} << 40;  // 1 TiB: anything larger is corrupt
 
+// Whether `s` is well-formed UTF-8 (no overlong forms, surrogates or code points past U+10FFFF).
+// FlatBuffers strings are meant to be UTF-8 but its verifier does not check them; the names a
+// runtime hands out reach Python (pybind11 decodes them) and file headers, so a damaged one is
+// refused at load (found by the atheris fuzzer, tests/fuzz/atheris_readers.py).
+bool valid_utf8(const flatbuffers::String* s) {
+  if (!s) return true;
+  const auto* p = reinterpret_cast<const unsigned char*>(s->data());
+  const size_t n = s->size();
+  for (size_t i = 0; i < n;) {
+    const unsigned c = p[i];
+    size_t len;
+    unsigned cp;
+    if (c < 0x80) { ++i; continue; }
+    if ((c & 0xE0) == 0xC0) len = 2, cp = c & 0x1F;
+    else if ((c & 0xF0) == 0xE0) len = 3, cp = c & 0x0F;
+    else if ((c & 0xF8) == 0xF0) len = 4, cp = c & 0x07;
+    else return false;
+    if (i + len > n) return false;
+    for (size_t k = 1; k < len; ++k) {
+      if ((p[i + k] & 0xC0) != 0x80) return false;
+      cp = (cp << 6) | (p[i + k] & 0x3F);
+    }
+    static const unsigned kMin[5] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < kMin[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
+    i += len;
+  }
+  return true;
+}
+
 // The elements of an 8-byte vector ([long], [double]) copied out with memcpy. FlatBuffers' verifier
 // checks the alignment of a vector's 4-byte length, not of its 8-byte elements, so a plan that
 // verifies can still put them at an address that is 4 mod 8 (found by csrc/fuzz/fuzz_plan_loader:
@@ -265,6 +294,7 @@ Status PlanLoader::load_nodes() {
     const std::string where = node_where(i, n);
     Runtime::Node& node = rt_->nodes_[i];
     node.op = n->op()->str();
+    if (!valid_utf8(n->source())) return invalid_plan(where + ": source text is not valid UTF-8");
     node.source = n->source() ? n->source()->str() : "";
     node.kernel = registry->find(n->kernel()->str());
     if (!node.kernel)
@@ -330,6 +360,8 @@ Status PlanLoader::load_bindings() {
     std::set<std::string> seen;
     if (!v) return Status::Ok();
     for (const fb::Binding* b : *v) {
+      if (!valid_utf8(b->name()))
+        return invalid_plan(std::string(what) + " name is not valid UTF-8");
       if (!tensor_index_ok(b->tensor()))
         return invalid_plan(std::string(what) + " '" + b->name()->str() + "': tensor index out of range");
       if (!seen.insert(b->name()->str()).second)
@@ -375,6 +407,7 @@ Status PlanLoader::load_bindings() {
         return invalid_plan("state copy into '" + plan_->tensors()->Get(c->dst())->name()->str() + "' is malformed");
       rt_->copies_.push_back({s.view, d.view});
     }
+  if (!valid_utf8(plan_->model())) return invalid_plan("the model label is not valid UTF-8");
   rt_->model_label_ = plan_->model() ? plan_->model()->str() : "";
   return Status::Ok();
 }

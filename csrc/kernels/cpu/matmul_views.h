@@ -98,8 +98,12 @@ inline Status input_view(const Attrs& attrs, const char* side, const TensorView&
   for (int d = 0; d < *rank; ++d) {
     shape[d] = sh->ints[d], strides[d] = st->ints[d];
     if (shape[d] < 0 || strides[d] < 0) return invalid_argument("matmul: " + s + " view has a negative size or stride");
-    numel *= shape[d];
-    last += (shape[d] - 1) * strides[d];
+    int64_t reach = 0;  // checked: a damaged plan's sizes must not overflow (found by fuzz_plan_loader)
+    if (__builtin_mul_overflow(numel, shape[d], &numel) ||
+        (shape[d] > 0 && (__builtin_mul_overflow(shape[d] - 1, strides[d], &reach) ||
+                          __builtin_add_overflow(last, reach, &last))))
+      return invalid_argument("matmul: " + s + " view " + ints(shape, d + 1) + " strides " + ints(strides, d + 1) +
+                              " overflows 64-bit offsets");
   }
   if (numel > 0 && last >= t.numel())
     return invalid_argument("matmul: " + s + " view " + ints(shape, *rank) + " strides " + ints(strides, *rank) +
