@@ -166,14 +166,19 @@ def test_union_with_bias_only_matches_peft_bias_all():
         np.testing.assert_allclose(got[name], want, rtol=1e-4, atol=2e-6, err_msg=name)
 
 
-def test_gpt2_conv1d_layers_are_fan_in_fan_out():
-    """HF GPT-2's Conv1D (weight [in, out], a MatMul here) is PEFT's fan_in_fan_out case."""
+def _tiny_gpt2(width, layers, vocab, seq, seed):
+    """A random HF GPT-2 without dropout (PEFT trains in train mode) and a batch of ids."""
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=50, n_positions=16,
+    cfg = transformers.GPT2Config(n_embd=width, n_layer=layers, n_head=2, vocab_size=vocab, n_positions=2 * seq,
                                   resid_pdrop=0.0, attn_pdrop=0.0, embd_pdrop=0.0)
     torch.manual_seed(0)
     model = transformers.GPT2LMHeadModel(cfg).eval()
-    ids = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(1))
+    return model, torch.randint(0, vocab, (2, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def test_gpt2_conv1d_layers_are_fan_in_fan_out():
+    """HF GPT-2's Conv1D (weight [in, out], a MatMul here) is PEFT's fan_in_fan_out case."""
+    model, ids = _tiny_gpt2(32, 2, 50, 8, seed=1)
     for dora in (False, True):
         spec = et.peft.LoRA(r=2, alpha=4, targets=["c_attn"], use_dora=dora)
         prog = et.compile(model, {"input_ids": ids}, ids, loss="causal_lm", peft=spec, optimizer=et.optim.SGD(lr=0.5))
@@ -295,12 +300,7 @@ def test_onnx_matmul_weights_train_like_peft_on_the_linear_model(tmp_path):
 
 
 def test_tied_lm_head_lora_exports_but_does_not_merge(tmp_path):
-    transformers = pytest.importorskip("transformers")
-    cfg = transformers.GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=30, n_positions=8,
-                                  resid_pdrop=0.0, attn_pdrop=0.0, embd_pdrop=0.0)
-    torch.manual_seed(0)
-    model = transformers.GPT2LMHeadModel(cfg).eval()
-    ids = torch.randint(0, 30, (2, 6), generator=torch.Generator().manual_seed(2))
+    model, ids = _tiny_gpt2(16, 1, 30, 6, seed=2)
     prog = et.compile(model, {"input_ids": ids}, ids, loss="causal_lm",
                       peft=et.peft.LoRA(r=2, targets=["lm_head"], init="gaussian"), optimizer=et.optim.SGD(lr=0.5))
     assert prog.graph.adapters.peft_config["target_modules"] == ["lm_head"]  # the head, not the lookup
